@@ -14,7 +14,7 @@ import torch
 
 from strategies import gemm, perfect_tree_traversal, tree_traversal  # noqa: F401 (registration)
 from strategies.forest_module import ForestModule
-from strategies.nodes import GroupOptions
+from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES
 from strategies.selector import plan
 from treecomp.ir import Forest, tree_depths
@@ -57,17 +57,25 @@ def lower(
         raise ValueError(
             f"unknown strategy {strategy!r}; choose 'auto' or one of {sorted(STRATEGIES)}"
         )
-    options = GroupOptions(
+    trees = fold_missing(
+        list(forest.trees),
+        n_features=forest.n_features,
         less_equal=forest.comparison == "<=",
+        dtype=dtype,
+    )
+    options = GroupOptions(
+        less_equal=forest.comparison == "<=" and trees is None,
         dtype=dtype,
         leaf_width=max(t.leaf_width for t in forest.trees),
         nonnegative_categories=forest.category_domain == "nonnegative",
+        folded=trees is not None,
     )
+    source = list(forest.trees) if trees is None else trees
     modules = [
-        STRATEGIES[group_name]([forest.trees[i] for i in members], members.tolist(), options)
+        STRATEGIES[group_name]([source[i] for i in members], members.tolist(), options)
         for group_name, members in groups
     ]
-    return ForestModule(forest, modules, dtype), groups
+    return ForestModule(forest, modules, dtype, folded=options.folded), groups
 
 
 def describe(groups: list[tuple[str, np.ndarray]], depths: np.ndarray) -> str:

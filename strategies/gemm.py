@@ -86,7 +86,7 @@ class GEMM(TreeGroup):
             "positions", torch.arange(n_trees * n_internal, dtype=torch.int64).unsqueeze(0)
         )
         self.register_buffer(
-            "leaf_base", torch.arange(n_trees, dtype=torch.int64).unsqueeze(0) * n_leaves
+            "leaf_base", torch.arange(n_trees, dtype=torch.int64).unsqueeze(1) * n_leaves
         )
         values = np.concatenate([t.value for t in trees])
         ids = np.concatenate([t.leaf_id for t in trees])
@@ -98,7 +98,7 @@ class GEMM(TreeGroup):
         tests = self.decide(x, self.positions, check_missing)
         tests = tests.to(torch.float32).reshape(X.shape[0], self.n_trees, self.n_internal)
         reached = torch.bmm(tests.transpose(0, 1), self.path) == self.lefts  # (trees, n, leaves)
-        return self.leaf_base + reached.to(torch.uint8).argmax(dim=2).transpose(0, 1)
+        return (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
 
     def emit_onnx(self, g: Any, X: str) -> str:
         x = g.op("Gather", X, g.const(self.feature), axis=1)
@@ -114,4 +114,4 @@ class GEMM(TreeGroup):
         rows = g.op(
             "Slice", g.op("Transpose", leaf, perm=[1, 0]), g.ints([1]), g.ints([2**62]), g.ints([0])
         )
-        return g.op("Add", rows, g.const(self.leaf_base))
+        return g.op("Add", rows, g.const(self.leaf_base.reshape(1, -1)))

@@ -28,9 +28,6 @@ def padded_size(n_trees: int, depth: int) -> int:
 class PerfectTreeTraversal(TreeGroup):
     """Complete-tree layout; ``depth`` levels of gathers with arithmetic child indices."""
 
-    level_base: torch.Tensor
-    tree_index: torch.Tensor
-
     def __init__(
         self,
         trees: list[Tree],
@@ -66,36 +63,33 @@ class PerfectTreeTraversal(TreeGroup):
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
         self.depth = depth
-        # int32 positions: MAX_PADDED_NODES keeps them far below 2**31.
-        self.register_buffer(
-            "level_base",
-            tensor(np.array([n_trees * ((1 << d) - 1) for d in range(depth)], dtype=np.int32)),
-        )
-        # Within level d, tree t's block starts at t * 2**d: kept as a (1, n_trees) offset row.
-        self.register_buffer("tree_index", torch.arange(n_trees, dtype=torch.int32).unsqueeze(0))
+        # int32 positions: MAX_PADDED_NODES keeps them far below 2**31. Level offsets are
+        # Python constants and tree offsets an arange, so that a compiler folds the position
+        # arithmetic into its loop indices rather than loading it.
+        self.level_base: list[int] = [n_trees * ((1 << d) - 1) for d in range(depth)]
+        self.n_trees = n_trees
         self.set_leaves(
             np.concatenate([t.value for t in trees])[level.reshape(-1)],
             np.concatenate([t.leaf_id for t in trees])[level.reshape(-1)],
         )
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        index = torch.zeros(
-            (X.shape[0], self.tree_index.shape[1]), dtype=torch.int32, device=X.device
-        )
+        index = torch.zeros((self.n_trees, X.shape[0]), dtype=torch.int32, device=X.device)
+        trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
         for d in range(self.depth):
             # Level d holds tree t's block at level_base[d] + t * 2**d.
-            pos = index + (self.level_base[d] + (self.tree_index << d))
+            pos = index + (trees * (1 << d) + self.level_base[d])
             x = feature_values(X, take(self.feature, pos))
             right = self.goes_right(x, pos, check_missing)
             index = index * 2 + right  # the bool promotes inside the one kernel
-        return index + (self.tree_index << self.depth)
+        return index + trees * (1 << self.depth)
 
     def emit_onnx(self, g: Any, X: str) -> str:
-        trees = self.tree_index.numpy()
+        trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs
         index = g.op("Expand", g.const(np.zeros_like(trees)), g.rows_by(trees.shape[1]))
         feature = g.const(self.feature)
         for d in range(self.depth):
-            pos = g.op("Add", index, g.const(int(self.level_base[d]) + (trees << d)))
+            pos = g.op("Add", index, g.const(self.level_base[d] + (trees << d)))
             x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
             right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int32")
             index = g.op("Add", g.op("Mul", index, g.const(np.array(2, np.int32))), right)

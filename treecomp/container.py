@@ -152,6 +152,28 @@ class CompiledModel:
         with open(path, "wb") as f:
             f.write(self.to_onnx(leaf_indices=leaf_indices).SerializeToString())
 
+    def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
+        """Write a ``torch.export`` + AOTInductor package for serving from torch alone.
+
+        ``torch._inductor.aoti_load_package(path)`` loads it in a process without treecomp;
+        calling it on a ``(n_rows, n_features)`` tensor (any batch size; float32, or float64
+        where the native library reads doubles) returns ``(raw, transformed)`` margins and
+        scores, plus ``leaf_ids`` (native leaf numbers per tree) with ``leaf_indices=True``.
+        Feed values as the native model sees them: NaN for missing, categorical columns as
+        their category codes. Compiled for this model's device and precision.
+
+        Raises:
+            AttributeError: the model runs on a backend without a torch module.
+            RuntimeError: no C++ compiler (CPU) or Triton (CUDA) is available.
+        """
+        export = getattr(self._engine, "export_pt2", None)
+        if export is None:
+            raise AttributeError(
+                f"export_pt2 needs a torch backend ('torch' or 'torchscript'); this model runs "
+                f"on {self.backend!r}: convert it with backend='torch' first"
+            )
+        export(path, leaf_indices=leaf_indices)
+
     def save(self, path: Any) -> None:
         """Write a versioned artifact: the IR and options as checksummed JSON, no pickle.
 

@@ -111,6 +111,12 @@ def _emit_module(
 ) -> tuple[str, str, str]:
     """Emit ``module``'s forward and ``leaf_ids``; returns (raw, transformed, leaf ids)."""
     groups: list[Any] = list(module.groups)
+    if module.folded:  # each column and its negation, as strategies.nodes.fold_missing expects
+        axis = g.ints([2])
+        pairs = g.op("Concat", g.op("Unsqueeze", X, axis), g.op("Unsqueeze", g.op("Neg", X), axis), axis=2)
+        X = g.op("Reshape", pairs, g.rows_by(2 * forest.n_features))
+    order = module.steps.t().contiguous()  # (outputs, terms)
+    base_score = module.base_score.reshape(1, -1)
     values, ids, columns = [], [], []
     for group in groups:
         rows = group.emit_onnx(g, X)
@@ -132,15 +138,15 @@ def _emit_module(
     zero = g.op(
         "ConstantOfShape", g.rows_by(1), value=numpy_helper.from_array(np.zeros(1, dtype=acc))
     )
-    terms = g.op("Gather", g.op("Concat", flat, zero, axis=1), g.const(module.order), axis=1)
-    n_terms = int(module.order.shape[1])
+    terms = g.op("Gather", g.op("Concat", flat, zero, axis=1), g.const(order), axis=1)
+    n_terms = int(order.shape[1])
     if module.average:
         summed = g.op("CumSum", terms, g.const(np.array(2, np.int64)))
         last = g.op("Gather", summed, g.const(np.array(n_terms - 1, np.int64)), axis=2)
-        raw = g.op("Add", g.op("Div", last, g.const(module.divisor)), g.const(module.base_score))
+        raw = g.op("Add", g.op("Div", last, g.const(module.divisor.reshape(1, -1))), g.const(base_score))
     else:
         start = g.op(
-            "Expand", g.const(module.base_score.unsqueeze(2)), g.rows_by(forest.n_outputs, 1)
+            "Expand", g.const(base_score.unsqueeze(2)), g.rows_by(forest.n_outputs, 1)
         )
         summed = g.op(
             "CumSum", g.op("Concat", start, terms, axis=2), g.const(np.array(2, np.int64))

@@ -65,8 +65,76 @@ def _bytes_per_row(module: strategies.ForestModule, dtype_bytes: int) -> int:
         else:  # traversals: a handful of (rows, trees) tensors
             total += n_trees * 12 * 8
     # Aggregation: leaf values, their flat copy and the ordered terms with their cumsum.
-    terms = int(module.order.numel())
+    terms = int(module.steps.numel())
     return max(total + 3 * module.n_trees * module.leaf_width * 8 + 2 * terms * 8, 1)
+
+
+def check_compiler(device: torch.device) -> None:
+    """Raise a clear error when ``torch.compile`` cannot generate code for ``device``."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise RuntimeError(
+                "compile=True on CUDA needs Triton, which is not installed (pip install "
+                "triton, matching your torch); or use compile=False"
+            )
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # InvalidCxxCompiler, or a broken compiler
+        raise RuntimeError(
+            "compile=True on the CPU needs a C++ compiler for torch.compile (g++, or the one "
+            f"named by the CXX environment variable), and none works here ({exc!s:.200}); "
+            "install one, or use compile=False"
+        ) from None
+
+
+class CompiledForward:
+    """``torch.compile`` of a branch-free :class:`strategies.ForestModule` method.
+
+    One graph serves every batch size: the batch axis is marked dynamic from 2 rows up, and
+    a single row is scored as two (0 and 1 are sizes the compiler specialises, and a second
+    compile would cost as much as the first). Inputs are cast to the module's input dtype,
+    so mixed float32/float64 callers share the graph too. Inductor's on-disk cache (under
+    the user's cache directory) makes the same model compile fast in a new process.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
+        self.compiled = torch.compile(fn, fullgraph=True, options={"assert_indirect_indexing": False, "cpp.simdlen": 1})
+        self.dtype = dtype
+
+    def __call__(self, X: torch.Tensor) -> Any:
+        n = X.shape[0]
+        X = X.to(self.dtype).contiguous()
+        if not X.is_inference():  # one kind of tensor, one graph: guards check which
+            X = X.clone()
+        if n == 1:
+            X = torch.cat([X, X])
+        elif n >= 2:
+            torch._dynamo.mark_dynamic(X, 0)
+        with torch.inference_mode():
+            out = self.compiled(X)
+        if n == 1:
+            return tuple(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
+        return out
+
+
+class PT2Module(torch.nn.Module):
+    """What a ``.pt2`` package runs: ``X -> (raw, transformed[, leaf_ids])``."""
+
+    def __init__(self, module: strategies.ForestModule, leaf_indices: bool) -> None:
+        super().__init__()
+        self.forest = module
+        self.leaf_indices = leaf_indices
+
+    def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raw, transformed = self.forest(X)
+        if self.leaf_indices:
+            return raw, transformed, self.forest.leaf_ids(X)
+        return raw, transformed
 
 
 class TorchEngine:
@@ -83,11 +151,22 @@ class TorchEngine:
         batch_size: int | None = None,
         n_threads: int | None = None,
         progress: bool = False,
+        compile: bool = False,
     ) -> None:
         check_positive("batch_size", batch_size)
         check_positive("n_threads", n_threads)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, not {compile!r}")
+        if compile and script:
+            raise ValueError(
+                "compile=True runs torch.compile on the 'torch' backend; the 'torchscript' "
+                "backend is scripted instead: use backend='torch', compile=True"
+            )
         self.forest = forest
         self.device = resolve_device(device)
+        self.compiled = compile
+        if compile:
+            check_compiler(self.device)
         self.n_threads = n_threads
         self.progress = progress
         dtype = torch.float32 if precision == "float32" else torch.float64
@@ -98,13 +177,59 @@ class TorchEngine:
         depths = tree_depths(forest.trees)
         self.strategy = strategies.describe(groups, depths)
         module.eval()
+        module.branch_free = compile
+        self.lowered = module  # the Python module, for torch.export
         self.module: torch.nn.Module = torch.jit.script(module) if script else module
         self.module.to(self.device)
         per_row = _bytes_per_row(module, 4 if precision == "float32" else 8)
         self.batch_size = batch_size or int(np.clip(CHUNK_BYTES // per_row, 256, 1_000_000))
+        self._forward: Callable[[torch.Tensor], Any] = self.module
+        self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
+        if compile:
+            self.strategy += " [compiled]"
+            self._forward = CompiledForward(module, module.input_dtype)
+            self._warm_up(self._forward)
+
+    def _warm_up(self, fn: Callable[[torch.Tensor], Any]) -> None:
+        """Compile now (rather than at the first call), naming what failed if it does."""
+        example = torch.zeros((2, self.forest.n_features), device=self.device)
+        try:
+            with torch.inference_mode(), self._threads():
+                fn(example)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RuntimeError(
+                f"torch.compile could not compile this forest ({type(exc).__name__}: "
+                f"{first:.300}); use compile=False"
+            ) from exc
+
+    def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
+        """Write a ``torch.export`` + AOTInductor package of the forest (see the container)."""
+        check_compiler(self.device)
+        module = self.lowered
+        exported = PT2Module(module, leaf_indices)
+        example = torch.zeros((2, self.forest.n_features), dtype=module.input_dtype)
+        batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
+        previous = module.branch_free
+        module.branch_free = True
+        try:
+            with torch.no_grad():
+                program = torch.export.export(
+                    exported, (example.to(self.device),), dynamic_shapes=({0: batch},)
+                )
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(path),
+                    inductor_configs={"assert_indirect_indexing": False, "cpp.simdlen": 1},
+                )
+        finally:
+            module.branch_free = previous
 
     def to(self, device: Any) -> None:
-        self.device = resolve_device(device)
+        device = resolve_device(device)
+        if self.compiled and device != self.device:
+            check_compiler(device)
+        self.device = device
         self.module.to(self.device)
 
     @contextlib.contextmanager
@@ -146,12 +271,19 @@ class TorchEngine:
 
     def leaf_ids(self, X: Any) -> npt.NDArray[np.int64]:
         module: Any = self.module
-        (ids,) = self._run(X, module.leaf_ids, [self.forest.n_trees])
+        fn = module.leaf_ids
+        if self.compiled:
+            if self._leaf_ids is None:  # compiled at the first apply(), not every convert
+                compiled = CompiledForward(module.leaf_ids, module.input_dtype)
+                self._warm_up(compiled)
+                self._leaf_ids = compiled
+            fn = self._leaf_ids
+        (ids,) = self._run(X, fn, [self.forest.n_trees])
         return ids.astype(np.int64, copy=False)
 
     def scores(self, X: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         k = self.forest.n_outputs
-        raw, transformed = self._run(X, self.module, [k, k])
+        raw, transformed = self._run(X, self._forward, [k, k])
         return raw.astype(np.float64), transformed.astype(np.float64)
 
     def prepare_tensor(self, X: torch.Tensor) -> torch.Tensor:
