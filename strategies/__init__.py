@@ -16,7 +16,7 @@ from strategies import gemm, perfect_tree_traversal, tree_traversal  # noqa: F40
 from strategies.forest_module import ForestModule
 from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES
-from strategies.selector import plan
+from strategies.selector import MAX_COMPILED_GROUPS, plan
 from treecomp.ir import Forest, tree_depths
 
 __all__ = ["STRATEGIES", "ForestModule", "describe", "lower"]
@@ -31,6 +31,7 @@ def lower(
     dtype: torch.dtype = torch.float32,
     batch_size: int = 10_000,
     device: str = "cpu",
+    compiled: bool = False,
 ) -> tuple[ForestModule, list[tuple[str, np.ndarray]]]:
     """Lower a forest to a :class:`ForestModule`.
 
@@ -41,6 +42,12 @@ def lower(
         dtype: Precision of comparisons and sums.
         batch_size: Expected rows per call, for the cost model.
         device: ``"cpu"`` or ``"cuda"``, for the cost model.
+        compiled: Plan for ``torch.compile``: one group per tree depth, so that shallow
+            trees stop walking early, costed for fused execution (see
+            :func:`strategies.selector.plan`). Each group is one more loop: worth it when a
+            compiler fuses every group's levels, not in eager mode. 200
+            HistGradientBoosting trees of depth 7 to 16, 10 000 rows, compiled, 1 thread:
+            363 ms in one tree-traversal group, 184 ms by depth.
 
     Returns:
         The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
@@ -50,13 +57,15 @@ def lower(
     if name == "auto":
         internal = np.array([int((t.left_child >= 0).sum()) for t in forest.trees])
         leaves = np.array([int((t.left_child < 0).sum()) for t in forest.trees])
-        groups = plan(depths, internal, leaves, batch=batch_size, device=device)
+        groups = plan(depths, internal, leaves, batch=batch_size, device=device, compiled=compiled)
     elif name in STRATEGIES:
         groups = [(name, np.arange(forest.n_trees))]
     else:
         raise ValueError(
             f"unknown strategy {strategy!r}; choose 'auto' or one of {sorted(STRATEGIES)}"
         )
+    if compiled and name != "auto":
+        groups = _split_by_depth(groups, depths)
     trees = fold_missing(
         list(forest.trees),
         n_features=forest.n_features,
@@ -78,10 +87,44 @@ def lower(
     return ForestModule(forest, modules, dtype, folded=options.folded), groups
 
 
+def _split_by_depth(
+    groups: list[tuple[str, np.ndarray]], depths: np.ndarray
+) -> list[tuple[str, np.ndarray]]:
+    """At most ``MAX_COMPILED_GROUPS`` groups of traversal trees of near depths, in depth
+    quantiles; GEMM groups stay whole."""
+    out = []
+    for name, members in groups:
+        if name == "gemm":
+            out.append((name, members))
+            continue
+        levels = np.unique(depths[members])
+        picks = np.linspace(0, len(levels) - 1, min(len(levels), MAX_COMPILED_GROUPS))
+        edges = np.unique(levels[np.round(picks).astype(np.int64)])
+        lower = -1
+        for upper in edges:
+            part = members[(depths[members] > lower) & (depths[members] <= upper)]
+            if part.size:
+                out.append((name, part))
+            lower = upper
+    return out
+
+
 def describe(groups: list[tuple[str, np.ndarray]], depths: np.ndarray) -> str:
-    """``"gemm"``, or ``"gemm(120 trees, depth<=3) + tree_traversal(380 trees, depth<=12)"``."""
+    """``"gemm"``, ``"gemm(120 trees, depth<=3) + tree_traversal(380 trees, depth<=12)"``, or
+    ``"tree_traversal(300 trees in 25 depth groups, depth 9..38)"``."""
     if len(groups) == 1:
         return groups[0][0]
-    return " + ".join(
-        f"{name}({len(m)} trees, depth<={int(depths[m].max())})" for name, m in groups
-    )
+    by_name: dict[str, list[np.ndarray]] = {}
+    for name, members in groups:
+        by_name.setdefault(name, []).append(members)
+    parts = []
+    for name, lists in by_name.items():
+        members = np.concatenate(lists)
+        if len(lists) == 1:
+            parts.append(f"{name}({len(members)} trees, depth<={int(depths[members].max())})")
+        else:
+            parts.append(
+                f"{name}({len(members)} trees in {len(lists)} depth groups, depth "
+                f"{int(depths[members].min())}..{int(depths[members].max())})"
+            )
+    return " + ".join(parts)

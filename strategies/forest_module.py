@@ -159,9 +159,9 @@ class ForestModule(torch.nn.Module):
 
     def _leaf_values(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         parts: list[torch.Tensor] = []
-        for group in self.groups:
+        for group in self.groups:  # each gives (trees, n) rows of (trees, n, leaf_width) values
             rows = group(X, check_missing)
-            parts.append(take(group.leaf_value, rows))  # (trees, n, leaf_width)
+            parts.append(take(group.leaf_value, rows))  # type: ignore[arg-type]
         return self._forest_order(parts)
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +204,8 @@ class ForestModule(torch.nn.Module):
         elif self.average:
             total = torch.cumsum(terms, dim=0)[m - 1].clone()
         else:
-            start = self.base_score.expand(k, n).unsqueeze(0)
-            total = torch.cumsum(torch.cat([start, terms], 0), dim=0)[m].clone()
+            first = self.base_score.expand(k, n).unsqueeze(0)
+            total = torch.cumsum(torch.cat([first, terms], 0), dim=0)[m].clone()
         if self.average:
             total = total / self.divisor + self.base_score
         # The scans are cloned above and this is a copy: the result owns its memory, so
@@ -232,7 +232,7 @@ class ForestModule(torch.nn.Module):
     def _leaf_numbers(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         parts: list[torch.Tensor] = []
         for group in self.groups:
-            parts.append(take(group.leaf_id, group(X, check_missing)))
+            parts.append(take(group.leaf_id, group(X, check_missing)))  # type: ignore[arg-type]
         return self._forest_order(parts)
 
 

@@ -12,10 +12,9 @@ the missing-value rule costs nothing at run time and needs no data-dependent bra
 
 # No `from __future__ import annotations`: TorchScript reads the buffer annotations below
 # at run time and cannot resolve them as strings.
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
-
-import dataclasses
 
 import numpy as np
 import numpy.typing as npt
@@ -96,7 +95,7 @@ def fold_missing(
         swap = internal & tree.default_left
         # Tests of the form "y <= v" that become "y < nextup(v)".
         strict_from_le = ~swap if less_equal else swap
-        v = np.where(swap, -t, t)
+        v = np.where(swap, np.negative(t), t)
         if (strict_from_le & internal & (v == infinity)).any():
             return None
         s = np.where(strict_from_le, np.nextafter(v, infinity), v)

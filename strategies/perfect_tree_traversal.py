@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
+from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, tree_depths
 

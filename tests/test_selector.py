@@ -80,3 +80,41 @@ def _sparse(depths: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Depths with node counts of chain-like trees (one extra node per level)."""
     d = np.array(depths)
     return d, np.maximum(d, 1), d + 1
+
+
+# --- Compiled plans (rule 4) ---------------------------------------------------------------
+
+
+def test_compiled_plans_group_trees_by_depth() -> None:
+    """Rule 4: a tree walks only its own depth; groups follow depths in order."""
+    depths = [3] * 50 + [6] * 30 + [9] * 20
+    groups = plan(*full_trees(depths), batch=10_000, device="cpu", compiled=True)
+    assert len(groups) == 3
+    for (_, members), depth in zip(groups, (3, 6, 9)):
+        assert set(np.asarray(depths)[members]) == {depth}
+    assert sorted(np.concatenate([m for _, m in groups]).tolist()) == list(range(100))
+
+
+def test_compiled_plans_pad_small_trees_and_walk_big_ones() -> None:
+    """Rule 4's costs: perfect layout while one tree's table fits L1, pointers beyond."""
+    shallow = plan(*full_trees([8] * 100), batch=10_000, device="cpu", compiled=True)
+    assert [name for name, _ in shallow] == ["perfect_tree_traversal"]
+    # Chain-like trees of depth 16: 2**17 padded slots per tree, against 17 real nodes.
+    deep = plan(*_sparse([16] * 100), batch=10_000, device="cpu", compiled=True)
+    assert [name for name, _ in deep] == ["tree_traversal"]
+    assert cost(
+        "perfect_tree_traversal", GroupShape(100, 16, 16, 17), 10_000, "cpu", compiled=True
+    ) > cost("tree_traversal", GroupShape(100, 16, 16, 17), 10_000, "cpu", compiled=True)
+
+
+def test_compiled_plans_have_few_groups() -> None:
+    """Rule 4: adjacent depths merge (cheapest first) down to MAX_COMPILED_GROUPS."""
+    from strategies.selector import MAX_COMPILED_GROUPS
+
+    depths = list(range(5, 40))  # 35 distinct depths, as in a leaf-wise LightGBM forest
+    groups = plan(*_sparse(depths), batch=10_000, device="cpu", compiled=True)
+    assert len(groups) == MAX_COMPILED_GROUPS
+    covered = np.sort(np.concatenate([m for _, m in groups]))
+    np.testing.assert_array_equal(covered, np.arange(len(depths)))
+    for _, members in groups:  # each group is a run of neighbouring depths
+        assert np.ptp(members) == members.size - 1

@@ -52,8 +52,11 @@ def convert(
         **options: Options of the torch backends: ``strategy`` (``"auto"``, ``"gemm"``,
             ``"tree_traversal"``, ``"perfect_tree_traversal"``), ``device`` (``"cpu"``,
             ``"cuda"``, ``"cuda:1"`` or a ``torch.device``), ``batch_size`` (rows per chunk;
-            also the batch the strategy selector plans for), ``n_threads`` (CPU threads) and
-            ``progress`` (a tqdm bar over chunks).
+            also the batch the strategy selector plans for), ``n_threads`` (CPU threads),
+            ``progress`` (a tqdm bar over chunks) and ``compile`` (``backend="torch"``
+            only: run the lowered module through ``torch.compile``, C++/OpenMP on the CPU
+            and Triton on CUDA; the first compile of a large forest takes seconds to tens
+            of seconds, cached on disk for later processes).
 
     Returns:
         A :class:`CompiledModel` with the native model's prediction methods.
@@ -85,6 +88,8 @@ def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel
     target = backend or saved_backend
     if target == "numpy":  # the reference evaluator has no strategy, batching or threads
         saved = {"precision": saved["precision"]}
+    if target != "torch":  # compile= is the torch backend's; other targets just run it
+        saved.pop("compile", None)
     merged = {**saved, **options}
     precision = merged.pop("precision")
     try:

@@ -24,6 +24,7 @@ _OPTIONS: dict[str, Any] = {
     "batch_size": lambda v: v is None or (type(v) is int and 1 <= v <= 2**31),
     "n_threads": lambda v: v is None or (type(v) is int and 1 <= v <= 1024),
     "progress": lambda v: type(v) is bool,
+    "compile": lambda v: type(v) is bool,
 }
 _BACKENDS = ("numpy", "torch", "torchscript", "onnx")
 

@@ -59,8 +59,18 @@ class ReferenceEngine:
         return raw.astype(np.float64), transformed.astype(np.float64)
 
 
+def _no_compile(backend: str, options: dict[str, Any]) -> None:
+    """Drop ``compile=False``; refuse ``compile=True`` on a backend that cannot honour it."""
+    if options.pop("compile", False) is not False:
+        raise ValueError(
+            f"compile=True applies to backend='torch' (torch.compile); the {backend!r} "
+            "backend does not compile: drop compile=, or use backend='torch'"
+        )
+
+
 @register_backend("numpy")
 def _numpy_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
+    _no_compile("numpy", options)
     if options.get("device") not in (None, "cpu"):
         raise ValueError(f"the numpy backend runs on the CPU only, not {options['device']!r}")
     options.pop("device", None)
@@ -81,6 +91,7 @@ def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
+    _no_compile("torchscript", options)
     return make_engine(forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
 
 
@@ -88,4 +99,5 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.onnx_export import make_engine
 
+    _no_compile("onnx", options)
     return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]

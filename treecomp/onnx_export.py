@@ -113,7 +113,9 @@ def _emit_module(
     groups: list[Any] = list(module.groups)
     if module.folded:  # each column and its negation, as strategies.nodes.fold_missing expects
         axis = g.ints([2])
-        pairs = g.op("Concat", g.op("Unsqueeze", X, axis), g.op("Unsqueeze", g.op("Neg", X), axis), axis=2)
+        pairs = g.op(
+            "Concat", g.op("Unsqueeze", X, axis), g.op("Unsqueeze", g.op("Neg", X), axis), axis=2
+        )
         X = g.op("Reshape", pairs, g.rows_by(2 * forest.n_features))
     order = module.steps.t().contiguous()  # (outputs, terms)
     base_score = module.base_score.reshape(1, -1)
@@ -143,11 +145,11 @@ def _emit_module(
     if module.average:
         summed = g.op("CumSum", terms, g.const(np.array(2, np.int64)))
         last = g.op("Gather", summed, g.const(np.array(n_terms - 1, np.int64)), axis=2)
-        raw = g.op("Add", g.op("Div", last, g.const(module.divisor.reshape(1, -1))), g.const(base_score))
-    else:
-        start = g.op(
-            "Expand", g.const(base_score.unsqueeze(2)), g.rows_by(forest.n_outputs, 1)
+        raw = g.op(
+            "Add", g.op("Div", last, g.const(module.divisor.reshape(1, -1))), g.const(base_score)
         )
+    else:
+        start = g.op("Expand", g.const(base_score.unsqueeze(2)), g.rows_by(forest.n_outputs, 1))
         summed = g.op(
             "CumSum", g.op("Concat", start, terms, axis=2), g.const(np.array(2, np.int64))
         )

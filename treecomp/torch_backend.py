@@ -9,6 +9,8 @@ moved to its device; inputs are scored in chunks so that memory stays bounded.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,6 +94,30 @@ def check_compiler(device: torch.device) -> None:
         ) from None
 
 
+# Inductor options for our graphs. Bounds checks off: every index is built in range by the
+# lowering (and the exactness tests would catch one that is not). Scalar code: inductor's
+# vectorised gathers go lane by lane through a buffer; scalar loops ran 10 % faster and
+# compiled in 17 s instead of 31 s (500 trees of depth 8, 1 thread).
+INDUCTOR_OPTIONS: dict[str, Any] = {
+    "assert_indirect_indexing": False,
+    "cpp.simdlen": 1,
+}
+_copies = itertools.count()
+
+
+def _own_code(method: Any) -> Any:
+    """``method`` bound to a copy of its function with a code object of its own.
+
+    Dynamo keeps compiled graphs on the code object of the compiled frame: every
+    ``ForestModule`` would share ``ForestModule.forward``'s entries, and a process holding
+    more than ``recompile_limit`` (8) compiled models would silently fall back to eager.
+    """
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_copies)}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
 class CompiledForward:
     """``torch.compile`` of a branch-free :class:`strategies.ForestModule` method.
 
@@ -102,8 +128,10 @@ class CompiledForward:
     the user's cache directory) makes the same model compile fast in a new process.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], Any], dtype: torch.dtype) -> None:
-        self.compiled = torch.compile(fn, fullgraph=True, options={"assert_indirect_indexing": False, "cpp.simdlen": 1})
+    def __init__(self, method: Any, dtype: torch.dtype) -> None:
+        self.compiled = torch.compile(
+            _own_code(method), fullgraph=True, options=dict(INDUCTOR_OPTIONS)
+        )
         self.dtype = dtype
 
     def __call__(self, X: torch.Tensor) -> Any:
@@ -157,11 +185,6 @@ class TorchEngine:
         check_positive("n_threads", n_threads)
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}")
-        if compile and script:
-            raise ValueError(
-                "compile=True runs torch.compile on the 'torch' backend; the 'torchscript' "
-                "backend is scripted instead: use backend='torch', compile=True"
-            )
         self.forest = forest
         self.device = resolve_device(device)
         self.compiled = compile
@@ -172,7 +195,12 @@ class TorchEngine:
         dtype = torch.float32 if precision == "float32" else torch.float64
         lowered = float32_thresholds(forest) if precision == "float32" else forest
         module, groups = strategies.lower(
-            lowered, strategy, dtype=dtype, batch_size=batch_size or 10_000, device=self.device.type
+            lowered,
+            strategy,
+            dtype=dtype,
+            batch_size=batch_size or 10_000,
+            device=self.device.type,
+            compiled=compile,
         )
         depths = tree_depths(forest.trees)
         self.strategy = strategies.describe(groups, depths)
@@ -187,7 +215,7 @@ class TorchEngine:
         self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
         if compile:
             self.strategy += " [compiled]"
-            self._forward = CompiledForward(module, module.input_dtype)
+            self._forward = CompiledForward(module.forward, module.input_dtype)
             self._warm_up(self._forward)
 
     def _warm_up(self, fn: Callable[[torch.Tensor], Any]) -> None:
@@ -220,7 +248,7 @@ class TorchEngine:
                 torch._inductor.aoti_compile_and_package(
                     program,
                     package_path=str(path),
-                    inductor_configs={"assert_indirect_indexing": False, "cpp.simdlen": 1},
+                    inductor_configs=INDUCTOR_OPTIONS,
                 )
         finally:
             module.branch_free = previous

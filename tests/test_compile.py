@@ -1,0 +1,163 @@
+"""The compiled path (``compile=True``) and the ``.pt2`` package: the exactness matrix again.
+
+Every zoo model is compiled (tiny forests: a few seconds each, cached on disk by inductor),
+and its outputs compared with the native model and the reference evaluator on held-out
+rows, threshold probes, NaN and infinite rows and single rows, as the eager tests do.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_close, assert_equal, lowering_tolerance
+from tests.zoo import ZOO, compare_native, fitted, inputs, torch
+
+# Each traversal on the models that exercise the general node rule (categorical and
+# zero-as-missing splits), vector leaves and averaging; "auto" on every model.
+CASES = [(name, "auto") for name in sorted(ZOO)] + [
+    (name, strategy)
+    for name in ("xgboost_binary", "lightgbm_categorical_zero", "sklearn_multi_output")
+    for strategy in ("gemm", "tree_traversal", "perfect_tree_traversal")
+]
+
+
+def _compare_reference(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: Any) -> None:
+    if hasattr(cm, "apply"):
+        assert_equal(cm.apply(X), ref.apply(X))
+    for method in ("predict_proba", "decision_function", "score_samples", "predict"):
+        if hasattr(cm, method) and np.asarray(getattr(ref, method)(X)).dtype.kind == "f":
+            expected = getattr(ref, method)(X)
+            assert_close(getattr(cm, method)(X), expected, lowering_tolerance(cm.forest))
+
+
+@pytest.mark.parametrize(("name", "strategy"), CASES)
+def test_compiled_matches_native_and_reference(name: str, strategy: str) -> None:
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "torch", strategy=strategy, compile=True)
+    ref = treecomp.convert(model, "numpy")
+    assert cm.strategy.endswith("[compiled]")
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+        _compare_reference(cm, ref, X)
+
+
+def test_one_graph_serves_every_batch_size() -> None:
+    from torch._dynamo.utils import counters
+
+    model, X_test = fitted("xgboost_multiclass")
+    cm = treecomp.convert(model, "torch", compile=True)
+    X = np.asarray(X_test, dtype=np.float64)
+    cm.predict_proba(X[:5])  # compiled at convert: this call must not compile again
+    graphs = counters["stats"]["unique_graphs"]
+    for n in (1, 2, 3, 17, len(X)):
+        assert_equal(cm.predict(X[:n]), model.predict(X[:n]))
+    assert cm.predict_proba(X[:0]).shape == (0, 3)
+    tensor = torch.from_numpy(X[:9]).to(torch.float32)  # a float32 tensor, not inference mode
+    assert_close(cm.predict_proba(tensor), model.predict_proba(X[:9]), "xgboost_float32")
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compile_needs_a_cpp_compiler() -> None:
+    import torch._inductor.config as inductor_config
+
+    model, _ = fitted("sklearn_gb")
+    with (
+        inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}),
+        pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler.*compile=False"),
+    ):
+        treecomp.convert(model, "torch", compile=True)
+
+
+def test_compile_option_is_checked() -> None:
+    model, _ = fitted("sklearn_gb")
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        treecomp.convert(model, "torch", compile="yes")
+    for backend in ("numpy", "onnx", "torchscript"):
+        with pytest.raises(ValueError, match="compile=True applies to backend='torch'"):
+            treecomp.convert(model, backend, compile=True)
+        assert treecomp.convert(model, backend, compile=False).backend == backend
+
+
+def test_compiled_artifact_round_trip(tmp_path: Path) -> None:
+    model, X_test = fitted("sklearn_rf")
+    cm = treecomp.convert(model, "torch", compile=True)
+    cm.save(tmp_path / "m.tc")
+    again = treecomp.load(tmp_path / "m.tc")
+    assert again.strategy.endswith("[compiled]")
+    assert_equal(again.predict(X_test), model.predict(X_test))
+    # Other backends ignore the saved compile=True.
+    onnx = treecomp.load(tmp_path / "m.tc", backend="onnx")
+    assert_equal(onnx.predict(X_test), model.predict(X_test))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["xgboost_binary", "lightgbm_categorical_zero", "sklearn_rf"])
+def test_compiled_on_cuda(name: str) -> None:
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "torch", compile=True, device="cuda")
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+
+
+# --- .pt2 packages -------------------------------------------------------------------------
+
+PT2_MODELS = ["xgboost_binary", "lightgbm_categorical_zero", "sklearn_multi_output"]
+
+
+def test_pt2_package_runs_without_treecomp(tmp_path: Path) -> None:
+    """One package per library family, loaded and run in a process with torch alone."""
+    expected: dict[str, Any] = {}
+    for name in PT2_MODELS:
+        model, X_test = fitted(name)
+        cm = treecomp.convert(model, "torch")
+        cm.export_pt2(tmp_path / f"{name}.pt2", leaf_indices=True)
+        batches = [
+            np.asarray(cm._prepare(X), dtype=cm.forest.input_dtype)  # as the native model sees it
+            for X in inputs(model, X_test, cm.forest)
+        ]
+        for i, X in enumerate(batches):
+            np.save(tmp_path / f"{name}-{i}.npy", X)
+        expected[name] = (cm, len(batches))
+    script = textwrap.dedent(
+        f"""
+        import sys, time, numpy as np, torch
+        folder = {str(tmp_path)!r}
+        for name, count in {[(n, expected[n][1]) for n in PT2_MODELS]!r}:
+            start = time.perf_counter()
+            run = torch._inductor.aoti_load_package(f"{{folder}}/{{name}}.pt2")
+            print(name, "loaded in", time.perf_counter() - start)
+            for i in range(count):
+                X = torch.from_numpy(np.load(f"{{folder}}/{{name}}-{{i}}.npy"))
+                raw, transformed, leaves = run(X)
+                np.save(f"{{folder}}/{{name}}-{{i}}-out.npy", transformed.numpy())
+                np.save(f"{{folder}}/{{name}}-{{i}}-leaves.npy", leaves.numpy())
+        assert "treecomp" not in sys.modules and "strategies" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    for name in PT2_MODELS:
+        cm, count = expected[name]
+        ref = treecomp.convert(cm.forest, "numpy")
+        for i in range(count):
+            X = np.load(tmp_path / f"{name}-{i}.npy")
+            transformed = np.load(tmp_path / f"{name}-{i}-out.npy").astype(np.float64)
+            leaves = np.load(tmp_path / f"{name}-{i}-leaves.npy")
+            _, ref_transformed = ref._engine.scores(X)
+            assert_close(transformed, ref_transformed, lowering_tolerance(cm.forest))
+            assert_equal(leaves, ref._engine.leaf_ids(X))
+
+
+def test_pt2_needs_a_torch_backend(tmp_path: Path) -> None:
+    model, _ = fitted("sklearn_gb")
+    for backend in ("numpy", "onnx"):
+        cm = treecomp.convert(model, backend)
+        with pytest.raises(AttributeError, match="export_pt2 needs a torch backend"):
+            cm.export_pt2(tmp_path / "m.pt2")
