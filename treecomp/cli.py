@@ -1,4 +1,6 @@
-"""Command line: ``treecomp inspect FOREST.json`` summarises a saved forest; ``treecomp demo``."""
+"""Command line: ``treecomp inspect FOREST.json`` summarises a saved forest; ``treecomp demo``;
+``treecomp bench`` times compiled models against the native libraries (see ``--help``).
+"""
 
 from __future__ import annotations
 
@@ -27,11 +29,22 @@ def _inspect(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``treecomp`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Everything after ``bench`` is the bench's own: forwarded as is, --help included.
+        from treecomp.bench import main as bench
+
+        return bench(argv[1:], prog="treecomp bench")
     parser = argparse.ArgumentParser(prog="treecomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", help="summarise a forest saved with Forest.to_json()")
     inspect.add_argument("path", type=Path)
     sub.add_parser("demo", help="compile one model per library and compare with native")
+    sub.add_parser(
+        "bench",
+        help="time treecomp against native, onnxml and hummingbird (treecomp bench --help)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
     if args.command == "inspect":
         return _inspect(args.path)

@@ -103,6 +103,7 @@ INDUCTOR_OPTIONS: dict[str, Any] = {
     "cpp.simdlen": 1,
 }
 _copies = itertools.count()
+WARM_UP_ROWS = 4096
 
 
 def _own_code(method: Any) -> Any:
@@ -220,7 +221,9 @@ class TorchEngine:
 
     def _warm_up(self, fn: Callable[[torch.Tensor], Any]) -> None:
         """Compile now (rather than at the first call), naming what failed if it does."""
-        example = torch.zeros((2, self.forest.n_features), device=self.device)
+        # The example's size is the compiler's hint for the dynamic batch axis: with 2 rows it
+        # judged the loops too small for OpenMP and emitted serial code (2 threads ran as 1).
+        example = torch.zeros((WARM_UP_ROWS, self.forest.n_features), device=self.device)
         try:
             with torch.inference_mode(), self._threads():
                 fn(example)
@@ -236,7 +239,7 @@ class TorchEngine:
         check_compiler(self.device)
         module = self.lowered
         exported = PT2Module(module, leaf_indices)
-        example = torch.zeros((2, self.forest.n_features), dtype=module.input_dtype)
+        example = torch.zeros((WARM_UP_ROWS, self.forest.n_features), dtype=module.input_dtype)
         batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
         previous = module.branch_free
         module.branch_free = True

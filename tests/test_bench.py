@@ -1,0 +1,125 @@
+"""The benchmark command: a tiny model through the real worker processes, and its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import TOLERANCES
+from treecomp import bench, cli
+
+pytest.importorskip("sklearn", reason="the bench makes its data with scikit-learn")
+pytest.importorskip("xgboost", reason="the bench's tiny model is an XGBoost classifier")
+pytest.importorskip("torch", reason="the treecomp systems below run on the torch backend")
+
+BATCH = 64
+SYSTEMS = ("native", "treecomp-torch-gemm", "treecomp-torch-no_such_strategy")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One bench run: the tiny model, one batch size, two systems and one that fails."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--models", "tiny", "--batch-sizes", str(BATCH), "--systems", ",".join(SYSTEMS)]
+    argv += ["--budget", "0.01", "--out", str(out)]
+    assert bench.main(argv) == 0
+    return out, json.loads((out / bench.RESULTS_FILE).read_text())
+
+
+def test_results_have_one_record_per_system_and_batch(run: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = run
+    assert {"machine", "settings", "models", "results"} <= doc.keys()
+    assert doc["machine"]["threads"] == 2 and doc["machine"]["cpu_count"] >= 1
+    assert {"torch", "xgboost", "scikit-learn", "onnxruntime"} <= doc["machine"]["versions"].keys()
+    assert [(r["system"], r["batch"]) for r in doc["results"]] == [(s, BATCH) for s in SYSTEMS]
+    fields = {"model", "system", "batch", "median_s", "runs", "ratio_to_fastest_peer"}
+    fields |= {"ratio_to_native", "max_abs_dev", "label_mismatches", "convert_s"}
+    fields |= {"peak_rss_mb", "error"}
+    for record in doc["results"]:
+        assert fields <= record.keys()
+        assert record["model"] == "tiny"
+
+
+def test_treecomp_matches_native_and_is_timed(run: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = run
+    native, gemm, _ = doc["results"]
+    for record in (native, gemm):
+        assert record["status"] == "ok" and record["error"] is None
+        assert record["runs"] >= 5 and record["median_s"] > 0
+        assert record["label_mismatches"] == 0
+        assert record["peak_rss_mb"] > 0
+    # Both sides add the same float32 leaf values in the same order; only the link differs.
+    assert gemm["max_abs_dev"] <= TOLERANCES["float32_link"].atol
+    assert gemm["convert_s"] > 0 and gemm["strategy"] == "gemm"
+    assert native["ratio_to_fastest_peer"] == pytest.approx(1.0)  # the only peer here
+    assert gemm["ratio_to_native"] == pytest.approx(native["median_s"] / gemm["median_s"])
+
+
+def test_a_failing_system_is_an_error_cell(run: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = run
+    failed = doc["results"][2]
+    assert failed["status"] == "error" and failed["median_s"] is None
+    assert "unknown strategy 'no_such_strategy'" in failed["error"]
+    assert failed["ratio_to_fastest_peer"] is None
+
+
+def test_plot_is_written(run: tuple[Path, dict[str, Any]]) -> None:
+    pytest.importorskip("matplotlib", reason="the bench's plot needs matplotlib")
+    out, _ = run
+    assert (out / bench.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_worker_past_its_timeout_is_an_error(tmp_path: Path) -> None:
+    prepared = bench.prepare_model(bench.TINY, tmp_path, quick=True, threads=1, n_test=BATCH)
+    system = bench.parse_system("native")
+    settings = bench.TimingSettings(threads=1)
+    result = bench.run_system(
+        prepared, system, [1, BATCH], settings, directory=tmp_path, timeout_s=0.01
+    )
+    assert result["status"] == "error" and "timed out" in result["error"]
+    assert [c["status"] for c in result["cells"]] == ["error", "error"]
+
+
+def test_system_names() -> None:
+    assert bench.parse_system("treecomp-torch-auto-compiled") == bench.System(
+        "treecomp-torch-auto-compiled", "treecomp", "torch", "auto", compiled=True
+    )
+    assert bench.parse_system("treecomp-onnx").strategy == "auto"
+    assert bench.parse_system("treecomp-numpy").strategy is None
+    assert bench.parse_system("onnxml").peer
+    with pytest.raises(ValueError, match="unknown backend"):
+        bench.parse_system("treecomp-cuda-auto")
+    with pytest.raises(ValueError, match="unknown system"):
+        bench.parse_system("lleaves")
+    everything = [s.name for s in bench.resolve_systems("all", quick=False)]
+    assert "treecomp-torchscript-perfect_tree_traversal" in everything
+    assert not any(n.endswith("-compiled") and "-torch-" not in n for n in everything)
+
+
+def test_ratio_is_fastest_peer_over_system() -> None:
+    def result(system: str, median: float | None) -> dict[str, Any]:
+        cell = {"batch": 10, "status": "ok", "error": None, "median_s": median}
+        return {"model": "m", "system": system, "cells": [cell]}
+
+    systems = [bench.parse_system(n) for n in ("native", "onnxml", "treecomp-torch-auto")]
+    records = bench.build_records(
+        [result("native", 4.0), result("onnxml", 2.0), result("treecomp-torch-auto", 1.0)],
+        systems,
+    )
+    ratios = {r["system"]: (r["ratio_to_fastest_peer"], r["ratio_to_native"]) for r in records}
+    assert ratios == {"native": (0.5, 1.0), "onnxml": (1.0, 2.0), "treecomp-torch-auto": (2, 4)}
+    table = bench.format_tables(records, ["m"], [s.name for s in systems])
+    assert "R > 1 means faster than every peer" in table and "x2" in table
+
+
+def test_cli_forwards_to_the_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: treecomp bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--systems", "nonsense"])
+    assert exit_info.value.code == 2
