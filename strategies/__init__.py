@@ -66,12 +66,8 @@ def lower(
         )
     if compiled and name != "auto":
         groups = _split_by_depth(groups, depths)
-    trees = fold_missing(
-        list(forest.trees),
-        n_features=forest.n_features,
-        less_equal=forest.comparison == "<=",
-        dtype=dtype,
-    )
+    fold = fold_missing(list(forest.trees), less_equal=forest.comparison == "<=", dtype=dtype)
+    trees, fold_columns = fold if fold is not None else (None, 0)
     options = GroupOptions(
         less_equal=forest.comparison == "<=" and trees is None,
         dtype=dtype,
@@ -84,7 +80,7 @@ def lower(
         STRATEGIES[group_name]([source[i] for i in members], members.tolist(), options)
         for group_name, members in groups
     ]
-    return ForestModule(forest, modules, dtype, folded=options.folded), groups
+    return ForestModule(forest, modules, dtype, fold_columns=fold_columns), groups
 
 
 def _split_by_depth(

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from strategies.nodes import TreeGroup, take, tensor
+from strategies.nodes import TreeGroup, extend_input, take, tensor
 from treecomp.ir import Forest
 
 
@@ -88,7 +88,7 @@ class ForestModule(torch.nn.Module):
         groups: list[TreeGroup],
         dtype: torch.dtype,
         *,
-        folded: bool = False,
+        fold_columns: int = 0,
     ) -> None:
         super().__init__()
         self.groups = torch.nn.ModuleList(groups)
@@ -97,7 +97,9 @@ class ForestModule(torch.nn.Module):
         self.n_outputs = forest.n_outputs
         self.input_dtype = torch.float32 if forest.input_dtype == "float32" else torch.float64
         self.dtype = dtype
-        self.folded = folded
+        # Columns of the extended input per feature when the trees are folded (0: not).
+        self.fold_columns = fold_columns
+        self.folded = fold_columns > 0
         self.branch_free = False
         # Rows per eager block: about 2**19 walkers (2 MiB per int32 (trees, rows) tensor).
         # 500 trees of depth 8, 10 000 rows, 1 thread: blocks of 256 to 1 000 rows took
@@ -141,8 +143,8 @@ class ForestModule(torch.nn.Module):
         if self.has_missing_value:
             X = torch.where(X == self.missing_value, torch.full_like(X, float("nan")), X)
         X = X.to(self.dtype)
-        if self.folded:  # each column and its negation, as fold_missing expects
-            return torch.stack([X, -X], 2).reshape(X.shape[0], 2 * self.n_features)
+        if self.folded:
+            return extend_input(X, self.fold_columns)
         return X.contiguous()
 
     def _check_missing(self, X: torch.Tensor) -> bool:

@@ -5,8 +5,8 @@ then calls :func:`go_left`. Categorical membership is a dense boolean table
 ``category_table[category_row, code]``; row 0 is empty and marks numerical nodes.
 
 Forests of numerical splits are first *folded* (:func:`fold_missing`): every node becomes
-``go left iff x' < s`` on the extended input ``x'`` (each column followed by its negation),
-with NaN going right, so
+``go left iff x' < s`` on the extended input ``x'`` (each column followed by its negation,
+and where needed a NaN indicator), with NaN going right, so
 the missing-value rule costs nothing at run time and needs no data-dependent branch.
 """
 
@@ -68,23 +68,28 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 
 
 def fold_missing(
-    trees: list[Tree], *, n_features: int, less_equal: bool, dtype: torch.dtype
-) -> list[Tree] | None:
+    trees: list[Tree], *, less_equal: bool, dtype: torch.dtype
+) -> tuple[list[Tree], int] | None:
     """Trees whose every node is ``left iff x'[feature] < threshold``, NaN going right.
 
-    ``x'`` has ``2 * n_features`` columns: column ``2 * j`` is ``X[:, j]`` and ``2 * j + 1``
-    is ``-X[:, j]`` (side by side, so both share a cache line). A node whose missing values go right
-    keeps its feature and tests ``x < t`` (``x <= t`` becomes ``x < nextup(t)``); NaN fails
-    the test and goes right, as it should. A node whose missing values go left swaps its
-    children and tests the negated column: the old right child is taken iff ``x > t``, that
-    is ``-x < -t`` (or, for ``x >= t``, ``-x < nextup(-t)``), and NaN again fails the test.
-    Every step is exact in ``dtype`` for every non-NaN input, infinities included, except
-    ``v <= +inf``, which has no strict form: such forests, and those with categorical or
-    zero-as-missing nodes, are not folded (``None``) and keep the general rule.
+    Returns the trees and ``k``, the columns of ``x'`` per input feature: column ``k * j``
+    is ``X[:, j]``, ``k * j + 1`` is ``-X[:, j]`` and, when ``k == 3``, ``k * j + 2`` is 0,
+    or NaN where ``X[:, j]`` is (side by side, so they share a cache line; see
+    :func:`extend_input`).
+
+    A node whose missing values go right keeps its feature and tests ``x < t`` (``x <= t``
+    becomes ``x < nextup(t)``); NaN fails the test and goes right, as it should. A node
+    whose missing values go left swaps its children and tests the negated column: the old
+    right child is taken iff ``x > t``, that is ``-x < -t`` (or, for ``x >= t``,
+    ``-x < nextup(-t)``), and NaN again fails the test. The one test with no strict form,
+    ``v <= +inf`` (HistGradientBoosting's "missing values right" splits), holds for every
+    non-NaN value: it becomes ``0 < 1`` on the third column, which NaN fails. Every step is
+    exact in ``dtype`` for every input, infinities included. Forests with categorical or
+    zero-as-missing nodes are not folded (``None``) and keep the general rule.
     """
     float_type = np.float32 if dtype == torch.float32 else np.float64
     infinity = float_type(np.inf)
-    folded = []
+    parts = []
     for tree in trees:
         if tree.is_categorical.any() or tree.zero_is_missing.any():
             return None
@@ -96,20 +101,32 @@ def fold_missing(
         # Tests of the form "y <= v" that become "y < nextup(v)".
         strict_from_le = ~swap if less_equal else swap
         v = np.where(swap, np.negative(t), t)
-        if (strict_from_le & internal & (v == infinity)).any():
-            return None
+        not_nan = strict_from_le & internal & (v == infinity)
         s = np.where(strict_from_le, np.nextafter(v, infinity), v)
-        folded.append(
-            dataclasses.replace(
-                tree,
-                left_child=np.where(swap, tree.right_child, tree.left_child).astype(np.int32),
-                right_child=np.where(swap, tree.left_child, tree.right_child).astype(np.int32),
-                feature=(2 * np.maximum(tree.feature, 0) + swap).astype(np.int32),
-                threshold=np.where(internal, s.astype(np.float64), np.nan),
-                default_left=np.zeros_like(tree.default_left),
-            )
+        s = np.where(not_nan, 1.0, s)
+        column = np.where(not_nan, 2, swap.astype(np.int64))
+        parts.append((tree, internal, swap, s, column))
+    k = 3 if any((column == 2).any() for *_, column in parts) else 2
+    folded = [
+        dataclasses.replace(
+            tree,
+            left_child=np.where(swap, tree.right_child, tree.left_child).astype(np.int32),
+            right_child=np.where(swap, tree.left_child, tree.right_child).astype(np.int32),
+            feature=(k * np.maximum(tree.feature, 0) + column).astype(np.int32),
+            threshold=np.where(internal, s.astype(np.float64), np.nan),
+            default_left=np.zeros_like(tree.default_left),
         )
-    return folded
+        for tree, internal, swap, s, column in parts
+    ]
+    return folded, k
+
+
+def extend_input(X: torch.Tensor, columns: int) -> torch.Tensor:
+    """The input ``x'`` of folded trees (see :func:`fold_missing`), ``columns`` per feature."""
+    parts = [X, -X]
+    if columns == 3:
+        parts.append(torch.where(torch.isnan(X), X, torch.zeros_like(X)))
+    return torch.stack(parts, 2).reshape(X.shape[0], columns * X.shape[1])
 
 
 def go_left(

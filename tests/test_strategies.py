@@ -237,3 +237,21 @@ def test_outputs_do_not_keep_scratch_memory_alive(name: str) -> None:
     raw, transformed = cm.torch_module(torch.from_numpy(np.asarray(X_test, dtype=np.float64)))
     for out in (raw, transformed):
         assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+
+
+def test_missing_only_splits_fold_onto_a_nan_column() -> None:
+    """HistGradientBoosting's "x <= +inf" splits (missing values right) have no strict form:
+    they test the NaN column of the extended input, and rows with NaN and ±inf go the
+    native way."""
+    model, X_test = fitted("sklearn_hgb_nan")
+    forest = treecomp.parse(model)
+    internal = [t.threshold[t.left_child >= 0] for t in forest.trees]
+    assert any(np.isposinf(th).any() for th in internal)
+    X = np.asarray(X_test, dtype=np.float64)
+    X[::5, 3] = np.nan
+    X[1::5, 3] = np.inf
+    X[2::5, 3] = -np.inf
+    for strategy in ("gemm", "tree_traversal", "perfect_tree_traversal"):
+        cm = treecomp.convert(model, "torch", strategy=strategy)
+        assert cm.torch_module.fold_columns == 3
+        compare_native(model, cm, X)

@@ -81,6 +81,17 @@ def zoo_sklearn_hgb_categorical() -> tuple[Any, Any]:
     return model, categorical_data(200, 1)[0]
 
 
+def zoo_sklearn_hgb_nan() -> tuple[Any, Any]:
+    """NaN in training: some splits send only the missing values right (threshold +inf)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 5))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[rng.random(1200) < 0.4, 3] = np.nan  # whether x3 is missing is what matters most
+    y = (np.isnan(X[:, 3]) ^ (np.nan_to_num(X[:, 0]) > 0.5)).astype(int)
+    model = ensemble.HistGradientBoostingClassifier(max_iter=15, random_state=0)
+    return model.fit(X[:600], y[:600]), X[600:]
+
+
 def zoo_sklearn_iforest() -> tuple[Any, Any]:
     X, _, X_test = load("diabetes")
     return ensemble.IsolationForest(n_estimators=15, max_features=0.7, random_state=0).fit(

@@ -111,12 +111,13 @@ def _emit_module(
 ) -> tuple[str, str, str]:
     """Emit ``module``'s forward and ``leaf_ids``; returns (raw, transformed, leaf ids)."""
     groups: list[Any] = list(module.groups)
-    if module.folded:  # each column and its negation, as strategies.nodes.fold_missing expects
+    if module.folded:  # the extended input of strategies.nodes.fold_missing
         axis = g.ints([2])
-        pairs = g.op(
-            "Concat", g.op("Unsqueeze", X, axis), g.op("Unsqueeze", g.op("Neg", X), axis), axis=2
-        )
-        X = g.op("Reshape", pairs, g.rows_by(2 * forest.n_features))
+        parts = [X, g.op("Neg", X)]
+        if module.fold_columns == 3:
+            parts.append(g.op("Where", g.op("IsNaN", X), X, g.scalar(0.0)))
+        stacked = g.op("Concat", *[g.op("Unsqueeze", p, axis) for p in parts], axis=2)
+        X = g.op("Reshape", stacked, g.rows_by(module.fold_columns * forest.n_features))
     order = module.steps.t().contiguous()  # (outputs, terms)
     base_score = module.base_score.reshape(1, -1)
     values, ids, columns = [], [], []
