@@ -94,7 +94,6 @@ class ForestModule(torch.nn.Module):
         self.groups = torch.nn.ModuleList(groups)
         self.n_features = forest.n_features
         self.n_trees = forest.n_trees
-        self.n_outputs = forest.n_outputs
         self.input_dtype = torch.float32 if forest.input_dtype == "float32" else torch.float64
         self.dtype = dtype
         # Columns of the extended input per feature when the trees are folded (0: not).
@@ -159,27 +158,35 @@ class ForestModule(torch.nn.Module):
             return joined
         return joined.index_select(0, self.inverse)
 
-    def _leaf_values(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+    def _per_tree(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
+        """Every tree's leaf values ``(trees, n, leaf_width)`` or native leaf numbers
+        (``ids``) ``(trees, n)``, in forest order.
+
+        Eager kernels walk a block of rows at a time, so that each level's (trees, rows)
+        tensors stay in cache; a branch-free module walks all rows in one graph.
+        """
+        n = X.shape[0]
+        if self.branch_free or n <= self.block_rows:
+            return self._lookup(X, check_missing, ids)
+        blocks: list[torch.Tensor] = []
+        for start in range(0, n, self.block_rows):
+            rows = X[start : start + self.block_rows]
+            blocks.append(self._lookup(rows, check_missing, ids))
+        return torch.cat(blocks, 1)
+
+    def _lookup(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
         parts: list[torch.Tensor] = []
-        for group in self.groups:  # each gives (trees, n) rows of (trees, n, leaf_width) values
+        for group in self.groups:  # each gives (trees, n) rows into its leaf tables
             rows = group(X, check_missing)
-            parts.append(take(group.leaf_value, rows))  # type: ignore[arg-type]
+            table = group.leaf_id if ids else group.leaf_value
+            parts.append(take(table, rows))  # type: ignore[arg-type]
         return self._forest_order(parts)
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         X = self.prepare(X)
         n = X.shape[0]
-        check_missing = self._check_missing(X)
-        block = self.block_rows
-        if self.branch_free or n <= block:
-            values = self._leaf_values(X, check_missing)
-        else:
-            # Eager kernels walk a block of rows at a time, so that each level's (trees,
-            # rows) tensors stay in cache; the sum below then runs once over all rows.
-            blocks: list[torch.Tensor] = []
-            for start in range(0, n, block):
-                blocks.append(self._leaf_values(X[start : start + block], check_missing))
-            values = torch.cat(blocks, 1)
+        # Row blocks walk the trees; the sum below then runs once over all rows.
+        values = self._per_tree(X, self._check_missing(X), ids=False)
         if self.leaf_width > 1:
             values = values.permute(0, 2, 1)
         flat = values.reshape(self.n_trees * self.leaf_width, n)
@@ -219,23 +226,7 @@ class ForestModule(torch.nn.Module):
     def leaf_ids(self, X: torch.Tensor) -> torch.Tensor:
         """Native leaf numbers reached in every tree, ``(n_rows, n_trees)`` int64."""
         X = self.prepare(X)
-        check_missing = self._check_missing(X)
-        n = X.shape[0]
-        if self.branch_free or n <= self.block_rows:
-            ids = self._leaf_numbers(X, check_missing)
-        else:
-            blocks: list[torch.Tensor] = []
-            for start in range(0, n, self.block_rows):
-                rows = X[start : start + self.block_rows]
-                blocks.append(self._leaf_numbers(rows, check_missing))
-            ids = torch.cat(blocks, 1)
-        return ids.t().contiguous()
-
-    def _leaf_numbers(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        parts: list[torch.Tensor] = []
-        for group in self.groups:
-            parts.append(take(group.leaf_id, group(X, check_missing)))  # type: ignore[arg-type]
-        return self._forest_order(parts)
+        return self._per_tree(X, self._check_missing(X), ids=True).t().contiguous()
 
 
 def contribution_order(forest: Forest) -> np.ndarray:

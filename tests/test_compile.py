@@ -18,7 +18,7 @@ import pytest
 
 import treecomp
 from tests.helpers import assert_close, assert_equal, lowering_tolerance
-from tests.zoo import ZOO, compare_native, fitted, inputs, torch
+from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs, torch
 
 # Each traversal on the models that exercise the general node rule (categorical and
 # zero-as-missing splits), vector leaves and averaging; "auto" on every model.
@@ -29,15 +29,6 @@ CASES = [(name, "auto") for name in sorted(ZOO)] + [
 ]
 
 
-def _compare_reference(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: Any) -> None:
-    if hasattr(cm, "apply"):
-        assert_equal(cm.apply(X), ref.apply(X))
-    for method in ("predict_proba", "decision_function", "score_samples", "predict"):
-        if hasattr(cm, method) and np.asarray(getattr(ref, method)(X)).dtype.kind == "f":
-            expected = getattr(ref, method)(X)
-            assert_close(getattr(cm, method)(X), expected, lowering_tolerance(cm.forest))
-
-
 @pytest.mark.parametrize(("name", "strategy"), CASES)
 def test_compiled_matches_native_and_reference(name: str, strategy: str) -> None:
     model, X_test = fitted(name)
@@ -46,7 +37,7 @@ def test_compiled_matches_native_and_reference(name: str, strategy: str) -> None
     assert cm.strategy.endswith("[compiled]")
     for X in inputs(model, X_test, cm.forest):
         compare_native(model, cm, X)
-        _compare_reference(cm, ref, X)
+        compare_reference(cm, ref, X)
 
 
 def test_one_graph_serves_every_batch_size() -> None:

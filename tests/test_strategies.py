@@ -22,6 +22,7 @@ from tests.zoo import (
     STRATEGIES,
     ZOO,
     compare_native,
+    compare_reference,
     ensemble,
     fitted,
     inputs,
@@ -42,12 +43,7 @@ def test_strategy_matches_native_and_reference(name: str, strategy: str, backend
     assert cm.strategy in STRATEGIES or "+" in cm.strategy
     for X in inputs(model, X_test, cm.forest):
         compare_native(model, cm, X)
-        if hasattr(cm, "apply"):
-            assert_equal(cm.apply(X), ref.apply(X))
-        for method in ("predict_proba", "decision_function", "score_samples"):
-            if hasattr(cm, method):
-                expected = getattr(ref, method)(X)
-                assert_close(getattr(cm, method)(X), expected, lowering_tolerance(cm.forest))
+        compare_reference(cm, ref, X)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal, probe_rows, special_rows, with_missing
+from tests.helpers import (
+    assert_close,
+    assert_equal,
+    lowering_tolerance,
+    probe_rows,
+    special_rows,
+    with_missing,
+)
 
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
@@ -197,3 +204,15 @@ def compare_native(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
             assert_equal(actual, expected)
         else:
             assert_close(actual, expected, tolerance(model))
+
+
+def compare_reference(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: Any) -> None:
+    """A lowered model against the reference evaluator of the same forest: leaves exactly,
+    scores within the lowering tolerance."""
+    if hasattr(cm, "apply"):
+        assert_equal(cm.apply(X), ref.apply(X))
+    for method in ("predict_proba", "decision_function", "score_samples", "predict"):
+        if hasattr(cm, method):
+            expected = getattr(ref, method)(X)
+            if np.asarray(expected).dtype.kind == "f":
+                assert_close(getattr(cm, method)(X), expected, lowering_tolerance(cm.forest))
