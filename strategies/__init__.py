@@ -1,8 +1,9 @@
 """Lowerings of a :class:`treecomp.Forest` to torch programs, and the selector between them.
 
 Three strategies (the Hummingbird paper's): ``"gemm"``, ``"tree_traversal"`` and
-``"perfect_tree_traversal"``, registered by name in :mod:`strategies.registry`. Each maps
-inputs to leaf rows of a group of trees; :class:`~strategies.forest_module.ForestModule`
+``"perfect_tree_traversal"``, registered by name in :mod:`strategies.registry` for every
+target, and ``"tree_ensemble"`` (ONNX Runtime's tree operator) for the ONNX target only.
+Each maps inputs to leaf rows of a group of trees; :class:`~strategies.forest_module.ForestModule`
 composes them with the shared aggregation and post-transform. This package depends on
 :mod:`treecomp.ir` and torch only, never on a frontend.
 """
@@ -12,14 +13,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from strategies import gemm, perfect_tree_traversal, tree_traversal  # noqa: F401 (registration)
+from strategies import (  # noqa: F401 (registration)
+    gemm,
+    perfect_tree_traversal,
+    tree_ensemble,
+    tree_traversal,
+)
 from strategies.forest_module import ForestModule
 from strategies.nodes import GroupOptions, fold_missing
-from strategies.registry import STRATEGIES
+from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, plan
 from treecomp.ir import Forest, tree_depths
 
-__all__ = ["STRATEGIES", "ForestModule", "describe", "lower"]
+__all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
 
 ALIASES = {"tt": "tree_traversal", "ptt": "perfect_tree_traversal"}
 
@@ -32,6 +38,7 @@ def lower(
     batch_size: int = 10_000,
     device: str = "cpu",
     compiled: bool = False,
+    target: str = "torch",
 ) -> tuple[ForestModule, list[tuple[str, np.ndarray]]]:
     """Lower a forest to a :class:`ForestModule`.
 
@@ -48,25 +55,50 @@ def lower(
             compiler fuses every group's levels, not in eager mode. 200
             HistGradientBoosting trees of depth 7 to 16, 10 000 rows, compiled, 1 thread:
             363 ms in one tree-traversal group, 184 ms by depth.
+        target: ``"torch"`` or ``"onnx"``: what the module will run as. Only the ONNX target
+            can use ``"tree_ensemble"``, and the module then serves ``emit_onnx`` only.
 
     Returns:
         The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
     """
     name = ALIASES.get(strategy, strategy)
     depths = tree_depths(forest.trees)
+    if target not in ("torch", "onnx"):
+        raise ValueError(f"unknown target {target!r}; use 'torch' or 'onnx'")
     if name == "auto":
         internal = np.array([int((t.left_child >= 0).sum()) for t in forest.trees])
         leaves = np.array([int((t.left_child < 0).sum()) for t in forest.trees])
-        groups = plan(depths, internal, leaves, batch=batch_size, device=device, compiled=compiled)
+        tree_operator = (
+            target == "onnx" and tree_ensemble.refusal(list(forest.trees), dtype) is None
+        )
+        groups = plan(
+            depths,
+            internal,
+            leaves,
+            batch=batch_size,
+            device=device,
+            compiled=compiled,
+            tree_operator=tree_operator,
+        )
     elif name in STRATEGIES:
+        if target not in TARGETS[name]:
+            raise ValueError(
+                f"strategy {name!r} is an ONNX Runtime operator: it runs with backend='onnx' "
+                "and in export_onnx, not in torch; choose one of "
+                f"{sorted(n for n in STRATEGIES if target in TARGETS[n])}"
+            )
         groups = [(name, np.arange(forest.n_trees))]
     else:
         raise ValueError(
-            f"unknown strategy {strategy!r}; choose 'auto' or one of {sorted(STRATEGIES)}"
+            f"unknown strategy {strategy!r}; choose 'auto' or one of "
+            f"{sorted(n for n in STRATEGIES if target in TARGETS[n])}"
         )
     if compiled and name != "auto":
         groups = _split_by_depth(groups, depths)
-    fold = fold_missing(list(forest.trees), less_equal=forest.comparison == "<=", dtype=dtype)
+    fold = None
+    # The tree operator tests NaN itself: folding would only widen its input.
+    if any(group_name != "tree_ensemble" for group_name, _ in groups):
+        fold = fold_missing(list(forest.trees), less_equal=forest.comparison == "<=", dtype=dtype)
     trees, fold_columns = fold if fold is not None else (None, 0)
     options = GroupOptions(
         less_equal=forest.comparison == "<=" and trees is None,

@@ -274,7 +274,7 @@ class TreeGroup(torch.nn.Module):
         self,
         trees: list[Tree],
         columns: list[int],
-        nodes: NodeArrays,
+        nodes: "NodeArrays | None",
         options: GroupOptions,
     ) -> None:
         super().__init__()
@@ -282,6 +282,10 @@ class TreeGroup(torch.nn.Module):
         self.folded = options.folded
         self.nonnegative_categories = options.nonnegative_categories
         self.zero_threshold = ZERO_THRESHOLD
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64))
+        self.leaf_width = options.leaf_width
+        if nodes is None:  # a strategy that keeps its node parameters its own way
+            return
         self.has_zero_missing = nodes.has_zero_missing
         self.has_categorical = nodes.has_categorical
         self.register_buffer("feature", tensor(nodes.feature))
@@ -290,8 +294,6 @@ class TreeGroup(torch.nn.Module):
         self.register_buffer("zero_is_missing", tensor(nodes.zero_is_missing))
         self.register_buffer("category_row", tensor(nodes.category_row))
         self.register_buffer("category_table", tensor(nodes.category_table))
-        self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64))
-        self.leaf_width = options.leaf_width
 
     def set_leaves(self, value: npt.NDArray[np.float64], leaf_id: npt.NDArray[np.int64]) -> None:
         """Register the leaf table (rows the strategy's forward indexes into).

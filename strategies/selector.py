@@ -183,10 +183,18 @@ def plan(
     batch: int,
     device: str,
     compiled: bool = False,
+    tree_operator: bool = False,
 ) -> list[tuple[str, np.ndarray]]:
     """Choose strategies: a list of ``(strategy, tree indices)`` groups covering every tree.
 
+    ``tree_operator``: the plan is for an ONNX graph and ONNX Runtime's ``TreeEnsemble``
+    lowers these trees exactly (:func:`strategies.tree_ensemble.refusal`).
+
     Rules, in order:
+      0. ONNX on CPU with ``tree_operator``: ``tree_ensemble`` for every tree. The operator
+         walks each tree in C++ with no per-level kernels; it won at every batch size and
+         depth measured (see ``TREE_OPERATOR_NOTE``). ONNX Runtime's CUDA provider has no
+         kernel for it, so CUDA graphs go on to the rules below.
       1. Each strategy is costed on the whole forest (padding to its deepest/largest tree).
       2. If depths differ, every split "depth <= k | depth > k" is costed too, each side with
          its own cheapest strategy: a few deep trees no longer force GEMM off the shallow
@@ -197,9 +205,11 @@ def plan(
          its own depth. Adjacent depths are merged, cheapest merge first, down to
          ``MAX_COMPILED_GROUPS`` groups, which bounds the compile time.
     """
+    everyone = np.arange(depths.size)
+    if tree_operator and device == "cpu":
+        return [("tree_ensemble", everyone)]
     if compiled:
         return _depth_groups(depths, internal, leaves, batch, device)
-    everyone = np.arange(depths.size)
     best_cost, best_name = _best(shape_of(depths, internal, leaves, everyone), batch, device)
     best_plan: list[tuple[str, np.ndarray]] = [(best_name, everyone)]
     for cut in np.unique(depths)[:-1]:

@@ -15,7 +15,16 @@ import pytest
 
 import treecomp
 from tests.helpers import assert_close, assert_equal
-from tests.zoo import STRATEGIES, ZOO, compare_native, fitted, inputs, native_apply, pd, tolerance
+from tests.zoo import (
+    ONNX_STRATEGIES,
+    ZOO,
+    compare_native,
+    fitted,
+    inputs,
+    native_apply,
+    pd,
+    tolerance,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -58,7 +67,7 @@ def check_serving(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
         assert_equal(out["leaf_indices"], expected)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", ONNX_STRATEGIES)
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
     model, X_test = fitted(name)
@@ -72,17 +81,26 @@ def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
         check_serving(model, cm, X)
 
 
-def test_graph_contract() -> None:
+@pytest.mark.parametrize("strategy", ["auto", "tree_traversal"])
+def test_graph_contract(strategy: str) -> None:
     model, X_test = fitted("sklearn_rf")
-    proto = treecomp.convert(model, "numpy").to_onnx(leaf_indices=True)
+    proto = treecomp.convert(model, "numpy").to_onnx(leaf_indices=True, strategy=strategy)
     onnx.checker.check_model(proto, full_check=True)
-    assert proto.opset_import[0].domain == "" and proto.opset_import[0].version >= 17
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    assert opsets[""] >= 17
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["label", "probabilities", "leaf_indices"]
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "N"  # a dynamic batch axis
-    standard = {schema.name for schema in onnx.defs.get_all_schemas() if schema.domain == ""}
-    assert {node.op_type for node in proto.graph.node} <= standard  # no custom operators
+    schemas = {(s.domain, s.name) for s in onnx.defs.get_all_schemas()}
+    used = {(node.domain, node.op_type) for node in proto.graph.node}
+    assert used <= schemas  # no custom operators
+    # The CPU default finds leaves with ONNX-ML's TreeEnsemble; forced strategies use the
+    # standard domain only. Either way the graph says which strategy it holds.
+    expected = "tree_ensemble" if strategy == "auto" else strategy
+    assert {p.key: p.value for p in proto.metadata_props}["treecomp.strategy"] == expected
+    assert (("ai.onnx.ml", "TreeEnsemble") in used) == (expected == "tree_ensemble")
+    assert ("ai.onnx.ml" in opsets) == (expected == "tree_ensemble")
     for rows in (0, 1):
         out = run_serving(proto, np.asarray(X_test[:rows], dtype=np.float64), "float32")
         assert out["label"].shape == (rows,)

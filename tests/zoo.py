@@ -32,6 +32,8 @@ xgboost = pytest.importorskip("xgboost")
 lightgbm = pytest.importorskip("lightgbm")
 
 STRATEGIES = ("gemm", "tree_traversal", "perfect_tree_traversal", "auto")
+# The ONNX target adds ONNX Runtime's tree operator.
+ONNX_STRATEGIES = (*STRATEGIES, "tree_ensemble")
 METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
 
 

@@ -401,6 +401,7 @@ def all_systems() -> tuple[str, ...]:
     names = list(PEERS)
     for backend in ("torch", "torchscript", "onnx"):
         names += [f"treecomp-{backend}-{s}" for s in STRATEGIES]
+    names.append("treecomp-onnx-tree_ensemble")  # ONNX Runtime's tree operator: onnx only
     names += [f"treecomp-torch-{s}-compiled" for s in STRATEGIES]
     return (*names, "treecomp-numpy")
 

@@ -129,28 +129,38 @@ class CompiledModel:
         return transformed
 
     # ------------------------------------------------------------------------------------
-    def to_onnx(self, *, leaf_indices: bool = False) -> Any:
+    def to_onnx(self, *, leaf_indices: bool = False, strategy: str | None = None) -> Any:
         """The model as an ``onnx.ModelProto`` (see :mod:`treecomp.onnx_export`).
 
-        Works from any backend: the graph uses this model's precision and strategy option.
+        Works from any backend: the graph uses this model's precision and, unless
+        ``strategy`` is given, its strategy option. The strategy the graph holds is recorded
+        in its metadata (``treecomp.strategy``).
 
         Args:
             leaf_indices: Also output ``leaf_indices`` (native leaf numbers per tree).
+            strategy: ``"auto"`` (on CPU: ONNX Runtime's ``TreeEnsemble`` operator wherever it
+                is exact), ``"tree_ensemble"``, or a standard-operator strategy (``"gemm"``,
+                ``"tree_traversal"``, ``"perfect_tree_traversal"``), for runtimes without
+                the ONNX-ML domain.
         """
         from treecomp.onnx_export import build
 
+        if strategy is None:
+            strategy = str(self.options.get("strategy") or "auto")
         return build(
             self.forest,
             precision=self.precision,
-            strategy=str(self.options.get("strategy") or "auto"),
+            strategy=strategy,
             batch_size=int(self.options.get("batch_size") or 10_000),
             leaf_indices=leaf_indices,
         )
 
-    def export_onnx(self, path: Any, *, leaf_indices: bool = False) -> None:
+    def export_onnx(
+        self, path: Any, *, leaf_indices: bool = False, strategy: str | None = None
+    ) -> None:
         """Write :meth:`to_onnx`'s model to ``path``."""
         with open(path, "wb") as f:
-            f.write(self.to_onnx(leaf_indices=leaf_indices).SerializeToString())
+            f.write(self.to_onnx(leaf_indices=leaf_indices, strategy=strategy).SerializeToString())
 
     def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
         """Write a ``torch.export`` + AOTInductor package for serving from torch alone.

@@ -50,6 +50,9 @@ import strategies
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
 IR_VERSION = 8
+# Graphs with ONNX-ML's TreeEnsemble (ai.onnx.ml opset 5, onnx 1.16 and ONNX Runtime 1.19 on)
+# declare the IR version that shipped with it.
+ML_DOMAIN, ML_OPSET, ML_IR_VERSION = "ai.onnx.ml", 5, 10
 _ELEMENT = {
     "float32": TensorProto.FLOAT,
     "float64": TensorProto.DOUBLE,
@@ -64,7 +67,9 @@ class GraphBuilder:
 
     ``op(type, *inputs, **attributes)`` returns the output name; ``const(array)`` adds an
     initializer (torch tensors accepted); ``scalar(value)`` is a 0-d constant of the graph's
-    float type; ``rows_by(*dims)`` is the int64 shape ``[N, *dims]`` for Expand/Reshape.
+    float type; ``rows_by(*dims)`` is the int64 shape ``[N, *dims]`` for Expand;
+    ``reshape(x, *dims)`` reshapes to ``[N, *dims]`` with a constant shape (Reshape's 0 copies
+    the batch axis), so it costs no shape computation per call: at one row, every node counts.
     """
 
     def __init__(self, float_type: str, X: str) -> None:
@@ -73,7 +78,8 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
         self._cache: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
-        self.batch = self.op("Slice", self.op("Shape", X), self.ints([0]), self.ints([1]))
+        self._X = X
+        self._batch: str | None = None
 
     def _name(self, prefix: str) -> str:
         self._count += 1
@@ -103,13 +109,29 @@ class GraphBuilder:
         return self.const(np.array(value, dtype=self.float_type))
 
     def rows_by(self, *dims: int) -> str:
-        return self.op("Concat", self.batch, self.ints(list(dims)), axis=0)
+        if self._batch is None:
+            shape = self.op("Shape", self._X)
+            self._batch = self.op("Slice", shape, self.ints([0]), self.ints([1]))
+        return self.op("Concat", self._batch, self.ints(list(dims)), axis=0)
+
+    def reshape(self, x: str, *dims: int) -> str:
+        return self.op("Reshape", x, self.ints([0, *dims]))
 
 
 def _emit_module(
-    g: GraphBuilder, module: strategies.ForestModule, forest: Forest, X: str
-) -> tuple[str, str, str]:
-    """Emit ``module``'s forward and ``leaf_ids``; returns (raw, transformed, leaf ids)."""
+    g: GraphBuilder,
+    module: strategies.ForestModule,
+    forest: Forest,
+    X: str,
+    *,
+    scores: bool = True,
+    leaf_ids: bool = False,
+) -> tuple[str | None, str | None, str | None]:
+    """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids).
+
+    Only what is asked for is emitted: ONNX Runtime runs every node of a graph, whichever
+    outputs a call fetches.
+    """
     groups: list[Any] = list(module.groups)
     if module.folded:  # the extended input of strategies.nodes.fold_missing
         axis = g.ints([2])
@@ -117,50 +139,133 @@ def _emit_module(
         if module.fold_columns == 3:
             parts.append(g.op("Where", g.op("IsNaN", X), X, g.scalar(0.0)))
         stacked = g.op("Concat", *[g.op("Unsqueeze", p, axis) for p in parts], axis=2)
-        X = g.op("Reshape", stacked, g.rows_by(module.fold_columns * forest.n_features))
-    order = module.steps.t().contiguous()  # (outputs, terms)
-    base_score = module.base_score.reshape(1, -1)
-    values, ids, columns = [], [], []
-    for group in groups:
-        rows = group.emit_onnx(g, X)
-        values.append(g.op("Gather", g.const(group.leaf_value), rows))
-        ids.append(g.op("Gather", g.const(group.leaf_id), rows))
-        columns.append(group.columns.numpy())
+        X = g.reshape(stacked, module.fold_columns * forest.n_features)
     # Back to forest order: the inverse of the groups' concatenated tree order.
-    inverse = np.argsort(np.concatenate(columns)).astype(np.int64)
+    inverse = np.argsort(np.concatenate([group.columns.numpy() for group in groups]))
     identity = bool(np.array_equal(inverse, np.arange(inverse.size)))
 
     def in_forest_order(parts: list[str]) -> str:
         joined = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
         return joined if identity else g.op("Gather", joined, g.const(inverse), axis=1)
 
-    leaf_ids = in_forest_order(ids)
+    rows: dict[int, str] = {}  # each group's leaf rows, emitted once
+
+    def leaf_rows(i: int) -> str:
+        if i not in rows:
+            rows[i] = groups[i].emit_onnx(g, X)
+        return rows[i]
+
+    ids = None
+    if leaf_ids:
+        ids = in_forest_order(
+            [g.op("Gather", g.const(group.leaf_id), leaf_rows(i)) for i, group in enumerate(groups)]
+        )
+    if not scores:
+        return None, None, ids
+    tables = [group.leaf_value.numpy() for group in groups]
+    folded = _fold_base_score(module, groups, tables)
+    values = []
+    for i, group in enumerate(groups):
+        direct = group.emit_values(g, X, tables[i]) if hasattr(group, "emit_values") else None
+        if direct is None:
+            direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
+        values.append(direct)
+    raw = _emit_sum(g, module, forest, in_forest_order(values), base_folded=folded)
+    transformed = _emit_transform(g, forest, raw)
+    if forest.accumulation == "float32":
+        raw, transformed = g.op("Cast", raw, to="float64"), g.op("Cast", transformed, to="float64")
+    return raw, transformed, ids
+
+
+def _fold_base_score(
+    module: strategies.ForestModule, groups: list[Any], tables: list[np.ndarray]
+) -> bool:
+    """Add each output's base score to the leaves of its first contributing tree, in place.
+
+    The native sum starts ``base + v0``; rounding that once into the leaf values of the first
+    tree (in the accumulation type) leaves every later partial sum unchanged and saves
+    materialising a base-score column per row. Only for groups that say where a tree's leaf
+    rows are (``tree_rows``); returns False, changing nothing, when any group cannot.
+    """
+    if module.average:
+        return False
     width = module.leaf_width
+    first = module.steps[0].numpy()  # step 0 of each output: the flat tree * width + w column
+    if (first >= module.n_trees * width).any():  # an output without trees
+        return False
+    where = {}  # forest tree -> (group, local index)
+    for i, group in enumerate(groups):
+        for local, tree in enumerate(group.columns.tolist()):
+            where[tree] = (i, local)
+    plans = []
+    for output, column in enumerate(first.tolist()):
+        i, local = where[column // width]
+        rows = groups[i].tree_rows(local) if hasattr(groups[i], "tree_rows") else None
+        if rows is None:
+            return False
+        plans.append((i, rows, column % width, module.base_score[output, 0].item()))
+    for i in {i for i, *_ in plans}:
+        tables[i] = tables[i].copy()
+    for i, rows, w, base in plans:
+        table = tables[i]
+        table[rows, w] = table.dtype.type(base) + table[rows, w]
+    return True
+
+
+def _emit_sum(
+    g: GraphBuilder,
+    module: strategies.ForestModule,
+    forest: Forest,
+    values: str,
+    *,
+    base_folded: bool = False,
+) -> str:
+    """Base score plus every ``(N, trees, width)`` leaf value, in the native order and type.
+
+    The terms are laid out ``(N, steps, outputs)`` and scanned along the steps: ONNX Runtime's
+    CumSum adds in the tensor's type, one step after another, so float32 accumulation is
+    XGBoost's sequential float32 sum. Scanning axis 1 needs no transpose for multi-output
+    forests, whose steps are stored step-major (10 classes x 100 rounds, 10 000 rows: the
+    transpose to ``(N, outputs, steps)`` took 25 ms of 220).
+    """
     acc = np.float32 if forest.accumulation == "float32" else np.float64
-    flat = g.op("Reshape", in_forest_order(values), g.rows_by(forest.n_trees * width))
+    k = forest.n_outputs
+    flat = g.reshape(values, forest.n_trees * module.leaf_width)
+    order = module.steps.contiguous()  # (steps, outputs)
+    n_terms = int(order.shape[0])
+    axis = g.const(np.array(1, np.int64))
+    if module.average:
+        if module.steps_in_order:  # step m of output j is column m * k + j: no gather
+            terms = g.reshape(flat, n_terms, k)
+        else:
+            terms = g.op("Gather", _pad_zero(g, flat, acc), g.const(order), axis=1)
+        last = g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+        divisor = g.const(module.divisor.reshape(1, -1))
+        return g.op("Add", g.op("Div", last, divisor), g.const(module.base_score.reshape(1, -1)))
+    if base_folded and module.steps_in_order:
+        terms = g.reshape(flat, n_terms, k)
+        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+    if base_folded:
+        terms = g.op("Gather", _pad_zero(g, flat, acc), g.const(order), axis=1)
+        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+    start = g.const(module.base_score.reshape(1, -1))  # (1, k), broadcast by Expand
+    start = g.op("Expand", start, g.rows_by(k))
+    if module.steps_in_order:
+        terms = g.reshape(g.op("Concat", start, flat, axis=1), n_terms + 1, k)
+    else:
+        # Column 0 is the base score, the last column a zero for outputs with fewer steps.
+        steps = np.concatenate([np.zeros((1, k), np.int64), order + 1])
+        joined = g.op("Concat", start, _pad_zero(g, flat, acc), axis=1)
+        terms = g.op("Gather", joined, g.const(steps), axis=1)
+    return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms)), axis=1)
+
+
+def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
+    """``flat`` with a zero column appended (the pad of shorter contribution lists)."""
     zero = g.op(
         "ConstantOfShape", g.rows_by(1), value=numpy_helper.from_array(np.zeros(1, dtype=acc))
     )
-    terms = g.op("Gather", g.op("Concat", flat, zero, axis=1), g.const(order), axis=1)
-    n_terms = int(order.shape[1])
-    if module.average:
-        summed = g.op("CumSum", terms, g.const(np.array(2, np.int64)))
-        last = g.op("Gather", summed, g.const(np.array(n_terms - 1, np.int64)), axis=2)
-        raw = g.op(
-            "Add", g.op("Div", last, g.const(module.divisor.reshape(1, -1))), g.const(base_score)
-        )
-    else:
-        start = g.op("Expand", g.const(base_score.unsqueeze(2)), g.rows_by(forest.n_outputs, 1))
-        summed = g.op(
-            "CumSum", g.op("Concat", start, terms, axis=2), g.const(np.array(2, np.int64))
-        )
-        raw = g.op("Gather", summed, g.const(np.array(n_terms, np.int64)), axis=2)
-    # ONNX Runtime's CumSum adds in the tensor's type, one element after another: float32
-    # accumulation is XGBoost's sequential float32 sum.
-    transformed = _emit_transform(g, forest, raw)
-    if acc == np.float32:
-        raw, transformed = g.op("Cast", raw, to="float64"), g.op("Cast", transformed, to="float64")
-    return raw, transformed, leaf_ids
+    return g.op("Concat", flat, zero, axis=1)
 
 
 def _emit_transform(g: GraphBuilder, forest: Forest, raw: str) -> str:
@@ -290,7 +395,7 @@ def build_with_plan(
     strategy: str = "auto",
     batch_size: int = 10_000,
     leaf_indices: bool = False,
-    engine_outputs: bool = False,
+    engine_outputs: str | None = None,
     device: str = "cpu",
 ) -> tuple[onnx.ModelProto, str]:
     """The ONNX model of ``forest`` and a description of the strategies it uses.
@@ -298,37 +403,50 @@ def build_with_plan(
     Args:
         forest: A validated forest.
         precision: Float type of the input and of the node tests.
-        strategy: As for :func:`strategies.lower`.
+        strategy: As for :func:`strategies.lower`, plus ``"tree_ensemble"``.
         batch_size: Expected rows per call, for the strategy selector.
         leaf_indices: Add the ``leaf_indices`` output.
-        engine_outputs: Outputs ``raw``, ``transformed`` and ``leaf_ids`` instead of the
-            serving outputs, and no category encoding (what the ``onnx`` backend runs on
-            inputs already prepared by treecomp).
+        engine_outputs: ``"scores"`` (outputs ``raw`` and ``transformed``) or ``"leaf_ids"``
+            (output ``leaf_ids``) instead of the serving outputs, with no category encoding:
+            the graphs the ``onnx`` backend runs on inputs already prepared by treecomp.
         device: Device the selector plans for.
     """
     import torch
 
+    if engine_outputs not in (None, "scores", "leaf_ids"):
+        raise ValueError(
+            f"engine_outputs must be None, 'scores' or 'leaf_ids', not {engine_outputs!r}"
+        )
     dtype = torch.float32 if precision == "float32" else torch.float64
     lowered = float32_thresholds(forest) if precision == "float32" else forest
     module, plan = strategies.lower(
-        lowered, strategy, dtype=dtype, batch_size=batch_size, device=device
+        lowered, strategy, dtype=dtype, batch_size=batch_size, device=device, target="onnx"
     )
     g = GraphBuilder(precision, "input")
-    X = _emit_inputs(g, forest, "input", encode=not engine_outputs)
-    raw, transformed, leaf_ids = _emit_module(g, module, forest, X)
+    X = _emit_inputs(g, forest, "input", encode=engine_outputs is None)
+    raw, transformed, leaf_ids = _emit_module(
+        g,
+        module,
+        forest,
+        X,
+        scores=engine_outputs != "leaf_ids",
+        leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
+    )
     k, n = forest.n_outputs, forest.n_trees
     outputs: list[onnx.ValueInfoProto] = []
 
-    def output(name: str, source: str, element: int, shape: list[Any]) -> None:
+    def output(name: str, source: str | None, element: int, shape: list[Any]) -> None:
+        assert source is not None  # emitted above for every output asked for
         g.nodes.append(helper.make_node("Identity", [source], [name]))
         outputs.append(helper.make_tensor_value_info(name, element, shape))
 
-    if engine_outputs:
+    if engine_outputs == "scores":
         output("raw", raw, TensorProto.DOUBLE, ["N", k])
         output("transformed", transformed, TensorProto.DOUBLE, ["N", k])
+    elif engine_outputs == "leaf_ids":
         output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
     elif forest.task == "classifier":
-        assert forest.classes is not None  # guaranteed by Forest.validate
+        assert forest.classes is not None and raw is not None and transformed is not None
         proba = transformed
         if k == 1:
             proba = g.op(
@@ -339,6 +457,7 @@ def build_with_plan(
         output("label", g.op("Gather", g.const(labels), index), element, ["N"])
         output("probabilities", proba, TensorProto.DOUBLE, ["N", len(forest.classes)])
     elif forest.task == "outlier":
+        assert transformed is not None
         scores = g.op("Squeeze", transformed, g.ints([1]))
         decision = g.op("Sub", scores, g.const(np.array(forest.decision_offset)))
         inlier = g.op("Less", decision, g.const(np.array(0.0)))
@@ -349,9 +468,10 @@ def build_with_plan(
         output("scores", scores, TensorProto.DOUBLE, ["N"])
         output("decision", decision, TensorProto.DOUBLE, ["N"])
     else:
+        assert transformed is not None
         scores = g.op("Squeeze", transformed, g.ints([1])) if k == 1 else transformed
         output("scores", scores, TensorProto.DOUBLE, ["N"] if k == 1 else ["N", k])
-    if leaf_indices and not engine_outputs:
+    if leaf_indices and engine_outputs is None:
         output("leaf_indices", leaf_ids, TensorProto.INT64, ["N", n])
 
     graph = helper.make_graph(
@@ -361,18 +481,23 @@ def build_with_plan(
         outputs,
         initializer=g.initializers,
     )
+    opsets = [helper.make_opsetid("", OPSET)]
+    if any(node.domain == ML_DOMAIN for node in g.nodes):
+        opsets.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+        opset_imports=opsets,
         producer_name="treecomp",
-        ir_version=IR_VERSION,
+        ir_version=IR_VERSION if len(opsets) == 1 else ML_IR_VERSION,
     )
+    description = strategies.describe(plan, tree_depths(forest.trees))
     model.doc_string = (
         f"{forest.task} of {forest.n_trees} trees; input: {forest.n_features} features as "
-        f"{precision}; depth {int(tree_depths(forest.trees).max())}"
+        f"{precision}; depth {int(tree_depths(forest.trees).max())}; strategy {description}"
     )
+    helper.set_model_props(model, {"treecomp.strategy": description})
     onnx.checker.check_model(model, full_check=True)
-    return model, strategies.describe(plan, tree_depths(forest.trees))
+    return model, description
 
 
 class OnnxEngine:
@@ -411,22 +536,28 @@ class OnnxEngine:
                 )
             index = int(str(device).split(":")[1]) if ":" in str(device) else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        self.model, self.strategy = build_with_plan(
-            forest,
-            precision=precision,
-            strategy=strategy,
-            batch_size=batch_size or 10_000,
-            engine_outputs=True,
-            device=kind,
-        )
-        options = ort.SessionOptions()
+        self.options: dict[str, Any] = {
+            "precision": precision,
+            "strategy": strategy,
+            "batch_size": batch_size or 10_000,
+            "device": kind,
+        }
+        self.session_options = ort.SessionOptions()
         if n_threads is not None:
-            options.intra_op_num_threads = n_threads
-        self.session = ort.InferenceSession(
-            self.model.SerializeToString(), sess_options=options, providers=providers
-        )
+            self.session_options.intra_op_num_threads = n_threads
+        self.providers = providers
+        self.model, self.strategy = build_with_plan(forest, engine_outputs="scores", **self.options)
+        self.session = self._session(self.model)
+        self._leaf_session: Any = None  # the leaf-id graph, built on first use
         self.batch_size = batch_size or 100_000
         self.progress = progress
+
+    def _session(self, model: onnx.ModelProto) -> Any:
+        import onnxruntime as ort
+
+        return ort.InferenceSession(
+            model.SerializeToString(), sess_options=self.session_options, providers=self.providers
+        )
 
     def _chunks(self, X: npt.NDArray[np.floating]) -> Iterator[npt.NDArray[np.floating]]:
         starts: Any = range(0, X.shape[0], self.batch_size)
@@ -437,21 +568,24 @@ class OnnxEngine:
         for start in starts:
             yield X[start : start + self.batch_size]
 
-    def _run(self, names: list[str], X: npt.NDArray[np.floating]) -> list[np.ndarray]:
+    def _run(self, session: Any, names: list[str], X: npt.NDArray[np.floating]) -> list[np.ndarray]:
         X = np.ascontiguousarray(X, dtype=self.precision)
         if X.shape[0] == 0:
             widths = {"leaf_ids": self.forest.n_trees}
             return [np.zeros((0, widths.get(n, self.forest.n_outputs))) for n in names]
-        parts = [self.session.run(names, {"input": chunk}) for chunk in self._chunks(X)]
+        parts = [session.run(names, {"input": chunk}) for chunk in self._chunks(X)]
         return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-        return self._run(["leaf_ids"], X)[0].astype(np.int64, copy=False)
+        if self._leaf_session is None:
+            model, _ = build_with_plan(self.forest, engine_outputs="leaf_ids", **self.options)
+            self._leaf_session = self._session(model)
+        return self._run(self._leaf_session, ["leaf_ids"], X)[0].astype(np.int64, copy=False)
 
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        raw, transformed = self._run(["raw", "transformed"], X)
+        raw, transformed = self._run(self.session, ["raw", "transformed"], X)
         return raw, transformed
 
 

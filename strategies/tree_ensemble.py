@@ -1,0 +1,270 @@
+"""Tree-operator lowering: ONNX-ML's ``TreeEnsemble`` operator finds the leaves.
+
+ONNX Runtime implements ``ai.onnx.ml`` opset 5 ``TreeEnsemble`` as a C++ tree walker, several
+times faster than a traversal unrolled into standard operators. We use it only to *find*
+leaves: each tree is its own target, so the operator's per-target "sum" is the one leaf that
+tree reached. The leaf's weight is either its row in the leaf table (:meth:`emit_onnx`, for
+native leaf ids and vector leaves: exact while the float type counts the rows) or, for
+scalar leaves, its value in the accumulation type (:meth:`emit_values`: ``0 + v`` is ``v``,
+and no gather follows). The native summation order and precision, the link and the labels
+stay in the standard-operator graph that every strategy shares (``treecomp.onnx_export``), so
+this lowering is exact wherever the others are: ONNX Runtime's own sum over trees splits the
+trees between threads, an order no native library uses.
+
+How the IR's decision rule maps onto the operator (``true`` is the left child):
+
+* ``x < t`` and ``x <= t`` are ``BRANCH_LT`` and ``BRANCH_LEQ``; a NaN follows the true branch
+  iff ``nodes_missing_value_tracks_true``, which is the IR's ``default_left``.
+* LightGBM's zero-as-missing nodes read a copy of their column with ``|x| <= ZERO_THRESHOLD``
+  turned into NaN, so zeros follow the default direction as NaN does.
+* Categorical nodes read a copy of their column mapped to category codes: ``trunc(x)`` where
+  ``x`` is in the forest's category domain, -1 (never a category) elsewhere, NaN kept. Then
+  ``BRANCH_MEMBER`` against the node's categories is the IR's rule for every input,
+  non-integers and ±inf included. A category the float type cannot represent can never equal
+  a code of that type and is left out of the set (codes above 2**24 in float32).
+* A single-leaf tree is one node whose both branches are that leaf.
+
+Those copies are placed before the input's columns, so the operator's input is
+``[copies..., X]`` and original feature ``j`` is column ``n_copies + j``.
+
+The operator exists only in ONNX Runtime's CPU provider: this strategy is registered for the
+``onnx`` target only, and the selector keeps the standard-operator strategies for CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from strategies.nodes import GroupOptions, TreeGroup
+from strategies.registry import register_strategy
+from treecomp.ir import ZERO_THRESHOLD, Tree
+
+ML_DOMAIN = "ai.onnx.ml"
+ML_OPSET = 5
+# nodes_modes values of TreeEnsemble (opset 5).
+BRANCH_LEQ, BRANCH_LT, BRANCH_MEMBER = 0, 1, 6
+# Integers a float type represents exactly, from 0: the leaf rows the operator can return.
+EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
+# Trees per operator node. ONNX Runtime keeps a score per target for every row in flight (and,
+# on 2+ threads, for every row and thread), so one node of 500 targets spills the cache:
+# XGBoost, 500 trees of depth 8, 10 000 rows, 2 threads: 112 ms in one node, 100 ms in nodes
+# of 64 or 128 trees, 108 ms of 32, 122 ms of 16 (ONNX-ML's summing graph: 81 ms); one row:
+# 14-19 us (python /tmp/exp/chunk.py, kept in the commit message).
+TREES_PER_NODE = 64
+
+
+def refusal(trees: list[Tree], dtype: torch.dtype) -> str | None:
+    """Why these trees cannot be lowered exactly to ``TreeEnsemble`` in ``dtype``, or None."""
+    if dtype not in EXACT_COUNT:
+        return f"TreeEnsemble takes float or double inputs, not {dtype}"
+    limit = EXACT_COUNT[dtype]
+    largest = max(int((t.left_child < 0).sum()) for t in trees)
+    if largest > limit:
+        return (
+            f"a tree has {largest:,} leaves; {dtype} counts leaf positions exactly only up to "
+            f"{limit:,}"
+        )
+    return None
+
+
+@register_strategy("tree_ensemble", targets=("onnx",))
+class TreeEnsemble(TreeGroup):
+    """Leaves found by ONNX-ML ``TreeEnsemble`` nodes (ONNX Runtime's tree walker)."""
+
+    def __init__(self, trees: list[Tree], columns: list[int], options: GroupOptions) -> None:
+        reason = refusal(trees, options.dtype)
+        if reason is not None:
+            raise ValueError(f"tree_ensemble cannot express this forest: {reason}")
+        super().__init__(trees, columns, None, options)
+        self.dtype = options.dtype
+        self.trees = trees
+        leaves = [np.flatnonzero(t.left_child < 0) for t in trees]
+        counts = np.array([leaf.size for leaf in leaves])
+        # A tree's leaf rows are its leaf positions plus its offset in the group's table.
+        # When the whole table counts exactly, the offset is folded into the leaf weights.
+        self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.global_rows = int(counts.sum()) <= EXACT_COUNT[options.dtype]
+        self.set_leaves(
+            np.concatenate([t.value[leaf] for t, leaf in zip(trees, leaves)]),
+            np.concatenate([t.leaf_id[leaf] for t, leaf in zip(trees, leaves)]),
+        )
+        # Input variants (feature, zero_is_missing, categorical) -> operator column.
+        self.copies: dict[tuple[int, bool, bool], int] = {}
+        for tree in trees:
+            for node in np.flatnonzero(tree.left_child >= 0):
+                key = (
+                    int(tree.feature[node]),
+                    bool(tree.zero_is_missing[node]),
+                    bool(tree.is_categorical[node]),
+                )
+                if key[1] or key[2]:
+                    self.copies.setdefault(key, len(self.copies))
+
+    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+        raise RuntimeError(
+            "tree_ensemble is ONNX Runtime's TreeEnsemble operator: it runs in backend='onnx' "
+            "and export_onnx only"
+        )
+
+    def column(self, feature: int, zero_is_missing: bool, categorical: bool) -> int:
+        """The operator-input column that a node on ``feature`` of that kind reads."""
+        if zero_is_missing or categorical:
+            return self.copies[(feature, zero_is_missing, categorical)]
+        return len(self.copies) + feature
+
+    def attributes(self, lo: int, hi: int, weights: npt.NDArray[np.floating]) -> dict[str, Any]:
+        """``TreeEnsemble`` attributes of trees ``lo:hi``; ``weights`` per leaf of the group."""
+        from onnx import numpy_helper
+
+        float_type = weights.dtype
+        # Categories the precision of the tests cannot hold are never a code: left out.
+        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        nodes: dict[str, list[Any]] = {
+            k: [] for k in ("modes", "features", "splits", "tracks", "true", "true_leaf")
+        }
+        nodes.update(false=[], false_leaf=[])
+        members: list[npt.NDArray[np.float64]] = []
+        roots: list[int] = []
+        targets: list[int] = []
+        for t in range(lo, hi):
+            tree = self.trees[t]
+            internal = tree.left_child >= 0
+            leaf_base = len(targets)  # the tree's first leaf_* entry
+            targets += [t - lo] * int((~internal).sum())
+            first = len(nodes["modes"])
+            roots.append(first)
+            leaf_position = leaf_base + np.cumsum(~internal) - 1
+            node_position = first + np.cumsum(internal) - 1
+
+            def add(
+                mode: int, feature: int, split: float, track: int, left: int, right: int
+            ) -> None:
+                nodes["modes"].append(mode)
+                nodes["features"].append(feature)
+                nodes["splits"].append(split)
+                nodes["tracks"].append(track)
+                for side, child in (("true", left), ("false", right)):
+                    leaf = not internal[child]  # noqa: B023 (called in this iteration)
+                    position = leaf_position if leaf else node_position  # noqa: B023
+                    nodes[side].append(int(position[child]))
+                    nodes[side + "_leaf"].append(int(leaf))
+
+            if not internal[0]:  # a single leaf: both branches of one node reach it
+                add(BRANCH_LEQ, 0, 0.0, 0, 0, 0)
+                continue
+            for node in np.flatnonzero(internal):
+                zero, categorical = (
+                    bool(tree.zero_is_missing[node]),
+                    bool(tree.is_categorical[node]),
+                )
+                column = self.column(int(tree.feature[node]), zero, categorical)
+                track = int(tree.default_left[node])
+                children = int(tree.left_child[node]), int(tree.right_child[node])
+                if not categorical:
+                    mode = BRANCH_LEQ if self.less_equal else BRANCH_LT
+                    add(mode, column, float(tree.threshold[node]), track, *children)
+                    continue
+                codes = tree.categories(int(node))
+                codes = codes[codes.astype(precision).astype(np.int64) == codes]
+                if codes.size == 0:  # no category listed: no code is < -inf
+                    add(BRANCH_LT, column, -np.inf, track, *children)
+                    continue
+                add(BRANCH_MEMBER, column, 0.0, track, *children)
+                members.append(codes.astype(np.float64))
+        first_leaf = int(self.offsets[lo])
+        last_leaf = int(self.offsets[hi]) if hi < len(self.trees) else weights.size
+        attributes: dict[str, Any] = {
+            "n_targets": hi - lo,
+            "aggregate_function": 1,  # SUM: each target receives exactly one leaf
+            "post_transform": 0,
+            "tree_roots": roots,
+            "nodes_modes": numpy_helper.from_array(np.array(nodes["modes"], dtype=np.uint8)),
+            "nodes_featureids": nodes["features"],
+            "nodes_splits": numpy_helper.from_array(np.array(nodes["splits"], dtype=float_type)),
+            "nodes_truenodeids": nodes["true"],
+            "nodes_trueleafs": nodes["true_leaf"],
+            "nodes_falsenodeids": nodes["false"],
+            "nodes_falseleafs": nodes["false_leaf"],
+            "nodes_missing_value_tracks_true": nodes["tracks"],
+            "leaf_targetids": targets,
+            "leaf_weights": numpy_helper.from_array(weights[first_leaf:last_leaf]),
+        }
+        if members:  # the sets in node order, each followed by a NaN
+            nan = np.array([np.nan])
+            joined = np.concatenate([part for m in members for part in (m, nan)][:-1])
+            attributes["membership_values"] = numpy_helper.from_array(joined.astype(float_type))
+        return attributes
+
+    def emit_copy(
+        self,
+        g: Any,
+        X: str,
+        feature: int,
+        zero_is_missing: bool,
+        categorical: bool,
+        float_type: Any,
+    ) -> str:
+        """Column ``feature`` of ``X`` as a node of that kind must see it (module docstring)."""
+
+        def scalar(value: float) -> str:
+            return g.const(np.array(value, dtype=float_type))
+
+        x = g.op("Gather", X, g.ints([feature]), axis=1)
+        nan = scalar(float("nan"))
+        if zero_is_missing:
+            x = g.op("Where", g.op("LessOrEqual", g.op("Abs", x), scalar(ZERO_THRESHOLD)), nan, x)
+        if categorical:
+            lower = (
+                g.op("GreaterOrEqual", x, scalar(0.0))
+                if self.nonnegative_categories
+                else g.op("Greater", x, scalar(-1.0))
+            )
+            # trunc for values > -1 is floor(max(x, 0)); NaN fails `lower` and is put back.
+            code = g.op("Where", lower, g.op("Floor", g.op("Max", x, scalar(0.0))), scalar(-1.0))
+            x = g.op("Where", g.op("IsNaN", x), nan, code)
+        return x
+
+    def _emit(self, g: Any, X: str, weights: npt.NDArray[np.floating]) -> str:
+        """Every tree's leaf weight, ``(N, n_trees)`` in the weights' float type."""
+        float_type = weights.dtype
+        source = X
+        if self.copies:
+            copies = [self.emit_copy(g, X, *key, float_type) for key in self.copies]
+            source = g.op("Concat", *copies, X, axis=1)
+        parts = [
+            g.op("TreeEnsemble", source, domain=ML_DOMAIN, **self.attributes(lo, hi, weights))
+            for lo in range(0, len(self.trees), TREES_PER_NODE)
+            for hi in [min(lo + TREES_PER_NODE, len(self.trees))]
+        ]
+        return parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
+
+    def tree_rows(self, local: int) -> slice:
+        """The rows of the leaf table that hold tree ``local``'s leaves."""
+        end = int(self.offsets[local + 1]) if local + 1 < len(self.trees) else self.leaf_id.numel()
+        return slice(int(self.offsets[local]), end)
+
+    def emit_onnx(self, g: Any, X: str) -> str:
+        float_type = np.float32 if self.dtype == torch.float32 else np.float64
+        rows = np.arange(self.leaf_id.numel())
+        if not self.global_rows:
+            rows = rows - np.repeat(self.offsets, np.diff(np.append(self.offsets, rows.size)))
+        found = g.op("Cast", self._emit(g, X, rows.astype(float_type)), to="int64")
+        if not self.global_rows:
+            found = g.op("Add", found, g.const(self.offsets.reshape(1, -1)))
+        return found
+
+    def emit_values(self, g: Any, X: str, table: npt.NDArray[np.floating]) -> str | None:
+        """Every tree's leaf value ``(N, n_trees)`` from ``table`` (this group's leaf table,
+        perhaps with base scores added; see ``treecomp.onnx_export``), or None where the
+        operator cannot return them: vector leaves (a leaf has one weight), and sums in
+        another type than the tests. The weights take the input's type, and double tests of
+        float32 inputs were slower than a gather after float32 positions (50 trees, 10 000
+        rows, 2 threads: 10.3 ms in the operator against 8.2)."""
+        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        if table.shape[1] != 1 or table.dtype != precision:
+            return None
+        return self._emit(g, X, np.ascontiguousarray(table[:, 0]))

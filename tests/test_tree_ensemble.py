@@ -1,0 +1,197 @@
+"""ONNX Runtime's TreeEnsemble operator as a lowering: exact on every split kind, or refused.
+
+The zoo-wide comparisons (every model, NaN, ±inf, probes, one row) run in ``test_onnx.py``
+with ``strategy="tree_ensemble"``; here are the edges of the operator mapping itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import strategies
+import strategies.tree_ensemble as tree_ensemble
+import treecomp
+from tests.helpers import assert_close, assert_equal, lowering_tolerance, probe_rows
+from tests.test_ir import small_forest, small_tree
+from tests.zoo import compare_native, compare_reference, fitted, inputs, pd, torch
+from treecomp.ir import ZERO_THRESHOLD
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def onnx_models(model: Any, precision: str, **options: Any) -> tuple[Any, Any]:
+    cm = treecomp.convert(model, "onnx", strategy="tree_ensemble", precision=precision, **options)
+    assert cm.strategy == "tree_ensemble"
+    return cm, treecomp.convert(model, "numpy", precision=precision)
+
+
+def serving(cm: treecomp.CompiledModel, X: np.ndarray) -> dict[str, np.ndarray]:
+    """The exported file run by ONNX Runtime alone."""
+    proto = cm.to_onnx(leaf_indices=True)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(None, {"input": X.astype(cm.precision)})
+    return {o.name: v for o, v in zip(session.get_outputs(), values, strict=True)}
+
+
+def check(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: np.ndarray) -> None:
+    """Backend and exported file against the reference: leaves exactly, scores closely."""
+    compare_reference(cm, ref, X)
+    out = serving(cm, X)
+    if hasattr(ref, "apply"):
+        assert_equal(out["leaf_indices"], ref.apply(X).reshape(len(X), -1))
+    key = "probabilities" if "probabilities" in out else "scores"
+    expected = ref.predict_proba(X) if key == "probabilities" else ref.predict(X)
+    assert_close(out[key], expected, lowering_tolerance(cm.forest))
+
+
+CATEGORY_EDGES = [np.nan, -np.inf, -1e30, -2.0, -1.0, -0.99, -0.5, -0.0, 0.0, 0.3, 0.999, 1.0]
+CATEGORY_EDGES += [2.5, 3.0, 3.99, 7.9, 11.0, 11.5, 12.0, 31.0, 1e9, 2.0**24 + 1, 2.0**31, 1e30]
+CATEGORY_EDGES += [np.inf]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["lightgbm_categorical_zero", "xgboost_categorical"])
+def test_categorical_edge_values(name: str, precision: str) -> None:
+    """Both category domains: negatives, fractions, unseen, huge codes, ±inf and NaN."""
+    model, X_test = fitted(name)
+    cm, ref = onnx_models(model, precision)
+    X = treecomp.inputs.to_matrix(cm.forest, X_test)[:8].astype(np.float64)
+    column = next(
+        int(t.feature[n]) for t in cm.forest.trees for n in np.flatnonzero(t.is_categorical)
+    )
+    X = np.repeat(X, len(CATEGORY_EDGES), axis=0)
+    X[:, column] = np.tile(CATEGORY_EDGES, 8)
+    check(cm, ref, X)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_category_codes_beyond_float32(precision: str) -> None:
+    """Codes float32 cannot hold are never matched by a float32 input, and match in double."""
+    huge = [1, 2**24 + 1, 2**30, 2**31 - 1]
+    forest = small_forest(small_tree(categories={2: huge}))
+    cm, ref = onnx_models(forest, precision)
+    values = [float(c) for c in huge] + [2.0**24, 2.0**24 + 2, 2.0**30 + 0.5, 1.5, -0.5]
+    X = np.array([[0.9, v] for v in values])
+    check(cm, ref, X)
+    assert cm.apply(X)[3, 0] == (3 if precision == "float64" else 4)  # 2**31 - 1 listed
+
+
+def test_empty_category_set_sends_every_value_right() -> None:
+    forest = small_forest(small_tree(categories={2: []}))
+    assert forest.trees[0].is_categorical[2]
+    cm, ref = onnx_models(forest, "float64")
+    X = np.array([[0.9, v] for v in (0.0, 1.0, 3.0, -1.0, np.inf, np.nan)])
+    check(cm, ref, X)
+    assert_equal(cm.apply(X)[:, 0], [4, 4, 4, 4, 4, 4])  # NaN: this node's default is right
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_zero_as_missing_near_zero(precision: str) -> None:
+    """|x| <= kZeroThreshold follows the default direction; just beyond it does not."""
+    model, X_test = fitted("lightgbm_categorical_zero")
+    cm, ref = onnx_models(model, precision)
+    tiny = [0.0, -0.0, 5e-324, 1e-36, ZERO_THRESHOLD, -ZERO_THRESHOLD, np.nan]
+    tiny += [float(np.nextafter(v, s)) for v in (ZERO_THRESHOLD, -ZERO_THRESHOLD) for s in (-1, 1)]
+    X = treecomp.inputs.to_matrix(cm.forest, X_test)[:4].astype(np.float64)
+    rows = []
+    for j in range(X.shape[1]):
+        for v in tiny:
+            row = X[len(rows) % len(X)].copy()
+            row[j] = v
+            rows.append(row)
+    check(cm, ref, np.array(rows))
+
+
+@pytest.mark.parametrize("name", ["lightgbm_binary_nan", "sklearn_hgb_nan", "xgboost_binary"])
+def test_float64_precision(name: str) -> None:
+    """Double inputs and splits, on rows that are not float32 numbers."""
+    model, X_test = fitted(name)
+    cm, ref = onnx_models(model, "float64")
+    X = np.vstack([X_test, probe_rows(cm.forest, X_test, "float64", limit=150)])
+    check(cm, ref, X)
+    compare_native(model, cm, X)
+
+
+def test_single_leaf_trees() -> None:
+    stump = small_tree(
+        left_child=[-1],
+        right_child=[-1],
+        feature=[0],
+        threshold=[0.0],
+        value=[4.0],
+        categories={},
+        default_left=[True],
+    )
+    forest = small_forest(trees=(small_tree(), stump, small_tree()), leaf_shape=(3,))
+    cm, ref = onnx_models(forest, "float32")
+    X = np.array([[0.5, 1.0], [np.nan, np.nan], [np.inf, -np.inf], [2.0, 3.0]])
+    check(cm, ref, X)
+    assert_equal(cm.apply(X)[:, 1], [0, 0, 0, 0])
+
+
+def test_leaf_rows_beyond_the_float_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the float type's exact count, rows are per-tree positions plus offsets; a tree
+    with more leaves than that is refused, and the selector falls back."""
+    model, X_test = fitted("lightgbm_multiclass")
+    forest = treecomp.parse(model)
+    widest = max(int((t.left_child < 0).sum()) for t in forest.trees)
+    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, widest)
+    cm, ref = onnx_models(model, "float32")
+    for X in inputs(model, X_test, cm.forest):
+        check(cm, ref, np.asarray(X, dtype=np.float64))
+    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, widest - 1)
+    with pytest.raises(ValueError, match=f"has {widest} leaves.*float32 counts"):
+        treecomp.convert(model, "onnx", strategy="tree_ensemble")
+    fallback = treecomp.convert(model, "onnx")
+    assert "tree_ensemble" not in fallback.strategy
+    assert "tree_ensemble" not in fallback.to_onnx().metadata_props[0].value
+    compare_reference(fallback, ref, X_test)
+
+
+def test_trees_split_over_operator_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tree_ensemble, "TREES_PER_NODE", 4)
+    model, X_test = fitted("xgboost_multiclass")
+    cm, ref = onnx_models(model, "float32")
+    nodes = [n for n in cm.to_onnx().graph.node if n.op_type == "TreeEnsemble"]
+    assert len(nodes) == -(-cm.forest.n_trees // 4)
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+        compare_reference(cm, ref, X)
+
+
+def test_only_the_onnx_target_takes_it() -> None:
+    model, _ = fitted("sklearn_gb")
+    for backend in ("torch", "torchscript"):
+        with pytest.raises(ValueError, match=r"ONNX Runtime operator.*backend='onnx'"):
+            treecomp.convert(model, backend, strategy="tree_ensemble")
+    with pytest.raises(ValueError, match="ONNX Runtime operator"):
+        treecomp.convert(model, "torch", strategy="tree_ensemble", compile=True)
+    torch_model = treecomp.convert(model, "torch")
+    assert "tree_ensemble" not in torch_model.strategy
+    # The torch model still exports the operator graph: the ONNX target plans on its own.
+    assert torch_model.to_onnx().metadata_props[0].value == "tree_ensemble"
+
+
+def test_cuda_graphs_keep_standard_operators() -> None:
+    """ONNX Runtime's CUDA provider has no TreeEnsemble kernel."""
+    model, _ = fitted("xgboost_binary")
+    forest = treecomp.passes.float32_thresholds(treecomp.parse(model))
+    _, groups = strategies.lower(forest, dtype=torch.float32, device="cuda", target="onnx")
+    assert all(name != "tree_ensemble" for name, _ in groups)
+    _, groups = strategies.lower(forest, dtype=torch.float32, target="onnx")
+    assert [name for name, _ in groups] == ["tree_ensemble"]
+
+
+def test_dataframe_categories_in_the_backend() -> None:
+    model, X_test = fitted("lightgbm_categorical_zero")
+    cm = treecomp.convert(model, "onnx")
+    assert cm.strategy == "tree_ensemble"
+    frame = X_test.copy()
+    frame.loc[::3, "b"] = 0.0
+    frame.loc[::4, "c"] = np.nan
+    assert isinstance(frame, pd.DataFrame)
+    compare_native(model, cm, frame)
