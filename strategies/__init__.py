@@ -106,6 +106,7 @@ def lower(
         leaf_width=max(t.leaf_width for t in forest.trees),
         nonnegative_categories=forest.category_domain == "nonnegative",
         folded=trees is not None,
+        batch_size=batch_size,
     )
     source = list(forest.trees) if trees is None else trees
     modules = [

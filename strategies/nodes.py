@@ -240,6 +240,7 @@ class GroupOptions:
         nonnegative_categories: The ``"nonnegative"`` category domain (XGBoost's).
         folded: The trees were rewritten by :func:`fold_missing`: every test is
             ``x' < t`` and NaN goes right by construction.
+        batch_size: Expected rows per call (a strategy may lay itself out for it).
     """
 
     less_equal: bool
@@ -247,6 +248,7 @@ class GroupOptions:
     leaf_width: int
     nonnegative_categories: bool
     folded: bool = False
+    batch_size: int = 10_000
 
 
 class TreeGroup(torch.nn.Module):

@@ -49,12 +49,15 @@ ML_OPSET = 5
 BRANCH_LEQ, BRANCH_LT, BRANCH_MEMBER = 0, 1, 6
 # Integers a float type represents exactly, from 0: the leaf rows the operator can return.
 EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
-# Trees per operator node. ONNX Runtime keeps a score per target for every row in flight (and,
-# on 2+ threads, for every row and thread), so one node of 500 targets spills the cache:
-# XGBoost, 500 trees of depth 8, 10 000 rows, 2 threads: 112 ms in one node, 100 ms in nodes
-# of 64 or 128 trees, 108 ms of 32, 122 ms of 16 (ONNX-ML's summing graph: 81 ms); one row:
-# 14-19 us (python /tmp/exp/chunk.py, kept in the commit message).
+# Trees per operator node, for batches of SPLIT_FROM_ROWS rows or more (smaller batches get one
+# node per group). On 2+ threads ONNX Runtime keeps a score vector per target for every row
+# and thread, which spills the cache on large batches: XGBoost, 500 trees of depth 8, 10 000
+# rows, 2 threads, whole graph: 116 ms in nodes of 64 trees, 118 of 128, 121 in one node;
+# 10 classes x 100 rounds: 175, 170, 193 ms. Up to 1 000 rows one node is as fast or faster,
+# and at one row it walks the trees on every thread: 14 us against 17.5 (10 classes: 19
+# against 31).
 TREES_PER_NODE = 64
+SPLIT_FROM_ROWS = 5_000
 
 
 def refusal(trees: list[Tree], dtype: torch.dtype) -> str | None:
@@ -82,6 +85,8 @@ class TreeEnsemble(TreeGroup):
         super().__init__(trees, columns, None, options)
         self.dtype = options.dtype
         self.trees = trees
+        large = options.batch_size >= SPLIT_FROM_ROWS
+        self.trees_per_node = TREES_PER_NODE if large else max(1, len(trees))
         leaves = [np.flatnonzero(t.left_child < 0) for t in trees]
         counts = np.array([leaf.size for leaf in leaves])
         # A tree's leaf rows are its leaf positions plus its offset in the group's table.
@@ -237,8 +242,8 @@ class TreeEnsemble(TreeGroup):
             source = g.op("Concat", *copies, X, axis=1)
         parts = [
             g.op("TreeEnsemble", source, domain=ML_DOMAIN, **self.attributes(lo, hi, weights))
-            for lo in range(0, len(self.trees), TREES_PER_NODE)
-            for hi in [min(lo + TREES_PER_NODE, len(self.trees))]
+            for lo in range(0, len(self.trees), self.trees_per_node)
+            for hi in [min(lo + self.trees_per_node, len(self.trees))]
         ]
         return parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
 

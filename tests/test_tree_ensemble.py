@@ -195,3 +195,23 @@ def test_dataframe_categories_in_the_backend() -> None:
     frame.loc[::4, "c"] = np.nan
     assert isinstance(frame, pd.DataFrame)
     compare_native(model, cm, frame)
+
+
+def test_small_batches_get_a_graph_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below SMALL_BATCH rows the backend runs the graph planned for one row (one operator
+    node per group); large batches run the chunked one. Both are exact."""
+    monkeypatch.setattr(tree_ensemble, "TREES_PER_NODE", 4)
+    model, X_test = fitted("xgboost_multiclass")
+    cm, ref = onnx_models(model, "float32")
+    engine = cm._engine
+    X = np.asarray(X_test, dtype=np.float64)
+    large = np.tile(X, (-(-treecomp.onnx_export.SMALL_BATCH // len(X)), 1))
+    compare_reference(cm, ref, large)
+    assert engine._small_session is None
+    compare_reference(cm, ref, X[:3])
+    assert engine._small_session is not engine.session
+
+    def operators(model: Any) -> int:
+        return sum(node.op_type == "TreeEnsemble" for node in model.graph.node)
+
+    assert operators(engine.small_model) == 1 < operators(engine.model)

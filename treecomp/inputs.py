@@ -189,9 +189,13 @@ def prepare(forest: Forest, X: Any, precision: Precision) -> npt.NDArray[np.floa
     data, the documented trade-off otherwise.
     """
     arr = to_matrix(forest, X)
-    with np.errstate(over="ignore"):  # overflow to inf is reported below, as the native does
-        arr = arr.astype(forest.input_dtype, copy=False)
-    check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
+    if arr.dtype != forest.input_dtype:
+        with np.errstate(over="ignore"):  # overflow to inf is reported below, as natively
+            arr = arr.astype(forest.input_dtype)
+    # One pass where both are allowed or the batch is finite (the common case; at one row
+    # every NumPy call counts), the precise check otherwise.
+    if not (forest.allow_nan and forest.allow_inf) and not np.isfinite(arr).all():
+        check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
     if not np.isnan(forest.missing_value):
         # Compared in the native dtype, before any widening: XGBoost compares in float32.
         arr = np.where(arr == arr.dtype.type(forest.missing_value), np.nan, arr)

@@ -25,7 +25,7 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,9 @@ import strategies
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
 IR_VERSION = 8
+# The onnx backend scores calls of fewer rows than this with a graph planned for one row
+# (see strategies.tree_ensemble.SPLIT_FROM_ROWS, where the plans part).
+SMALL_BATCH = 5_000
 # Graphs with ONNX-ML's TreeEnsemble (ai.onnx.ml opset 5, onnx 1.16 and ONNX Runtime 1.19 on)
 # declare the IR version that shipped with it.
 ML_DOMAIN, ML_OPSET, ML_IR_VERSION = "ai.onnx.ml", 5, 10
@@ -126,8 +129,11 @@ def _emit_module(
     *,
     scores: bool = True,
     leaf_ids: bool = False,
+    widen: bool = True,
 ) -> tuple[str | None, str | None, str | None]:
     """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids).
+
+    ``widen``: float32 sums come out as double (the serving outputs); else they stay float32.
 
     Only what is asked for is emitted: ONNX Runtime runs every node of a graph, whichever
     outputs a call fetches.
@@ -172,7 +178,7 @@ def _emit_module(
         values.append(direct)
     raw = _emit_sum(g, module, forest, in_forest_order(values), base_folded=folded)
     transformed = _emit_transform(g, forest, raw)
-    if forest.accumulation == "float32":
+    if forest.accumulation == "float32" and widen:
         raw, transformed = g.op("Cast", raw, to="float64"), g.op("Cast", transformed, to="float64")
     return raw, transformed, ids
 
@@ -230,33 +236,36 @@ def _emit_sum(
     """
     acc = np.float32 if forest.accumulation == "float32" else np.float64
     k = forest.n_outputs
-    flat = g.reshape(values, forest.n_trees * module.leaf_width)
     order = module.steps.contiguous()  # (steps, outputs)
     n_terms = int(order.shape[0])
     axis = g.const(np.array(1, np.int64))
+
+    def scan_last(terms: str) -> str:
+        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+
+    def gathered(first: str | None) -> str:
+        """The terms by ``order`` (a zero pads shorter outputs), ``first`` as step 0."""
+        flat = _pad_zero(g, g.reshape(values, forest.n_trees * module.leaf_width), acc)
+        if first is None:
+            return g.op("Gather", flat, g.const(order), axis=1)
+        steps = np.concatenate([np.zeros((1, k), np.int64), order + 1])
+        return g.op("Gather", g.op("Concat", first, flat, axis=1), g.const(steps), axis=1)
+
+    # In order, step m of output j is column m * k + j of the values: a reshape, no gather.
     if module.average:
-        if module.steps_in_order:  # step m of output j is column m * k + j: no gather
-            terms = g.reshape(flat, n_terms, k)
-        else:
-            terms = g.op("Gather", _pad_zero(g, flat, acc), g.const(order), axis=1)
-        last = g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
-        divisor = g.const(module.divisor.reshape(1, -1))
-        return g.op("Add", g.op("Div", last, divisor), g.const(module.base_score.reshape(1, -1)))
-    if base_folded and module.steps_in_order:
-        terms = g.reshape(flat, n_terms, k)
-        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+        terms = g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None)
+        mean = g.op("Div", scan_last(terms), g.const(module.divisor.reshape(1, -1)))
+        if not module.base_score.any():  # + 0.0 changes nothing but the sign of a zero
+            return mean
+        return g.op("Add", mean, g.const(module.base_score.reshape(1, -1)))
     if base_folded:
-        terms = g.op("Gather", _pad_zero(g, flat, acc), g.const(order), axis=1)
-        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
-    start = g.const(module.base_score.reshape(1, -1))  # (1, k), broadcast by Expand
-    start = g.op("Expand", start, g.rows_by(k))
+        return scan_last(g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None))
+    start = g.op("Expand", g.const(module.base_score.reshape(1, -1)), g.rows_by(k))
     if module.steps_in_order:
+        flat = g.reshape(values, forest.n_trees * module.leaf_width)
         terms = g.reshape(g.op("Concat", start, flat, axis=1), n_terms + 1, k)
     else:
-        # Column 0 is the base score, the last column a zero for outputs with fewer steps.
-        steps = np.concatenate([np.zeros((1, k), np.int64), order + 1])
-        joined = g.op("Concat", start, _pad_zero(g, flat, acc), axis=1)
-        terms = g.op("Gather", joined, g.const(steps), axis=1)
+        terms = gathered(start)
     return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms)), axis=1)
 
 
@@ -423,7 +432,8 @@ def build_with_plan(
         lowered, strategy, dtype=dtype, batch_size=batch_size, device=device, target="onnx"
     )
     g = GraphBuilder(precision, "input")
-    X = _emit_inputs(g, forest, "input", encode=engine_outputs is None)
+    # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
+    X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
     raw, transformed, leaf_ids = _emit_module(
         g,
         module,
@@ -431,18 +441,31 @@ def build_with_plan(
         X,
         scores=engine_outputs != "leaf_ids",
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
+        widen=engine_outputs is None,  # the onnx backend widens float32 sums itself
     )
     k, n = forest.n_outputs, forest.n_trees
     outputs: list[onnx.ValueInfoProto] = []
+    named: dict[str, str] = {}  # value -> the output name it was given
 
     def output(name: str, source: str | None, element: int, shape: list[Any]) -> None:
+        """Name the node that makes ``source`` after the output (an Identity node costs a
+        kernel call, which counts at one row); a value given out twice is copied."""
         assert source is not None  # emitted above for every output asked for
-        g.nodes.append(helper.make_node("Identity", [source], [name]))
+        producer = next((node for node in g.nodes if source in node.output), None)
+        if source in named or producer is None:
+            g.nodes.append(helper.make_node("Identity", [named.get(source, source)], [name]))
+        else:
+            for node in g.nodes:
+                node.output[:] = [name if v == source else v for v in node.output]
+                node.input[:] = [name if v == source else v for v in node.input]
+            named[source] = name
         outputs.append(helper.make_tensor_value_info(name, element, shape))
 
     if engine_outputs == "scores":
-        output("raw", raw, TensorProto.DOUBLE, ["N", k])
-        output("transformed", transformed, TensorProto.DOUBLE, ["N", k])
+        sums = TensorProto.FLOAT if forest.accumulation == "float32" else TensorProto.DOUBLE
+        output("raw", raw, sums, ["N", k])
+        if transformed != raw:  # an identity link: the backend reads raw twice
+            output("transformed", transformed, sums, ["N", k])
     elif engine_outputs == "leaf_ids":
         output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
     elif forest.task == "classifier":
@@ -548,7 +571,10 @@ class OnnxEngine:
         self.providers = providers
         self.model, self.strategy = build_with_plan(forest, engine_outputs="scores", **self.options)
         self.session = self._session(self.model)
-        self._leaf_session: Any = None  # the leaf-id graph, built on first use
+        # Built on first use: the leaf-id graph, and the scores graph planned for calls of
+        # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs).
+        self._leaf_session: Any = None
+        self._small_session: Any = None
         self.batch_size = batch_size or 100_000
         self.progress = progress
 
@@ -568,25 +594,45 @@ class OnnxEngine:
         for start in starts:
             yield X[start : start + self.batch_size]
 
-    def _run(self, session: Any, names: list[str], X: npt.NDArray[np.floating]) -> list[np.ndarray]:
+    def _scores_session(self, rows: int) -> Any:
+        if rows >= SMALL_BATCH or self.options["batch_size"] < SMALL_BATCH:
+            return self.session
+        if self._small_session is None:
+            options = {**self.options, "batch_size": 1}
+            self.small_model, _ = build_with_plan(self.forest, engine_outputs="scores", **options)
+            same = self.small_model.SerializeToString() == self.model.SerializeToString()
+            self._small_session = self.session if same else self._session(self.small_model)
+        return self._small_session
+
+    def _run(
+        self, session: Callable[[int], Any], names: list[str], X: npt.NDArray[np.floating]
+    ) -> list[np.ndarray]:
+        """Run ``names`` on ``X`` in chunks, each in the session ``session(rows)`` gives."""
         X = np.ascontiguousarray(X, dtype=self.precision)
         if X.shape[0] == 0:
             widths = {"leaf_ids": self.forest.n_trees}
             return [np.zeros((0, widths.get(n, self.forest.n_outputs))) for n in names]
-        parts = [session.run(names, {"input": chunk}) for chunk in self._chunks(X)]
+        if X.shape[0] <= self.batch_size:  # one call, no copies: what a single row costs
+            return list(session(X.shape[0]).run(names, {"input": X}))
+        parts = [session(len(chunk)).run(names, {"input": chunk}) for chunk in self._chunks(X)]
         return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         if self._leaf_session is None:
             model, _ = build_with_plan(self.forest, engine_outputs="leaf_ids", **self.options)
             self._leaf_session = self._session(model)
-        return self._run(self._leaf_session, ["leaf_ids"], X)[0].astype(np.int64, copy=False)
+        ids = self._run(lambda rows: self._leaf_session, ["leaf_ids"], X)[0]
+        return ids.astype(np.int64, copy=False)
 
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        raw, transformed = self._run(self.session, ["raw", "transformed"], X)
-        return raw, transformed
+        if self.forest.post_transform.kind == "identity":  # the graph outputs raw alone
+            raw = transformed = self._run(self._scores_session, ["raw"], X)[0]
+        else:
+            raw, transformed = self._run(self._scores_session, ["raw", "transformed"], X)
+        # float32 sums come out float32: widening is exact, and cheaper here than in the graph.
+        return raw.astype(np.float64, copy=False), transformed.astype(np.float64, copy=False)
 
 
 def make_engine(forest: Forest, *, precision: Precision, **options: Any) -> OnnxEngine:
