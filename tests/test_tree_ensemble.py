@@ -215,3 +215,23 @@ def test_small_batches_get_a_graph_of_their_own(monkeypatch: pytest.MonkeyPatch)
         return sum(node.op_type == "TreeEnsemble" for node in model.graph.node)
 
     assert operators(engine.small_model) == 1 < operators(engine.model)
+
+
+def test_the_default_backend_is_the_fastest_exact_path_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, X_test = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model)
+    assert (cm.backend, cm.strategy) == ("onnx", "tree_ensemble")
+    compare_native(model, cm, X_test)
+    assert treecomp.backends.choose_backend({"device": "cuda"}) == "torch"
+    assert treecomp.backends.choose_backend({"compile": True}) == "torch"
+    versions = {"onnx": "1.17.0", "onnxruntime": "1.18.1", "torch": "2.13.0"}
+    monkeypatch.setattr(treecomp.backends, "_installed", versions.get)
+    assert treecomp.backends.choose_backend({}) == "torch"  # no tree operator before 1.21
+    versions["onnxruntime"] = "1.21.0"
+    assert treecomp.backends.choose_backend({"device": "cpu"}) == "onnx"
+    del versions["onnxruntime"], versions["torch"]
+    assert treecomp.backends.choose_backend({}) == "numpy"  # nothing but the core installed
+    # Options only torch and onnx take: the torch backend then names what is missing.
+    assert treecomp.backends.choose_backend({"strategy": "gemm"}) == "torch"

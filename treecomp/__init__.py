@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from treecomp.backends import available_backends, get_backend
+from treecomp.backends import available_backends, choose_backend, get_backend
 from treecomp.container import CompiledModel
 from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
 from treecomp.frontends import parse, supported_models
@@ -37,15 +37,18 @@ __all__ = [
 
 
 def convert(
-    model: Any, backend: str = "torch", *, precision: str = "float32", **options: Any
+    model: Any, backend: str = "auto", *, precision: str = "float32", **options: Any
 ) -> CompiledModel:
     """Compile a fitted model (or a :class:`Forest`) for the given backend.
 
     Args:
         model: A fitted scikit-learn, XGBoost or LightGBM model, a raw ``xgboost.Booster`` or
             ``lightgbm.Booster``, or an already parsed :class:`Forest`.
-        backend: ``"torch"`` (default), ``"torchscript"``, or ``"numpy"`` (the reference
-            evaluator, which needs no torch); :func:`available_backends` lists them.
+        backend: ``"auto"`` (default: the fastest exact path installed for the device, see
+            :func:`treecomp.backends.choose_backend`; on the CPU, ``"onnx"`` with ONNX
+            Runtime's tree operator; on CUDA, ``"torch"``), ``"torch"``, ``"torchscript"``,
+            ``"onnx"`` or ``"numpy"`` (the reference evaluator, which needs no extra);
+            :func:`available_backends` lists them. ``cm.backend`` says which ran.
         precision: ``"float32"`` (default) or ``"float64"``. float32 is exact for libraries
             that compare in float32 (XGBoost, scikit-learn trees) and for float32 inputs;
             ``"float64"`` reproduces LightGBM and HistGradientBoosting on any float64 input.
@@ -63,6 +66,8 @@ def convert(
     """
     precision_ = check_precision(precision)
     forest = parse(model)
+    if backend == "auto":
+        backend = choose_backend(options)
     engine = get_backend(backend)(forest, precision=precision_, **options)
     return CompiledModel(forest, engine, backend=backend, precision=precision_, options=options)
 
