@@ -28,6 +28,10 @@ def padded_size(n_trees: int, depth: int) -> int:
 class PerfectTreeTraversal(TreeGroup):
     """Complete-tree layout; ``depth`` levels of gathers with arithmetic child indices."""
 
+    # Declared for TorchScript, which cannot infer the type of an empty list (a forest of
+    # single-leaf trees has no levels).
+    level_base: list[int]
+
     def __init__(
         self,
         trees: list[Tree],

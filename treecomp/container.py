@@ -140,7 +140,7 @@ class CompiledModel:
         return self._engine.scores(self._prepare(X))
 
     def _proba(self, transformed: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        if self.forest.n_outputs == 1:
+        if self.forest.proba_columns == 2 and transformed.shape[1] == 1:
             out = np.empty((transformed.shape[0], 2))
             out[:, 1] = transformed[:, 0]
             np.subtract(1.0, out[:, 1], out=out[:, 0])

@@ -323,7 +323,11 @@ class Forest:
         post_transform: Link from raw scores to predictions.
         task: ``"classifier"``, ``"regressor"``, ``"ranker"`` or ``"outlier"``.
         methods: Prediction methods the native model offers (subset of :data:`METHODS`).
-        classes: Class labels of a classifier (any dtype), else None.
+        classes: Class labels of a classifier (any dtype), else None. A classifier fitted on
+            one class has one output: with no link (bagged class fractions) it is the lone
+            probability column, as scikit-learn's forests report it; with a link (a binary
+            objective fitted on one label) ``predict_proba`` has the two binary columns, as
+            HistGradientBoosting and LightGBM report it (see :attr:`proba_columns`).
         feature_names: Names of the input columns when the native model knows them.
         check_feature_names: Whether a DataFrame's columns must match ``feature_names``
             (scikit-learn and XGBoost check; LightGBM takes columns by position).
@@ -379,6 +383,16 @@ class Forest:
     def n_classes(self) -> int:
         """Number of classes (0 for non-classifiers)."""
         return 0 if self.classes is None else len(self.classes)
+
+    @property
+    def proba_columns(self) -> int:
+        """Columns of ``predict_proba`` (0 for non-classifiers): ``[1 - p, p]`` for one output
+        of two classes, or of one class behind a link; else one per output."""
+        if self.task != "classifier":
+            return 0
+        if self.n_outputs == 1 and (self.n_classes == 2 or self.post_transform.kind != "identity"):
+            return 2
+        return self.n_outputs
 
     def trees_per_output(self) -> npt.NDArray[np.int64]:
         """How many trees add to each output (the divisor of an average)."""
@@ -469,11 +483,10 @@ class Forest:
         )
         if self.task == "classifier":
             _check(
-                self.classes is not None and len(self.classes) >= 2,
-                "a classifier needs >= 2 classes",
+                self.classes is not None and len(self.classes) >= 1, "a classifier needs classes"
             )
             assert self.classes is not None
-            expected = 1 if len(self.classes) == 2 else len(self.classes)
+            expected = 1 if len(self.classes) <= 2 else len(self.classes)
             _check(
                 self.n_outputs in (expected, len(self.classes)),
                 f"{len(self.classes)} classes need {expected} outputs, got {self.n_outputs}",

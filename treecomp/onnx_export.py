@@ -289,7 +289,11 @@ def _emit_transform(g: GraphBuilder, forest: Forest, raw: str) -> str:
     if acc == np.float32 and kind in ("sigmoid", "softmax", "exp"):
         return _emit_xgboost_float32_link(g, kind, scale, raw)
     if kind == "sigmoid":
-        return g.op("Sigmoid", raw if scale == 1.0 else g.op("Mul", raw, double(scale)))
+        # 1 / (1 + exp(-x)), as scipy's expit and LightGBM compute it: ONNX Runtime's
+        # Sigmoid kernel loses the relative precision of tiny probabilities (1.11e-15 for
+        # LightGBM's 1.0e-15 at a margin of -34.5).
+        scaled = raw if scale == 1.0 else g.op("Mul", raw, double(scale))
+        return g.op("Div", double(1.0), g.op("Add", double(1.0), g.op("Exp", g.op("Neg", scaled))))
     if kind == "softmax":
         return g.op("Softmax", raw, axis=1)
     if kind == "exp":
@@ -471,14 +475,14 @@ def build_with_plan(
     elif forest.task == "classifier":
         assert forest.classes is not None and raw is not None and transformed is not None
         proba = transformed
-        if k == 1:
+        if forest.proba_columns == 2 and k == 1:
             proba = g.op(
                 "Concat", g.op("Sub", g.const(np.array(1.0)), transformed), transformed, axis=1
             )
         labels, element = _class_constant(forest.classes)
         index = _label_index(g, forest, raw, proba)
         output("label", g.op("Gather", g.const(labels), index), element, ["N"])
-        output("probabilities", proba, TensorProto.DOUBLE, ["N", len(forest.classes)])
+        output("probabilities", proba, TensorProto.DOUBLE, ["N", forest.proba_columns])
     elif forest.task == "outlier":
         assert transformed is not None
         scores = g.op("Squeeze", transformed, g.ints([1]))

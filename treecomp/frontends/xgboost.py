@@ -309,6 +309,10 @@ def _tree_range(
     return 0, min(n_trees, end * per_round)
 
 
+# XGBoost's kRtEps (src/common/math.h), the bound of a logistic intercept.
+_RT_EPS = np.float32(1e-6)
+
+
 def _base_score(
     text: str, objective: _Objective, n_outputs: int, name: str
 ) -> npt.NDArray[np.float64]:
@@ -326,6 +330,9 @@ def _base_score(
         # XGBoost's own float32 steps: -logf(1.0f / p - 1.0f) and logf(p). logf is the
         # correctly rounded log, i.e. the float64 log rounded to float32.
         if objective.base == "logit":
+            # LogisticRegression::ProbToMargin bounds p to [kRtEps, 1 - kRtEps] first: a
+            # model fitted on labels of one class has an intercept of exactly 0 or 1.
+            values = np.clip(values, _RT_EPS, one - _RT_EPS)
             margin = -np.log((one / values - one).astype(np.float64)).astype(np.float32)
         elif objective.base == "log":
             margin = np.log(values.astype(np.float64)).astype(np.float32)
@@ -368,6 +375,10 @@ def _prediction(
                 f"{name} uses multi:softprob with 2 classes, for which XGBClassifier.predict "
                 "returns one 0/1 column per class; use binary:logistic"
             )
+        if len(classes) == 1 and transform != "argmax":
+            # Fitted on one label, XGBClassifier is still binary: predict_proba has two
+            # columns and predict returns the column index 0 or 1, whatever classes_ says.
+            classes = np.arange(2, dtype=np.asarray(classes).dtype)
         expected = 1 if len(classes) == 2 and transform != "argmax" else len(classes)
         if n_outputs != expected:
             raise UnsupportedModelError(
