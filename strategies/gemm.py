@@ -7,6 +7,10 @@ poison every node); (2) the node tests, a 0/1 matrix; (3) a product with the pat
 number of left turns on each leaf's path): a row reaches leaf ``l`` iff ``(tests @ C)[l] ==
 D[l]``. All trees run as one batched matmul, padded to the group's largest tree. Work per
 row is ``n_trees * internal * leaves``: the choice for shallow trees.
+
+Trees too large for ``MAX_PATH_MATRIX`` keep the matrix formulation for their top levels
+only: each node at the cut depth is a "leaf" of the matrices, from which the walker goes on
+with child pointers (tree traversal) for the remaining levels. Every forest is expressible.
 """
 
 from typing import Any
@@ -14,11 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, tensor
+from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
 from strategies.registry import register_strategy
-from treecomp.ir import Tree
+from treecomp.ir import Tree, node_depths, tree_depths
 
 MAX_PATH_MATRIX = 1 << 27
+# Past MAX_PATH_MATRIX, the top levels kept in the matrices stay within this many entries:
+# the product's work per row is its size, while a level of child pointers costs one gather.
+HYBRID_PATH_MATRIX = 1 << 20
+
+
+def _matrix_size(n_trees: int, depth: int) -> int:
+    """Path-matrix entries of trees cut at ``depth`` (at most 2**depth - 1 internal nodes by
+    2**depth leaves each)."""
+    return n_trees * max(1, (1 << depth) - 1) * (1 << depth)
 
 
 @register_strategy("gemm")
@@ -29,6 +42,8 @@ class GEMM(TreeGroup):
     lefts: torch.Tensor
     positions: torch.Tensor
     leaf_base: torch.Tensor
+    below: torch.Tensor
+    child: torch.Tensor
 
     def __init__(
         self,
@@ -41,12 +56,25 @@ class GEMM(TreeGroup):
         leaves = [np.flatnonzero(t.left_child < 0) for t in trees]
         n_internal = max(1, max(len(i) for i in internal))
         n_leaves = max(len(leaf) for leaf in leaves)
+        full_depth = int(tree_depths(trees).max())
+        cut = full_depth  # levels in the matrices; the rest walk child pointers
         if n_trees * n_internal * n_leaves > MAX_PATH_MATRIX:
-            raise ValueError(
-                f"gemm cannot express {n_trees} trees with up to {n_leaves} leaves: the path "
-                f"matrices need {n_trees * n_internal * n_leaves:,} entries (limit "
-                f"{MAX_PATH_MATRIX:,}); use strategy='tree_traversal'"
-            )
+            budget = min(MAX_PATH_MATRIX, HYBRID_PATH_MATRIX)
+            while cut > 0 and _matrix_size(n_trees, cut) > budget:
+                cut -= 1
+            sizes = np.array([t.n_nodes for t in trees])
+            depth = np.split(node_depths(trees), np.cumsum(sizes)[:-1])
+            # Internal nodes above the cut; the nodes at the cut end the matrices' paths.
+            internal = [
+                np.flatnonzero((t.left_child >= 0) & (d < cut)) for t, d in zip(trees, depth)
+            ]
+            leaves = [
+                np.flatnonzero(((t.left_child < 0) & (d <= cut)) | (d == cut))
+                for t, d in zip(trees, depth)
+            ]
+            n_internal = max(1, max(len(i) for i in internal))
+            n_leaves = max(len(leaf) for leaf in leaves)
+        rest = full_depth - cut
         path = np.zeros((n_trees, n_internal, n_leaves), dtype=np.float32)
         lefts = np.full((n_trees, n_leaves), -1.0, dtype=np.float32)  # padding never matches
         slot = np.zeros((n_trees, n_internal), dtype=np.int64)  # global node id per column
@@ -75,10 +103,15 @@ class GEMM(TreeGroup):
                 cur = np.where(live, up, -1)
             lefts[t, : len(leaves[t])] = n_left
             value_rows[t, : len(leaves[t])] = leaves[t] + offsets[t]
-        nodes = NodeArrays(trees).take(slot.reshape(-1))
+        slots = slot.reshape(-1)
+        if rest:  # node parameters by matrix column, then by global node id
+            slots = np.concatenate([slots, np.arange(int(offsets[-1] + trees[-1].n_nodes))])
+        nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
+        self.rest = rest
         self.n_trees = n_trees
         self.n_internal = n_internal
+        self.node_base = n_trees * n_internal
         self.register_buffer("path", tensor(path))
         self.register_buffer("lefts", tensor(lefts).unsqueeze(1))  # (trees, 1, leaves)
         # One row of node positions: the node parameters broadcast over the batch.
@@ -91,17 +124,41 @@ class GEMM(TreeGroup):
         values = np.concatenate([t.value for t in trees])
         ids = np.concatenate([t.leaf_id for t in trees])
         rows = value_rows.reshape(-1)
-        self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
+        if self.rest:
+            # The global node at each matrix "leaf", child pointers for the levels below.
+            every = np.arange(values.shape[0])
+            is_leaf = np.concatenate([t.left_child < 0 for t in trees])
+            left = np.concatenate([t.left_child + o for t, o in zip(trees, offsets)])
+            right = np.concatenate([t.right_child + o for t, o in zip(trees, offsets)])
+            children = np.stack(
+                [np.where(is_leaf, every, left), np.where(is_leaf, every, right)], 1
+            )
+            self.register_buffer("below", tensor(rows.astype(np.int32)))
+            self.register_buffer("child", tensor(children.reshape(-1).astype(np.int32)))
+            self.set_leaves(values, ids)
+        else:
+            self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
+            self.register_buffer("child", torch.zeros(0, dtype=torch.int32))
+            self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        x = X.index_select(1, self.feature)  # (n, trees * internal)
+        x = X.index_select(1, self.feature.narrow(0, 0, self.node_base))  # (n, trees * internal)
         tests = self.decide(x, self.positions, check_missing)
         tests = tests.to(torch.float32).reshape(X.shape[0], self.n_trees, self.n_internal)
         reached = torch.bmm(tests.transpose(0, 1), self.path) == self.lefts  # (trees, n, leaves)
-        return (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
+        rows = (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
+        if self.rest == 0:
+            return rows
+        node = take(self.below, rows)
+        for _ in range(self.rest):
+            pos = node + self.node_base
+            x = feature_values(X, take(self.feature, pos))
+            right = self.goes_right(x, pos, check_missing)
+            node = take(self.child, node * 2 + right)
+        return node
 
     def emit_onnx(self, g: Any, X: str) -> str:
-        x = g.op("Gather", X, g.const(self.feature), axis=1)
+        x = g.op("Gather", X, g.const(self.feature[: self.node_base]), axis=1)
         tests = g.op("Cast", self.emit_decide(g, x, g.const(self.positions)), to="float32")
         # ONNX Runtime's batched MatMul crashes on an empty batch: one extra row of tests is
         # carried through and sliced off at the end.
@@ -114,4 +171,15 @@ class GEMM(TreeGroup):
         rows = g.op(
             "Slice", g.op("Transpose", leaf, perm=[1, 0]), g.ints([1]), g.ints([2**62]), g.ints([0])
         )
-        return g.op("Add", rows, g.const(self.leaf_base.reshape(1, -1)))
+        rows = g.op("Add", rows, g.const(self.leaf_base.reshape(1, -1)))
+        if self.rest == 0:
+            return rows
+        node = g.op("Gather", g.const(self.below.numpy().astype(np.int64)), rows)
+        feature, two = g.const(self.feature), g.const(np.array(2))
+        child = g.const(self.child.numpy().astype(np.int64))
+        for _ in range(self.rest):
+            pos = g.op("Add", node, g.const(np.array(self.node_base)))
+            x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
+            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int64")
+            node = g.op("Gather", child, g.op("Add", g.op("Mul", node, two), right))
+        return node

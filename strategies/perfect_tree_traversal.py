@@ -4,6 +4,11 @@ Padding puts every node of level ``d`` at position ``j`` in ``[0, 2**d)``; the n
 is ``2*j`` (left) or ``2*j + 1`` (right), so no child pointers are gathered. A leaf above the
 last level is copied down: the nodes below it test anything, since every path under them
 ends at copies of the same leaf. Memory grows as ``n_trees * 2**depth``.
+
+Forests too deep to pad within ``MAX_PADDED_NODES`` slots keep the perfect layout for as many
+top levels as fit, then walk on from the node each walker reached with child pointers (tree
+traversal) for the remaining levels: every forest is expressible, and the deep, sparse part
+of leaf-wise trees costs no padding.
 """
 
 from typing import Any
@@ -11,12 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take
+from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, tree_depths
 
-# Refuse padding beyond this many node slots (about 1 GiB of node parameters).
+# Pad to complete trees up to this many node slots (about 1 GiB of node parameters) ...
 MAX_PADDED_NODES = 1 << 27
+# ... and past it, keep perfect only the top levels whose padding stays within this many
+# slots per real node: deeper levels walk child pointers.
+HYBRID_PADDING = 4
 
 
 def padded_size(n_trees: int, depth: int) -> int:
@@ -31,6 +39,8 @@ class PerfectTreeTraversal(TreeGroup):
     # Declared for TorchScript, which cannot infer the type of an empty list (a forest of
     # single-leaf trees has no levels).
     level_base: list[int]
+    below: torch.Tensor
+    child: torch.Tensor
 
     def __init__(
         self,
@@ -38,15 +48,14 @@ class PerfectTreeTraversal(TreeGroup):
         columns: list[int],
         options: GroupOptions,
     ) -> None:
-        depth = int(tree_depths(trees).max())
+        full_depth = int(tree_depths(trees).max())
         n_trees = len(trees)
-        if padded_size(n_trees, depth) > MAX_PADDED_NODES:
-            raise ValueError(
-                f"perfect_tree_traversal cannot express {n_trees} trees of depth {depth}: padding "
-                f"to complete trees needs {padded_size(n_trees, depth):,} node slots "
-                f"(limit {MAX_PADDED_NODES:,}); use strategy='tree_traversal'"
-            )
         sizes = np.array([t.n_nodes for t in trees])
+        depth = full_depth  # levels in the perfect layout; the rest walk child pointers
+        if padded_size(n_trees, depth) > MAX_PADDED_NODES:
+            budget = min(MAX_PADDED_NODES, HYBRID_PADDING * int(sizes.sum()))
+            while depth > 0 and padded_size(n_trees, depth) > budget:
+                depth -= 1
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         leaf = np.concatenate([t.left_child < 0 for t in trees])
         left = np.concatenate([t.left_child + o for t, o in zip(trees, offsets)])
@@ -64,18 +73,39 @@ class PerfectTreeTraversal(TreeGroup):
         slots = (
             np.concatenate([lv.reshape(-1) for lv in levels]) if levels else np.zeros(0, np.int64)
         )
+        self_rest = full_depth - depth
+        if self_rest:
+            # Node parameters by slot, then by global node id from node_base on.
+            slots = np.concatenate([slots, np.arange(int(sizes.sum()))])
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
         self.depth = depth
+        self.rest = self_rest
+        self.node_base = int(slots.size - sizes.sum()) if self_rest else 0
         # int32 positions: MAX_PADDED_NODES keeps them far below 2**31. Level offsets are
         # Python constants and tree offsets an arange, so that a compiler folds the position
         # arithmetic into its loop indices rather than loading it.
         self.level_base: list[int] = [n_trees * ((1 << d) - 1) for d in range(depth)]
         self.n_trees = n_trees
-        self.set_leaves(
-            np.concatenate([t.value for t in trees])[level.reshape(-1)],
-            np.concatenate([t.leaf_id for t in trees])[level.reshape(-1)],
-        )
+        values = np.concatenate([t.value for t in trees])
+        leaf_ids = np.concatenate([t.leaf_id for t in trees])
+        if self_rest:
+            # The global node reached at each slot of the last perfect level, and child
+            # pointers (leaves point to themselves) for the levels below it.
+            children = np.stack(
+                [
+                    np.where(leaf, np.arange(leaf.size), left),
+                    np.where(leaf, np.arange(leaf.size), right),
+                ],
+                axis=1,
+            )
+            self.register_buffer("below", tensor(level.reshape(-1).astype(np.int32)))
+            self.register_buffer("child", tensor(children.reshape(-1).astype(np.int32)))
+            self.set_leaves(values, leaf_ids)
+        else:
+            self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
+            self.register_buffer("child", torch.zeros(0, dtype=torch.int32))
+            self.set_leaves(values[level.reshape(-1)], leaf_ids[level.reshape(-1)])
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         index = torch.zeros((self.n_trees, X.shape[0]), dtype=torch.int32, device=X.device)
@@ -86,7 +116,15 @@ class PerfectTreeTraversal(TreeGroup):
             x = feature_values(X, take(self.feature, pos))
             right = self.goes_right(x, pos, check_missing)
             index = index * 2 + right  # the bool promotes inside the one kernel
-        return index + trees * (1 << self.depth)
+        if self.rest == 0:
+            return index + trees * (1 << self.depth)
+        node = take(self.below, index + trees * (1 << self.depth))
+        for _ in range(self.rest):
+            pos = node + self.node_base
+            x = feature_values(X, take(self.feature, pos))
+            right = self.goes_right(x, pos, check_missing)
+            node = take(self.child, node * 2 + right)
+        return node
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs
@@ -97,4 +135,18 @@ class PerfectTreeTraversal(TreeGroup):
             x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
             right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int32")
             index = g.op("Add", g.op("Mul", index, g.const(np.array(2, np.int32))), right)
-        return g.op("Add", index, g.const(trees << self.depth))
+        slot = g.op("Add", index, g.const(trees << self.depth))
+        if self.rest == 0:
+            return slot
+        node = g.op("Gather", g.const(self.below), slot)
+        child = g.const(self.child)
+        for _ in range(self.rest):
+            pos = g.op("Add", node, g.const(np.array(self.node_base, np.int32)))
+            x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
+            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int32")
+            node = g.op(
+                "Gather",
+                child,
+                g.op("Add", g.op("Mul", node, g.const(np.array(2, np.int32))), right),
+            )
+        return node

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import strategies.gemm as gemm
+import strategies.perfect_tree_traversal as perfect_tree_traversal
 import treecomp
 from tests.helpers import (
     assert_close,
@@ -110,12 +112,51 @@ def test_unknown_strategy_and_unexpressible_forest() -> None:
     X, y, _ = load("diabetes")
     deep = ensemble.RandomForestRegressor(60, random_state=0).fit(np.tile(X, (8, 1)), np.tile(y, 8))
     assert treecomp.parse(deep).max_depth() > 20
-    with pytest.raises(ValueError, match="perfect_tree_traversal cannot express"):
-        treecomp.convert(deep, "torch", strategy="perfect_tree_traversal")
+    # Too deep to pad or multiply whole: the top levels so, child pointers below.
+    for backend in ("torch", "onnx"):
+        for strategy in ("perfect_tree_traversal", "gemm"):
+            top = treecomp.convert(deep, backend, strategy=strategy)
+            assert_equal(top.apply(X[:50]), deep.apply(X[:50]))
+            assert_close(top.predict(X[:50]), deep.predict(X[:50]), "float64")
+    padded = treecomp.convert(deep, "torch", strategy="perfect_tree_traversal")
+    module = padded.torch_module.groups[0]
+    assert module.rest > 0 and module.depth > 0, (module.depth, module.rest)
     cm = treecomp.convert(deep, "torch")
     # The deepest trees go to tree traversal; shallower ones may still be padded.
     assert cm.strategy.split(" + ")[-1].startswith("tree_traversal")
     assert_equal(cm.apply(X[:50]), deep.apply(X[:50]))
+
+
+@pytest.mark.parametrize("strategy", ["perfect_tree_traversal", "gemm"])
+@pytest.mark.parametrize("backend", ["torch", "torchscript", "onnx"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_top_levels_then_child_pointers(
+    name: str, backend: str, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past their size limits, perfect-tree traversal pads and GEMM multiplies the top
+    levels only, then walk child pointers: exact on every split kind, every backend."""
+    monkeypatch.setattr(perfect_tree_traversal, "MAX_PADDED_NODES", 40)
+    monkeypatch.setattr(gemm, "MAX_PATH_MATRIX", 100)
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, backend, strategy=strategy)
+    ref = treecomp.convert(model, "numpy")
+    if backend != "onnx":
+        (group,) = cm.torch_module.groups
+        assert group.rest > 0
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+        compare_reference(cm, ref, X)
+
+
+@pytest.mark.parametrize("strategy", ["perfect_tree_traversal", "gemm"])
+def test_top_levels_compiled(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(perfect_tree_traversal, "MAX_PADDED_NODES", 40)
+    monkeypatch.setattr(gemm, "MAX_PATH_MATRIX", 100)
+    model, X_test = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model, "torch", strategy=strategy, compile=True)
+    ref = treecomp.convert(model, "numpy")
+    for X in inputs(model, X_test, cm.forest):
+        compare_reference(cm, ref, X)
 
 
 def test_torch_module_is_exposed() -> None:

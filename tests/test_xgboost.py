@@ -308,6 +308,26 @@ def test_ranker(objective: str) -> None:
     check_model(model, X_train, X_test)
 
 
+def test_ranker_dataframe_qid_column_is_dropped_like_native(tmp_path: Any) -> None:
+    """XGBRanker.predict and apply drop a DataFrame's ``qid`` column (the query groups)."""
+    X_train, X_test, y_train, _ = split("synthetic_regression")
+    columns = [f"f{j}" for j in range(X_train.shape[1])]
+    frame = pd.DataFrame(X_train, columns=columns)
+    frame["qid"] = np.arange(len(frame)) // 20
+    relevance = np.digitize(y_train, np.quantile(y_train, [0.5]))
+    model = xgb.XGBRanker(**SMALL).fit(frame, relevance)
+    test = pd.DataFrame(X_test, columns=columns)
+    test["qid"] = np.arange(len(test)) // 7
+    for backend in ("numpy", "torch", "onnx"):
+        cm = treecomp.convert(model, backend)
+        assert_close(cm.predict(test), model.predict(test), TOL)
+        assert_equal(cm.apply(test), model.apply(test))
+        assert_close(cm.predict(test.drop(columns="qid")), model.predict(test), TOL)
+    assert "qid" in test.columns  # the caller's frame is left alone
+    cm.save(tmp_path / "ranker.tc")
+    assert treecomp.load(tmp_path / "ranker.tc").forest.ignored_columns == ("qid",)
+
+
 # -------------------------------------------------------------------------------------------
 # Raw boosters: all trees, Booster.predict's output and shape
 

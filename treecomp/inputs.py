@@ -38,6 +38,9 @@ def _is_dataframe(X: Any) -> bool:
 
 
 def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
+    ignored = [c for c in X.columns if str(c) in forest.ignored_columns]
+    if ignored:  # the native predict drops them too (the caller's frame is not modified)
+        X = X.drop(columns=ignored)
     columns = [str(c) for c in X.columns]
     names = forest.feature_names
     if forest.check_feature_names and names is not None and len(columns) == forest.n_features:

@@ -329,6 +329,8 @@ class Forest:
             objective fitted on one label) ``predict_proba`` has the two binary columns, as
             HistGradientBoosting and LightGBM report it (see :attr:`proba_columns`).
         feature_names: Names of the input columns when the native model knows them.
+        ignored_columns: DataFrame columns the native ``predict`` drops before reading the
+            features (XGBRanker's ``qid``, which only groups rows into queries).
         check_feature_names: Whether a DataFrame's columns must match ``feature_names``
             (scikit-learn and XGBoost check; LightGBM takes columns by position).
         categories: Per feature, the category values whose positions are the codes the trees
@@ -362,6 +364,7 @@ class Forest:
     classes: npt.NDArray[Any] | None = None
     feature_names: tuple[str, ...] | None = None
     check_feature_names: bool = True
+    ignored_columns: tuple[str, ...] = ()
     categories: tuple[tuple[Any, ...] | None, ...] | None = None
     category_encoding: Literal["pandas", "always"] = "pandas"
     category_domain: Literal["truncate", "nonnegative"] = "truncate"
@@ -680,6 +683,7 @@ def _to_document(forest: Forest) -> dict[str, Any]:
         "classes": _encode_labels(forest.classes),
         "feature_names": None if forest.feature_names is None else list(forest.feature_names),
         "check_feature_names": forest.check_feature_names,
+        "ignored_columns": list(forest.ignored_columns),
         "categories": None
         if forest.categories is None
         else [None if c is None else [_plain(v) for v in c] for c in forest.categories],
@@ -739,6 +743,7 @@ def _from_document(doc: Any) -> Forest:
             classes=_decode_labels(doc["classes"]),
             feature_names=None if doc["feature_names"] is None else tuple(doc["feature_names"]),
             check_feature_names=bool(doc["check_feature_names"]),
+            ignored_columns=tuple(str(c) for c in doc.get("ignored_columns", ())),
             categories=None
             if doc["categories"] is None
             else tuple(

@@ -31,9 +31,9 @@ reproduced as that objective), ``XGBClassifier`` with ``binary:hinge`` (its
 returns one-hot rows), multi-label classifiers, non-ASCII string categories (XGBoost
 saves them truncated), unfitted models and models without trees.
 
-Known differences: a categorical value in (-1, 0) is category 0 for the IR but "not
-listed" for XGBoost; a category unseen in training is missing for treecomp, while
-XGBoost 3.2 maps it to the next larger training category (or raises when none is larger);
+Known differences (README, "Known deviations"): a pandas category unseen in training is
+missing for treecomp, while XGBoost 3.2 maps it to the next larger training category (or
+raises when none is larger);
 ±inf is an ordinary value for treecomp and for the wrappers' ``predict`` (XGBoost's
 ``inplace_predict``), but a ``DMatrix``, behind ``apply``, rejects it unless ``missing`` is
 infinite.
@@ -41,6 +41,7 @@ infinite.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -127,8 +128,11 @@ def parse_regressor(model: Any) -> Forest:
 
 @register("xgboost.XGBRanker")
 def parse_ranker(model: Any) -> Forest:
-    """Parse a fitted ``XGBRanker``: ``predict`` (relevance scores) and ``apply``."""
-    return _parse_wrapper(model, "ranker")
+    """Parse a fitted ``XGBRanker``: ``predict`` (relevance scores) and ``apply``.
+
+    Like ``XGBRanker.predict``, a DataFrame's ``qid`` column (the query groups) is dropped.
+    """
+    return dataclasses.replace(_parse_wrapper(model, "ranker"), ignored_columns=("qid",))
 
 
 def _parse_wrapper(model: Any, flavour: str) -> Forest:
