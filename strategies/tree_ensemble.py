@@ -61,15 +61,19 @@ SPLIT_FROM_ROWS = 5_000
 
 
 def refusal(trees: list[Tree], dtype: torch.dtype) -> str | None:
-    """Why these trees cannot be lowered exactly to ``TreeEnsemble`` in ``dtype``, or None."""
+    """Why these trees cannot be lowered exactly to ``TreeEnsemble`` in ``dtype``, or None.
+
+    A tree with more leaves than float32 counts has its positions found in double (a
+    float32 input and its float32-exact splits compare alike in double), so only trees past
+    double's count, which no memory holds, are refused.
+    """
     if dtype not in EXACT_COUNT:
         return f"TreeEnsemble takes float or double inputs, not {dtype}"
-    limit = EXACT_COUNT[dtype]
+    limit = EXACT_COUNT[torch.float64]
     largest = max(int((t.left_child < 0).sum()) for t in trees)
     if largest > limit:
         return (
-            f"a tree has {largest:,} leaves; {dtype} counts leaf positions exactly only up to "
-            f"{limit:,}"
+            f"a tree has {largest:,} leaves; double counts leaf positions exactly only to {limit:,}"
         )
     return None
 
@@ -93,6 +97,8 @@ class TreeEnsemble(TreeGroup):
         # When the whole table counts exactly, the offset is folded into the leaf weights.
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.global_rows = int(counts.sum()) <= EXACT_COUNT[options.dtype]
+        if int(counts.max()) > EXACT_COUNT[options.dtype]:  # double positions count them all
+            self.global_rows = int(counts.sum()) <= EXACT_COUNT[torch.float64]
         self.set_leaves(
             np.concatenate([t.value[leaf] for t, leaf in zip(trees, leaves)]),
             np.concatenate([t.leaf_id[leaf] for t, leaf in zip(trees, leaves)]),
@@ -236,6 +242,8 @@ class TreeEnsemble(TreeGroup):
     def _emit(self, g: Any, X: str, weights: npt.NDArray[np.floating]) -> str:
         """Every tree's leaf weight, ``(N, n_trees)`` in the weights' float type."""
         float_type = weights.dtype
+        if float_type != (np.float32 if self.dtype == torch.float32 else np.float64):
+            X = g.op("Cast", X, to="float64")  # exact: float32 inputs and splits, widened
         source = X
         if self.copies:
             copies = [self.emit_copy(g, X, *key, float_type) for key in self.copies]
@@ -254,6 +262,9 @@ class TreeEnsemble(TreeGroup):
 
     def emit_onnx(self, g: Any, X: str) -> str:
         float_type = np.float32 if self.dtype == torch.float32 else np.float64
+        widest = max(int((t.left_child < 0).sum()) for t in self.trees)
+        if widest > EXACT_COUNT[self.dtype]:  # positions past float32's count: in double
+            float_type = np.float64
         rows = np.arange(self.leaf_id.numel())
         if not self.global_rows:
             rows = rows - np.repeat(self.offsets, np.diff(np.append(self.offsets, rows.size)))

@@ -134,22 +134,27 @@ def test_single_leaf_trees() -> None:
 
 
 def test_leaf_rows_beyond_the_float_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the float type's exact count, rows are per-tree positions plus offsets; a tree
-    with more leaves than that is refused, and the selector falls back."""
+    """Past float32's exact count, rows are per-tree positions plus offsets; a tree with more
+    leaves than that is walked in double; past double's count the lowering is refused and
+    the selector falls back."""
     model, X_test = fitted("lightgbm_multiclass")
     forest = treecomp.parse(model)
     widest = max(int((t.left_child < 0).sum()) for t in forest.trees)
-    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, widest)
-    cm, ref = onnx_models(model, "float32")
-    for X in inputs(model, X_test, cm.forest):
-        check(cm, ref, np.asarray(X, dtype=np.float64))
-    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, widest - 1)
-    with pytest.raises(ValueError, match=f"has {widest} leaves.*float32 counts"):
-        treecomp.convert(model, "onnx", strategy="tree_ensemble")
-    fallback = treecomp.convert(model, "onnx")
+    for limit, splits in ((widest, onnx.TensorProto.FLOAT), (widest - 1, onnx.TensorProto.DOUBLE)):
+        monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, limit)
+        cm, ref = onnx_models(model, "float32")
+        for X in inputs(model, X_test, cm.forest):
+            check(cm, ref, np.asarray(X, dtype=np.float64))
+        (node,) = [n for n in cm.to_onnx().graph.node if n.op_type == "TreeEnsemble"]
+        (attribute,) = [a for a in node.attribute if a.name == "nodes_splits"]
+        assert attribute.t.data_type == splits
+    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float64, widest - 1)
+    with pytest.raises(ValueError, match=f"has {widest} leaves.*double counts"):
+        treecomp.convert(model, "onnx", strategy="tree_ensemble", precision="float64")
+    fallback = treecomp.convert(model, "onnx", precision="float64")
     assert "tree_ensemble" not in fallback.strategy
     assert "tree_ensemble" not in fallback.to_onnx().metadata_props[0].value
-    compare_reference(fallback, ref, X_test)
+    compare_reference(fallback, treecomp.convert(model, "numpy", precision="float64"), X_test)
 
 
 def test_trees_split_over_operator_nodes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -308,6 +308,26 @@ def test_ranker(objective: str) -> None:
     check_model(model, X_train, X_test)
 
 
+def test_log_link_fitted_on_zero_counts_has_a_minus_infinite_margin() -> None:
+    """count:poisson on all-zero labels: intercept 0, margin -inf, every prediction 0."""
+    X_train, X_test, _, _ = split("synthetic_regression")
+    model = xgb.XGBRegressor(objective="count:poisson", **SMALL).fit(
+        X_train, np.zeros(len(X_train))
+    )
+    assert np.all(model.predict(X_test, output_margin=True) == -np.inf)
+    for backend in ("numpy", "torch", "torchscript", "onnx"):
+        cm = treecomp.convert(model, backend)
+        assert_equal(cm.predict(X_test), model.predict(X_test))
+        assert_equal(cm.apply(X_test), model.apply(X_test))
+    # Tweedie's gradients at -inf are NaN: its leaves, and every prediction, are NaN.
+    tweedie = xgb.XGBRegressor(objective="reg:tweedie", **SMALL).fit(
+        X_train, np.zeros(len(X_train))
+    )
+    assert np.isnan(tweedie.predict(X_test)).all()
+    with pytest.raises(treecomp.UnsupportedModelError, match="NaN or infinite leaf values"):
+        treecomp.convert(tweedie, "numpy")
+
+
 def test_ranker_dataframe_qid_column_is_dropped_like_native(tmp_path: Any) -> None:
     """XGBRanker.predict and apply drop a DataFrame's ``qid`` column (the query groups)."""
     X_train, X_test, y_train, _ = split("synthetic_regression")

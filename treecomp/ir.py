@@ -479,7 +479,11 @@ class Forest:
             f"base_score must be float64 of shape ({self.n_outputs},), "
             f"got {base.dtype} {base.shape}",
         )
-        _check(bool(np.all(np.isfinite(base))), "base_score must be finite")
+        # -inf is a margin: XGBoost's log-link intercept of a model fitted on all-zero counts.
+        _check(
+            not bool(np.any(np.isnan(base) | (base == np.inf))),
+            "base_score must be finite or -inf",
+        )
         _check(
             int(np.prod(self.leaf_shape, dtype=np.int64)) == self.n_trees,
             f"leaf_shape {self.leaf_shape} does not hold {self.n_trees} trees",

@@ -254,6 +254,12 @@ def _parse_document(
         )
         for t in range(first, last)
     )
+    if any(not np.isfinite(tree.value[tree.left_child < 0]).all() for tree in trees):
+        raise UnsupportedModelError(
+            f"{name} has NaN or infinite leaf values, so it predicts NaN for every row (for "
+            f"instance {objective_name} fitted with a base_score of 0, whose log-link margin "
+            "-inf makes every gradient NaN); refit it with a positive base_score"
+        )
 
     base_score = _base_score(params["base_score"], objective, n_outputs, name)
     task, methods, label_rule, classes, post = _prediction(
@@ -342,9 +348,11 @@ def _base_score(
             margin = np.log(values.astype(np.float64)).astype(np.float32)
         else:
             margin = values
-    if not np.all(np.isfinite(margin)):
+    # log(0) = -inf is XGBoost's own margin for a log-link model fitted on all-zero counts:
+    # it predicts exp(-inf + leaves) = 0, and so does treecomp.
+    if np.any(np.isnan(margin) | (margin == np.inf)):
         raise UnsupportedModelError(
-            f"{name}: base_score {text!r} has no finite margin under a {objective.base} link"
+            f"{name}: base_score {text!r} has no margin under a {objective.base} link"
         )
     # XGBoost keeps the margin-space intercept as a float32.
     return margin.astype(np.float32).astype(np.float64)
