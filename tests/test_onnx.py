@@ -272,3 +272,18 @@ def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(treecomp.InvalidArtifactError):
         treecomp.load(path)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "onnx"])
+def test_pickle_carries_the_safe_artifact(backend: str) -> None:
+    """A pickled CompiledModel is its JSON artifact: rebuilt, never unpickled torch state."""
+    model, X_test = fitted("lightgbm_categorical_zero")
+    cm = treecomp.convert(model, backend, strategy="auto" if backend != "numpy" else None)
+    data = pickle.dumps(cm)
+    assert b"torch.nn" not in data and b"InferenceSession" not in data
+    again = pickle.loads(data)
+    assert (again.backend, again.precision, again.forest) == (cm.backend, cm.precision, cm.forest)
+    assert_equal(again.predict(X_test), cm.predict(X_test))
+    assert_equal(treecomp.loads(cm.dumps()).apply(X_test), cm.apply(X_test))
+    with pytest.raises(treecomp.InvalidArtifactError, match="checksum"):
+        treecomp.loads(cm.dumps().replace(b'"task":"regressor"', b'"task":"ranker"'))

@@ -31,6 +31,7 @@ __all__ = [
     "available_backends",
     "convert",
     "load",
+    "loads",
     "parse",
     "supported_models",
 ]
@@ -89,7 +90,18 @@ def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel
     """
     from treecomp.artifact import read
 
-    saved_backend, forest, saved = read(path)
+    return _rebuild(*read(path), backend=backend, source=str(path), **options)
+
+
+def _rebuild(
+    saved_backend: str,
+    forest: Forest,
+    saved: dict[str, Any],
+    *,
+    backend: str | None = None,
+    source: str = "the artifact",
+    **options: Any,
+) -> CompiledModel:
     target = backend or saved_backend
     if target == "numpy":  # the reference evaluator has no strategy, batching or threads
         saved = {"precision": saved["precision"]}
@@ -100,4 +112,11 @@ def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel
     try:
         return convert(forest, target, precision=precision, **merged)
     except (ValueError, OverflowError) as exc:  # incl. a forest no backend can lower
-        raise InvalidArtifactError(f"cannot rebuild {path} on backend {target!r}: {exc}") from exc
+        raise InvalidArtifactError(f"cannot rebuild {source} on backend {target!r}: {exc}") from exc
+
+
+def loads(data: bytes, backend: str | None = None, **options: Any) -> CompiledModel:
+    """Rebuild a model from the bytes of an artifact (:func:`load` without the file)."""
+    from treecomp.artifact import loads as parse_artifact
+
+    return _rebuild(*parse_artifact(data), backend=backend, **options)

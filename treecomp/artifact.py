@@ -20,7 +20,9 @@ VERSION = 1
 # Options a file may carry, with the values they may take (anything else is refused: a file
 # must not be able to ask for a million threads).
 _OPTIONS: dict[str, Any] = {
-    "strategy": lambda v: v in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal"),
+    "strategy": lambda v: (
+        v in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "tree_ensemble")
+    ),
     "batch_size": lambda v: v is None or (type(v) is int and 1 <= v <= 2**31),
     "n_threads": lambda v: v is None or (type(v) is int and 1 <= v <= 1024),
     "progress": lambda v: type(v) is bool,
@@ -35,9 +37,15 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 
 def save(model: Any, path: Any) -> None:
     """Write ``model`` (a :class:`~treecomp.CompiledModel`) to ``path``."""
+    Path(path).write_bytes(dumps(model))
+
+
+def dumps(model: Any) -> bytes:
+    """The artifact of ``model`` as bytes (what :func:`save` writes, and what a pickled
+    :class:`~treecomp.CompiledModel` carries to another process)."""
     from treecomp import __version__
 
-    options = {k: v for k, v in model.options.items() if k in _OPTIONS}
+    options = {k: v for k, v in model.options.items() if k in _OPTIONS and v is not None}
     body = {
         "format": FORMAT,
         "version": VERSION,
@@ -48,12 +56,17 @@ def save(model: Any, path: Any) -> None:
         "forest": model.forest.to_dict(),
     }
     document = {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
-    Path(path).write_bytes(_canonical(document))
+    return _canonical(document)
 
 
 def read(path: Any) -> tuple[str, Forest, dict[str, Any]]:
     """Parse and check an artifact: ``(backend, forest, options incl. precision)``."""
-    raw = Path(path).read_bytes()
+    return loads(Path(path).read_bytes(), source=str(path))
+
+
+def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dict[str, Any]]:
+    """Parse and check artifact bytes; errors name ``source``."""
+    path = source
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -203,6 +203,20 @@ class CompiledModel:
             )
         export(path, leaf_indices=leaf_indices)
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
+        """Pickle as the safe artifact: another process (a Dask worker, a Spark executor)
+        rebuilds the model from JSON, never unpickles torch modules or sessions."""
+        import treecomp
+        from treecomp.artifact import dumps
+
+        return treecomp.loads, (dumps(self), self.backend)
+
+    def dumps(self) -> bytes:
+        """The artifact as bytes: :func:`treecomp.loads` rebuilds the model from them."""
+        from treecomp.artifact import dumps
+
+        return dumps(self)
+
     def save(self, path: Any) -> None:
         """Write a versioned artifact: the IR and options as checksummed JSON, no pickle.
 
