@@ -33,8 +33,17 @@ __all__ = [
     "load",
     "loads",
     "parse",
+    "score",
     "supported_models",
 ]
+
+
+def score(model: Any, source: Any, destination: Any, **options: Any) -> int:
+    """Score a Parquet or CSV file larger than memory into another, in batches (see
+    :func:`treecomp.scoring.score`, whose options this takes); returns the rows scored."""
+    from treecomp.scoring import score as score_file
+
+    return score_file(model, source, destination, **options)
 
 
 def convert(

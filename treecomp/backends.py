@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp import reference
+from treecomp.batching import rows_per_chunk, score_in_chunks
 from treecomp.container import Engine
 from treecomp.ir import Forest
 
@@ -101,19 +102,39 @@ def choose_backend(options: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReferenceEngine:
-    """The NumPy reference evaluator as a backend: no dependency beyond NumPy."""
+    """The NumPy reference evaluator as a backend: no dependency beyond NumPy.
+
+    Rows are scored in chunks within ``treecomp.batching.SCRATCH_BYTES``: the leaf nodes of
+    every tree, a float64 copy of the rows and a few per-tree temporaries.
+    """
 
     forest: Forest
 
+    @property
+    def _rows(self) -> int:
+        f = self.forest
+        return rows_per_chunk(8 * (2 * f.n_trees + 2 * f.n_features + 8 * f.n_outputs))
+
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-        return reference.native_leaf_ids(self.forest, reference.leaf_nodes(self.forest, X))
+        def score(rows: slice) -> list[npt.NDArray[np.int64]]:
+            nodes = reference.leaf_nodes(self.forest, X[rows])
+            return [reference.native_leaf_ids(self.forest, nodes)]
+
+        n = X.shape[0]
+        return score_in_chunks(n, self._rows, [self.forest.n_trees], [np.int64], score)[0]
 
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        raw = reference.raw_scores(self.forest, reference.leaf_nodes(self.forest, X))
-        transformed = reference.transform(self.forest.post_transform, raw)
-        return raw.astype(np.float64), transformed.astype(np.float64)
+        def score(rows: slice) -> list[npt.NDArray[Any]]:
+            raw = reference.raw_scores(self.forest, reference.leaf_nodes(self.forest, X[rows]))
+            return [raw, reference.transform(self.forest.post_transform, raw)]
+
+        k = self.forest.n_outputs
+        raw, transformed = score_in_chunks(
+            X.shape[0], self._rows, [k, k], [np.float64, np.float64], score
+        )
+        return raw, transformed
 
 
 def _no_compile(backend: str, options: dict[str, Any]) -> None:

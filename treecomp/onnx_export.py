@@ -25,7 +25,7 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx
     ) from exc
 
 import strategies
+from treecomp.batching import rows_per_chunk, score_in_chunks
 
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
@@ -579,7 +580,10 @@ class OnnxEngine:
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs).
         self._leaf_session: Any = None
         self._small_session: Any = None
-        self.batch_size = batch_size or 100_000
+        # Scratch per row: the operator's or the traversal's (rows, trees) tensors, the terms
+        # and their scan, in at most 8 bytes each, and the input's copies.
+        per_row = 48 * forest.n_trees * max(t.leaf_width for t in forest.trees)
+        self.batch_size = rows_per_chunk(per_row + 24 * forest.n_features, batch_size)
         self.progress = progress
 
     def _session(self, model: onnx.ModelProto) -> Any:
@@ -588,15 +592,6 @@ class OnnxEngine:
         return ort.InferenceSession(
             model.SerializeToString(), sess_options=self.session_options, providers=self.providers
         )
-
-    def _chunks(self, X: npt.NDArray[np.floating]) -> Iterator[npt.NDArray[np.floating]]:
-        starts: Any = range(0, X.shape[0], self.batch_size)
-        if self.progress and X.shape[0] > self.batch_size:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, total=-(-X.shape[0] // self.batch_size), unit="batch")
-        for start in starts:
-            yield X[start : start + self.batch_size]
 
     def _scores_session(self, rows: int) -> Any:
         if rows >= SMALL_BATCH or self.options["batch_size"] < SMALL_BATCH:
@@ -609,34 +604,52 @@ class OnnxEngine:
         return self._small_session
 
     def _run(
-        self, session: Callable[[int], Any], names: list[str], X: npt.NDArray[np.floating]
+        self,
+        session: Callable[[int], Any],
+        names: list[str],
+        X: npt.NDArray[np.floating],
+        widths: list[int],
+        dtype: Any,
     ) -> list[np.ndarray]:
-        """Run ``names`` on ``X`` in chunks, each in the session ``session(rows)`` gives."""
+        """Run ``names`` on ``X`` chunk by chunk, each in the session ``session(rows)`` gives,
+        into outputs allocated once (see :mod:`treecomp.batching`)."""
         X = np.ascontiguousarray(X, dtype=self.precision)
         if X.shape[0] == 0:
-            widths = {"leaf_ids": self.forest.n_trees}
-            return [np.zeros((0, widths.get(n, self.forest.n_outputs))) for n in names]
-        if X.shape[0] <= self.batch_size:  # one call, no copies: what a single row costs
-            return list(session(X.shape[0]).run(names, {"input": X}))
-        parts = [session(len(chunk)).run(names, {"input": chunk}) for chunk in self._chunks(X)]
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(names))]
+            return [np.zeros((0, w), dtype=dtype) for w in widths]
+
+        def score(rows: slice) -> list[np.ndarray]:
+            chunk = X[rows]
+            return list(session(len(chunk)).run(names, {"input": chunk}))
+
+        return score_in_chunks(
+            X.shape[0],
+            self.batch_size,
+            widths,
+            [dtype] * len(widths),
+            score,
+            progress=self.progress,
+        )
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         if self._leaf_session is None:
             model, _ = build_with_plan(self.forest, engine_outputs="leaf_ids", **self.options)
             self._leaf_session = self._session(model)
-        ids = self._run(lambda rows: self._leaf_session, ["leaf_ids"], X)[0]
-        return ids.astype(np.int64, copy=False)
+        n_trees = self.forest.n_trees
+        return self._run(lambda rows: self._leaf_session, ["leaf_ids"], X, [n_trees], np.int64)[0]
 
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        # float32 sums come out float32 and are widened (exactly) as they are copied out:
+        # cheaper than in the graph.
+        k = self.forest.n_outputs
         if self.forest.post_transform.kind == "identity":  # the graph outputs raw alone
-            raw = transformed = self._run(self._scores_session, ["raw"], X)[0]
-        else:
-            raw, transformed = self._run(self._scores_session, ["raw", "transformed"], X)
-        # float32 sums come out float32: widening is exact, and cheaper here than in the graph.
-        return raw.astype(np.float64, copy=False), transformed.astype(np.float64, copy=False)
+            (raw,) = self._run(self._scores_session, ["raw"], X, [k], np.float64)
+            return raw, raw
+        raw, transformed = self._run(
+            self._scores_session, ["raw", "transformed"], X, [k, k], np.float64
+        )
+        return raw, transformed
 
 
 def make_engine(forest: Forest, *, precision: Precision, **options: Any) -> OnnxEngine:

@@ -30,9 +30,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     ) from exc
 
 import strategies
+from treecomp.batching import SCRATCH_BYTES, score_in_chunks
 
 # Scratch memory one chunk may use; the chunk size follows from the plan's bytes per row.
-CHUNK_BYTES = 1 << 30
+CHUNK_BYTES = SCRATCH_BYTES
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -275,30 +276,25 @@ class TorchEngine:
         finally:
             torch.set_num_threads(previous)
 
-    def _chunks(self, n: int) -> Iterator[slice]:
-        starts = range(0, n, self.batch_size)
-        if self.progress and n > self.batch_size:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, total=-(-n // self.batch_size), unit="batch")
-        for start in starts:
-            yield slice(start, min(n, start + self.batch_size))
-
     def _run(
-        self, X: Any, fn: Callable[[torch.Tensor], Any], widths: list[int]
+        self, X: Any, fn: Callable[[torch.Tensor], Any], widths: list[int], dtype: Any
     ) -> list[np.ndarray]:
+        """``fn`` over ``X`` chunk by chunk, into outputs allocated once (see
+        :mod:`treecomp.batching`)."""
         n = X.shape[0]
         if n == 0:
-            return [np.zeros((0, w)) for w in widths]
-        parts: list[list[np.ndarray]] = [[] for _ in widths]
+            return [np.zeros((0, w), dtype=dtype) for w in widths]
+
+        def score(rows: slice) -> list[np.ndarray]:
+            chunk = X[rows]
+            tensor = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk)
+            out = fn(tensor.to(self.device, non_blocking=True))
+            return [value.cpu().numpy() for value in (out if isinstance(out, tuple) else (out,))]
+
         with torch.inference_mode(), self._threads():
-            for rows in self._chunks(n):
-                chunk = X[rows]
-                tensor = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk)
-                out = fn(tensor.to(self.device, non_blocking=True))
-                for part, value in zip(parts, out if isinstance(out, tuple) else (out,)):
-                    part.append(value.cpu().numpy())
-        return [np.concatenate(p) for p in parts]
+            return score_in_chunks(
+                n, self.batch_size, widths, [dtype] * len(widths), score, progress=self.progress
+            )
 
     def leaf_ids(self, X: Any) -> npt.NDArray[np.int64]:
         module: Any = self.module
@@ -309,13 +305,13 @@ class TorchEngine:
                 self._warm_up(compiled)
                 self._leaf_ids = compiled
             fn = self._leaf_ids
-        (ids,) = self._run(X, fn, [self.forest.n_trees])
-        return ids.astype(np.int64, copy=False)
+        (ids,) = self._run(X, fn, [self.forest.n_trees], np.int64)
+        return ids
 
     def scores(self, X: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         k = self.forest.n_outputs
-        raw, transformed = self._run(X, self._forward, [k, k])
-        return raw.astype(np.float64), transformed.astype(np.float64)
+        raw, transformed = self._run(X, self._forward, [k, k], np.float64)
+        return raw, transformed
 
     def prepare_tensor(self, X: torch.Tensor) -> torch.Tensor:
         """Check a tensor input as the NumPy path checks arrays; keep it on its device."""

@@ -1,0 +1,207 @@
+"""treecomp.score and ``treecomp score``: Parquet and CSV files scored batch by batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_close, assert_equal
+from tests.zoo import ensemble, fitted, pd, tolerance
+from treecomp.cli import main
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def frame_of(model: Any, X: Any, rows: int = 5000) -> Any:
+    """``rows`` rows drawn from ``X`` (NaN included), named as at fit time, with an id."""
+    rng = np.random.default_rng(0)
+    if isinstance(X, pd.DataFrame):
+        frame = X.iloc[rng.integers(0, len(X), rows)].reset_index(drop=True)
+    else:
+        X = np.asarray(X, dtype=np.float64)[rng.integers(0, len(X), rows)]
+        X[rng.random(X.shape) < 0.05] = np.nan
+        names = getattr(model, "feature_names_in_", None)
+        columns = list(names) if names is not None else [f"f{j}" for j in range(X.shape[1])]
+        frame = pd.DataFrame(X, columns=columns)
+    frame.insert(0, "id", np.arange(rows) * 3)
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize(
+    "name", ["xgboost_multiclass", "lightgbm_categorical_zero", "sklearn_hgb_nan"]
+)
+def test_file_scores_equal_in_memory_scores(tmp_path: Path, name: str, fmt: str) -> None:
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "numpy")
+    frame = frame_of(model, X_test)
+    source = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        frame.to_parquet(source, row_group_size=700)
+    else:  # categories travel as their codes (here equal to the category values)
+        frame.to_csv(source, index=False)
+    features = frame.drop(columns="id")
+    methods = ["predict", "predict_proba"] if hasattr(cm, "predict_proba") else ["predict"]
+    rows = treecomp.score(
+        cm, source, tmp_path / f"out.{fmt}", methods=methods, keep=["id"], batch_rows=1000
+    )
+    assert rows == len(frame)
+    out = (
+        pd.read_parquet(tmp_path / "out.parquet")
+        if fmt == "parquet"
+        else pd.read_csv(tmp_path / "out.csv")
+    )
+    assert_equal(out["id"].to_numpy(), frame["id"].to_numpy())
+    expected = cm.predict(features)
+    if expected.dtype.kind == "f":
+        assert_close(out["prediction"].to_numpy(), expected, "float64")
+    else:
+        assert_equal(out["prediction"].to_numpy(), expected)
+    if "predict_proba" in methods:
+        proba = out[[c for c in out.columns if c.startswith("proba_")]].to_numpy()
+        # Parquet keeps every bit; CSV's decimal text round-trips doubles exactly too.
+        assert_equal(proba, cm.predict_proba(features))
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_apply_and_the_cli(tmp_path: Path, capsys: Any) -> None:
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "onnx")
+    cm.save(tmp_path / "model.tc")
+    frame = frame_of(model, X_test, rows=1200)
+    frame.to_parquet(tmp_path / "in.parquet", row_group_size=500)
+    argv = [
+        "score",
+        str(tmp_path / "model.tc"),
+        str(tmp_path / "in.parquet"),
+        str(tmp_path / "out.parquet"),
+        "--method",
+        "apply",
+        "--method",
+        "predict_proba",
+        "--keep",
+        "id",
+        "--batch-rows",
+        "300",
+    ]
+    assert main(argv) == 0
+    assert "scored 1200 rows" in capsys.readouterr().out
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    features = frame.drop(columns="id")
+    leaves = out[[c for c in out.columns if c.startswith("leaf_")]].to_numpy()
+    assert_equal(leaves, model.apply(features.to_numpy()))
+    proba = out[["proba_0", "proba_1"]].to_numpy()
+    assert_close(proba, model.predict_proba(features.to_numpy()), tolerance(model))
+
+
+def check_fails(tmp_path: Path, cm: Any, source: Path, match: str, **options: Any) -> None:
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ValueError, match=match):
+        treecomp.score(cm, source, out, **options)
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_bad_files_fail_clearly_and_leave_no_output(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(size=(3000, 4)), columns=["a", "b", "c", "d"])
+    model = ensemble.GradientBoostingRegressor(n_estimators=5).fit(frame, frame["a"] * 2)
+    cm = treecomp.convert(model, "numpy")
+    frame.insert(0, "id", np.arange(len(frame)))
+    path = tmp_path / "in.parquet"
+    frame.drop(columns="b").to_parquet(path)
+    check_fails(tmp_path, cm, path, r"missing \['b'\]", keep=["id"])
+    frame.assign(extra=1.0).to_parquet(path)
+    check_fails(tmp_path, cm, path, r"unexpected \['extra'\]", keep=["id"])
+    check_fails(tmp_path, cm, path, r"unexpected \['id', 'extra'\]")
+    frame.assign(b=frame["b"].astype(str)).to_parquet(path)
+    check_fails(tmp_path, cm, path, "column 'b' has type (large_)?string", keep=["id"])
+    check_fails(tmp_path, cm, path, r"key columns \['key'\]", keep=["key"])
+    # A model without feature names reads every non-key column, in file order.
+    unnamed = treecomp.convert(
+        ensemble.GradientBoostingRegressor(n_estimators=5).fit(
+            frame[["a", "b"]].to_numpy(), frame["a"]
+        ),
+        "numpy",
+    )
+    frame.to_parquet(path)
+    check_fails(
+        tmp_path, unnamed, path, "4 feature columns .* takes 2 .*no feature names", keep=["id"]
+    )
+    # A string deep in a numeric CSV column, past the first block: the read stops there.
+    csv = tmp_path / "in.csv"
+    pd.concat([frame] * 60).to_csv(csv, index=False)
+    with csv.open("a") as f:
+        f.write(",".join(["1", "oops"] + ["0.5"] * (len(frame.columns) - 2)) + "\n")
+    check_fails(tmp_path, cm, csv, "oops", keep=["id"])
+    # Bad values for the model: the batch's rows are named.
+    frame.assign(b=np.where(np.arange(len(frame)) == 2500, np.inf, frame["b"])).to_parquet(path)
+    check_fails(tmp_path, cm, path, r"rows 2000\.\.2999.*infinity", keep=["id"], batch_rows=1000)
+
+
+def test_an_interrupted_run_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "numpy")
+    frame_of(model, X_test, rows=3000).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"the previous run's output")
+    calls = {"n": 0}
+    real = type(cm).predict.__get__(cm)
+
+    def failing(X: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(X)
+
+    monkeypatch.setattr(cm, "predict", failing)
+    with pytest.raises(KeyboardInterrupt):
+        treecomp.score(cm, tmp_path / "in.parquet", out, keep=["id"], batch_rows=1000)
+    assert out.read_bytes() == b"the previous run's output"  # untouched, not half-written
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_cli_errors_exit_2(tmp_path: Path, capsys: Any) -> None:
+    model, X_test = fitted("sklearn_gb")
+    treecomp.convert(model, "numpy").save(tmp_path / "model.tc")
+    frame_of(model, X_test, rows=10).fillna(0.0).to_parquet(tmp_path / "in.parquet")
+    cases = [
+        [str(tmp_path / "missing.tc"), str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet")],
+        [str(tmp_path / "in.parquet"), str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet")],
+        [str(tmp_path / "model.tc"), str(tmp_path / "in.parquet"), str(tmp_path / "o.txt")],
+        [str(tmp_path / "model.tc"), str(tmp_path / "in.parquet"), str(tmp_path / "o.parquet")],
+        [
+            str(tmp_path / "model.tc"),
+            str(tmp_path / "nope.csv"),
+            str(tmp_path / "o.csv"),
+            "--keep",
+            "id",
+        ],
+    ]
+    for argv in cases:
+        assert main(["score", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("treecomp score: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_empty_input_gives_an_empty_output(tmp_path: Path) -> None:
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "numpy")
+    frame_of(model, X_test, rows=10).iloc[:0].to_parquet(tmp_path / "in.parquet")
+    assert (
+        treecomp.score(
+            cm,
+            tmp_path / "in.parquet",
+            tmp_path / "out.parquet",
+            methods=["predict_proba"],
+            keep=["id"],
+        )
+        == 0
+    )
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns) == ["id", "proba_0", "proba_1"] and len(out) == 0

@@ -1,0 +1,66 @@
+"""Scoring in chunks with bounded scratch memory, shared by every backend.
+
+A backend scores ``rows_per_chunk`` rows at a time, sized so that one chunk's intermediates
+stay within :data:`SCRATCH_BYTES`, and writes each chunk's results straight into output
+arrays allocated once for the whole input. Peak memory is then the input, the outputs and
+one chunk's scratch, whatever the number of rows: no list of per-chunk results, no final
+concatenation (which briefly held every output twice), no copy per output dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# Scratch memory one chunk may use. With the outputs and the input this keeps a whole
+# scoring call within its 1.5 GiB budget over them (measured in benchmarks/memory.py).
+SCRATCH_BYTES = 1 << 30
+MIN_ROWS, MAX_ROWS = 256, 1_000_000
+
+
+def rows_per_chunk(bytes_per_row: int, batch_size: int | None = None) -> int:
+    """Rows per chunk: ``batch_size`` when given, else what fits in :data:`SCRATCH_BYTES`."""
+    if batch_size is not None:
+        return batch_size
+    return int(np.clip(SCRATCH_BYTES // max(1, bytes_per_row), MIN_ROWS, MAX_ROWS))
+
+
+def chunks(n: int, size: int, *, progress: bool = False) -> Iterator[slice]:
+    """Slices of ``size`` rows covering ``range(n)``, with a tqdm bar when asked."""
+    starts: Any = range(0, n, size)
+    if progress and n > size:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, total=-(-n // size), unit="batch")
+    for start in starts:
+        yield slice(start, min(n, start + size))
+
+
+def score_in_chunks(
+    n: int,
+    size: int,
+    widths: Sequence[int],
+    dtypes: Sequence[Any],
+    score: Callable[[slice], Sequence[npt.NDArray[Any]]],
+    *,
+    progress: bool = False,
+) -> list[npt.NDArray[Any]]:
+    """Outputs ``(n, width)`` of each dtype, filled chunk by chunk from ``score(rows)``.
+
+    A single chunk's results are returned as they are (converted to the dtype), with no
+    copy into a preallocated array: what a one-row call costs.
+    """
+    if n <= size:
+        results = score(slice(0, n))
+        return [
+            np.asarray(r).reshape(n, w).astype(d, copy=False)
+            for r, w, d in zip(results, widths, dtypes, strict=True)
+        ]
+    outputs = [np.empty((n, w), dtype=d) for w, d in zip(widths, dtypes, strict=True)]
+    for rows in chunks(n, size, progress=progress):
+        for out, part in zip(outputs, score(rows), strict=True):
+            out[rows] = np.asarray(part).reshape(rows.stop - rows.start, -1)
+    return outputs

@@ -1,0 +1,247 @@
+"""Scoring files larger than memory: Parquet or CSV in, Parquet or CSV out, in batches.
+
+:func:`score` streams the input through pyarrow (Parquet row groups, CSV blocks) a batch at
+a time, scores each batch with a :class:`~treecomp.CompiledModel` and appends the outputs,
+with the key columns asked for, to the destination. Memory holds one batch, whatever the
+file's size. The output is written under a temporary name and renamed only when every row
+is scored, so an interrupted or failed run never leaves a file that looks complete.
+
+Needs pyarrow (``pip install 'treecomp[parquet]'``); imported only when called.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from treecomp.container import CompiledModel
+
+# Rows per batch by default: 64 Ki rows of 100 float64 features are 50 MiB, and the
+# backends' own chunking bounds their scratch memory.
+BATCH_ROWS = 1 << 16
+METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+def score(
+    model: CompiledModel | str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    methods: Sequence[str] = ("predict",),
+    keep: Sequence[str] = (),
+    batch_rows: int = BATCH_ROWS,
+    progress: bool = False,
+) -> int:
+    """Score every row of ``source`` into ``destination``; returns the number of rows.
+
+    Args:
+        model: A compiled model, or the path of an artifact written by ``cm.save``.
+        source: A ``.parquet`` or ``.csv`` file.
+        destination: A ``.parquet`` or ``.csv`` file to write; replaced only when the whole
+            input is scored.
+        methods: Outputs to write, each a method of the model: ``predict`` (column
+            ``prediction``), ``predict_proba`` (``proba_<class>``), ``decision_function``
+            (``decision``, or ``decision_<k>``), ``score_samples`` (``score``), ``apply``
+            (``leaf_<tree>``).
+        keep: Input columns copied to the output before the scores (keys, ids).
+        batch_rows: Rows read and scored at a time.
+        progress: Show a tqdm bar over the batches.
+
+    Raises:
+        ValueError: a feature column is missing, an unexpected column is present, or a
+            column cannot be read as numbers (the message names the column and the batch);
+            no output file is left behind.
+    """
+    import pyarrow as pa
+
+    if not isinstance(model, CompiledModel):
+        import treecomp
+
+        model = treecomp.load(model)
+    source, destination = Path(source), Path(destination)
+    in_format, out_format = _format(source), _format(destination)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown or list(methods)}; choose from {METHODS}")
+    for method in methods:
+        getattr(model, method)  # AttributeError, with its reason, for a method it lacks
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    writer: Any = None
+    rows = 0
+    try:
+        schema, batches = _batches(source, in_format, batch_rows, progress)
+        for batch in batches:
+            writer = _write(
+                model, batch, methods, keep, source, rows, writer, temporary, out_format
+            )
+            rows += batch.num_rows
+        if writer is None:  # no rows: an empty output with the right columns
+            writer = _write(
+                model, schema.empty_table(), methods, keep, source, 0, None, temporary, out_format
+            )
+        writer.close()
+        writer = None
+        os.replace(temporary, destination)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{source}, after row {rows}: {exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+        if temporary.exists():
+            temporary.unlink()
+    return rows
+
+
+def _write(
+    model: CompiledModel,
+    batch: Any,
+    methods: Sequence[str],
+    keep: Sequence[str],
+    source: Path,
+    start: int,
+    writer: Any,
+    temporary: Path,
+    out_format: str,
+) -> Any:
+    """Score one batch and append it; returns the writer (opened on the first batch)."""
+    where = f"{source}, rows {start}..{start + batch.num_rows - 1}"
+    features, keys = _features_and_keys(model, batch, keep, where)
+    table = _outputs(model, methods, features, keys, where)
+    if writer is None:
+        writer = _writer(temporary, out_format, table.schema)
+    writer.write_table(table)
+    return writer
+
+
+def _format(path: Path) -> str:
+    try:
+        return _FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ValueError(
+            f"{path}: unknown file type {path.suffix!r}; use .parquet or .csv"
+        ) from None
+
+
+def _batches(path: Path, kind: str, rows: int, progress: bool) -> tuple[Any, Iterator[Any]]:
+    """The file's schema and its record batches of about ``rows`` rows."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if kind == "parquet":
+        reader = pyarrow.parquet.ParquetFile(path)
+        batches: Any = reader.iter_batches(batch_size=rows)
+        schema, total = reader.schema_arrow, -(-reader.metadata.num_rows // rows)
+    else:
+        # Column types are inferred from the first block; a later value that does not
+        # parse as that type stops the read with pyarrow's message, which names the column.
+        options = pyarrow.csv.ReadOptions(block_size=1 << 22)
+        batches = pyarrow.csv.open_csv(path, read_options=options)
+        schema, total = batches.schema, None
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=total, unit="batch")
+    return schema, iter(batches)
+
+
+def _features_and_keys(
+    model: CompiledModel, batch: Any, keep: Sequence[str], where: str
+) -> tuple[Any, Any]:
+    """The batch as (feature DataFrame in the model's column order, key table)."""
+    forest = model.forest
+    names = list(batch.schema.names)
+    missing_keys = [k for k in keep if k not in names]
+    if missing_keys:
+        raise ValueError(f"{where}: key columns {missing_keys} are not in the file")
+    candidates = [n for n in names if n not in keep]
+    if forest.feature_names is not None:
+        wanted = list(forest.feature_names)
+        missing = [n for n in wanted if n not in names]
+        extra = [n for n in candidates if n not in wanted]
+        if missing or extra:
+            raise ValueError(
+                f"{where}: the columns do not match the model's features: missing {missing}, "
+                f"unexpected {extra} (list key columns with keep=)"
+            )
+    else:
+        wanted = candidates
+        if len(wanted) != forest.n_features:
+            raise ValueError(
+                f"{where}: {len(wanted)} feature columns {wanted}, but the model takes "
+                f"{forest.n_features} (it has no feature names: every column not in keep= is "
+                "a feature, in file order)"
+            )
+    features = batch.select(wanted).to_pandas()
+    for name in wanted:
+        dtype = features[name].dtype
+        if str(dtype) != "category" and getattr(dtype, "kind", "O") not in "biuf":
+            raise ValueError(
+                f"{where}: column {name!r} has type {batch.schema.field(name).type}, not "
+                "numbers or categories"
+            )
+    return features, batch.select(list(keep))
+
+
+def _outputs(
+    model: CompiledModel, methods: Sequence[str], features: Any, keys: Any, where: str
+) -> Any:
+    import pyarrow as pa
+
+    columns = {name: keys.column(name) for name in keys.schema.names}
+    for method in methods:
+        try:
+            values = np.asarray(getattr(model, method)(features))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        for name, column in _columns(model, method, values):
+            if name in columns:
+                raise ValueError(f"output column {name!r} clashes with a key column")
+            columns[name] = column
+    return pa.table(columns)
+
+
+def _columns(model: CompiledModel, method: str, values: np.ndarray) -> list[tuple[str, Any]]:
+    names = {"predict": "prediction", "decision_function": "decision", "apply": "leaf"}
+    prefix = names.get(method, "score")
+    if values.ndim == 1:
+        return [(prefix, values)]
+    if method == "predict_proba":
+        classes = model.forest.classes
+        labels = [str(j) for j in range(values.shape[1])]
+        if classes is not None and len(classes) == values.shape[1]:
+            labels = [str(c) for c in classes]
+        return [(f"proba_{label}", values[:, j]) for j, label in enumerate(labels)]
+    flat = values.reshape(values.shape[0], -1)
+    return [(f"{prefix}_{j}", flat[:, j]) for j in range(flat.shape[1])]
+
+
+class _CsvWriter:
+    """pyarrow's CSV writer with ParquetWriter's interface."""
+
+    def __init__(self, path: Path, schema: Any) -> None:
+        import pyarrow.csv
+
+        self._writer = pyarrow.csv.CSVWriter(path, schema)
+
+    def write_table(self, table: Any) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _writer(path: Path, kind: str, schema: Any) -> Any:
+    import pyarrow.parquet
+
+    if kind == "parquet":
+        return pyarrow.parquet.ParquetWriter(path, schema)
+    return _CsvWriter(path, schema)
