@@ -903,3 +903,39 @@ def test_dataframe_columns_are_taken_by_position_like_native() -> None:
     model = lgb.LGBMRegressor(n_estimators=3, n_jobs=1, verbose=-1).fit(X, X[:, 0])
     frame = pd.DataFrame(X[:20], columns=["a", "b", "c"])
     assert_close(compiled(model).predict(frame), model.predict(frame), "float64")
+
+
+@pytest.mark.parametrize("objective", ["multiclass", "multiclassova"])
+def test_two_classes_with_a_multiclass_objective(objective: str) -> None:
+    """num_class=2 with a multiclass objective: one margin per class, as LightGBM fits it."""
+    X, y, X_test = data("breast_cancer")
+    model = lgb.LGBMClassifier(objective=objective, num_class=2, n_estimators=5, verbose=-1)
+    model.fit(X, y)
+    for backend in ("numpy", "torch", "onnx"):
+        cm = treecomp.convert(model, backend)
+        assert cm.forest.n_outputs == 2
+        compare(model, cm, X_test)
+        compare(model, cm, with_missing(X_test, fraction=0.2, seed=1))
+
+
+def test_category_columns_other_than_the_categorical_features_are_refused() -> None:
+    """LightGBM recodes category columns by position: with categorical_feature= naming
+    another column, the lists cannot be placed, and a silent wrong answer is refused."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=600),
+            "c": pd.Categorical(rng.integers(0, 5, 600)),
+            "k": rng.integers(0, 6, 600).astype(float),
+        }
+    )
+    y = frame["a"] + frame["c"].astype(int) % 2 + frame["k"] % 3
+    model = lgb.LGBMRegressor(n_estimators=10, verbose=-1, min_child_samples=5)
+    model.fit(frame, y, categorical_feature=["k"])
+    cm = treecomp.convert(model, "numpy")
+    with pytest.raises(ValueError, match=r"columns \['c'\] are pandas categories.*\['k'\]"):
+        cm.predict(frame)
+    # As numbers (the codes LightGBM would use), the same rows score exactly.
+    codes = frame.assign(c=frame["c"].cat.codes.astype(float))
+    assert_close(cm.predict(codes), model.predict(frame), "float64")

@@ -541,3 +541,18 @@ def test_dates_are_not_numbers() -> None:
     frame[0] = pd.to_datetime(["2026-01-01"] * 3)
     with pytest.raises(TypeError, match="dates"):
         treecomp.convert(model, backend="numpy").predict(frame)
+
+
+@pytest.mark.parametrize("strategy", ["stratified", "uniform"])
+def test_random_dummy_init_is_refused(strategy: str) -> None:
+    """A DummyClassifier drawing at random per row is no constant initial margin."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    X, y = data("breast_cancer")[:2]
+    init = DummyClassifier(strategy=strategy, random_state=0)
+    model = GradientBoostingClassifier(n_estimators=3, init=init).fit(X, y)
+    with pytest.raises(treecomp.UnsupportedModelError, match=f"strategy='{strategy}'"):
+        treecomp.convert(model, "numpy")
+    constant = GradientBoostingClassifier(n_estimators=3, init=DummyClassifier()).fit(X, y)
+    assert_equal(treecomp.convert(constant, "numpy").predict(X), constant.predict(X))

@@ -58,6 +58,23 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
                 f"expected {list(names)}"
             )
     _check_width(forest, len(columns))
+    if forest.categories is not None and forest.category_encoding == "pandas":
+        # LightGBM recodes the k-th category column of a frame with the k-th training list,
+        # whichever feature it is; the lists sit on the model's categorical features, so a
+        # category column anywhere else would be recoded with the wrong list.
+        stray = [
+            name
+            for j, name in enumerate(X.columns)
+            if str(X[name].dtype) == "category" and forest.categories[j] is None
+        ]
+        if stray:
+            listed = [str(X.columns[j]) for j, c in enumerate(forest.categories) if c is not None]
+            raise ValueError(
+                f"columns {stray} are pandas categories, but the model's categorical features "
+                f"are {listed}: the training category lists cannot be matched to them (a "
+                "categorical_feature= list that differs from the category columns); pass them "
+                "as numbers (their codes)"
+            )
     out = np.empty((len(X), len(columns)), dtype=np.float64)
     for j, name in enumerate(X.columns):
         col = X[name]

@@ -116,11 +116,13 @@ def parse_classifier(model: Any) -> Forest:
         )
     classes = np.asarray(model.classes_).copy()
     forest = _parse(booster, task="classifier", owner=type(model).__qualname__, classes=classes)
-    expected = 1 if len(classes) == 2 else len(classes)
-    if forest.n_outputs != expected:
+    # Two classes: one margin (binary) or, with objective="multiclass"/"multiclassova" and
+    # num_class=2, one per class (softmax or one sigmoid per class), as LightGBM fits them.
+    expected = (1, 2) if len(classes) == 2 else (len(classes),)
+    if forest.n_outputs not in expected:
         raise UnsupportedModelError(
             f"{type(model).__qualname__} has {len(classes)} classes but its booster has "
-            f"{forest.n_outputs} trees per iteration; supported: {expected}"
+            f"{forest.n_outputs} trees per iteration; supported: {' or '.join(map(str, expected))}"
         )
     # LightGBM 4.7 added decision_function (the raw margins). In rf mode it returns the
     # un-averaged sum, which is not the forest's margin: that one method is left out there.

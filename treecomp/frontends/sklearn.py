@@ -143,7 +143,14 @@ def _gb_init_margin(model: Any) -> npt.NDArray[np.float64]:
             "prediction depends on the input; supported: init=None (a constant prior), 'zero', "
             "or a DummyClassifier/DummyRegressor"
         )
-    # A Dummy estimator predicts a constant: its margin on any single row is the base score.
+    strategy = getattr(init, "strategy", None)
+    if strategy in ("stratified", "uniform"):  # random draws per row, not a constant
+        raise UnsupportedModelError(
+            f"{type(model).__qualname__} with init=DummyClassifier(strategy={strategy!r}): the "
+            "initial prediction is drawn at random for each row; supported: a constant Dummy "
+            "strategy ('prior', 'most_frequent', 'constant', or any DummyRegressor)"
+        )
+    # A constant Dummy estimator: its margin on any single row is the base score.
     probe = np.zeros((1, model.n_features_in_), dtype=np.float32)
     margin = np.asarray(model._raw_predict_init(probe), dtype=np.float64)
     return margin.reshape(-1)
