@@ -76,7 +76,8 @@ def choose_backend(options: dict[str, Any]) -> str:
     1. ``compile=`` given, a CUDA device, or torch tensors expected (``device`` other than
        the CPU): ``"torch"``. On CUDA the torch module is the only GPU path that keeps every
        strategy (ONNX Runtime's CUDA provider has no tree operator).
-    2. CPU with onnx and ONNX Runtime >= 1.21 installed: ``"onnx"``. Its tree operator beat
+    2. CPU with onnx, ONNX Runtime >= 1.21 and torch (which lowers the graph) installed:
+       ``"onnx"``. Its tree operator beat
        the eager torch module on 6 of the 7 benchmark models at 10 000 rows (1.2-4.5x; the
        exception, 50 trees of depth 3, ran at 0.8x) and on all 7 at one row (6-50x), and it
        builds in about a second. ``compile=True`` is faster still on large batches of most
@@ -87,10 +88,12 @@ def choose_backend(options: dict[str, Any]) -> str:
     if "compile" in options or not device.startswith("cpu"):
         return "torch"
     onnxruntime = _installed("onnxruntime")
+    # The ONNX graph is emitted from the torch lowering: the onnx backend needs torch too.
     if (
         onnxruntime is not None
         and _release(onnxruntime) >= _TREE_OPERATOR_RUNTIME
         and _installed("onnx") is not None
+        and _installed("torch") is not None
     ):
         return "onnx"
     if _installed("torch") is not None:
