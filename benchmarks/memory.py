@@ -3,8 +3,10 @@
 Fits the benchmark's 500-tree XGBoost model (``treecomp bench``'s ``xgb-binary``, fixed
 seed), then, for each backend in a fresh process, scores ``--rows`` rows with
 ``predict_proba`` and reports the peak RSS against the budget the batch-scoring issue sets:
-the process before the call (input included) + the outputs + 1.5 GiB. Not part of the test
-suite: ten million rows take minutes per backend (the NumPy reference much longer).
+the process before the call (input included) + the outputs + 1.5 GiB. With ``--file ROWS``
+it instead writes a Parquet file of that many rows and runs ``treecomp.score`` on it, whose
+peak must stay within the process before the call + 1.5 GiB, whatever the file's size. Not
+part of the test suite: ten million rows take minutes per backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BUDGET = 1.5 * 2**30
 
@@ -58,14 +61,53 @@ def _worker(model_path: str, rows_path: str, backend: str, rows: int, threads: i
     )
 
 
+def _score_worker(model_path: str, data: str, backend: str, threads: int) -> None:
+    import xgboost
+
+    import treecomp
+
+    model = xgboost.XGBClassifier()
+    model.load_model(model_path)
+    options = {} if backend == "numpy" else {"n_threads": threads}
+    cm = treecomp.convert(model, backend, **options)
+    before = _rss()
+    start = time.perf_counter()
+    rows = treecomp.score(cm, data, data + ".scores.parquet", methods=["predict_proba"])
+    seconds = time.perf_counter() - start
+    out = {"backend": backend, "rows": rows, "before_bytes": before, "peak_bytes": _rss()}
+    print(json.dumps({**out, "file_bytes": Path(data).stat().st_size, "seconds": seconds}))
+
+
+def _write_parquet(path: str, rows: int, base: Any) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [f"f{j}" for j in range(base.shape[1])]
+    writer = None
+    for start in range(0, rows, 1 << 20):
+        block = base[(start + np.arange(min(1 << 20, rows - start))) % len(base)]
+        table = pa.table({n: block[:, j] for j, n in enumerate(names)})
+        writer = writer or pq.ParquetWriter(path, table.schema, compression="none")
+        writer.write_table(table, row_group_size=1 << 17)
+    assert writer is not None
+    writer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--numpy-rows", type=int, default=None, help="rows for numpy")
     parser.add_argument("--backends", default="torch,onnx,numpy")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--file", type=int, default=None, help="rows of a Parquet file to score")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--score-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.score_worker:
+        model_path, data, backend, threads = args.score_worker
+        _score_worker(model_path, data, backend, int(threads))
+        return 0
     if args.worker:
         model_path, rows_path, backend, rows, threads = args.worker
         _worker(model_path, rows_path, backend, int(rows), int(threads))
@@ -82,6 +124,8 @@ def main() -> int:
         model_path, rows_path = str(Path(tmp) / "model.json"), str(Path(tmp) / "rows.npy")
         model.save_model(model_path)
         np.save(rows_path, X_test)
+        if args.file:
+            return _score_file(args, model_path, str(Path(tmp) / "rows.parquet"), X_test)
         print(
             f"{'backend':<8} {'rows':>10} {'input':>9} {'outputs':>9} {'before':>9} "
             f"{'peak':>9} {'over':>9} {'budget':>9}  time"
@@ -111,6 +155,37 @@ def main() -> int:
                 f"{r['peak_bytes'] / mib:>7.0f}MB {over / mib:>7.0f}MB {allowed / mib:>7.0f}MB  "
                 f"{r['seconds']:.0f} s {'OK' if over <= allowed else 'OVER BUDGET'}"
             )
+    return 1 if failed else 0
+
+
+def _score_file(args: Any, model_path: str, data: str, base: Any) -> int:
+    _write_parquet(data, args.file, base)
+    print(
+        f"{'backend':<8} {'rows':>10} {'file':>9} {'before':>9} {'peak':>9} {'over':>9} "
+        f"{'budget':>9}  time"
+    )
+    failed = 0
+    for backend in args.backends.split(","):
+        command = [
+            sys.executable,
+            __file__,
+            "--score-worker",
+            model_path,
+            data,
+            backend,
+            str(args.threads),
+        ]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        over = r["peak_bytes"] - r["before_bytes"]
+        failed += over > BUDGET
+        mib = 2**20
+        print(
+            f"{backend:<8} {r['rows']:>10} {r['file_bytes'] / mib:>7.0f}MB "
+            f"{r['before_bytes'] / mib:>7.0f}MB {r['peak_bytes'] / mib:>7.0f}MB "
+            f"{over / mib:>7.0f}MB {BUDGET / mib:>7.0f}MB  {r['seconds']:.0f} s "
+            f"{'OK' if over <= BUDGET else 'OVER BUDGET'}"
+        )
     return 1 if failed else 0
 
 

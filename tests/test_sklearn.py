@@ -556,3 +556,13 @@ def test_random_dummy_init_is_refused(strategy: str) -> None:
         treecomp.convert(model, "numpy")
     constant = GradientBoostingClassifier(n_estimators=3, init=DummyClassifier()).fit(X, y)
     assert_equal(treecomp.convert(constant, "numpy").predict(X), constant.predict(X))
+
+
+def test_leaf_values_overflowing_to_infinity_are_refused() -> None:
+    from sklearn.tree import DecisionTreeRegressor
+
+    X = np.arange(10.0).reshape(-1, 1)
+    model = DecisionTreeRegressor(max_depth=1).fit(X, np.full(10, 1.7e308))
+    assert np.isinf(model.predict(X)).any()  # the leaf mean overflows natively too
+    with pytest.raises(treecomp.UnsupportedModelError, match="overflow to infinity"):
+        treecomp.convert(model, "numpy")

@@ -56,6 +56,12 @@ def _tree_from_arrays(
     if features is not None:  # bagging on a feature subset: map back to the input columns
         feature = np.where(feature >= 0, features[np.maximum(feature, 0)], -1)
     missing_left = getattr(tree_, "missing_go_to_left", None)
+    leaves = np.asarray(tree_.children_left) < 0
+    if not np.isfinite(np.asarray(value)[leaves]).all():
+        raise UnsupportedModelError(
+            "a tree's leaf values overflow to infinity or NaN (targets near the float "
+            "maximum), so the model predicts infinities; supported: finite leaf values"
+        )
     return Tree.build(
         left_child=tree_.children_left,
         right_child=tree_.children_right,
