@@ -1,8 +1,15 @@
-"""Command line: ``treecomp inspect FOREST.json`` summarises a saved forest; ``treecomp score
-MODEL DATA OUT`` scores a Parquet or CSV file in batches; ``treecomp demo``; ``treecomp bench``
-times compiled models against the native libraries (see ``--help``).
+"""Command line: ``treecomp convert``, ``inspect``, ``score``, ``bench`` and ``demo``.
 
-Exit codes: 0 done, 2 bad usage or input (a one-line message on stderr).
+* ``treecomp convert MODEL --to onnx|pt2|torchscript|artifact -o OUT``: a model file (a
+  treecomp artifact, an XGBoost ``.json``/``.ubj``, a LightGBM text file, a ``.skops`` file;
+  pickles only with ``--trust-pickle``) to a serving file.
+* ``treecomp inspect MODEL``: what the model is, and the strategies the selector would
+  choose (a forest saved with ``Forest.to_json()`` works too).
+* ``treecomp score MODEL DATA OUT``: score a Parquet or CSV file in batches.
+* ``treecomp bench`` (see ``treecomp bench --help``) and ``treecomp demo``.
+
+Exit codes: 0 done, 2 bad usage or an unreadable, unsupported or untrusted model or input:
+a one-line message on stderr (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -10,23 +17,114 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
+from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
 from treecomp.ir import Forest, tree_depths
 
+_EXPECTED = (OSError, ValueError, TypeError, AttributeError, ImportError, RuntimeError)
 
-def _inspect(path: Path) -> int:
-    forest = Forest.from_json(path.read_bytes())
-    depths = tree_depths(forest.trees).tolist()
+
+def _model(args: argparse.Namespace, **options: Any) -> Any:
+    """The CompiledModel of ``args.model`` (any file treecomp.model_files reads)."""
+    import numpy as np
+
+    import treecomp
+    from treecomp.model_files import read_forest
+
+    classes = args.classes.split(",") if getattr(args, "classes", None) else None
+    forest, compiled, kind = read_forest(
+        args.model, classes=classes, trust_pickle=getattr(args, "trust_pickle", False)
+    )
+    if compiled is not None and not options:
+        return compiled, kind
+    if compiled is not None:
+        return treecomp.load(args.model, **options), kind
+    if forest is not None and forest.task == "classifier" and classes is None:
+        if kind.startswith(("XGBoost", "LightGBM")):
+            print(
+                f"note: {args.model} holds no class labels: the classes are the native "
+                f"numbers {np.asarray(forest.classes).tolist()} (set them with --classes)",
+                file=sys.stderr,
+            )
+    return treecomp.convert(forest, **options), kind
+
+
+def _forest_of(path: Path, args: argparse.Namespace) -> tuple[Forest, str]:
+    from treecomp.model_files import json_format, read_forest
+
+    if path.is_file() and json_format(path) == "forest":
+        return Forest.from_json(path.read_bytes()), "treecomp Forest JSON"
+    classes = args.classes.split(",") if args.classes else None
+    forest, compiled, kind = read_forest(path, classes=classes, trust_pickle=args.trust_pickle)
+    return (compiled.forest if forest is None else forest), kind
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    forest, kind = _forest_of(args.model, args)
+    depths = tree_depths(forest.trees)
+    histogram = np.bincount(depths)
+    print(f"model:       {kind}")
     print(f"task:        {forest.task}")
-    print(f"trees:       {forest.n_trees} (depth {min(depths)}..{max(depths)})")
+    print(f"trees:       {forest.n_trees} (depth {depths.min()}..{depths.max()})")
+    print("depths:      " + ", ".join(f"{d}: {c}" for d, c in enumerate(histogram.tolist()) if c))
     print(f"features:    {forest.n_features}")
     print(
         f"outputs:     {forest.n_outputs} ({forest.aggregation}, then {forest.post_transform.kind})"
     )
     print(f"comparison:  x {forest.comparison} threshold, inputs as {forest.input_dtype}")
-    print(f"categorical: {sum(int(t.is_categorical.sum()) for t in forest.trees)} splits")
+    categorical = sum(int(t.is_categorical.sum()) for t in forest.trees)
+    zero = sum(int(t.zero_is_missing.sum()) for t in forest.trees)
+    print(
+        f"splits:      {categorical} categorical, {zero} zero-as-missing; NaN "
+        f"{'goes each node default way' if forest.allow_nan else 'is rejected'}"
+    )
     if forest.classes is not None:
-        print(f"classes:     {list(forest.classes)}")
+        print(f"classes:     {np.asarray(forest.classes).tolist()}")
+    try:
+        import torch
+
+        import strategies
+        from treecomp.passes import float32_thresholds
+    except ImportError:
+        print("strategies:  (install torch to see the selector's choices)")
+        return 0
+    lowered = float32_thresholds(forest)
+    for target in ("torch", "onnx"):
+        for device in ("cpu", "cuda"):
+            for batch in (1, 10_000):
+                _, plan = strategies.lower(
+                    lowered, dtype=torch.float32, batch_size=batch, device=device, target=target
+                )
+                print(
+                    f"strategy:    {target:<5} {device:<4} batch {batch:>6}: "
+                    f"{strategies.describe(plan, depths)}"
+                )
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {"precision": args.precision}
+    if args.strategy and args.to != "onnx":  # the ONNX graph takes its strategy at export
+        options["strategy"] = args.strategy
+    backend = {"onnx": "numpy", "pt2": "torch", "torchscript": "torchscript"}.get(args.to, "numpy")
+    if args.to == "artifact":
+        backend = args.backend or "auto"
+    cm, kind = _model(args, backend=backend, **options)
+    out = args.output
+    if args.to == "onnx":
+        cm.export_onnx(out, strategy=args.strategy)
+    elif args.to == "pt2":
+        cm.export_pt2(out)
+    elif args.to == "torchscript":
+        import torch
+
+        torch.jit.save(cm.torch_module, str(out))
+    else:
+        cm.save(out)
+    print(f"wrote {out} ({args.to}) from {args.model} ({kind})")
     return 0
 
 
@@ -34,7 +132,7 @@ def _score(args: argparse.Namespace) -> int:
     import treecomp
 
     options = {} if args.backend is None else {"backend": args.backend}
-    model = treecomp.load(args.model, **options)
+    model, _ = _model(args, **options)
     rows = treecomp.score(
         model,
         args.data,
@@ -48,26 +146,45 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``treecomp`` command."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        # Everything after ``bench`` is the bench's own: forwarded as is, --help included.
-        from treecomp.bench import main as bench
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        type=Path,
+        help="a treecomp artifact, an XGBoost .json/.ubj, a LightGBM text file or a .skops file",
+    )
+    parser.add_argument(
+        "--classes", help="comma-separated class labels (XGBoost and LightGBM files hold none)"
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a .pkl/.joblib file (unpickling runs code: only for files you trust)",
+    )
 
-        return bench(argv[1:], prog="treecomp bench")
-    parser = argparse.ArgumentParser(prog="treecomp", description=__doc__)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treecomp", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="summarise a forest saved with Forest.to_json()")
-    inspect.add_argument("path", type=Path)
+
+    convert = sub.add_parser("convert", help="convert a model file to ONNX, .pt2, TorchScript")
+    _model_arguments(convert)
+    convert.add_argument("--to", required=True, choices=["onnx", "pt2", "torchscript", "artifact"])
+    convert.add_argument("-o", "--output", required=True, type=Path, help="file to write")
+    convert.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    convert.add_argument("--strategy", help="a lowering (default: the selector's choice)")
+    convert.add_argument("--backend", help="backend saved in an artifact (--to artifact)")
+
+    inspect = sub.add_parser("inspect", help="summarise a model and the selector's choices")
+    _model_arguments(inspect)
+
     score = sub.add_parser(
         "score",
         help="score a Parquet or CSV file in batches, writing Parquet or CSV",
-        description="Score every row of DATA (.parquet or .csv) with MODEL (an artifact "
-        "written by cm.save) into OUT (.parquet or .csv), one batch at a time. OUT appears "
-        "only when every row is scored.",
+        description="Score every row of DATA (.parquet or .csv) with MODEL into OUT (.parquet "
+        "or .csv), one batch at a time. OUT appears only when every row is scored.",
     )
-    score.add_argument("model", type=Path, help="a treecomp artifact (cm.save)")
+    _model_arguments(score)
     score.add_argument("data", type=Path, help="input .parquet or .csv")
     score.add_argument("out", type=Path, help="output .parquet or .csv")
     score.add_argument(
@@ -77,35 +194,45 @@ def main(argv: list[str] | None = None) -> int:
         help="an output to write (repeatable; default: predict)",
     )
     score.add_argument("--keep", action="append", help="an input column to copy (repeatable)")
-    score.add_argument("--backend", help="run on this backend instead of the saved one")
+    score.add_argument("--backend", help="backend to score with (default: the fastest)")
     score.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch")
     score.add_argument("--progress", action="store_true", help="show a progress bar")
+
     sub.add_parser("demo", help="compile one model per library and compare with native")
     sub.add_parser(
         "bench",
         help="time treecomp against native, onnxml and hummingbird (treecomp bench --help)",
         add_help=False,
     )
-    args = parser.parse_args(argv)
-    if args.command == "inspect":
-        return _inspect(args.path)
-    if args.command == "score":
-        from treecomp.errors import InvalidArtifactError, UnsupportedModelError
+    return parser
 
-        try:
-            return _score(args)
-        except (
-            OSError,
-            ValueError,
-            AttributeError,
-            InvalidArtifactError,
-            UnsupportedModelError,
-        ) as exc:
-            print(f"treecomp score: {exc}", file=sys.stderr)
-            return 2
-    from treecomp.demo import main as demo
 
-    return demo()
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``treecomp`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Everything after ``bench`` is the bench's own: forwarded as is, --help included.
+        from treecomp.bench import main as bench
+
+        return bench(argv[1:], prog="treecomp bench")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for bad usage
+        return int(exc.code or 0)
+    if args.command == "demo":
+        from treecomp.demo import main as demo
+
+        return demo()
+    commands = {"convert": _convert, "inspect": _inspect, "score": _score}
+    try:
+        return commands[args.command](args)
+    except (*_EXPECTED, UnsupportedModelError, InvalidArtifactError, InvalidForestError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"treecomp {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
