@@ -45,7 +45,7 @@ def test_one_graph_serves_every_batch_size() -> None:
 
     model, X_test = fitted("xgboost_multiclass")
     cm = treecomp.convert(model, "torch", compile=True)
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     cm.predict_proba(X[:5])  # compiled at convert: this call must not compile again
     graphs = counters["stats"]["unique_graphs"]
     for n in (1, 2, 3, 17, len(X)):

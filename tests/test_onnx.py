@@ -115,7 +115,7 @@ def test_fresh_process_with_only_onnxruntime_scores_the_file(
     model, X_test = fitted("lightgbm_binary_nan")
     cm = treecomp.convert(model, "numpy", precision=precision)
     cm.export_onnx(tmp_path / "model.onnx")
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     X[::5, 3] = np.nan
     np.save(tmp_path / "x.npy", X.astype(precision))
     script = textwrap.dedent(
@@ -137,7 +137,7 @@ def test_fresh_process_with_only_onnxruntime_scores_the_file(
 def test_string_labels_travel_in_the_graph() -> None:
     ensemble = pytest.importorskip("sklearn.ensemble")
     model, X_test = fitted("sklearn_rf")
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     labels = np.array(["cat", "dog", "owl"])[model.predict(X) % 3]
     strings = ensemble.RandomForestClassifier(5, random_state=0).fit(X, labels)
     out = run_serving(treecomp.convert(strings, "numpy").to_onnx(), X, "float32")

@@ -127,7 +127,7 @@ def test_every_method_matches_single_process(spark, name):
     """Every native method of zoo models (NaN rows, nested apply, outliers, several outputs)."""
     _, X_test = fitted(name)
     cm = treecomp.convert(fitted(name)[0])
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     if cm.forest.allow_nan:
         X = np.vstack([X, np.full((1, X.shape[1]), np.nan)])
         X[::5, 0] = np.nan
@@ -297,7 +297,7 @@ def test_no_columns_reads_the_feature_names(spark):
 def test_registered_for_sql(spark):
     """spark.udf.register takes the UDF; SQL passes columns by position."""
     cm = treecomp.convert(fitted("xgboost_binary")[0])
-    X = np.asarray(fitted("xgboost_binary")[1], dtype=np.float64)[:50]
+    X = np.array(fitted("xgboost_binary")[1], dtype=np.float64)[:50]  # a copy: fitted() is cached
     frame = frame_of(X, None)
     spark.createDataFrame(frame).createOrReplaceTempView("tc_rows")
     spark.udf.register("tc_predict", predict_udf(cm))
@@ -331,7 +331,7 @@ def test_bad_input_fails_clearly_before_any_job(spark):
 def test_bad_values_fail_with_the_models_message(spark):
     """A value the model rejects fails the job with the single-process message."""
     cm = treecomp.convert(fitted("sklearn_gb")[0])  # GradientBoosting rejects NaN
-    X = np.asarray(fitted("sklearn_gb")[1], dtype=np.float64)[:20]
+    X = np.array(fitted("sklearn_gb")[1], dtype=np.float64)[:20]  # a copy: fitted() is cached
     X[3, 4] = np.nan
     df = spark.createDataFrame(frame_of(X, None))
     with pytest.raises(PythonException, match="X contains NaN"):

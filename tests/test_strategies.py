@@ -77,7 +77,7 @@ def test_empty_batch_and_tensor_inputs(strategy: str) -> None:
 
 def test_batches_are_chunked_and_threads_honoured() -> None:
     model, X_test = fitted("sklearn_rf")
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     chunked = treecomp.convert(model, "torch", batch_size=7, n_threads=1)
     whole = treecomp.convert(model, "torch")
     assert_equal(chunked.predict_proba(X), whole.predict_proba(X))
@@ -173,7 +173,7 @@ def test_saved_torchscript_runs_without_treecomp(tmp_path: Any) -> None:
     cm = treecomp.convert(model, "torchscript", strategy="tree_traversal")
     path = tmp_path / "model.pt"
     torch.jit.save(cm.torch_module, str(path))
-    X = np.asarray(X_test[:20], dtype=np.float64)
+    X = np.array(X_test[:20], dtype=np.float64)
     np.save(tmp_path / "x.npy", X)
     script = textwrap.dedent(
         f"""
@@ -258,7 +258,7 @@ def test_every_post_transform_through_every_lowering(
 def test_progress_bar_over_chunks(capsys: Any) -> None:
     pytest.importorskip("tqdm")
     model, X_test = fitted("sklearn_gb")
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     cm = treecomp.convert(model, "torch", batch_size=50, progress=True)
     assert_equal(cm.predict(X), model.predict(X))
     assert "batch" in capsys.readouterr().err
@@ -284,7 +284,7 @@ def test_missing_only_splits_fold_onto_a_nan_column() -> None:
     forest = treecomp.parse(model)
     internal = [t.threshold[t.left_child >= 0] for t in forest.trees]
     assert any(np.isposinf(th).any() for th in internal)
-    X = np.asarray(X_test, dtype=np.float64)
+    X = np.array(X_test, dtype=np.float64)
     X[::5, 3] = np.nan
     X[1::5, 3] = np.inf
     X[2::5, 3] = -np.inf

@@ -159,7 +159,12 @@ ZOO: dict[str, Callable[[], tuple[Any, Any]]] = {
 
 @cache
 def fitted(name: str) -> tuple[Any, Any]:
-    return ZOO[name]()
+    """The zoo model and its held-out rows, shared by every test: the rows are read-only,
+    so a test that writes NaN into them fails instead of changing what later tests see."""
+    model, X_test = ZOO[name]()
+    if isinstance(X_test, np.ndarray):
+        X_test.flags.writeable = False
+    return model, X_test
 
 
 def native_apply(model: Any, X: Any) -> np.ndarray:

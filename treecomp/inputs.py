@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.errors import UnsupportedModelError
 from treecomp.ir import Forest
 
 Precision = Literal["float32", "float64"]
@@ -69,7 +70,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
         ]
         if stray:
             listed = [str(X.columns[j]) for j, c in enumerate(forest.categories) if c is not None]
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"columns {stray} are pandas categories, but the model's categorical features "
                 f"are {listed}: the training category lists cannot be matched to them (a "
                 "categorical_feature= list that differs from the category columns); pass them "
