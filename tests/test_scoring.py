@@ -205,3 +205,16 @@ def test_empty_input_gives_an_empty_output(tmp_path: Path) -> None:
     )
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out.columns) == ["id", "proba_0", "proba_1"] and len(out) == 0
+
+
+def test_a_pandas_index_in_the_file_is_kept(tmp_path: Path) -> None:
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "numpy")
+    frame = frame_of(model, X_test, rows=600).drop(columns="id")
+    frame.index = pd.Index([f"row{i}" for i in range(len(frame))], name="key")
+    frame.to_parquet(tmp_path / "in.parquet")
+    treecomp.score(cm, tmp_path / "in.parquet", tmp_path / "out.parquet", batch_rows=250)
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns) == ["key", "prediction"]
+    assert_equal(out["key"].to_numpy(), frame.index.to_numpy())
+    assert_equal(out["prediction"].to_numpy(), cm.predict(frame))

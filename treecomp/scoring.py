@@ -48,7 +48,8 @@ def score(
             ``prediction``), ``predict_proba`` (``proba_<class>``), ``decision_function``
             (``decision``, or ``decision_<k>``), ``score_samples`` (``score``), ``apply``
             (``leaf_<tree>``).
-        keep: Input columns copied to the output before the scores (keys, ids).
+        keep: Input columns copied to the output before the scores (keys, ids). A pandas
+            index saved in a Parquet file is kept too.
         batch_rows: Rows read and scored at a time.
         progress: Show a tqdm bar over the batches.
 
@@ -159,6 +160,13 @@ def _features_and_keys(
     """The batch as (feature DataFrame in the model's column order, key table)."""
     forest = model.forest
     names = list(batch.schema.names)
+    # A DataFrame's index written by pandas is a key too: kept, never read as a feature.
+    index = [
+        c
+        for c in (batch.schema.pandas_metadata or {}).get("index_columns", [])
+        if isinstance(c, str) and c in names and c not in keep
+    ]
+    keep = [*index, *keep]
     missing_keys = [k for k in keep if k not in names]
     if missing_keys:
         raise ValueError(f"{where}: key columns {missing_keys} are not in the file")
