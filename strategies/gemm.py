@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
+from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, take, tensor
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, node_depths, tree_depths
 
@@ -126,15 +126,8 @@ class GEMM(TreeGroup):
         rows = value_rows.reshape(-1)
         if self.rest:
             # The global node at each matrix "leaf", child pointers for the levels below.
-            every = np.arange(values.shape[0])
-            is_leaf = np.concatenate([t.left_child < 0 for t in trees])
-            left = np.concatenate([t.left_child + o for t, o in zip(trees, offsets)])
-            right = np.concatenate([t.right_child + o for t, o in zip(trees, offsets)])
-            children = np.stack(
-                [np.where(is_leaf, every, left), np.where(is_leaf, every, right)], 1
-            )
             self.register_buffer("below", tensor(rows.astype(np.int32)))
-            self.register_buffer("child", tensor(children.reshape(-1).astype(np.int32)))
+            self.register_buffer("child", tensor(child_pointers(trees)))
             self.set_leaves(values, ids)
         else:
             self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
@@ -149,13 +142,7 @@ class GEMM(TreeGroup):
         rows = (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
         if self.rest == 0:
             return rows
-        node = take(self.below, rows)
-        for _ in range(self.rest):
-            pos = node + self.node_base
-            x = feature_values(X, take(self.feature, pos))
-            right = self.goes_right(x, pos, check_missing)
-            node = take(self.child, node * 2 + right)
-        return node
+        return self.walk_child_pointers(X, take(self.below, rows), check_missing)
 
     def emit_onnx(self, g: Any, X: str) -> str:
         x = g.op("Gather", X, g.const(self.feature[: self.node_base]), axis=1)
@@ -175,11 +162,4 @@ class GEMM(TreeGroup):
         if self.rest == 0:
             return rows
         node = g.op("Gather", g.const(self.below.numpy().astype(np.int64)), rows)
-        feature, two = g.const(self.feature), g.const(np.array(2))
-        child = g.const(self.child.numpy().astype(np.int64))
-        for _ in range(self.rest):
-            pos = g.op("Add", node, g.const(np.array(self.node_base)))
-            x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
-            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int64")
-            node = g.op("Gather", child, g.op("Add", g.op("Mul", node, two), right))
-        return node
+        return self.emit_child_pointers(g, X, node)

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
+from strategies.nodes import (
+    GroupOptions,
+    NodeArrays,
+    TreeGroup,
+    child_pointers,
+    feature_values,
+    take,
+    tensor,
+)
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, tree_depths
 
@@ -92,15 +100,8 @@ class PerfectTreeTraversal(TreeGroup):
         if self_rest:
             # The global node reached at each slot of the last perfect level, and child
             # pointers (leaves point to themselves) for the levels below it.
-            children = np.stack(
-                [
-                    np.where(leaf, np.arange(leaf.size), left),
-                    np.where(leaf, np.arange(leaf.size), right),
-                ],
-                axis=1,
-            )
             self.register_buffer("below", tensor(level.reshape(-1).astype(np.int32)))
-            self.register_buffer("child", tensor(children.reshape(-1).astype(np.int32)))
+            self.register_buffer("child", tensor(child_pointers(trees)))
             self.set_leaves(values, leaf_ids)
         else:
             self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
@@ -119,12 +120,7 @@ class PerfectTreeTraversal(TreeGroup):
         if self.rest == 0:
             return index + trees * (1 << self.depth)
         node = take(self.below, index + trees * (1 << self.depth))
-        for _ in range(self.rest):
-            pos = node + self.node_base
-            x = feature_values(X, take(self.feature, pos))
-            right = self.goes_right(x, pos, check_missing)
-            node = take(self.child, node * 2 + right)
-        return node
+        return self.walk_child_pointers(X, node, check_missing)
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs
@@ -138,15 +134,5 @@ class PerfectTreeTraversal(TreeGroup):
         slot = g.op("Add", index, g.const(trees << self.depth))
         if self.rest == 0:
             return slot
-        node = g.op("Gather", g.const(self.below), slot)
-        child = g.const(self.child)
-        for _ in range(self.rest):
-            pos = g.op("Add", node, g.const(np.array(self.node_base, np.int32)))
-            x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
-            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int32")
-            node = g.op(
-                "Gather",
-                child,
-                g.op("Add", g.op("Mul", node, g.const(np.array(2, np.int32))), right),
-            )
-        return node
+        node = g.op("Gather", g.const(self.below.numpy().astype(np.int64)), slot)
+        return self.emit_child_pointers(g, X, node)

@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, feature_values, take, tensor
+from strategies.nodes import (
+    GroupOptions,
+    NodeArrays,
+    TreeGroup,
+    child_pointers,
+    feature_values,
+    take,
+    tensor,
+)
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, tree_depths
 
@@ -32,18 +40,7 @@ class TreeTraversal(TreeGroup):
         super().__init__(trees, columns, nodes, options)
         sizes = np.array([t.n_nodes for t in trees])
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        left, right = [], []
-        for tree, offset in zip(trees, offsets):
-            own = np.arange(tree.n_nodes) + offset
-            leaf = tree.left_child < 0
-            left.append(np.where(leaf, own, tree.left_child + offset))
-            right.append(np.where(leaf, own, tree.right_child + offset))
-        # child[2 * node + went_right]: one lookup instead of two and a select. Node ids are
-        # int32, the narrowest type index_select takes: half the traffic of int64.
-        children = np.stack([np.concatenate(left), np.concatenate(right)], axis=1)
-        if children.size >= 2**31:
-            raise ValueError(f"tree_traversal cannot index {children.size:,} node slots in int32")
-        self.register_buffer("child", tensor(children.reshape(-1).astype(np.int32)))
+        self.register_buffer("child", tensor(child_pointers(trees)))
         self.register_buffer("roots", tensor(offsets.astype(np.int32)))
         self.depth = int(tree_depths(trees).max())
         self.set_leaves(
