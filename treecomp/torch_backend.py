@@ -30,10 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     ) from exc
 
 import strategies
-from treecomp.batching import SCRATCH_BYTES, score_in_chunks
-
-# Scratch memory one chunk may use; the chunk size follows from the plan's bytes per row.
-CHUNK_BYTES = SCRATCH_BYTES
+from treecomp.batching import rows_per_chunk, score_in_chunks
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -212,7 +209,7 @@ class TorchEngine:
         self.module: torch.nn.Module = torch.jit.script(module) if script else module
         self.module.to(self.device)
         per_row = _bytes_per_row(module, 4 if precision == "float32" else 8)
-        self.batch_size = batch_size or int(np.clip(CHUNK_BYTES // per_row, 256, 1_000_000))
+        self.batch_size = rows_per_chunk(per_row, batch_size)
         self._forward: Callable[[torch.Tensor], Any] = self.module
         self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
         if compile:
