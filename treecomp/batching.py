@@ -64,3 +64,29 @@ def score_in_chunks(
         for out, part in zip(outputs, score(rows), strict=True):
             out[rows] = np.asarray(part).reshape(rows.stop - rows.start, -1)
     return outputs
+
+
+# Output names per method: a Series name, or the prefix of ``<prefix>_<j>`` columns.
+_PREFIXES = {
+    "predict": "prediction",
+    "predict_proba": "proba",
+    "decision_function": "decision",
+    "score_samples": "score",
+    "apply": "leaf",
+}
+
+
+def output_names(classes: Any, method: str, shape: tuple[int, ...]) -> str | list[str]:
+    """The column name of a 1-D output of ``method``, or the names of its flattened columns:
+    ``proba_<class>`` (the labels as text, numbered instead if two would read the same),
+    else ``<prefix>_<j>``. Shared by file scoring and Dask."""
+    prefix = _PREFIXES[method]
+    if len(shape) == 1:
+        return prefix
+    width = int(np.prod(shape[1:], dtype=np.int64))
+    labels = [str(j) for j in range(width)]
+    if method == "predict_proba" and classes is not None and len(classes) == width:
+        named = [str(c) for c in np.asarray(classes).tolist()]
+        if len(set(named)) == width:  # labels 1 and "1" would make two columns "proba_1"
+            labels = named
+    return [f"{prefix}_{label}" for label in labels]

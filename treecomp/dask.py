@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.batching import output_names
 from treecomp.container import CompiledModel
 from treecomp.ir import METHODS
 
@@ -142,7 +143,7 @@ def predict(
     dd = _dataframe_module()
     if dd is not None and isinstance(data, dd.DataFrame):
         empty = getattr(local, method)(data._meta)
-        names = _names(local, method, empty.shape)
+        names = output_names(local.classes_, method, empty.shape)
         return data.map_partitions(
             _score_partition,
             blob,
@@ -302,27 +303,6 @@ def _score_block(
 ) -> npt.NDArray[Any]:
     """One row block's output (runs on a worker)."""
     return np.asarray(getattr(_model(artifact, key, backend, options), method)(block))
-
-
-def _names(cm: CompiledModel, method: str, shape: tuple[int, ...]) -> str | list[str]:
-    """The Series name or DataFrame columns of ``method``'s output (see :func:`predict`)."""
-    prefix = {
-        "predict": "prediction",
-        "predict_proba": "proba",
-        "decision_function": "decision",
-        "score_samples": "score",
-        "apply": "leaf",
-    }[method]
-    if len(shape) == 1:
-        return prefix
-    width = int(np.prod(shape[1:], dtype=np.int64))
-    labels = [str(j) for j in range(width)]
-    classes = cm.classes_
-    if method == "predict_proba" and classes is not None and len(classes) == width:
-        named = [str(c) for c in classes.tolist()]
-        if len(set(named)) == width:  # labels 1 and "1" would make two columns "proba_1"
-            labels = named
-    return [f"{prefix}_{label}" for label in labels]
 
 
 def _pandas(values: npt.NDArray[Any], index: Any, names: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from treecomp.batching import output_names
 from treecomp.container import CompiledModel
 
 # Rows per batch by default: 64 Ki rows of 100 float64 features are 50 MiB, and the
@@ -228,18 +229,11 @@ def _outputs(
 
 
 def _columns(model: CompiledModel, method: str, values: np.ndarray) -> list[tuple[str, Any]]:
-    names = {"predict": "prediction", "decision_function": "decision", "apply": "leaf"}
-    prefix = names.get(method, "score")
-    if values.ndim == 1:
-        return [(prefix, values)]
-    if method == "predict_proba":
-        classes = model.forest.classes
-        labels = [str(j) for j in range(values.shape[1])]
-        if classes is not None and len(classes) == values.shape[1]:
-            labels = [str(c) for c in classes]
-        return [(f"proba_{label}", values[:, j]) for j, label in enumerate(labels)]
-    flat = values.reshape(values.shape[0], -1)
-    return [(f"{prefix}_{j}", flat[:, j]) for j in range(flat.shape[1])]
+    names = output_names(model.forest.classes, method, values.shape)
+    if isinstance(names, str):
+        return [(names, values)]
+    flat = values.reshape(values.shape[0], len(names))  # len(names): an empty batch has no -1
+    return [(name, flat[:, j]) for j, name in enumerate(names)]
 
 
 class _CsvWriter:
