@@ -39,6 +39,7 @@ def lower(
     device: str = "cpu",
     compiled: bool = False,
     target: str = "torch",
+    one_thread: bool = False,
 ) -> tuple[ForestModule, list[tuple[str, np.ndarray]]]:
     """Lower a forest to a :class:`ForestModule`.
 
@@ -57,6 +58,8 @@ def lower(
             363 ms in one tree-traversal group, 184 ms by depth.
         target: ``"torch"`` or ``"onnx"``: what the module will run as. Only the ONNX target
             can use ``"tree_ensemble"``, and the module then serves ``emit_onnx`` only.
+        one_thread: The ONNX graph will run in sessions of one thread each
+            (:class:`GroupOptions`).
 
     Returns:
         The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
@@ -107,6 +110,7 @@ def lower(
         nonnegative_categories=forest.category_domain == "nonnegative",
         folded=trees is not None,
         batch_size=batch_size,
+        one_thread=one_thread,
     )
     source = list(forest.trees) if trees is None else trees
     modules = [

@@ -257,6 +257,8 @@ class GroupOptions:
         folded: The trees were rewritten by :func:`fold_missing`: every test is
             ``x' < t`` and NaN goes right by construction.
         batch_size: Expected rows per call (a strategy may lay itself out for it).
+        one_thread: The graph runs in sessions of one thread each (the ``onnx`` backend on
+            the CPU, which runs several side by side on slices of the rows).
     """
 
     less_equal: bool
@@ -265,6 +267,7 @@ class GroupOptions:
     nonnegative_categories: bool
     folded: bool = False
     batch_size: int = 10_000
+    one_thread: bool = False
 
 
 class TreeGroup(torch.nn.Module):

@@ -202,24 +202,32 @@ def test_dataframe_categories_in_the_backend() -> None:
     compare_native(model, cm, frame)
 
 
-def test_small_batches_get_a_graph_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below SMALL_BATCH rows the backend runs the graph planned for one row (one operator
-    node per group); large batches run the chunked one. Both are exact."""
-    monkeypatch.setattr(tree_ensemble, "TREES_PER_NODE", 4)
-    model, X_test = fitted("xgboost_multiclass")
-    cm, ref = onnx_models(model, "float32")
+def test_one_thread_sessions_walk_vector_leaves_in_small_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backend's sessions have one thread each: trees with vector leaves go in nodes of
+    ONE_THREAD_TREES_PER_NODE at any batch size (one graph serves every call), exact on
+    slices run side by side and on one row; exported graphs keep ONNX Runtime's threads and
+    their own node sizes."""
+    monkeypatch.setattr(tree_ensemble, "ONE_THREAD_TREES_PER_NODE", 5)
+    model, X_test = fitted("sklearn_rf")
+    cm, ref = onnx_models(model, "float32", n_threads=2)
     engine = cm._engine
-    X = np.asarray(X_test, dtype=np.float64)
-    large = np.tile(X, (-(-treecomp.onnx_export.SMALL_BATCH // len(X)), 1))
-    compare_reference(cm, ref, large)
-    assert engine._small_session is None
-    compare_reference(cm, ref, X[:3])
-    assert engine._small_session is not engine.session
 
     def operators(model: Any) -> int:
         return sum(node.op_type == "TreeEnsemble" for node in model.graph.node)
 
-    assert operators(engine.small_model) == 1 < operators(engine.model)
+    assert cm.forest.trees[0].leaf_width > 1
+    assert operators(engine.model) == -(-cm.forest.n_trees // 5)
+    assert engine.session_options.intra_op_num_threads == 1
+    X = np.asarray(X_test, dtype=np.float64)
+    rows = 2 * treecomp.onnx_export.PARALLEL_WALKS // cm.forest.n_trees
+    large = np.tile(X, (-(-rows // len(X)), 1))
+    assert engine._parts(len(large)) == 2
+    compare_reference(cm, ref, large)
+    compare_reference(cm, ref, X[:3])
+    assert engine._small_session is engine.session  # the same graph: one session
+    assert operators(cm.to_onnx()) == 1  # planned for 10 000 rows on ONNX Runtime's threads
 
 
 def test_the_default_backend_is_the_fastest_exact_path_installed(
@@ -242,3 +250,55 @@ def test_the_default_backend_is_the_fastest_exact_path_installed(
     assert treecomp.backends.choose_backend({}) == "numpy"  # nothing but the core installed
     # Options only torch and onnx take: the torch backend then names what is missing.
     assert treecomp.backends.choose_backend({"strategy": "gemm"}) == "torch"
+
+
+def order_sensitive(kind: str) -> tuple[Any, np.ndarray]:
+    """A boosted model whose leaf values span many magnitudes, so that adding its trees in
+    any other order than theirs changes the rounded sums."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(600, 6)).astype(np.float32)
+    y = np.exp(3 * X[:, 0]) * 1e4 + X[:, 1] * 1e-3
+    if kind == "xgboost":
+        xgb = pytest.importorskip("xgboost")
+        model = xgb.XGBRegressor(n_estimators=120, max_depth=3, learning_rate=0.9)
+    else:
+        lgb = pytest.importorskip("lightgbm")
+        model = lgb.LGBMRegressor(n_estimators=120, num_leaves=8, learning_rate=0.9, verbose=-1)
+    return model.fit(X[:400], y[:400]), X[400:]
+
+
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_the_backend_adds_trees_in_the_operator_in_native_order(kind: str) -> None:
+    """The onnx backend lets the operator add scalar leaves (one-thread sessions, slices of
+    the rows side by side): margins equal the native ones bit for bit, on slices split over
+    threads and on one row, although another order would round differently."""
+    model, X_test = order_sensitive(kind)
+    cm = treecomp.convert(model, "onnx", n_threads=2)
+    nodes = [n.op_type for n in cm._engine.model.graph.node]
+    assert nodes[-1:] == ["TreeEnsemble"] and set(nodes) <= {"Cast", "TreeEnsemble"}, nodes
+    X = np.tile(X_test, (-(-2 * treecomp.onnx_export.PARALLEL_WALKS // len(X_test)), 1))
+    assert cm._engine._parts(len(X)) == 2
+    X[::5, 2] = np.nan
+    native = model.predict(X, output_margin=True) if kind == "xgboost" else model.predict(X)
+    for rows in (X, X[:1], X[:2]):
+        assert_equal(cm.predict(rows), native[: len(rows)].astype(np.float64))
+    # The same leaves added in halves, then together: another sum on some rows.
+    forest = cm.forest
+    dtype = np.float32 if forest.accumulation == "float32" else np.float64
+    nodes = treecomp.reference.leaf_nodes(forest, X.astype(np.float64))
+    halves = [np.zeros(len(X), dtype) for _ in range(2)]
+    for t, tree in enumerate(forest.trees):
+        halves[2 * t // forest.n_trees] += tree.value[nodes[:, t], 0].astype(dtype)
+    split = (dtype(forest.base_score[0]) + halves[0]) + halves[1]
+    assert (split != native).any()
+
+
+def test_multiclass_sums_per_class_in_the_operator() -> None:
+    model, X_test = fitted("xgboost_multiclass")
+    cm, ref = onnx_models(model, "float32", n_threads=2)
+    ops = [n.op_type for n in cm._engine.model.graph.node]
+    assert ops.count("TreeEnsemble") == 1 and "CumSum" not in ops[: ops.index("TreeEnsemble")]
+    X = np.tile(np.asarray(X_test, dtype=np.float32), (200, 1))
+    raw, _ = cm._engine.scores(X)
+    expected, _ = ref._engine.scores(X)
+    assert_equal(raw, expected)  # float32 margins, bit for bit
