@@ -94,10 +94,9 @@ class TreeEnsemble(TreeGroup):
         super().__init__(trees, columns, None, options)
         self.dtype = options.dtype
         self.trees = trees
+        split = ONE_THREAD_TREES_PER_NODE if options.one_thread else TREES_PER_NODE
         large = options.batch_size >= SPLIT_FROM_ROWS
-        self.trees_per_node = TREES_PER_NODE if large else max(1, len(trees))
-        if options.one_thread:
-            self.trees_per_node = ONE_THREAD_TREES_PER_NODE
+        self.trees_per_node = split if large else max(1, len(trees))
         leaves = [np.flatnonzero(t.left_child < 0) for t in trees]
         counts = np.array([leaf.size for leaf in leaves])
         # A tree's leaf rows are its leaf positions plus its offset in the group's table.
