@@ -94,6 +94,25 @@ def test_other_targets_and_inspect(tmp_path: Path, data: Any, capsys: Any) -> No
     assert run(["inspect", str(tmp_path / "forest.json")], capsys)[0] == 0
 
 
+def test_convert_to_pt2_runs_with_torch_alone(tmp_path: Path, data: Any, capsys: Any) -> None:
+    """``--to pt2``: a torch.export + AOTInductor package loaded by torch (tiny forest: the
+    AOT compile takes seconds)."""
+    X, y, X_test = data
+    model = xgboost.XGBClassifier(n_estimators=2, max_depth=2).fit(X, y)
+    model.save_model(tmp_path / "model.json")
+    out = tmp_path / "model.pt2"
+    code, stdout, stderr = run(
+        ["convert", str(tmp_path / "model.json"), "--to", "pt2", "-o", str(out)], capsys
+    )
+    assert code == 0 and f"wrote {out}" in stdout, stderr
+    import torch
+
+    package = torch._inductor.aoti_load_package(str(out))
+    raw, proba = package(torch.from_numpy(X_test.astype(np.float32)))
+    assert_close(raw[:, 0].numpy(), model.predict(X_test, output_margin=True), "xgboost_float32")
+    assert_close(proba[:, 0].numpy(), model.predict_proba(X_test)[:, 1], "xgboost_float32")
+
+
 def test_pickle_needs_trust(tmp_path: Path, data: Any, capsys: Any) -> None:
     X, y, X_test = data
     model = ensemble.ExtraTreesClassifier(3, max_depth=3, random_state=0).fit(X, y)

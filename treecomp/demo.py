@@ -1,11 +1,15 @@
-"""Demo: compile one model of each library and show it reproduces the native predictions.
+"""Demo: compile one model of each library, show it reproduces the native predictions, and
+time it against the native ``predict_proba``.
 
-Run with ``python -m treecomp.demo`` (needs the ``demo`` extra: torch, scikit-learn,
-XGBoost, LightGBM). Exits non-zero if any compiled model disagrees with its native model.
+Run with ``python -m treecomp.demo`` (needs the ``demo`` extra: torch, ONNX Runtime,
+scikit-learn, XGBoost, LightGBM). Exits non-zero if any compiled model disagrees with its
+native model. Timings are medians of a few calls, both sides on the same number of threads:
+a rough picture; ``treecomp bench`` is the measurement.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -64,14 +68,21 @@ def main() -> int:
     X_nan[rng.random(X_nan.shape) < 0.2] = np.nan
     X_eval = np.vstack([X_test, X_nan]).astype(np.float32)
 
+    X_large = np.tile(X_eval, (-(-SPEED_ROWS // len(X_eval)), 1))[:SPEED_ROWS]
+    threads = THREADS
+
     failures = 0
     print(
-        f"{'model':<46} {'trees':>5} {'convert':>8}  {'strategy':<22} labels  leaves  max |Δ proba|"
+        f"{'model':<44} {'trees':>5} {'convert':>8}  {'backend/strategy':<20} labels  leaves "
+        f" max |Δ proba|  speed vs native: {SPEED_ROWS:,} rows, 1 row"
     )
     for name, make in _models():
         model = make().fit(X_train, y_train)
+        if "n_jobs" in model.get_params():
+            model.set_params(n_jobs=threads)
         start = time.perf_counter()
-        cm = treecomp.convert(model)  # the fastest exact backend installed, strategy by cost
+        # The fastest exact backend installed, strategy by cost.
+        cm = treecomp.convert(model, n_threads=threads)
         elapsed = time.perf_counter() - start
         labels_equal = np.array_equal(cm.predict(X_eval), model.predict(X_eval))
         leaves = "n/a"
@@ -81,16 +92,41 @@ def main() -> int:
         delta = float(np.max(np.abs(cm.predict_proba(X_eval) - model.predict_proba(X_eval))))
         ok = labels_equal and leaves != "DIFFER" and delta < 1e-5
         failures += not ok
+        speed = [
+            _median(model.predict_proba, rows) / _median(cm.predict_proba, rows)
+            for rows in (X_large, X_large[:1])
+        ]
         print(
-            f"{name:<46} {cm.forest.n_trees:>5} {elapsed * 1e3:>6.0f}ms  {cm.strategy:<22} "
-            f"{'equal' if labels_equal else 'DIFFER':<6}  {leaves:<6}  {delta:.1e}"
+            f"{name:<44} {cm.forest.n_trees:>5} {elapsed * 1e3:>6.0f}ms  "
+            f"{cm.backend + '/' + cm.strategy:<20} {'equal' if labels_equal else 'DIFFER':<6}  "
+            f"{leaves:<6}  {delta:>12.1e}  {speed[0]:>8.1f}x {speed[1]:>8.1f}x"
         )
     print(
         "all compiled models match their native models"
         if not failures
         else f"{failures} mismatches"
     )
+    print(
+        f"speed: native time / treecomp time (above 1: treecomp is faster), medians, "
+        f"{threads} thread(s) for both; `treecomp bench` measures each in its own process"
+    )
     return 1 if failures else 0
+
+
+# Rows of the larger timed batch, and threads for both sides (at most 4: a demo, not a bench).
+SPEED_ROWS = 10_000
+THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+
+
+def _median(method: Callable[[Any], Any], X: np.ndarray, budget: float = 0.3) -> float:
+    """Median seconds of ``method(X)`` over about ``budget`` seconds (3 to 200 calls)."""
+    method(X)
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < budget and len(times) < 200):
+        start = time.perf_counter()
+        method(X)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def _native_leaves(model: Any, X: np.ndarray) -> np.ndarray | None:
