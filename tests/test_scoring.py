@@ -150,15 +150,15 @@ def test_an_interrupted_run_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
     out = tmp_path / "out.parquet"
     out.write_bytes(b"the previous run's output")
     calls = {"n": 0}
-    real = type(cm).predict.__get__(cm)
+    real = cm.outputs
 
-    def failing(X: Any) -> Any:
+    def failing(X: Any, methods: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(X)
+        return real(X, methods)
 
-    monkeypatch.setattr(cm, "predict", failing)
+    monkeypatch.setattr(cm, "outputs", failing)
     with pytest.raises(KeyboardInterrupt):
         treecomp.score(cm, tmp_path / "in.parquet", out, keep=["id"], batch_rows=1000)
     assert out.read_bytes() == b"the previous run's output"  # untouched, not half-written
@@ -218,3 +218,32 @@ def test_a_pandas_index_in_the_file_is_kept(tmp_path: Path) -> None:
     assert list(out.columns) == ["key", "prediction"]
     assert_equal(out["key"].to_numpy(), frame.index.to_numpy())
     assert_equal(out["prediction"].to_numpy(), cm.predict(frame))
+
+
+@pytest.mark.parametrize("name", ["xgboost_multiclass", "sklearn_iforest"])
+def test_outputs_runs_the_model_once_per_kind(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CompiledModel.outputs (what file scoring calls per batch): every method's result as
+    the method gives it, from one scores pass and one leaf pass."""
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "numpy")
+    methods = [m for m in treecomp.ir.METHODS if hasattr(cm, m)]
+    expected = {m: getattr(cm, m)(X_test) for m in methods}
+    calls = {"scores": 0, "leaf_ids": 0}
+    engine = cm._engine
+    for kind in calls:
+        original = getattr(type(engine), kind)
+
+        def counted(self: Any, X: Any, kind: str = kind, original: Any = original) -> Any:
+            calls[kind] += 1
+            return original(self, X)
+
+        monkeypatch.setattr(type(engine), kind, counted)
+    results = cm.outputs(X_test, methods)
+    assert calls == {"scores": 1, "leaf_ids": int("apply" in methods)}
+    for method in methods:
+        assert_equal(results[method], expected[method])
+    with pytest.raises(ValueError, match="unknown method 'transform'"):
+        cm.outputs(X_test, ["transform"])
+    missing = "predict_proba" if name == "sklearn_iforest" else "score_samples"
+    with pytest.raises(AttributeError, match=missing):
+        cm.outputs(X_test, [missing])

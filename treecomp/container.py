@@ -9,7 +9,7 @@ library's methods (``predict``, ``predict_proba``, ``decision_function``, ``scor
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -240,10 +240,7 @@ class CompiledModel:
     @_NativeMethod
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """Raw margins of a classifier, or ``score_samples - offset_`` of an outlier detector."""
-        raw, transformed = self._scores(X)
-        if self.forest.task == "outlier":
-            return transformed[:, 0] - self.forest.decision_offset
-        return raw[:, 0] if raw.shape[1] == 1 else raw
+        return self._decision(*self._scores(X))
 
     @_NativeMethod
     def score_samples(self, X: Any) -> npt.NDArray[np.float64]:
@@ -253,7 +250,39 @@ class CompiledModel:
     @_NativeMethod
     def predict(self, X: Any) -> npt.NDArray[Any]:
         """Labels for classifiers and outlier detectors, values for regressors and rankers."""
-        raw, transformed = self._scores(X)
+        return self._predict(*self._scores(X))
+
+    def outputs(self, X: Any, methods: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+        """Several methods' results on ``X`` from one pass: the scores once (for every
+        method but ``apply``), the leaves once (for ``apply``). Each method must be one the
+        native model has (``AttributeError`` otherwise, as for the method itself)."""
+        for method in methods:
+            if method not in _DERIVED and method != "apply":
+                raise ValueError(f"unknown method {method!r}; choose from {[*_DERIVED, 'apply']}")
+            getattr(self, method)
+        prepared = self._prepare(X)
+        scores = None
+        results: dict[str, npt.NDArray[Any]] = {}
+        for method in methods:
+            if method == "apply":
+                ids = self._engine.leaf_ids(prepared)
+                results[method] = ids.reshape((ids.shape[0], *self.forest.leaf_shape))
+                continue
+            if scores is None:
+                scores = self._engine.scores(prepared)
+            results[method] = _DERIVED[method](self, *scores)
+        return results
+
+    def _decision(
+        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        if self.forest.task == "outlier":
+            return transformed[:, 0] - self.forest.decision_offset
+        return raw[:, 0] if raw.shape[1] == 1 else raw
+
+    def _predict(
+        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
+    ) -> npt.NDArray[Any]:
         f = self.forest
         if f.task == "classifier":
             assert f.classes is not None  # guaranteed by Forest.validate for classifiers
@@ -273,3 +302,12 @@ class CompiledModel:
             return np.argmax(raw, axis=1)
         positive = raw[:, 0] >= 0 if rule == "margin_ge_zero" else raw[:, 0] > 0
         return positive.astype(np.intp)
+
+
+# The methods computed from the scores (raw, transformed), for CompiledModel.outputs.
+_DERIVED: dict[str, Callable[..., npt.NDArray[Any]]] = {
+    "predict": CompiledModel._predict,
+    "predict_proba": lambda cm, raw, transformed: cm._proba(transformed),
+    "decision_function": CompiledModel._decision,
+    "score_samples": lambda cm, raw, transformed: transformed[:, 0],
+}

@@ -216,11 +216,12 @@ def _outputs(
     import pyarrow as pa
 
     columns = {name: keys.column(name) for name in keys.schema.names}
+    try:
+        results = model.outputs(features, methods)  # the model runs once per batch
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
     for method in methods:
-        try:
-            values = np.asarray(getattr(model, method)(features))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        values = np.asarray(results[method])
         for name, column in _columns(model, method, values):
             if name in columns:
                 raise ValueError(f"output column {name!r} clashes with a key column")
