@@ -22,8 +22,8 @@ from strategies import (  # noqa: F401 (registration)
 from strategies.forest_module import ForestModule
 from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES, TARGETS
-from strategies.selector import MAX_COMPILED_GROUPS, plan
-from treecomp.ir import Forest, tree_depths
+from strategies.selector import MAX_COMPILED_GROUPS, plan, tree_shapes
+from treecomp.ir import Forest
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
 
@@ -65,12 +65,10 @@ def lower(
         The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
     """
     name = ALIASES.get(strategy, strategy)
-    depths = tree_depths(forest.trees)
+    depths, internal, leaves = tree_shapes(forest.trees)
     if target not in ("torch", "onnx"):
         raise ValueError(f"unknown target {target!r}; use 'torch' or 'onnx'")
     if name == "auto":
-        internal = np.array([int((t.left_child >= 0).sum()) for t in forest.trees])
-        leaves = np.array([int((t.left_child < 0).sum()) for t in forest.trees])
         tree_operator = (
             target == "onnx" and tree_ensemble.refusal(list(forest.trees), dtype) is None
         )

@@ -21,12 +21,14 @@ estimated for GPUs (far cheaper arithmetic, costlier launches).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from strategies.gemm import MAX_PATH_MATRIX
 from strategies.perfect_tree_traversal import MAX_PADDED_NODES, padded_size
+from treecomp.ir import Tree, tree_depths
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,18 @@ class GroupShape:
     leaves: int  # most leaves in one tree
 
 
+def tree_shapes(trees: Sequence[Tree]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each tree's depth, internal-node count and leaf count: what :func:`plan` reads."""
+    depths = tree_depths(list(trees))
+    internal = np.array([int((t.left_child >= 0).sum()) for t in trees])
+    leaves = np.array([int((t.left_child < 0).sum()) for t in trees])
+    return depths, internal, leaves
+
+
 def shape_of(
     depths: np.ndarray, internal: np.ndarray, leaves: np.ndarray, members: np.ndarray
 ) -> GroupShape:
+    """The :class:`GroupShape` of the trees ``members`` (indices into the arrays)."""
     return GroupShape(
         n_trees=int(members.size),
         depth=int(depths[members].max()),
@@ -142,6 +153,15 @@ def cost(
 
 
 CANDIDATES = ("gemm", "perfect_tree_traversal", "tree_traversal")
+
+
+def estimates(
+    trees: Sequence[Tree], *, batch: int, device: str, compiled: bool = False
+) -> dict[str, float]:
+    """Estimated nanoseconds of each standard-operator strategy lowering every tree (rule 1
+    of :func:`plan`; ``inf`` past a strategy's memory limits), for ``treecomp inspect``."""
+    everyone = shape_of(*tree_shapes(trees), np.arange(len(trees)))
+    return {name: cost(name, everyone, batch, device, compiled=compiled) for name in CANDIDATES}
 
 
 def _best(group: GroupShape, batch: int, device: str, compiled: bool = False) -> tuple[float, str]:

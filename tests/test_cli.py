@@ -90,6 +90,8 @@ def test_other_targets_and_inspect(tmp_path: Path, data: Any, capsys: Any) -> No
         "trees:       4" in stdout
         and "strategy:    onnx  cpu  batch  10000: tree_ensemble" in stdout
     )
+    # The cost model's estimate of each strategy, under every standard-operator plan.
+    assert stdout.count("estimates for the whole forest: gemm ") == 6
     (tmp_path / "forest.json").write_text(treecomp.parse(model).to_json())
     assert run(["inspect", str(tmp_path / "forest.json")], capsys)[0] == 0
 

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from strategies import selector
 from strategies.perfect_tree_traversal import MAX_PADDED_NODES, padded_size
 from strategies.selector import GroupShape, cost, plan
 
@@ -118,3 +119,21 @@ def test_compiled_plans_have_few_groups() -> None:
     np.testing.assert_array_equal(covered, np.arange(len(depths)))
     for _, members in groups:  # each group is a run of neighbouring depths
         assert np.ptp(members) == members.size - 1
+
+
+@pytest.mark.parametrize("batch", [1, 10_000])
+def test_estimates_are_the_costs_a_one_group_plan_picks_from(batch: int) -> None:
+    """What ``treecomp inspect`` prints: rule 1's whole-forest cost of each strategy; a
+    forest of one depth gets one group, the cheapest of them."""
+    from tests.test_ir import small_forest
+    from treecomp.passes import float32_thresholds
+
+    forest = float32_thresholds(small_forest())
+    depths, internal, leaves = selector.tree_shapes(forest.trees)
+    assert np.unique(depths).size == 1
+    costs = selector.estimates(forest.trees, batch=batch, device="cpu")
+    assert set(costs) == set(selector.CANDIDATES)
+    everyone = selector.shape_of(depths, internal, leaves, np.arange(depths.size))
+    assert costs == {s: cost(s, everyone, batch, "cpu") for s in selector.CANDIDATES}
+    [(chosen, _)] = plan(depths, internal, leaves, batch=batch, device="cpu")
+    assert chosen == min(costs, key=costs.__getitem__)

@@ -91,6 +91,8 @@ def _inspect(args: argparse.Namespace) -> int:
     except ImportError:
         print("strategies:  (install torch to see the selector's choices)")
         return 0
+    from strategies.selector import estimates
+
     lowered = float32_thresholds(forest)
     for target in ("torch", "onnx"):
         for device in ("cpu", "cuda"):
@@ -102,7 +104,25 @@ def _inspect(args: argparse.Namespace) -> int:
                     f"strategy:    {target:<5} {device:<4} batch {batch:>6}: "
                     f"{strategies.describe(plan, depths)}"
                 )
+                if plan[0][0] == "tree_ensemble":
+                    print("               (ONNX Runtime's tree operator: chosen wherever exact)")
+                    continue
+                costs = estimates(lowered.trees, batch=batch, device=device)
+                print("               estimates for the whole forest: " + _costs(costs))
     return 0
+
+
+def _costs(costs: dict[str, float]) -> str:
+    def text(ns: float) -> str:
+        if ns == float("inf"):
+            return "too large"
+        return next(
+            f"{ns / scale:.3g} {unit}"
+            for scale, unit in ((1e9, "s"), (1e6, "ms"), (1e3, "us"), (1.0, "ns"))
+            if ns >= scale or unit == "ns"
+        )
+
+    return ", ".join(f"{name} {text(ns)}" for name, ns in costs.items())
 
 
 def _convert(args: argparse.Namespace) -> int:
