@@ -38,7 +38,7 @@ def _is_dataframe(X: Any) -> bool:
     return hasattr(X, "columns") and hasattr(X, "dtypes") and hasattr(X, "iloc")
 
 
-def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
+def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
     ignored = [c for c in X.columns if str(c) in forest.ignored_columns]
     if ignored:  # the native predict drops them too (the caller's frame is not modified)
         X = X.drop(columns=ignored)
@@ -76,7 +76,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
                 "categorical_feature= list that differs from the category columns); pass them "
                 "as numbers (their codes)"
             )
-    out = np.empty((len(X), len(columns)), dtype=np.float64)
+    out = np.empty((len(X), len(columns)), dtype=_frame_dtype(forest, X))
     for j, name in enumerate(X.columns):
         col = X[name]
         dtype = col.dtype
@@ -86,7 +86,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
         elif known is not None and forest.category_encoding == "always":
             out[:, j] = _encode_values(_object_values(col), known)
         elif getattr(dtype, "kind", "O") in "biuf":
-            out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            out[:, j] = col.to_numpy(dtype=out.dtype, na_value=np.nan)
         elif getattr(dtype, "kind", "O") in "mM":
             raise TypeError(
                 f"column {name!r} has dtype {dtype}: dates and durations are not numbers the "
@@ -94,13 +94,29 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.float64]:
             )
         else:
             try:  # nullable extension dtypes (Int64, Float64, boolean) convert cleanly
-                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+                out[:, j] = col.to_numpy(dtype=out.dtype, na_value=np.nan)
             except (TypeError, ValueError):
                 raise TypeError(
                     f"column {name!r} has non-numeric dtype {dtype}; convert it to a number or a "
                     "pandas 'category' dtype"
                 ) from None
     return out
+
+
+# Column dtypes whose every value float32 holds exactly (NaN included).
+_FLOAT32_EXACT = frozenset(["float32", "float16", "bool", "int8", "int16", "uint8", "uint16"])
+
+
+def _frame_dtype(forest: Forest, X: Any) -> Any:
+    """The matrix a DataFrame becomes: float32 where the model reads float32 and every
+    column converts to float32 exactly (then the float64 detour would give the same values
+    at twice the memory), float64 otherwise (wide integers and float64 columns are rounded
+    once, from float64, as before; categories are codes)."""
+    if forest.input_dtype != "float32" or forest.categories is not None:
+        return np.float64
+    if all(str(dtype) in _FLOAT32_EXACT for dtype in X.dtypes):
+        return np.float32
+    return np.float64
 
 
 def _encode_values(values: npt.NDArray[Any], known: tuple[Any, ...]) -> npt.NDArray[np.float64]:
