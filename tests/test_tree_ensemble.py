@@ -224,6 +224,8 @@ def test_one_thread_sessions_walk_vector_leaves_in_small_nodes(
     rows = 2 * treecomp.onnx_export.PARALLEL_WALKS // cm.forest.n_trees
     large = np.tile(X, (-(-rows // len(X)), 1))
     assert engine._parts(len(large)) == 2
+    for n in range(1, 3 * engine._rows_per_part):  # the inline check is _parts' rule
+        assert (n < engine._serial_rows) == (engine._parts(n) == 1)
     compare_reference(cm, ref, large)
     assert engine._small_session is None
     compare_reference(cm, ref, X[:1])
