@@ -235,7 +235,7 @@ class CompiledModel:
     @_NativeMethod
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Class probabilities, shape ``(n_rows, n_classes)``."""
-        return self._proba(self._scores(X)[1])
+        return self._probabilities(*self._scores(X))
 
     @_NativeMethod
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
@@ -245,7 +245,7 @@ class CompiledModel:
     @_NativeMethod
     def score_samples(self, X: Any) -> npt.NDArray[np.float64]:
         """Anomaly score of an outlier detector (lower is more abnormal)."""
-        return self._scores(X)[1][:, 0]
+        return self._anomaly(*self._scores(X))
 
     @_NativeMethod
     def predict(self, X: Any) -> npt.NDArray[Any]:
@@ -257,8 +257,8 @@ class CompiledModel:
         method but ``apply``), the leaves once (for ``apply``). Each method must be one the
         native model has (``AttributeError`` otherwise, as for the method itself)."""
         for method in methods:
-            if method not in _DERIVED and method != "apply":
-                raise ValueError(f"unknown method {method!r}; choose from {[*_DERIVED, 'apply']}")
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
             getattr(self, method)
         prepared = self._prepare(X)
         scores = None
@@ -272,6 +272,17 @@ class CompiledModel:
                 scores = self._engine.scores(prepared)
             results[method] = _DERIVED[method](self, *scores)
         return results
+
+    # The methods computed from the scores (raw, transformed), shared with outputs().
+    def _probabilities(
+        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        return self._proba(transformed)
+
+    def _anomaly(
+        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        return transformed[:, 0]
 
     def _decision(
         self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
@@ -307,7 +318,7 @@ class CompiledModel:
 # The methods computed from the scores (raw, transformed), for CompiledModel.outputs.
 _DERIVED: dict[str, Callable[..., npt.NDArray[Any]]] = {
     "predict": CompiledModel._predict,
-    "predict_proba": lambda cm, raw, transformed: cm._proba(transformed),
+    "predict_proba": CompiledModel._probabilities,
     "decision_function": CompiledModel._decision,
-    "score_samples": lambda cm, raw, transformed: transformed[:, 0],
+    "score_samples": CompiledModel._anomaly,
 }
