@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 import treecomp
+from treecomp.bench import TimingSettings, time_calls
 
 
 def _models() -> list[tuple[str, Callable[[], Any]]]:
@@ -118,14 +119,13 @@ SPEED_ROWS = 10_000
 THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 
 
-def _median(method: Callable[[Any], Any], X: np.ndarray, budget: float = 0.3) -> float:
-    """Median seconds of ``method(X)`` over about ``budget`` seconds (3 to 200 calls)."""
-    method(X)
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget and len(times) < 200):
-        start = time.perf_counter()
-        method(X)
-        times.append(time.perf_counter() - start)
+# The benchmark's timing loop, shorter: one warm-up call, 3 to 200 timed calls, ~0.3 s.
+_TIMING = TimingSettings(warmup=1, min_runs=3, max_runs=200, budget_s=0.3, max_call_s=60.0)
+
+
+def _median(method: Callable[[Any], Any], X: np.ndarray) -> float:
+    """Median seconds of ``method(X)`` (``treecomp.bench.time_calls``)."""
+    times, _, _ = time_calls(method, [X], _TIMING)
     return float(np.median(times))
 
 
