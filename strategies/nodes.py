@@ -42,10 +42,16 @@ def take(buffer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     strategy. Under ``torch.compile`` it is the other way round: a gather becomes one load
     in the fused loop, while the flattening made inductor split the loop and divide every
     flat index back into (tree, row): 500 trees of depth 8, 10 000 rows, 1 thread, 140 ms
-    with the flat form.
+    with the flat form. The gather is spelled as an embedding lookup: inductor lowers
+    ``buffer[index]`` with a wrap of negative indices (``i < 0 ? i + size : i``) on every
+    load, a compare and a select per level of every walker, and ``embedding`` without it
+    (our indices are never negative). 500 trees of depth 8, 10 000 rows, 2 threads: 53 ms
+    with the wrap, 33 ms without (XGBoost's own predict: 34 ms).
     """
     if _compiling():
-        return buffer[index]
+        if buffer.dim() == 1:
+            return torch.nn.functional.embedding(index, buffer.unsqueeze(1)).squeeze(-1)
+        return torch.nn.functional.embedding(index, buffer)
     flat = buffer.index_select(0, index.reshape(-1))
     return flat.reshape(list(index.shape) + list(buffer.shape[1:]))
 
@@ -60,7 +66,7 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     n, width = X.shape[0], X.shape[1]
     if _compiling():  # int64 offsets: no guard on the (dynamic) batch size, and a loop index
         rows = torch.arange(n, dtype=torch.int64, device=X.device).unsqueeze(0) * width
-        return X.reshape(-1)[rows + columns]
+        return take(X.reshape(-1), rows + columns)
     if n * width < 2**31 - 1:
         rows = torch.arange(n, dtype=torch.int32, device=X.device).unsqueeze(0) * width
         return take(X.reshape(-1), rows + columns)
