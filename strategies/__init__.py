@@ -22,7 +22,7 @@ from strategies import (  # noqa: F401 (registration)
 from strategies.forest_module import ForestModule
 from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES, TARGETS
-from strategies.selector import MAX_COMPILED_GROUPS, plan, tree_shapes
+from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
@@ -115,7 +115,9 @@ def lower(
         STRATEGIES[group_name]([source[i] for i in members], members.tolist(), options)
         for group_name, members in groups
     ]
-    return ForestModule(forest, modules, dtype, fold_columns=fold_columns), groups
+    module = ForestModule(forest, modules, dtype, fold_columns=fold_columns)
+    module.compiled_block_rows = block_rows(depths, device)
+    return module, groups
 
 
 def _split_by_depth(

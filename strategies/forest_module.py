@@ -67,7 +67,8 @@ class ForestModule(torch.nn.Module):
     casts inputs, then to the module's precision. ``leaf_ids(X)`` gives the native leaf
     numbers ``(n_rows, n_trees)``. The module needs only torch to run (TorchScript-able).
 
-    Everything inside is tree-major: leaf rows and values are ``(trees, rows)`` slabs.
+    Everything inside works on row blocks and is tree-major within a block: leaf rows and
+    values are ``(blocks, trees, block_rows)`` slabs (eager: one block per row block).
 
     Attributes:
         branch_free: Build one graph for every input, as ``torch.compile`` and
@@ -75,6 +76,8 @@ class ForestModule(torch.nn.Module):
             others then always apply the missing-value rule, which is also exact), no row
             blocks, and sums written as one add per step, which the compiler fuses.
         block_rows: Rows per block of the eager traversal.
+        compiled_block_rows: Rows per block of a branch-free module; 0 walks all rows as
+            one block, tree-major (:func:`strategies.selector.block_rows`).
     """
 
     base_score: torch.Tensor
@@ -104,6 +107,7 @@ class ForestModule(torch.nn.Module):
         # 500 trees of depth 8, 10 000 rows, 1 thread: blocks of 256 to 1 000 rows took
         # 200 ms, 2 000 to 4 000 rows 230 ms, one block of 10 000 rows 355 ms.
         self.block_rows = max(256, (1 << 19) // max(1, forest.n_trees))
+        self.compiled_block_rows = 0  # set by strategies.lower (selector rule 5)
         self.has_missing_value = not math.isnan(forest.missing_value)
         self.missing_value = float(forest.missing_value)
         self.average = forest.aggregation == "average"
@@ -152,31 +156,46 @@ class ForestModule(torch.nn.Module):
         return bool(torch.isnan(X).any())
 
     def _forest_order(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """Group outputs (tree-major) concatenated, then in forest tree order."""
-        joined = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        """Group outputs ``(blocks, group trees, rows...)`` joined, in forest tree order."""
+        joined = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         if self.in_forest_order:
             return joined
-        return joined.index_select(0, self.inverse)
+        return joined.index_select(1, self.inverse)
+
+    def _blocks(self, X: torch.Tensor) -> torch.Tensor:
+        """``X`` as row blocks ``(n_blocks, block_rows, n_features)``; in a branch-free
+        module, copies of the last row fill the last block (their results are cut off)."""
+        if not self.branch_free or self.compiled_block_rows == 0:
+            return X.unsqueeze(0)
+        n = X.shape[0]
+        size = self.compiled_block_rows
+        blocks = (n + size - 1) // size
+        # Built in its final shape: reshaping the dynamic row axis into (blocks, size) makes
+        # inductor guard on the block count (a second graph for 16 rows or fewer).
+        first = torch.arange(blocks, device=X.device).unsqueeze(1) * size
+        rows = (first + torch.arange(size, device=X.device)).clamp(max=n - 1)
+        return torch.nn.functional.embedding(rows, X)
 
     def _per_tree(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
-        """Every tree's leaf values ``(trees, n, leaf_width)`` or native leaf numbers
-        (``ids``) ``(trees, n)``, in forest order.
+        """Every tree's leaf values ``(blocks, trees, block_rows, leaf_width)`` or native
+        leaf numbers (``ids``) ``(blocks, trees, block_rows)``, in forest order.
 
-        Eager kernels walk a block of rows at a time, so that each level's (trees, rows)
-        tensors stay in cache; a branch-free module walks all rows in one graph.
+        A branch-free module walks all row blocks in one graph. Eager kernels walk one block
+        of ``block_rows`` at a time (as one block), so that each level's tensors stay in
+        cache, and join the blocks' rows.
         """
         n = X.shape[0]
         if self.branch_free or n <= self.block_rows:
-            return self._lookup(X, check_missing, ids)
+            return self._lookup(self._blocks(X), check_missing, ids)
         blocks: list[torch.Tensor] = []
         for start in range(0, n, self.block_rows):
             rows = X[start : start + self.block_rows]
-            blocks.append(self._lookup(rows, check_missing, ids))
-        return torch.cat(blocks, 1)
+            blocks.append(self._lookup(rows.unsqueeze(0), check_missing, ids))
+        return torch.cat(blocks, 2)
 
     def _lookup(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
         parts: list[torch.Tensor] = []
-        for group in self.groups:  # each gives (trees, n) rows into its leaf tables
+        for group in self.groups:  # each gives (blocks, trees, rows) rows into its leaf tables
             rows = group(X, check_missing)
             table = group.leaf_id if ids else group.leaf_value
             parts.append(take(table, rows))  # type: ignore[arg-type]
@@ -185,48 +204,60 @@ class ForestModule(torch.nn.Module):
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         X = self.prepare(X)
         n = X.shape[0]
-        # Row blocks walk the trees; the sum below then runs once over all rows.
+        # Row blocks walk the trees; the sum below then runs once over all blocks.
         values = self._per_tree(X, self._check_missing(X), ids=False)
+        blocks, rows = values.shape[0], values.shape[2]
         if self.leaf_width > 1:
-            values = values.permute(0, 2, 1)
-        flat = values.reshape(self.n_trees * self.leaf_width, n)
+            values = values.permute(0, 1, 3, 2)
+        flat = values.reshape(blocks, self.n_trees * self.leaf_width, rows)
         m, k = self.steps.shape[0], self.steps.shape[1]
         if self.steps_in_order:
-            terms = flat.reshape(m, k, n)
+            terms = flat.reshape(blocks, m, k, rows)
         else:
             # A zero row pads the outputs that have fewer contributions.
-            padded = torch.cat([flat, torch.zeros((1, n), dtype=flat.dtype, device=X.device)])
-            terms = padded.index_select(0, self.steps.reshape(-1)).reshape(m, k, n)
+            zero = torch.zeros((blocks, 1, rows), dtype=flat.dtype, device=X.device)
+            padded = torch.cat([flat, zero], 1)
+            terms = padded.index_select(1, self.steps.reshape(-1)).reshape(blocks, m, k, rows)
+        base = self.base_score.unsqueeze(0).expand(blocks, k, rows)
         if self.branch_free:
-            # One (outputs, rows) slab per step, in tree order: the exact native sum, which
-            # torch.compile fuses into one loop over the rows.
-            total = torch.zeros_like(terms[0]) if self.average else self.base_score.expand(k, n)
+            # One (blocks, outputs, rows) slab per step, in tree order: the exact native
+            # sum, which torch.compile fuses into one loop over the rows.
+            total = torch.zeros_like(terms[:, 0]) if self.average else base
             for step in range(m):
-                total = total + terms[step]
+                total = total + terms[:, step]
         elif self.sequential_float32:
             # Eager: the same sum in place (a kernel per step, but no allocation per step).
-            total = torch.zeros_like(terms[0])
+            total = torch.zeros_like(terms[:, 0])
             if not self.average:
-                total.copy_(self.base_score.expand(k, n))
+                total.copy_(base)
             for step in range(m):
-                total.add_(terms[step])
+                total.add_(terms[:, step])
         elif self.average:
-            total = torch.cumsum(terms, dim=0)[m - 1].clone()
+            total = torch.cumsum(terms, dim=1)[:, m - 1].clone()
         else:
-            first = self.base_score.expand(k, n).unsqueeze(0)
-            total = torch.cumsum(torch.cat([first, terms], 0), dim=0)[m].clone()
+            total = torch.cumsum(torch.cat([base.unsqueeze(1), terms], 1), dim=1)[:, m].clone()
         if self.average:
             total = total / self.divisor + self.base_score
         # The scans are cloned above and this is a copy: the result owns its memory, so
         # chunks of a big input do not keep their scratch tensors alive.
-        raw = total.t().contiguous()
+        raw = self._rows(total, n)
         return raw, post_transform(self.kind, self.scale, raw)
+
+    def _rows(self, by_block: torch.Tensor, n: int) -> torch.Tensor:
+        """``(blocks, columns, block_rows)`` as ``(n, columns)``, a copy of its own."""
+        if not self.branch_free or self.compiled_block_rows == 0:  # one block
+            return by_block[0].t().contiguous()
+        # A gather rather than a reshape of the blocks into the dynamic row axis (which
+        # makes inductor guard on the block count, see _blocks).
+        rows = torch.arange(n, device=by_block.device)
+        size = self.compiled_block_rows
+        return by_block[rows // size, :, rows % size]
 
     @torch.jit.export
     def leaf_ids(self, X: torch.Tensor) -> torch.Tensor:
         """Native leaf numbers reached in every tree, ``(n_rows, n_trees)`` int64."""
         X = self.prepare(X)
-        return self._per_tree(X, self._check_missing(X), ids=True).t().contiguous()
+        return self._rows(self._per_tree(X, self._check_missing(X), ids=True), X.shape[0])
 
 
 def contribution_order(forest: Forest) -> np.ndarray:

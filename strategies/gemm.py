@@ -135,11 +135,14 @@ class GEMM(TreeGroup):
             self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        x = X.index_select(1, self.feature.narrow(0, 0, self.node_base))  # (n, trees * internal)
+        blocks, n = X.shape[0], X.shape[1]
+        flat = X.reshape(blocks * n, X.shape[2])
+        x = flat.index_select(1, self.feature.narrow(0, 0, self.node_base))  # (rows, nodes)
         tests = self.decide(x, self.positions, check_missing)
-        tests = tests.to(torch.float32).reshape(X.shape[0], self.n_trees, self.n_internal)
-        reached = torch.bmm(tests.transpose(0, 1), self.path) == self.lefts  # (trees, n, leaves)
+        tests = tests.to(torch.float32).reshape(blocks * n, self.n_trees, self.n_internal)
+        reached = torch.bmm(tests.transpose(0, 1), self.path) == self.lefts  # (trees, rows, leaves)
         rows = (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
+        rows = rows.reshape(self.n_trees, blocks, n).permute(1, 0, 2)  # a view for one block
         if self.rest == 0:
             return rows
         return self.walk_child_pointers(X, take(self.below, rows), check_missing)

@@ -57,20 +57,22 @@ def take(buffer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """``X[row, columns[j, row]]`` for int32 ``columns`` of shape ``(k, rows)`` (tree-major).
+    """``X[i, b, columns[i, j, b]]`` for ``X`` of row blocks ``(blocks, rows, features)`` and
+    int32 ``columns`` of shape ``(blocks, k, rows)`` (tree-major within a block).
 
     An ``index_select`` on the flattened input with int32 offsets: half the memory traffic
     of int64 and ``torch.gather``'s int64-only indices. Inputs too large for int32 offsets
     (never a chunk of the default size) fall back to ``gather``.
     """
-    n, width = X.shape[0], X.shape[1]
-    if _compiling():  # int64 offsets: no guard on the (dynamic) batch size, and a loop index
-        rows = torch.arange(n, dtype=torch.int64, device=X.device).unsqueeze(0) * width
-        return take(X.reshape(-1), rows + columns)
-    if n * width < 2**31 - 1:
-        rows = torch.arange(n, dtype=torch.int32, device=X.device).unsqueeze(0) * width
-        return take(X.reshape(-1), rows + columns)
-    return torch.gather(X.t(), 0, columns.to(torch.int64))
+    if _compiling():
+        # A gather keeps X's own indexing (a flattened X would be divided back into block,
+        # row and column in every load) and lowers without a wrap of negative indices.
+        return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
+    blocks, n, width = X.shape[0], X.shape[1], X.shape[2]
+    if blocks * n * width < 2**31 - 1:
+        rows = torch.arange(blocks * n, dtype=torch.int32, device=X.device) * width
+        return take(X.reshape(-1), rows.reshape(blocks, 1, n) + columns)
+    return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
 
 
 def fold_missing(
@@ -279,12 +281,12 @@ class GroupOptions:
 class TreeGroup(torch.nn.Module):
     """Base of every strategy's module: a group of trees mapped to rows of a leaf table.
 
-    ``forward(X)`` returns ``(n_trees_in_group, n_rows)`` int32 indices into ``leaf_value``
-    (float64 ``(n_leaf_rows, leaf_width)``) and ``leaf_id`` (native leaf numbers);
-    ``columns`` holds each tree's position in the forest. Tree-major: the walkers of one
-    tree sit side by side, so a compiled kernel walks one tree's nodes (a few KiB, in L1)
-    for a run of rows, and the leaf values of one tree are one contiguous slab for the
-    sequential sum.
+    ``forward(X)`` takes row blocks ``(n_blocks, block_rows, n_features)`` and returns
+    ``(n_blocks, n_trees_in_group, block_rows)`` int32 indices into ``leaf_value`` (float64
+    ``(n_leaf_rows, leaf_width)``) and ``leaf_id`` (native leaf numbers); ``columns`` holds
+    each tree's position in the forest. Tree-major within a block: the walkers of one tree
+    sit side by side, so a kernel walks one tree's nodes (a few KiB, in L1) for a run of
+    rows whose inputs (a block of a few KiB) stay in L1 for every tree.
     """
 
     feature: torch.Tensor
@@ -339,7 +341,7 @@ class TreeGroup(torch.nn.Module):
         self.register_buffer("leaf_id", tensor(leaf_id))
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        """Leaf rows ``(n_trees_in_group, n_rows)`` for inputs ``X``."""
+        """Leaf rows ``(n_blocks, n_trees_in_group, block_rows)`` for row blocks ``X``."""
         raise NotImplementedError
 
     def walk_child_pointers(

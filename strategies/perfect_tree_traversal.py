@@ -109,18 +109,24 @@ class PerfectTreeTraversal(TreeGroup):
             self.set_leaves(values[level.reshape(-1)], leaf_ids[level.reshape(-1)])
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        index = torch.zeros((self.n_trees, X.shape[0]), dtype=torch.int32, device=X.device)
+        shape = [X.shape[0], self.n_trees, X.shape[1]]
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
+        # Positions within each tree's level, built from the first level's tests rather
+        # than from zeros: inductor's removal of "+ 0" compares the operands' shapes, which
+        # guards on the block count (a recompile when it equals a group's tree count).
+        index = trees.expand(shape) * 0 if self.depth == 0 else trees.expand(shape)
         for d in range(self.depth):
             # Level d holds tree t's block at level_base[d] + t * 2**d.
-            pos = index + (trees * (1 << d) + self.level_base[d])
+            offset = trees * (1 << d) + self.level_base[d]
+            pos = offset.expand(shape) if d == 0 else index + offset
             x = feature_values(X, take(self.feature, pos))
             right = self.goes_right(x, pos, check_missing)
-            index = index * 2 + right  # the bool promotes inside the one kernel
+            # The bool promotes inside the one kernel.
+            index = right.to(torch.int32) if d == 0 else index * 2 + right
+        slot = index + trees * (1 << self.depth)
         if self.rest == 0:
-            return index + trees * (1 << self.depth)
-        node = take(self.below, index + trees * (1 << self.depth))
-        return self.walk_child_pointers(X, node, check_missing)
+            return slot
+        return self.walk_child_pointers(X, take(self.below, slot), check_missing)
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs

@@ -48,7 +48,7 @@ class TreeTraversal(TreeGroup):
         )
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        node = self.roots.unsqueeze(1).expand(-1, X.shape[0])
+        node = self.roots.unsqueeze(1).expand(X.shape[0], -1, X.shape[1])
         for _ in range(self.depth):
             x = feature_values(X, take(self.feature, node))
             right = self.goes_right(x, node, check_missing)

@@ -121,6 +121,16 @@ def test_compiled_plans_have_few_groups() -> None:
         assert np.ptp(members) == members.size - 1
 
 
+def test_branch_free_modules_walk_shallow_forests_in_row_blocks() -> None:
+    """Rule 5: row blocks on the CPU up to MAX_BLOCKED_DEPTH; deeper or CUDA: tree-major."""
+    from strategies.selector import BLOCK_ROWS, MAX_BLOCKED_DEPTH, block_rows
+
+    assert block_rows(np.array([3, MAX_BLOCKED_DEPTH]), "cpu") == BLOCK_ROWS
+    assert block_rows(np.array([3, MAX_BLOCKED_DEPTH + 1]), "cpu") == 0
+    assert block_rows(np.array([3]), "cuda") == 0
+    assert block_rows(np.zeros(0, dtype=np.int64), "cpu") == 0
+
+
 @pytest.mark.parametrize("batch", [1, 10_000])
 def test_estimates_are_the_costs_a_one_group_plan_picks_from(batch: int) -> None:
     """What ``treecomp inspect`` prints: rule 1's whole-forest cost of each strategy; a

@@ -29,6 +29,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
         "(or use backend='numpy')"
     ) from exc
 
+import torch.fx.experimental._config as fx_config
+
 import strategies
 from treecomp.batching import rows_per_chunk, score_in_chunks
 
@@ -120,11 +122,13 @@ def _own_code(method: Any) -> Any:
 class CompiledForward:
     """``torch.compile`` of a branch-free :class:`strategies.ForestModule` method.
 
-    One graph serves every batch size: the batch axis is marked dynamic from 2 rows up, and
-    a single row is scored as two (0 and 1 are sizes the compiler specialises, and a second
-    compile would cost as much as the first). Inputs are cast to the module's input dtype,
-    so mixed float32/float64 callers share the graph too. Inductor's on-disk cache (under
-    the user's cache directory) makes the same model compile fast in a new process.
+    One graph serves every batch size from 1 row up: the batch axis is marked dynamic, and
+    the first call (the warm-up) traces with size-oblivious reasoning, so that the compiler
+    neither specialises 1 (or, on the blocks of a branch-free module, one block) nor guards
+    on it: without it, 16 rows or fewer took a second compile, as long as the first. Inputs
+    are cast to the module's input dtype, so mixed float32/float64 callers share the graph
+    too. Inductor's on-disk cache (under the user's cache directory) makes the same model
+    compile fast in a new process.
     """
 
     def __init__(self, method: Any, dtype: torch.dtype) -> None:
@@ -132,21 +136,20 @@ class CompiledForward:
             _own_code(method), fullgraph=True, options=dict(INDUCTOR_OPTIONS)
         )
         self.dtype = dtype
+        self.traced = False
 
     def __call__(self, X: torch.Tensor) -> Any:
-        n = X.shape[0]
         X = X.to(self.dtype).contiguous()
         if not X.is_inference():  # one kind of tensor, one graph: guards check which
             X = X.clone()
-        if n == 1:
-            X = torch.cat([X, X])
-        elif n >= 2:
-            torch._dynamo.mark_dynamic(X, 0)
+        torch._dynamo.mark_dynamic(X, 0)
         with torch.inference_mode():
-            out = self.compiled(X)
-        if n == 1:
-            return tuple(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
-        return out
+            if self.traced:
+                return self.compiled(X)
+            with fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
+                out = self.compiled(X)
+            self.traced = True
+            return out
 
 
 class PT2Module(torch.nn.Module):
@@ -242,7 +245,7 @@ class TorchEngine:
         previous = module.branch_free
         module.branch_free = True
         try:
-            with torch.no_grad():
+            with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
                 program = torch.export.export(
                     exported, (example.to(self.device),), dynamic_shapes=({0: batch},)
                 )
