@@ -50,8 +50,8 @@ def lower(
         dtype: Precision of comparisons and sums.
         batch_size: Expected rows per call, for the cost model.
         device: ``"cpu"`` or ``"cuda"``, for the cost model.
-        compiled: Plan for ``torch.compile``: one group per tree depth, so that shallow
-            trees stop walking early, costed for fused execution (see
+        compiled: Plan for compiled code (AOTInductor): one group per tree depth, so
+            that shallow trees stop walking early, costed for fused execution (see
             :func:`strategies.selector.plan`). Each group is one more loop: worth it when a
             compiler fuses every group's levels, not in eager mode. 200
             HistGradientBoosting trees of depth 7 to 16, 10 000 rows, compiled, 1 thread:

@@ -84,6 +84,7 @@ class ForestModule(torch.nn.Module):
     divisor: torch.Tensor
     steps: torch.Tensor
     inverse: torch.Tensor
+    leaf_columns: torch.Tensor
 
     def __init__(
         self,
@@ -137,6 +138,8 @@ class ForestModule(torch.nn.Module):
         columns = np.concatenate([g.columns.numpy() for g in groups])
         self.in_forest_order = bool(np.array_equal(columns, np.arange(columns.size)))
         self.register_buffer("inverse", tensor(np.argsort(columns).astype(np.int64)))
+        columns_of_leaf = np.arange(self.leaf_width, dtype=np.int32).reshape(1, 1, -1, 1)
+        self.register_buffer("leaf_columns", tensor(columns_of_leaf))
 
     def prepare(self, X: torch.Tensor) -> torch.Tensor:
         """Cast as the native library does, then to this module's precision."""
@@ -177,8 +180,9 @@ class ForestModule(torch.nn.Module):
         return torch.nn.functional.embedding(rows, X)
 
     def _per_tree(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
-        """Every tree's leaf values ``(blocks, trees, block_rows, leaf_width)`` or native
-        leaf numbers (``ids``) ``(blocks, trees, block_rows)``, in forest order.
+        """Every tree's leaf values ``(blocks, trees, leaf_width, block_rows)`` (no width
+        axis for scalar leaves) or native leaf numbers (``ids``) ``(blocks, trees,
+        block_rows)``, in forest order.
 
         A branch-free module walks all row blocks in one graph. Eager kernels walk one block
         of ``block_rows`` at a time (as one block), so that each level's tensors stay in
@@ -197,8 +201,16 @@ class ForestModule(torch.nn.Module):
         parts: list[torch.Tensor] = []
         for group in self.groups:  # each gives (blocks, trees, rows) rows into its leaf tables
             rows = group(X, check_missing)
-            table = group.leaf_id if ids else group.leaf_value
-            parts.append(take(table, rows))  # type: ignore[arg-type]
+            if ids:
+                parts.append(take(group.leaf_id, rows))  # type: ignore[arg-type]
+            elif self.leaf_width == 1:
+                parts.append(take(group.leaf_value.reshape(-1), rows))  # type: ignore[operator]
+            else:
+                # Gathered straight into (blocks, trees, width, rows): a permute of the rows
+                # to the last axis would then reshape as a view only for one row, which a
+                # dynamic batch axis cannot guard on (torch.export refuses it).
+                slots = rows.unsqueeze(2) * self.leaf_width + self.leaf_columns
+                parts.append(take(group.leaf_value.reshape(-1), slots))  # type: ignore[operator]
         return self._forest_order(parts)
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,9 +218,7 @@ class ForestModule(torch.nn.Module):
         n = X.shape[0]
         # Row blocks walk the trees; the sum below then runs once over all blocks.
         values = self._per_tree(X, self._check_missing(X), ids=False)
-        blocks, rows = values.shape[0], values.shape[2]
-        if self.leaf_width > 1:
-            values = values.permute(0, 1, 3, 2)
+        blocks, rows = values.shape[0], values.shape[-1]
         flat = values.reshape(blocks, self.n_trees * self.leaf_width, rows)
         m, k = self.steps.shape[0], self.steps.shape[1]
         if self.steps_in_order:
@@ -221,7 +231,7 @@ class ForestModule(torch.nn.Module):
         base = self.base_score.unsqueeze(0).expand(blocks, k, rows)
         if self.branch_free:
             # One (blocks, outputs, rows) slab per step, in tree order: the exact native
-            # sum, which torch.compile fuses into one loop over the rows.
+            # sum, which inductor fuses into one loop over the rows.
             total = torch.zeros_like(terms[:, 0]) if self.average else base
             for step in range(m):
                 total = total + terms[:, step]
@@ -245,12 +255,15 @@ class ForestModule(torch.nn.Module):
 
     def _rows(self, by_block: torch.Tensor, n: int) -> torch.Tensor:
         """``(blocks, columns, block_rows)`` as ``(n, columns)``, a copy of its own."""
-        if not self.branch_free or self.compiled_block_rows == 0:  # one block
+        if not self.branch_free:  # one block
             return by_block[0].t().contiguous()
-        # A gather rather than a reshape of the blocks into the dynamic row axis (which
-        # makes inductor guard on the block count, see _blocks).
+        # A gather rather than a transpose (whose copy checks for one row) or a reshape of
+        # the blocks into the dynamic row axis (which guards on the block count): a graph
+        # for every batch size must not look at either.
         rows = torch.arange(n, device=by_block.device)
         size = self.compiled_block_rows
+        if size == 0:
+            return by_block[torch.zeros_like(rows), :, rows]
         return by_block[rows // size, :, rows % size]
 
     @torch.jit.export

@@ -40,23 +40,42 @@ def test_compiled_matches_native_and_reference(name: str, strategy: str) -> None
         compare_reference(cm, ref, X)
 
 
-def test_one_graph_serves_every_batch_size() -> None:
-    from torch._dynamo.utils import counters
+def test_one_package_serves_every_batch_size_and_every_process() -> None:
+    from treecomp.torch_backend import package_dir
 
     model, X_test = fitted("xgboost_multiclass")
     cm = treecomp.convert(model, "torch", compile=True)
+    packages = set(package_dir().glob("*.pt2"))
+    assert packages
     X = np.array(X_test, dtype=np.float64)
-    cm.predict_proba(X[:5])  # compiled at convert: this call must not compile again
-    graphs = counters["stats"]["unique_graphs"]
     assert cm._engine.lowered.compiled_block_rows == 8  # shallow: walked in row blocks
     # Sizes around the row blocks, and 75 rows: 10 blocks, as many as the first depth group
-    # has trees (where inductor's "+ 0" removal once guarded, compiling a second graph).
+    # has trees (where inductor's "+ 0" removal once guarded on the block count).
     for n in (1, 2, 3, 7, 8, 9, 17, len(X)):
         assert_equal(cm.predict(X[:n]), model.predict(X[:n]))
     assert cm.predict_proba(X[:0]).shape == (0, 3)
     tensor = torch.from_numpy(X[:9]).to(torch.float32)  # a float32 tensor, not inference mode
     assert_close(cm.predict_proba(tensor), model.predict_proba(X[:9]), "xgboost_float32")
-    assert counters["stats"]["unique_graphs"] == graphs
+    # The same model again (as in a new process): its package is loaded, not rebuilt.
+    again = treecomp.convert(model, "torch", compile=True)
+    assert set(package_dir().glob("*.pt2")) == packages
+    assert_equal(again.predict(X), model.predict(X))
+
+
+def test_tree_major_compiled_forest_with_vector_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deep forests walk tree-major (one block of every row); averaged vector leaves and
+    one-row calls went through reshapes that torch.export refused for a dynamic axis."""
+    import strategies
+
+    monkeypatch.setattr(strategies, "block_rows", lambda depths, device: 0)
+    model, X_test = fitted("sklearn_rf")
+    cm = treecomp.convert(model, "torch", compile=True)
+    assert cm._engine.lowered.compiled_block_rows == 0
+    ref = treecomp.convert(model, "numpy")
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+        compare_reference(cm, ref, X)
+    assert_equal(cm.apply(X_test[:1]), model.apply(X_test[:1]))
 
 
 def test_compile_needs_a_cpp_compiler() -> None:

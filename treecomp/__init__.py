@@ -67,9 +67,10 @@ def convert(
             ``"cuda"``, ``"cuda:1"`` or a ``torch.device``), ``batch_size`` (rows per chunk;
             also the batch the strategy selector plans for), ``n_threads`` (CPU threads),
             ``progress`` (a tqdm bar over chunks) and ``compile`` (``backend="torch"``
-            only: run the lowered module through ``torch.compile``, C++/OpenMP on the CPU
-            and Triton on CUDA; the first compile of a large forest takes seconds to tens
-            of seconds, cached on disk for later processes).
+            only: compile the lowered module ahead of time with ``torch.export`` and
+            AOTInductor, C++/OpenMP on the CPU and Triton on CUDA; the first compile of a
+            large forest takes seconds to tens of seconds, and the package is kept on disk,
+            so later processes load it in milliseconds).
 
     Returns:
         A :class:`CompiledModel` with the native model's prediction methods.

@@ -144,7 +144,7 @@ def _no_compile(backend: str, options: dict[str, Any]) -> None:
     """Drop ``compile=False``; refuse ``compile=True`` on a backend that cannot honour it."""
     if options.pop("compile", False) is not False:
         raise ValueError(
-            f"compile=True applies to backend='torch' (torch.compile); the {backend!r} "
+            f"compile=True applies to backend='torch' (AOTInductor); the {backend!r} "
             "backend does not compile: drop compile=, or use backend='torch'"
         )
 

@@ -11,10 +11,11 @@ How a run goes:
    with 10 % NaN), pickles them to a temporary directory with held-out rows and the native
    model's outputs on those rows (computed once, saved as ``.npy``).
 2. For each model and system, a worker (``python -m treecomp.bench --worker JOB``) loads the
-   model, converts it (``convert_s``; for compiled systems including the first call, which
-   is when ``torch.compile`` compiles), then for each batch size warms up, times at least
-   ``--min-runs`` calls and keeps the median, and compares its outputs with the native ones
-   (probabilities of classifiers, predictions of regressors; labels of classifiers).
+   model, converts it (``convert_s``; for compiled systems including the first call, and
+   the AOTInductor compile or the load of its cached package), then for each batch size
+   warms up, times at least ``--min-runs`` calls and keeps the median, and compares its
+   outputs with the native ones (probabilities of classifiers, predictions of regressors;
+   labels of classifiers).
    Every worker gets the same threads: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in its
    environment, and each library's own knob (``torch.set_num_threads``, XGBoost
    ``n_jobs``, LightGBM ``n_jobs``, ONNX Runtime ``intra_op_num_threads``, sklearn
@@ -69,7 +70,7 @@ DEFAULT_SYSTEMS = (
     "treecomp-torchscript-auto",
     "treecomp-onnx-auto",
 )
-# --quick leaves out torch.compile, whose compile time alone would exceed the quick budget.
+# --quick leaves out compile=True, whose compile time alone would exceed the quick budget.
 QUICK_SYSTEMS = ("native", "onnxml", "hummingbird", "treecomp-torch-auto", "treecomp-onnx-auto")
 DEFAULT_BATCH_SIZES = (1, 1_000, 10_000, 100_000)
 QUICK_BATCH_SIZES = (1, 1_000, 10_000)
@@ -713,7 +714,7 @@ def run_worker(job: Mapping[str, Any]) -> dict[str, Any]:
             threads=settings.threads,
             n_features=X_all.shape[1],
         )
-        if system.compiled:  # torch.compile compiles on the first call: count it here
+        if system.compiled:  # the first call of a compiled system: count it here too
             runner.scores(X_all[: min(batches)])
         if system.kind != "native":  # nothing to convert: native's own model runs
             result["convert_s"] = time.perf_counter() - start

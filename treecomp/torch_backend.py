@@ -9,9 +9,12 @@ moved to its device; inputs are scored in chunks so that memory stays bounded.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import types
+import hashlib
+import logging
+import os
+import platform
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +75,7 @@ def _bytes_per_row(module: strategies.ForestModule, dtype_bytes: int) -> int:
 
 
 def check_compiler(device: torch.device) -> None:
-    """Raise a clear error when ``torch.compile`` cannot generate code for ``device``."""
+    """Raise a clear error when inductor cannot generate code for ``device``."""
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
@@ -88,7 +91,7 @@ def check_compiler(device: torch.device) -> None:
         cpp_builder.get_cpp_compiler()
     except Exception as exc:  # InvalidCxxCompiler, or a broken compiler
         raise RuntimeError(
-            "compile=True on the CPU needs a C++ compiler for torch.compile (g++, or the one "
+            "compile=True on the CPU needs a C++ compiler for inductor (g++, or the one "
             f"named by the CXX environment variable), and none works here ({exc!s:.200}); "
             "install one, or use compile=False"
         ) from None
@@ -102,69 +105,127 @@ INDUCTOR_OPTIONS: dict[str, Any] = {
     "assert_indirect_indexing": False,
     "cpp.simdlen": 1,
 }
-_copies = itertools.count()
 WARM_UP_ROWS = 4096
 
 
-def _own_code(method: Any) -> Any:
-    """``method`` bound to a copy of its function with a code object of its own.
-
-    Dynamo keeps compiled graphs on the code object of the compiled frame: every
-    ``ForestModule`` would share ``ForestModule.forward``'s entries, and a process holding
-    more than ``recompile_limit`` (8) compiled models would silently fall back to eager.
-    """
-    fn = method.__func__
-    code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_copies)}")
-    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-    return types.MethodType(copy, method.__self__)
-
-
-class CompiledForward:
-    """``torch.compile`` of a branch-free :class:`strategies.ForestModule` method.
-
-    One graph serves every batch size from 1 row up: the batch axis is marked dynamic, and
-    the first call (the warm-up) traces with size-oblivious reasoning, so that the compiler
-    neither specialises 1 (or, on the blocks of a branch-free module, one block) nor guards
-    on it: without it, 16 rows or fewer took a second compile, as long as the first. Inputs
-    are cast to the module's input dtype, so mixed float32/float64 callers share the graph
-    too. Inductor's on-disk cache (under the user's cache directory) makes the same model
-    compile fast in a new process.
-    """
-
-    def __init__(self, method: Any, dtype: torch.dtype) -> None:
-        self.compiled = torch.compile(
-            _own_code(method), fullgraph=True, options=dict(INDUCTOR_OPTIONS)
-        )
-        self.dtype = dtype
-        self.traced = False
-
-    def __call__(self, X: torch.Tensor) -> Any:
-        X = X.to(self.dtype).contiguous()
-        if not X.is_inference():  # one kind of tensor, one graph: guards check which
-            X = X.clone()
-        torch._dynamo.mark_dynamic(X, 0)
-        with torch.inference_mode():
-            if self.traced:
-                return self.compiled(X)
-            with fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
-                out = self.compiled(X)
-            self.traced = True
-            return out
-
-
 class PT2Module(torch.nn.Module):
-    """What a ``.pt2`` package runs: ``X -> (raw, transformed[, leaf_ids])``."""
+    """What a ``.pt2`` package runs: ``X -> (raw, transformed[, leaf_ids])`` or, with
+    ``outputs="leaf_ids"``, ``X -> (leaf_ids,)``."""
 
-    def __init__(self, module: strategies.ForestModule, leaf_indices: bool) -> None:
+    def __init__(self, module: strategies.ForestModule, outputs: str) -> None:
         super().__init__()
         self.forest = module
-        self.leaf_indices = leaf_indices
+        self.outputs = outputs
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.outputs == "leaf_ids":
+            return (self.forest.leaf_ids(X),)
         raw, transformed = self.forest(X)
-        if self.leaf_indices:
+        if self.outputs == "both":
             return raw, transformed, self.forest.leaf_ids(X)
         return raw, transformed
+
+
+def _package_key(module: strategies.ForestModule, outputs: str, device: torch.device) -> str:
+    """What a cached package depends on: the lowering's code, every buffer and setting of
+    the module, torch, the inductor options, the device and the CPU's instruction set."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve()
+    sources = [*sorted(Path(strategies.__file__).resolve().parent.glob("*.py")), here]
+    sources.append(here.parent / "ir.py")
+    for source in sources:
+        digest.update(source.read_bytes())
+    facts = [
+        torch.__version__,
+        repr(sorted(INDUCTOR_OPTIONS.items())),
+        outputs,
+        device.type,
+        platform.machine(),
+        torch.backends.cpu.get_cpu_capability(),
+    ]
+    for name, sub in module.named_modules():
+        settings = sorted(
+            (key, repr(value)) for key, value in vars(sub).items() if not key.startswith("_")
+        )
+        facts.append(f"{name} {type(sub).__name__} {settings}")
+    digest.update(repr(facts).encode())
+    for name, buffer in module.state_dict().items():
+        digest.update(f"{name} {buffer.dtype} {tuple(buffer.shape)}".encode())
+        digest.update(buffer.detach().cpu().numpy().tobytes())  # C order, any strides
+    return digest.hexdigest()[:32]
+
+
+def package_dir() -> Path:
+    """Where compiled packages are kept: ``treecomp_packages`` in inductor's cache
+    directory (``TORCHINDUCTOR_CACHE_DIR``, by default under the temporary directory)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / "treecomp_packages"
+
+
+class PackagedForward:
+    """A branch-free :class:`strategies.ForestModule` compiled ahead of time by
+    ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
+    AOTInductor's runner.
+
+    The package is built once per model (keyed by :func:`_package_key`); a process that
+    converts the same model again loads it in milliseconds, where ``torch.compile`` traced
+    the module again on every start (7 to 9 s for 500 trees, most of it Dynamo's tracing
+    of the 500-step sum). The batch axis is dynamic from 1 row up, and the runner skips
+    Dynamo's guards on every call.
+    """
+
+    def __init__(self, module: strategies.ForestModule, outputs: str, device: torch.device) -> None:
+        self.dtype = module.input_dtype
+        path = package_dir() / f"{_package_key(module, outputs, device)}.pt2"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+            try:
+                export_package(module, partial, outputs, device)
+                os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
+            finally:
+                partial.unlink(missing_ok=True)
+        # The runner warns that the package's instruction set differs from the one this
+        # process detected (we compile scalar code on purpose: INDUCTOR_OPTIONS).
+        logger = logging.getLogger("torch.export.pt2_archive._package")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            self.runner = torch._inductor.aoti_load_package(str(path))
+        finally:
+            logger.setLevel(level)
+
+    def __call__(self, X: torch.Tensor) -> Any:
+        out = self.runner(X.to(self.dtype).contiguous())
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def export_package(
+    module: strategies.ForestModule, path: Any, outputs: str, device: torch.device
+) -> None:
+    """Write a ``torch.export`` + AOTInductor package of ``module`` (see :class:`PT2Module`).
+
+    The export traces with size-oblivious reasoning, so that neither 1 row nor one block of
+    rows specialises: one package serves every batch size.
+    """
+    exported = PT2Module(module, outputs)
+    example = torch.zeros((WARM_UP_ROWS, module.n_features), dtype=module.input_dtype)
+    batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
+    previous = module.branch_free
+    module.branch_free = True
+    try:
+        with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
+            program = torch.export.export(
+                exported, (example.to(device),), dynamic_shapes=({0: batch},)
+            )
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(path),
+                inductor_configs=dict(INDUCTOR_OPTIONS),  # it adds its own keys
+            )
+    finally:
+        module.branch_free = previous
 
 
 class TorchEngine:
@@ -217,52 +278,36 @@ class TorchEngine:
         self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
         if compile:
             self.strategy += " [compiled]"
-            self._forward = CompiledForward(module.forward, module.input_dtype)
-            self._warm_up(self._forward)
+            self._forward = self._package("scores")
 
-    def _warm_up(self, fn: Callable[[torch.Tensor], Any]) -> None:
-        """Compile now (rather than at the first call), naming what failed if it does."""
-        # The example's size is the compiler's hint for the dynamic batch axis: with 2 rows it
-        # judged the loops too small for OpenMP and emitted serial code (2 threads ran as 1).
-        example = torch.zeros((WARM_UP_ROWS, self.forest.n_features), device=self.device)
+    def _package(self, outputs: str) -> PackagedForward:
+        """The compiled package of the module (built now, or loaded from disk), naming what
+        failed if it cannot be built."""
         try:
-            with torch.inference_mode(), self._threads():
-                fn(example)
+            with self._threads():
+                return PackagedForward(self.lowered, outputs, self.device)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise RuntimeError(
-                f"torch.compile could not compile this forest ({type(exc).__name__}: "
-                f"{first:.300}); use compile=False"
+                f"torch.export/AOTInductor could not compile this forest "
+                f"({type(exc).__name__}: {first:.300}); use compile=False"
             ) from exc
 
     def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
         """Write a ``torch.export`` + AOTInductor package of the forest (see the container)."""
         check_compiler(self.device)
-        module = self.lowered
-        exported = PT2Module(module, leaf_indices)
-        example = torch.zeros((WARM_UP_ROWS, self.forest.n_features), dtype=module.input_dtype)
-        batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
-        previous = module.branch_free
-        module.branch_free = True
-        try:
-            with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
-                program = torch.export.export(
-                    exported, (example.to(self.device),), dynamic_shapes=({0: batch},)
-                )
-                torch._inductor.aoti_compile_and_package(
-                    program,
-                    package_path=str(path),
-                    inductor_configs=INDUCTOR_OPTIONS,
-                )
-        finally:
-            module.branch_free = previous
+        export_package(self.lowered, path, "both" if leaf_indices else "scores", self.device)
 
     def to(self, device: Any) -> None:
         device = resolve_device(device)
-        if self.compiled and device != self.device:
+        moved = device != self.device
+        if self.compiled and moved:
             check_compiler(device)
         self.device = device
         self.module.to(self.device)
+        if self.compiled and moved:  # packages are compiled for one device
+            self._forward = self._package("scores")
+            self._leaf_ids = None
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
@@ -301,9 +346,7 @@ class TorchEngine:
         fn = module.leaf_ids
         if self.compiled:
             if self._leaf_ids is None:  # compiled at the first apply(), not every convert
-                compiled = CompiledForward(module.leaf_ids, module.input_dtype)
-                self._warm_up(compiled)
-                self._leaf_ids = compiled
+                self._leaf_ids = self._package("leaf_ids")
             fn = self._leaf_ids
         (ids,) = self._run(X, fn, [self.forest.n_trees], np.int64)
         return ids
