@@ -62,6 +62,21 @@ def test_one_package_serves_every_batch_size_and_every_process() -> None:
     assert_equal(again.predict(X), model.predict(X))
 
 
+def test_package_cache_drops_the_least_recently_used(tmp_path: Path) -> None:
+    import os
+
+    from treecomp.torch_backend import trim_packages
+
+    for age, name in enumerate(["new", "mid", "old", "kept"]):
+        path = tmp_path / f"{name}.pt2"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1e9 - age * 1000, 1e9 - age * 1000))
+    (tmp_path / "w.123.partial.pt2").write_bytes(b"x" * 100)  # another process writing
+    trim_packages(tmp_path, keep=tmp_path / "kept.pt2", limit=250)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["kept.pt2", "new.pt2", "w.123.partial.pt2"]
+
+
 def test_tree_major_compiled_forest_with_vector_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
     """Deep forests walk tree-major (one block of every row); averaged vector leaves and
     one-row calls went through reshapes that torch.export refused for a dynamic axis."""

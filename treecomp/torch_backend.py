@@ -163,6 +163,32 @@ def package_dir() -> Path:
     return Path(cache_dir()) / "treecomp_packages"
 
 
+# Compiled packages kept on disk, least recently used deleted first past this many bytes.
+MAX_PACKAGE_BYTES = 2 << 30
+
+
+def trim_packages(directory: Path, keep: Path, limit: int = MAX_PACKAGE_BYTES) -> None:
+    """Delete the least recently used packages in ``directory`` (by modification time,
+    which a load refreshes) until they hold at most ``limit`` bytes; never ``keep``, nor a
+    package another process is still writing."""
+    entries = []
+    for path in directory.glob("*.pt2"):
+        if ".partial." in path.name:
+            continue
+        try:
+            status = path.stat()
+        except FileNotFoundError:  # deleted meanwhile by another process
+            continue
+        entries.append((status.st_mtime, status.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries):
+        if total <= limit:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
+
+
 class PackagedForward:
     """A branch-free :class:`strategies.ForestModule` compiled ahead of time by
     ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
@@ -186,6 +212,9 @@ class PackagedForward:
                 os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
             finally:
                 partial.unlink(missing_ok=True)
+            trim_packages(path.parent, keep=path)
+        else:
+            os.utime(path)  # used now: the last to be trimmed
         # The runner warns that the package's instruction set differs from the one this
         # process detected (we compile scalar code on purpose: INDUCTOR_OPTIONS).
         logger = logging.getLogger("torch.export.pt2_archive._package")
