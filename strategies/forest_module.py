@@ -73,8 +73,10 @@ class ForestModule(torch.nn.Module):
     Attributes:
         branch_free: Build one graph for every input, as ``torch.compile`` and
             ``torch.export`` need: no look at the data (folded forests never need one; the
-            others then always apply the missing-value rule, which is also exact), no row
-            blocks, and sums written as one add per step, which the compiler fuses.
+            others then always apply the missing-value rule, which is also exact), no
+            Python loop over row blocks (rows walk in ``compiled_block_rows`` blocks
+            inside the graph), and sums written as one add per step, which the compiler
+            fuses.
         block_rows: Rows per block of the eager traversal.
         compiled_block_rows: Rows per block of a branch-free module; 0 walks all rows as
             one block, tree-major (:func:`strategies.selector.block_rows`).
@@ -173,8 +175,8 @@ class ForestModule(torch.nn.Module):
         n = X.shape[0]
         size = self.compiled_block_rows
         blocks = (n + size - 1) // size
-        # Built in its final shape: reshaping the dynamic row axis into (blocks, size) makes
-        # inductor guard on the block count (a second graph for 16 rows or fewer).
+        # Built in its final shape: reshaping the dynamic row axis into (blocks, size)
+        # guards on the block count, which a graph for every batch size cannot do.
         first = torch.arange(blocks, device=X.device).unsqueeze(1) * size
         rows = (first + torch.arange(size, device=X.device)).clamp(max=n - 1)
         return torch.nn.functional.embedding(rows, X)

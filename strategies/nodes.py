@@ -60,16 +60,14 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """``X[i, b, columns[i, j, b]]`` for ``X`` of row blocks ``(blocks, rows, features)`` and
     int32 ``columns`` of shape ``(blocks, k, rows)`` (tree-major within a block).
 
-    An ``index_select`` on the flattened input with int32 offsets: half the memory traffic
-    of int64 and ``torch.gather``'s int64-only indices. Inputs too large for int32 offsets
-    (never a chunk of the default size) fall back to ``gather``.
+    Eager: an ``index_select`` on the flattened input with int32 offsets, half the memory
+    traffic of int64 and ``torch.gather``'s int64-only indices. Compiled, and for inputs too
+    large for int32 offsets (never a chunk of the default size): ``torch.gather``, which
+    keeps X's own indexing (inductor divided a flattened X back into block, row and column
+    in every load) and lowers without a wrap of negative indices.
     """
-    if _compiling():
-        # A gather keeps X's own indexing (a flattened X would be divided back into block,
-        # row and column in every load) and lowers without a wrap of negative indices.
-        return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
     blocks, n, width = X.shape[0], X.shape[1], X.shape[2]
-    if blocks * n * width < 2**31 - 1:
+    if not _compiling() and blocks * n * width < 2**31 - 1:
         rows = torch.arange(blocks * n, dtype=torch.int32, device=X.device) * width
         return take(X.reshape(-1), rows.reshape(blocks, 1, n) + columns)
     return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))

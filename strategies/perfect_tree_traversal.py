@@ -113,7 +113,8 @@ class PerfectTreeTraversal(TreeGroup):
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
         # Positions within each tree's level, built from the first level's tests rather
         # than from zeros: inductor's removal of "+ 0" compares the operands' shapes, which
-        # guards on the block count (a recompile when it equals a group's tree count).
+        # guards on the block count equalling a group's tree count. (The initial value is
+        # read only by forests of single leaves; TorchScript needs it typed.)
         index = trees.expand(shape) * 0 if self.depth == 0 else trees.expand(shape)
         for d in range(self.depth):
             # Level d holds tree t's block at level_base[d] + t * 2**d.

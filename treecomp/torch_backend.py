@@ -126,9 +126,10 @@ class PT2Module(torch.nn.Module):
         return raw, transformed
 
 
-def _package_key(module: strategies.ForestModule, outputs: str, device: torch.device) -> str:
-    """What a cached package depends on: the lowering's code, every buffer and setting of
-    the module, torch, the inductor options, the device and the CPU's instruction set."""
+def module_digest(module: strategies.ForestModule) -> str:
+    """What a compiled package of ``module`` depends on, whatever its outputs and device:
+    the lowering's code, every buffer and setting of the module, torch, the inductor
+    options and the CPU's instruction set. Hashes every buffer: computed once per engine."""
     digest = hashlib.sha256()
     here = Path(__file__).resolve()
     sources = [*sorted(Path(strategies.__file__).resolve().parent.glob("*.py")), here]
@@ -138,8 +139,6 @@ def _package_key(module: strategies.ForestModule, outputs: str, device: torch.de
     facts = [
         torch.__version__,
         repr(sorted(INDUCTOR_OPTIONS.items())),
-        outputs,
-        device.type,
         platform.machine(),
         torch.backends.cpu.get_cpu_capability(),
     ]
@@ -152,7 +151,7 @@ def _package_key(module: strategies.ForestModule, outputs: str, device: torch.de
     for name, buffer in module.state_dict().items():
         digest.update(f"{name} {buffer.dtype} {tuple(buffer.shape)}".encode())
         digest.update(buffer.detach().cpu().numpy().tobytes())  # C order, any strides
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
 
 
 def package_dir() -> Path:
@@ -194,16 +193,20 @@ class PackagedForward:
     ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
     AOTInductor's runner.
 
-    The package is built once per model (keyed by :func:`_package_key`); a process that
+    The package is built once per model (keyed by :func:`module_digest`, the outputs and
+    the device); a process that
     converts the same model again loads it in milliseconds, where ``torch.compile`` traced
     the module again on every start (7 to 9 s for 500 trees, most of it Dynamo's tracing
     of the 500-step sum). The batch axis is dynamic from 1 row up, and the runner skips
     Dynamo's guards on every call.
     """
 
-    def __init__(self, module: strategies.ForestModule, outputs: str, device: torch.device) -> None:
+    def __init__(
+        self, module: strategies.ForestModule, outputs: str, device: torch.device, digest: str
+    ) -> None:
         self.dtype = module.input_dtype
-        path = package_dir() / f"{_package_key(module, outputs, device)}.pt2"
+        key = hashlib.sha256(f"{digest} {outputs} {device.type}".encode()).hexdigest()[:32]
+        path = package_dir() / f"{key}.pt2"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
@@ -305,6 +308,7 @@ class TorchEngine:
         self.batch_size = rows_per_chunk(per_row, batch_size)
         self._forward: Callable[[torch.Tensor], Any] = self.module
         self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
+        self._digest: str | None = None  # of the lowered module, for its packages
         if compile:
             self.strategy += " [compiled]"
             self._forward = self._package("scores")
@@ -314,7 +318,9 @@ class TorchEngine:
         failed if it cannot be built."""
         try:
             with self._threads():
-                return PackagedForward(self.lowered, outputs, self.device)
+                if self._digest is None:
+                    self._digest = module_digest(self.lowered)
+                return PackagedForward(self.lowered, outputs, self.device, self._digest)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise RuntimeError(
