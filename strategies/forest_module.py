@@ -15,7 +15,8 @@ import math
 import numpy as np
 import torch
 
-from strategies.nodes import TreeGroup, extend_input, take, tensor
+from strategies import eager
+from strategies.nodes import TreeGroup, _compiling, extend_input, take, tensor
 from treecomp.ir import Forest
 
 
@@ -188,32 +189,79 @@ class ForestModule(torch.nn.Module):
 
         A branch-free module walks all row blocks in one graph. Eager kernels walk one block
         of ``block_rows`` at a time (as one block), so that each level's tensors stay in
-        cache, and join the blocks' rows.
+        cache, and write its leaves into the block's slab of the result (copies of the last
+        row fill the last block; :meth:`_rows` cuts them off).
         """
         n = X.shape[0]
         if self.branch_free or n <= self.block_rows:
-            return self._lookup(self._blocks(X), check_missing, ids)
-        blocks: list[torch.Tensor] = []
-        for start in range(0, n, self.block_rows):
-            rows = X[start : start + self.block_rows]
-            blocks.append(self._lookup(rows.unsqueeze(0), check_missing, ids))
-        return torch.cat(blocks, 2)
+            return self._lookup(self._blocks(X), check_missing, ids, None)
+        size = self.block_rows
+        count = (n + size - 1) // size
+        if count * size > n:
+            X = torch.cat([X, X[n - 1 :].expand(count * size - n, X.shape[1])])
+        blocks = X.view(count, size, X.shape[1])
+        first = self._lookup(blocks[:1], check_missing, ids, None)
+        shape = list(first.shape)
+        shape[0] = count
+        result = torch.empty(shape, dtype=first.dtype, device=first.device)
+        result[:1] = first
+        for b in range(1, count):
+            self._lookup(blocks[b : b + 1], check_missing, ids, result[b : b + 1])
+        return result
 
-    def _lookup(self, X: torch.Tensor, check_missing: bool, ids: bool) -> torch.Tensor:
+    @torch.jit.unused
+    def _walks_eagerly(self, X: torch.Tensor) -> bool:
+        """Whether the groups walk row block ``X`` in :mod:`strategies.eager`'s kernels:
+        eager (not branch-free, not under a compiler), one block, folded trees."""
+        return (
+            self.folded
+            and not self.branch_free
+            and not _compiling()
+            and X.shape[0] == 1
+            and eager.supports(X[0])
+        )
+
+    @torch.jit.unused
+    def _walk_eagerly(self, X: torch.Tensor, check_missing: bool) -> list[torch.Tensor]:
+        """Every group's leaf rows ``(1, trees, rows)`` for one eager block ``X``."""
+        block = eager.KeyedBlock(X[0])
+        walked = []
+        group: TreeGroup
+        for group in self.groups:  # type: ignore[assignment]
+            rows = group.walk_eager(block)
+            walked.append(group(X, check_missing) if rows is None else rows.unsqueeze(0))
+        return walked
+
+    def _lookup(
+        self, X: torch.Tensor, check_missing: bool, ids: bool, into: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Leaf values or ids of row blocks ``X`` (see :meth:`_per_tree`), written into
+        ``into`` where given (a block's slab of the result: no copy for one group)."""
+        walked: list[torch.Tensor] = []
+        if not torch.jit.is_scripting() and self._walks_eagerly(X):
+            walked = self._walk_eagerly(X, check_missing)
+        alone = into if len(self.groups) == 1 else None
         parts: list[torch.Tensor] = []
-        for group in self.groups:  # each gives (blocks, trees, rows) rows into its leaf tables
-            rows = group(X, check_missing)
+        for i, group in enumerate(self.groups):
+            # each gives (blocks, trees, rows) rows into its leaf tables
+            rows = walked[i] if len(walked) > 0 else group(X, check_missing)
             if ids:
-                parts.append(take(group.leaf_id, rows))  # type: ignore[arg-type]
+                parts.append(_gather(group.leaf_id, rows, alone))  # type: ignore[arg-type]
             elif self.leaf_width == 1:
-                parts.append(take(group.leaf_value.reshape(-1), rows))  # type: ignore[operator]
+                table = group.leaf_value.reshape(-1)  # type: ignore[operator]
+                parts.append(_gather(table, rows, alone))
             else:
                 # Gathered straight into (blocks, trees, width, rows): a permute of the rows
                 # to the last axis would then reshape as a view only for one row, which a
                 # dynamic batch axis cannot guard on (torch.export refuses it).
                 slots = rows.unsqueeze(2) * self.leaf_width + self.leaf_columns
-                parts.append(take(group.leaf_value.reshape(-1), slots))  # type: ignore[operator]
-        return self._forest_order(parts)
+                table = group.leaf_value.reshape(-1)  # type: ignore[operator]
+                parts.append(_gather(table, slots, alone))
+        joined = self._forest_order(parts)
+        if into is None or alone is not None:
+            return joined
+        into.copy_(joined)
+        return into
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         X = self.prepare(X)
@@ -257,8 +305,10 @@ class ForestModule(torch.nn.Module):
 
     def _rows(self, by_block: torch.Tensor, n: int) -> torch.Tensor:
         """``(blocks, columns, block_rows)`` as ``(n, columns)``, a copy of its own."""
-        if not self.branch_free:  # one block
-            return by_block[0].t().contiguous()
+        if not self.branch_free:  # eager blocks of block_rows, the last one filled up
+            if by_block.shape[0] == 1:
+                return by_block[0].t().contiguous()
+            return by_block.transpose(1, 2).reshape(-1, by_block.shape[1])[:n]  # a copy
         # A gather rather than a transpose (whose copy checks for one row) or a reshape of
         # the blocks into the dynamic row axis (which guards on the block count): a graph
         # for every batch size must not look at either.
@@ -273,6 +323,14 @@ class ForestModule(torch.nn.Module):
         """Native leaf numbers reached in every tree, ``(n_rows, n_trees)`` int64."""
         X = self.prepare(X)
         return self._rows(self._per_tree(X, self._check_missing(X), ids=True), X.shape[0])
+
+
+def _gather(table: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:
+    """``table[index]`` (:func:`strategies.nodes.take`), written into ``into`` if given."""
+    if into is None:
+        return take(table, index)
+    torch.index_select(table, 0, index.reshape(-1), out=into.view(-1))
+    return into
 
 
 def contribution_order(forest: Forest) -> np.ndarray:

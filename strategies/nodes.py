@@ -342,6 +342,31 @@ class TreeGroup(torch.nn.Module):
         """Leaf rows ``(n_blocks, n_trees_in_group, block_rows)`` for row blocks ``X``."""
         raise NotImplementedError
 
+    @torch.jit.unused
+    def walk_eager(self, block: Any) -> torch.Tensor | None:
+        """Leaf rows ``(n_trees_in_group, rows)`` of one eager block of folded trees, as
+        :class:`strategies.eager.KeyedBlock` ``block``; ``None`` where the strategy has no
+        such walk (:meth:`forward` then runs)."""
+        return None
+
+    @torch.jit.unused
+    def build_eager_tables(self) -> dict[str, torch.Tensor]:
+        """The tables :meth:`walk_eager` reads, built from the buffers."""
+        return {}
+
+    @torch.jit.unused
+    def eager_tables(self) -> dict[str, torch.Tensor]:
+        """:meth:`build_eager_tables`, built once per device (they are not buffers: the
+        compiled and exported programs never read them)."""
+        device = self.columns.device
+        cache: dict[torch.device, dict[str, torch.Tensor]] = self.__dict__.setdefault(
+            "_eager_tables", {}
+        )
+        if device not in cache:
+            cache.clear()  # the module moved: the old device's tables are stale
+            cache[device] = self.build_eager_tables()
+        return cache[device]
+
     def walk_child_pointers(
         self, X: torch.Tensor, node: torch.Tensor, check_missing: bool
     ) -> torch.Tensor:

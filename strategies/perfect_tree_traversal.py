@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from strategies import eager
 from strategies.nodes import (
     GroupOptions,
     NodeArrays,
@@ -128,6 +129,54 @@ class PerfectTreeTraversal(TreeGroup):
         if self.rest == 0:
             return slot
         return self.walk_child_pointers(X, take(self.below, slot), check_missing)
+
+    @torch.jit.unused
+    def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:
+        """:meth:`forward` in eager kernels (see :mod:`strategies.eager`), for folded trees."""
+        tables = self.eager_tables()
+        n_trees, rows = self.n_trees, block.rows
+        device = block.device
+        if self.depth == 0:  # single leaves, or child pointers from the roots
+            trees = torch.arange(n_trees, dtype=torch.int32, device=device)
+            slot = trees.unsqueeze(1).expand(n_trees, rows).contiguous()
+        else:
+            position = eager.scratch("position", (n_trees, rows), torch.int32, device)
+            position.copy_(tables["roots"].expand(n_trees, rows))
+            eager.walk_roots(block, position, tables["root_feature"], tables["root_threshold"])
+            levels = range(1, self.depth)
+            eager.walk_levels(block, position, levels, tables["feature"], tables["threshold"])
+            slot = position - (n_trees << self.depth)
+        if self.rest == 0:
+            return slot
+        node = take(self.below, slot)
+        return eager.walk_pointers(
+            block,
+            node,
+            self.rest,
+            tables["node_feature"],
+            tables["node_threshold"],
+            self.child,
+        )
+
+    @torch.jit.unused
+    def build_eager_tables(self) -> dict[str, torch.Tensor]:
+        n_trees = self.n_trees
+        keys = eager.order_keys(self.threshold)
+        ahead = torch.zeros(n_trees, dtype=torch.int32, device=keys.device)
+        tables = {
+            # Heap positions: slot s of the layout sits at n_trees + s.
+            "feature": torch.cat([ahead, self.feature]),
+            "threshold": torch.cat([ahead.to(keys.dtype), keys]),
+            "roots": (
+                torch.arange(n_trees, dtype=torch.int32, device=keys.device) + n_trees
+            ).unsqueeze(1),
+            "node_feature": self.feature[self.node_base :],
+            "node_threshold": keys[self.node_base :],
+        }
+        if self.depth:
+            tables["root_feature"] = self.feature[:n_trees]
+            tables["root_threshold"] = keys[:n_trees].unsqueeze(1)
+        return tables
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from strategies import eager
 from strategies.nodes import (
     GroupOptions,
     NodeArrays,
@@ -54,6 +55,19 @@ class TreeTraversal(TreeGroup):
             right = self.goes_right(x, node, check_missing)
             node = take(self.child, node * 2 + right)  # the bool promotes inside the kernel
         return node
+
+    @torch.jit.unused
+    def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:
+        """:meth:`forward` in eager kernels (see :mod:`strategies.eager`), for folded trees."""
+        tables = self.eager_tables()
+        node = self.roots.unsqueeze(1).expand(-1, block.rows)
+        return eager.walk_pointers(
+            block, node, self.depth, self.feature, tables["threshold"], self.child
+        )
+
+    @torch.jit.unused
+    def build_eager_tables(self) -> dict[str, torch.Tensor]:
+        return {"threshold": eager.order_keys(self.threshold)}
 
     def emit_onnx(self, g: Any, X: str) -> str:
         n_trees = int(self.roots.numel())

@@ -89,6 +89,33 @@ def test_batches_are_chunked_and_threads_honoured() -> None:
         treecomp.convert(model, "torch", batch_size=0)
 
 
+@pytest.mark.parametrize("backend", ["torch", "torchscript"])
+def test_eager_chunks_are_scored_in_slices_side_by_side(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU, eager scoring splits each chunk into row slices scored at once on
+    threads of one kernel thread each: the answers are those of one slice, for one caller
+    or several at once, and torch's thread count is restored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import treecomp.torch_backend as torch_backend
+
+    monkeypatch.setattr(torch_backend, "MIN_SLICE_ROWS", 4)
+    model, X_test = fitted("xgboost_multiclass")
+    X = np.concatenate([np.asarray(X_test, dtype=np.float64)] * 3)
+    sliced = treecomp.convert(model, backend, n_threads=3, batch_size=40)
+    whole = treecomp.convert(model, backend, n_threads=1)
+    assert sliced._engine._slices(40) == 3 and whole._engine._slices(len(X)) == 1
+    expected = whole.predict_proba(X)
+    threads = torch.get_num_threads()
+    assert_equal(sliced.predict_proba(X), expected)
+    assert_equal(sliced.apply(X), whole.apply(X))
+    assert torch.get_num_threads() == threads
+    with ThreadPoolExecutor(4) as callers:
+        for proba in callers.map(lambda _: sliced.predict_proba(X), range(8)):
+            assert_equal(proba, expected)
+
+
 def test_cuda_request_without_gpu_is_a_clear_error() -> None:
     model, _ = fitted("sklearn_gb")
     if torch.cuda.is_available():
@@ -292,3 +319,86 @@ def test_missing_only_splits_fold_onto_a_nan_column() -> None:
         cm = treecomp.convert(model, "torch", strategy=strategy)
         assert cm.torch_module.fold_columns == 3
         compare_native(model, cm, X)
+
+
+def test_order_keys_keep_the_order_of_floats() -> None:
+    """The eager walks compare integer keys: their order is the floats' order, -0 equals
+    +0 and NaN lies above +inf, in both precisions."""
+    from strategies.eager import order_keys
+
+    for dtype in (torch.float32, torch.float64):
+        info = torch.finfo(dtype)
+        values = torch.tensor(
+            [
+                -np.inf,
+                -info.max,
+                -1.5,
+                -1.0,
+                -info.tiny,
+                -info.tiny / 4,
+                -0.0,
+                0.0,
+                info.tiny / 4,
+                info.tiny,
+                1.0,
+                np.nextafter(1.0, 2.0),
+                info.max,
+                np.inf,
+            ],
+            dtype=dtype,
+        )
+        keys = order_keys(values)
+        less = values.unsqueeze(1) < values.unsqueeze(0)
+        assert torch.equal(keys.unsqueeze(1) < keys.unsqueeze(0), less)
+        nan = order_keys(torch.tensor([np.nan, -np.nan], dtype=dtype))
+        assert (nan.unsqueeze(1) > keys.unsqueeze(0)).all()
+
+
+def deep_lightgbm() -> tuple[Any, np.ndarray]:
+    """Leaf-wise trees about 10 levels deep whose rows stop at every depth, with NaN."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(900, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    y = np.nan_to_num(X[:, 0]) * 3 + np.sin(np.nan_to_num(X[:, 1]) * 4) + rng.normal(0, 0.1, 900)
+    model = lightgbm.LGBMRegressor(
+        n_estimators=6, num_leaves=60, min_child_samples=2, verbose=-1, n_jobs=1
+    )
+    return model.fit(X[:600], y[:600]), X[600:]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("compact", [0.0, 1.0])
+@pytest.mark.parametrize("strategy", ["perfect_tree_traversal", "tree_traversal"])
+def test_eager_walks_match_the_general_walk(
+    strategy: str, compact: float, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The eager level loops (strategies.eager) reach the same leaves as the strategies'
+    general forward, in blocks of a few rows, with walkers leaving the child-pointer walk
+    at every chance (0.0) or never (1.0), and past the padding limit (top levels dense,
+    then child pointers)."""
+    import strategies.eager as eager
+    from strategies.forest_module import ForestModule
+
+    model, X_test = deep_lightgbm()
+    monkeypatch.setattr(eager, "COMPACT_FRACTION", compact)
+    monkeypatch.setattr(perfect_tree_traversal, "MAX_PADDED_NODES", 100)
+    cm = treecomp.convert(model, "torch", strategy=strategy, precision=precision)
+    module = cm.torch_module
+    assert module.folded
+    depth = max(getattr(group, "depth", 0) + getattr(group, "rest", 0) for group in module.groups)
+    assert depth >= 9
+    module.block_rows = 37
+    X = np.concatenate([X_test, probe_rows(cm.forest, X_test, precision, limit=100)])
+    X = np.concatenate([X, with_missing(X, fraction=0.3, seed=1)])
+    leaves = cm.apply(X)
+    assert_equal(leaves, model.predict(X, pred_leaf=True))
+    monkeypatch.setattr(ForestModule, "_walks_eagerly", lambda self, X: False)
+    assert_equal(cm.apply(X), leaves)
+
+
+def test_eager_blocks_of_vector_leaves_join_on_the_row_axis() -> None:
+    """A forest of class-probability leaves scored in many eager blocks."""
+    model, X_test = fitted("sklearn_rf")
+    cm = treecomp.convert(model, "torch")
+    cm.torch_module.block_rows = 5
+    assert_close(cm.predict_proba(X_test), model.predict_proba(X_test), "float64")

@@ -25,9 +25,7 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx
     ) from exc
 
 import strategies
-from treecomp.batching import rows_per_chunk, score_in_chunks
+from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
@@ -648,7 +646,7 @@ class OnnxEngine:
             self.options["one_thread"] = True
         elif n_threads is not None:
             self.session_options.intra_op_num_threads = n_threads
-        self._pool: tuple[int, ThreadPoolExecutor] | None = None
+        self._pool = SlicePool(self.threads - 1, "treecomp-onnx")
         self._run_options = ort.RunOptions()
         self._dtype = np.dtype(precision)
         k = forest.n_outputs
@@ -705,6 +703,8 @@ class OnnxEngine:
         if n <= self.batch_size and n < self._serial_rows:  # one call: what a row costs
             return [out.astype(dtype, copy=False) for out in self._call(session(n), names, X)]
 
+        pool = self._pool.get()
+
         def score(rows: slice) -> list[np.ndarray]:
             chunk = X[rows]
             run = session(len(chunk))
@@ -712,12 +712,7 @@ class OnnxEngine:
             if parts == 1:
                 return self._call(run, names, chunk)
             # ONNX Runtime releases the GIL while it runs: one slice per thread.
-            bounds = np.linspace(0, len(chunk), parts + 1).astype(np.int64)
-            slices = np.split(chunk, bounds[1:-1])
-            pool = self._thread_pool()
-            futures = [pool.submit(self._call, run, names, part) for part in slices[1:]]
-            results = [self._call(run, names, slices[0])] + [f.result() for f in futures]
-            return [np.concatenate(outs) for outs in zip(*results)]
+            return side_by_side(lambda part: self._call(run, names, part), chunk, parts, pool)
 
         return score_in_chunks(
             X.shape[0],
@@ -735,14 +730,6 @@ class OnnxEngine:
         if binding is None:
             return list(session.run(names, {"input": X}))
         return list(binding.run(names, {"input": X}, self._run_options))
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        """The threads that run slices beside the caller's; a forked child makes its own
-        (the parent's threads do not exist there)."""
-        if self._pool is None or self._pool[0] != os.getpid():
-            pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="treecomp-onnx")
-            self._pool = (os.getpid(), pool)
-        return self._pool[1]
 
     def _parts(self, rows: int) -> int:
         """Slices to run side by side for a chunk of ``rows`` rows: one per thread, each of
