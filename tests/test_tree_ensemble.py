@@ -305,3 +305,56 @@ def test_multiclass_sums_per_class_in_the_operator() -> None:
     raw, _ = cm._engine.scores(X)
     expected, _ = ref._engine.scores(X)
     assert_equal(raw, expected)  # float32 margins, bit for bit
+
+
+def many_trees(name: str) -> tuple[Any, np.ndarray]:
+    """150 XGBoost trees, one output or three: enough for ONNX Runtime to split one row's
+    trees between threads."""
+    import xgboost
+
+    from tests.zoo import load
+
+    X, y, X_test = load("breast_cancer" if name == "many_trees" else "wine")
+    rounds = 150 if name == "many_trees" else 50
+    model = xgboost.XGBClassifier(n_estimators=rounds, max_depth=3, learning_rate=0.1)
+    return model.fit(X, y), X_test
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "many_trees",
+        "many_trees_3_classes",
+        "xgboost_binary",
+        "lightgbm_multiclass",
+        "sklearn_rf",
+        "sklearn_hgb_nan",
+    ],
+)
+def test_single_rows_walk_the_trees_on_every_thread(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single row goes to a session of several threads (ONNX Runtime then splits the
+    trees between them) whose graph adds the trees in standard operators: row by row, the
+    same sums, bit for bit, as the one-thread sessions give the whole batch."""
+    import treecomp.onnx_export as onnx_export
+    from treecomp.inputs import prepare
+
+    if name.startswith("many_trees"):
+        model, X_test = many_trees(name)
+        assert treecomp.convert(model, "numpy").forest.n_trees >= onnx_export.PARALLEL_TREES
+    else:
+        monkeypatch.setattr(onnx_export, "PARALLEL_TREES", 1)
+        model, X_test = fitted(name)
+    cm = treecomp.convert(model, "onnx", n_threads=2)
+    engine = cm._engine
+    assert engine._row_threads
+    X = np.asarray(X_test, dtype=np.float32)[:30]
+    if name == "sklearn_hgb_nan":
+        X[::3, 3] = np.nan
+    rows = prepare(cm.forest, X, "float32")
+    raw = engine.scores(rows)[0]
+    assert_equal(np.concatenate([engine.scores(rows[i : i + 1])[0] for i in range(30)]), raw)
+    assert engine._row_session is not None
+    for i in range(3):
+        compare_native(model, cm, X[i : i + 1])

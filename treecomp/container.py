@@ -110,6 +110,8 @@ class CompiledModel:
 
     # ------------------------------------------------------------------------------------
     def _prepare(self, X: Any) -> Any:
+        if type(X) is np.ndarray:  # the common case, first: at one row every check counts
+            return prepare(self.forest, X, self.precision)
         f = self.forest
         host_encoding = f.categories is not None and f.category_encoding == "always"
         if _is_tensor(X) and hasattr(self._engine, "prepare_tensor") and not host_encoding:

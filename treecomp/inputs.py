@@ -8,6 +8,7 @@ NaN and encodes pandas categorical columns the way the native library does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -225,15 +226,26 @@ def prepare(forest: Forest, X: Any, precision: Precision) -> npt.NDArray[np.floa
     native input is float64 sees float32-rounded inputs: exact for float32-representable
     data, the documented trade-off otherwise.
     """
-    arr = to_matrix(forest, X)
-    if arr.dtype != forest.input_dtype:
-        with np.errstate(over="ignore"):  # overflow to inf is reported below, as natively
-            arr = arr.astype(forest.input_dtype)
-    # One pass where both are allowed or the batch is finite (the common case; at one row
-    # every NumPy call counts), the precise check otherwise.
+    # An array already 2-D and of the native dtype (the common case) skips the conversions:
+    # at one row every NumPy call counts.
+    if (
+        type(X) is np.ndarray
+        and X.ndim == 2
+        and X.dtype == forest.input_dtype
+        and X.shape[1] == forest.n_features
+        and forest.categories is None
+    ):
+        arr = X
+    else:
+        arr = to_matrix(forest, X)
+        if arr.dtype != forest.input_dtype:
+            with np.errstate(over="ignore"):  # overflow to inf is reported below, as natively
+                arr = arr.astype(forest.input_dtype)
+    # One pass where both are allowed or the batch is finite (the common case), the precise
+    # check otherwise.
     if not (forest.allow_nan and forest.allow_inf) and not np.isfinite(arr).all():
         check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
-    if not np.isnan(forest.missing_value):
+    if not math.isnan(forest.missing_value):
         # Compared in the native dtype, before any widening: XGBoost compares in float32.
         arr = np.where(arr == arr.dtype.type(forest.missing_value), np.nan, arr)
     return np.ascontiguousarray(arr.astype(precision, copy=False))
