@@ -189,3 +189,73 @@ def test_pt2_needs_a_torch_backend(tmp_path: Path) -> None:
         cm = treecomp.convert(model, backend)
         with pytest.raises(AttributeError, match="export_pt2 needs a torch backend"):
             cm.export_pt2(tmp_path / "m.pt2")
+
+
+def test_default_backend_tiers_up_to_the_compiled_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backend="auto" on the CPU starts on the tree operator. Its first large batch looks
+    for the compiled package (none in a new cache); once large batches kept it busy
+    (BUILD_AFTER_S, here 0) a child process builds it, and large batches then run it,
+    exactly. The next convert of the model finds it in the cache."""
+    from treecomp import tiered
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
+    monkeypatch.setattr(tiered, "BUILD_AFTER_S", 0.0)
+    monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
+    model, X_test = fitted("xgboost_binary")
+    X = np.asarray(X_test, dtype=np.float32)
+    cm = treecomp.convert(model, n_threads=2)
+    assert cm.backend == "onnx" and cm.strategy == "tree_ensemble"
+    tier = cm._engine.tier
+    assert tier.state == "idle"
+    cm.predict_proba(X[:10])  # small: stays on the operator, looks for nothing
+    assert tier.state == "idle"
+    operator = cm.predict_proba(X)
+    tier._join(120)
+    assert tier.state == "missing"
+    cm.predict_proba(X)  # busy for BUILD_AFTER_S: the build starts
+    tier._join(600)
+    assert tier.state == "ready", tier.state
+    assert cm.strategy.startswith("tree_ensemble; batches of 50+ rows: perfect_tree_traversal")
+    assert cm.strategy.endswith("[compiled]")
+    assert list(tmp_path.glob("treecomp_packages/*.pt2"))
+    assert_equal(cm.predict_proba(X), operator)
+    compare_native(model, cm, X)
+    again = treecomp.convert(model, n_threads=2)
+    assert again.tier_up(120) and again._engine.tier.state == "ready"
+    assert_equal(again.predict_proba(X), operator)
+
+
+def test_compiled_tier_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which conversions tier up: the default backend only, forests with enough tree
+    levels and none too deep, not with TREECOMP_BACKGROUND_COMPILE=0; a tier that cannot
+    compile leaves the operator serving and says why."""
+    import treecomp.torch_backend as torch_backend
+    from tests.test_ir import small_forest
+    from treecomp import tiered
+
+    model, X_test = fitted("xgboost_binary")
+    forest = treecomp.convert(model, "numpy").forest
+    assert not tiered.worth_compiling(forest)  # 20 trees of depth 4: too few levels
+    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
+    assert tiered.worth_compiling(forest)
+    monkeypatch.setattr(tiered, "MAX_COMPILED_DEPTH", 3)
+    assert not tiered.worth_compiling(forest)  # too deep
+    monkeypatch.setattr(tiered, "MAX_COMPILED_DEPTH", 16)
+    assert treecomp.convert(model, "onnx")._engine.tier is None  # an explicit backend
+    assert treecomp.convert(small_forest())._engine.tier is not None
+    monkeypatch.setenv("TREECOMP_BACKGROUND_COMPILE", "0")
+    assert treecomp.convert(model)._engine.tier is None
+    monkeypatch.delenv("TREECOMP_BACKGROUND_COMPILE")
+
+    def no_compiler(device: Any) -> None:
+        raise RuntimeError("torch.compile needs a C++ compiler: none found")
+
+    monkeypatch.setattr(torch_backend, "check_compiler", no_compiler)
+    cm = treecomp.convert(model)
+    assert not cm.tier_up(60)
+    assert "no compiled tier: RuntimeError: torch.compile needs a C++ compiler" in cm.strategy
+    compare_native(model, cm, np.asarray(X_test, dtype=np.float32))
+    assert not treecomp.convert(model, "torch").tier_up()  # other backends have no tier

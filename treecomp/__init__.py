@@ -77,9 +77,12 @@ def convert(
     """
     precision_ = check_precision(precision)
     forest = parse(model)
+    engine_options = options
     if backend == "auto":
         backend = choose_backend(options)
-    engine = get_backend(backend)(forest, precision=precision_, **options)
+        if backend == "onnx":  # large batches tier up to the compiled package (tiered)
+            engine_options = {**options, "compiled_tier": True}
+    engine = get_backend(backend)(forest, precision=precision_, **engine_options)
     return CompiledModel(forest, engine, backend=backend, precision=precision_, options=options)
 
 

@@ -77,11 +77,13 @@ def choose_backend(options: dict[str, Any]) -> str:
        the CPU): ``"torch"``. On CUDA the torch module is the only GPU path that keeps every
        strategy (ONNX Runtime's CUDA provider has no tree operator).
     2. CPU with onnx, ONNX Runtime >= 1.21 and torch (which lowers the graph) installed:
-       ``"onnx"``. Its tree operator beat
-       the eager torch module on 6 of the 7 benchmark models at 10 000 rows (1.2-4.5x; the
-       exception, 50 trees of depth 3, ran at 0.8x) and on all 7 at one row (6-50x), and it
-       builds in about a second. ``compile=True`` is faster still on large batches of most
-       models, but its first compile takes 5-30 s, too long for a default.
+       ``"onnx"``, with a compiled tier (:mod:`treecomp.tiered`). The tree operator builds in
+       about a second and is the fastest at one row (15-60x native predict on the 7
+       benchmark models). Batches of 256 rows or more then move to the compiled torch
+       package once it exists (found in the package cache, or built in the background once
+       large batches have kept the process busy; ``cm.tier_up()`` does it now): 1.05-2.1x
+       native at 10 000 rows on the XGBoost models, where the operator ran 0.36-0.62x.
+       Deep leaf-wise forests (LightGBM) and small ones stay on the operator.
     3. Else torch if installed, else the NumPy reference evaluator (slow, exact, no extra).
     """
     device = str(options.get("device") or "cpu")

@@ -65,6 +65,7 @@ DEFAULT_SYSTEMS = (
     "native",
     "onnxml",
     "hummingbird",
+    "treecomp",
     "treecomp-torch-auto",
     "treecomp-torch-auto-compiled",
     "treecomp-torchscript-auto",
@@ -351,7 +352,7 @@ class System:
     Attributes:
         name: As written in ``--systems``.
         kind: ``"native"``, ``"onnxml"``, ``"hummingbird"`` or ``"treecomp"``.
-        backend: treecomp's backend.
+        backend: treecomp's backend; ``None`` for its defaults (``backend="auto"``).
         strategy: treecomp's strategy; ``None`` for the numpy backend, which has none.
         compiled: Whether to pass ``compile=True``.
     """
@@ -375,13 +376,16 @@ def parse_system(name: str) -> System:
     not know fails that system's cells with treecomp's own message.
 
     Args:
-        name: ``native``, ``onnxml``, ``hummingbird`` or ``treecomp-BACKEND[-STRATEGY][-compiled]``.
+        name: ``native``, ``onnxml``, ``hummingbird``, ``treecomp`` (the defaults of
+            ``treecomp.convert``) or ``treecomp-BACKEND[-STRATEGY][-compiled]``.
 
     Raises:
         ValueError: the name is none of these, or names an unknown backend.
     """
     if name in PEERS:
         return System(name, name)
+    if name == "treecomp":  # treecomp.convert(model): the defaults, compiled tier included
+        return System(name, "treecomp")
     rest = name.removeprefix("treecomp-")
     if rest == name or not rest:
         raise ValueError(
@@ -399,7 +403,7 @@ def parse_system(name: str) -> System:
 
 def all_systems() -> tuple[str, ...]:
     """Every system: the peers, every backend and strategy, compiled torch, and numpy."""
-    names = list(PEERS)
+    names = [*PEERS, "treecomp"]
     for backend in ("torch", "torchscript", "onnx"):
         names += [f"treecomp-{backend}-{s}" for s in STRATEGIES]
     names.append("treecomp-onnx-tree_ensemble")  # ONNX Runtime's tree operator: onnx only
@@ -498,9 +502,13 @@ def _treecomp_runner(model: Any, system: System, classifier: bool, threads: int)
         options["strategy"] = system.strategy
     if system.compiled:
         options["compile"] = True
-    if system.backend in ("torch", "torchscript"):
+    if system.backend in ("torch", "torchscript", None):
         _set_torch_threads(threads)
-    cm = treecomp.convert(model, system.backend or "torch", **options)
+    if system.backend is None:  # the defaults, as a long-running process has them
+        cm = treecomp.convert(model, **options)
+        cm.tier_up()
+    else:
+        cm = treecomp.convert(model, system.backend, **options)
     if classifier:
         return Runner(cm.predict_proba, cm.predict, cm.strategy)
     return Runner(cm.predict, None, cm.strategy)

@@ -131,6 +131,24 @@ class CompiledModel:
             raise AttributeError(f"the {self.backend!r} backend has no torch module")
         return module
 
+    def tier_up(self, timeout: float | None = None) -> bool:
+        """Move large batches to the compiled torch package now, and wait for it.
+
+        ``backend="auto"`` on the CPU starts on ONNX Runtime's tree operator, then moves
+        batches of many rows to the compiled package (:mod:`treecomp.tiered`) once it
+        exists: looked up in the package cache at the first large batch, built in the
+        background once large batches have kept the process busy for a few seconds. This
+        does both now (a server warming up before it takes requests): a cached package
+        loads in about a second, a build takes 10-60 s.
+
+        Returns:
+            Whether large batches now run compiled: False for other backends, forests
+            that stay on the operator (deep leaf-wise trees, small forests), or a build
+            that failed (``cm.strategy`` then says why) or outlasted ``timeout``.
+        """
+        tier = getattr(self._engine, "tier", None)
+        return tier is not None and bool(tier.tier_up(timeout))
+
     def to(self, device: Any) -> CompiledModel:
         """Move a torch-backed model to ``device``; returns ``self``."""
         if not hasattr(self._engine, "to"):

@@ -25,6 +25,7 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -607,6 +608,7 @@ class OnnxEngine:
         batch_size: int | None = None,
         n_threads: int | None = None,
         progress: bool = False,
+        compiled_tier: bool = False,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -661,7 +663,18 @@ class OnnxEngine:
         identity = forest.post_transform.kind == "identity"
         self._score_outputs = (["raw"], [k]) if identity else (["raw", "transformed"], [k, k])
         self.providers = providers
-        self.model, self.strategy = build_with_plan(forest, engine_outputs="scores", **self.options)
+        self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
+        # backend="auto": large batches move to the compiled torch package once it is loaded
+        # (treecomp.tiered), for the forests that profit.
+        self.tier: Any = None
+        self.tier_rows = 0
+        if compiled_tier and kind == "cpu":
+            from treecomp import tiered
+
+            self.tier_rows = tiered.COMPILED_FROM_ROWS
+            if tiered.enabled() and tiered.worth_compiling(forest):
+                options = {"batch_size": batch_size, "n_threads": n_threads}
+                self.tier = tiered.CompiledTier(forest, precision=precision, options=options)
         self.session = self._session(self.model)
         # Built on first use: the leaf-id graph, the scores graph planned for calls of
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs),
@@ -679,6 +692,15 @@ class OnnxEngine:
         self._rows_per_part = -(-PARALLEL_WALKS // forest.n_trees)
         self._serial_rows = 2 * self._rows_per_part if self.threads > 1 else self.batch_size + 1
         self.progress = progress
+
+    @property
+    def strategy(self) -> str:
+        """The plan of the graph, and the compiled tier's, once it serves large batches."""
+        if self.tier is not None and self.tier.state.startswith("failed"):
+            return f"{self.plan} (no compiled tier: {self.tier.state[8:]})"
+        if self.tier is None or self.tier.engine is None:
+            return self.plan
+        return f"{self.plan}; batches of {self.tier_rows}+ rows: {self.tier.engine.strategy}"
 
     def _session(self, model: onnx.ModelProto) -> Any:
         import onnxruntime as ort
@@ -777,6 +799,14 @@ class OnnxEngine:
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        tier = self.tier
+        if tier is not None and X.shape[0] >= self.tier_rows:
+            if tier.engine is not None:
+                return tier.engine.scores(X)
+            start = time.perf_counter()
+            outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
+            tier.note(time.perf_counter() - start)
+            return outputs[0], outputs[-1]
         # float32 sums come out float32 and are widened (exactly) as they are copied out:
         # cheaper than in the graph.
         if X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:

@@ -203,11 +203,19 @@ class PackagedForward:
     """
 
     def __init__(
-        self, module: strategies.ForestModule, outputs: str, device: torch.device, digest: str
+        self,
+        module: strategies.ForestModule,
+        outputs: str,
+        device: torch.device,
+        digest: str,
+        *,
+        build: bool = True,
     ) -> None:
         self.dtype = module.input_dtype
         key = hashlib.sha256(f"{digest} {outputs} {device.type}".encode()).hexdigest()[:32]
         path = package_dir() / f"{key}.pt2"
+        if not path.exists() and not build:
+            raise FileNotFoundError(path)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
@@ -276,6 +284,7 @@ class TorchEngine:
         n_threads: int | None = None,
         progress: bool = False,
         compile: bool = False,
+        build: bool = True,
     ) -> None:
         check_positive("batch_size", batch_size)
         check_positive("n_threads", n_threads)
@@ -310,18 +319,29 @@ class TorchEngine:
         self._forward: Callable[[torch.Tensor], Any] = self.module
         self._leaf_ids: Callable[[torch.Tensor], Any] | None = None
         self._digest: str | None = None  # of the lowered module, for its packages
+        # With build=False (the compiled tier of backend="auto", treecomp.tiered), a
+        # package missing from the cache is not built: package_loaded says which.
+        self.package_loaded = False
         if compile:
             self.strategy += " [compiled]"
-            self._forward = self._package("scores")
+            try:
+                self._forward = self._package("scores", build=build)
+                self.package_loaded = True
+            except FileNotFoundError:
+                pass
 
-    def _package(self, outputs: str) -> PackagedForward:
+    def _package(self, outputs: str, *, build: bool = True) -> PackagedForward:
         """The compiled package of the module (built now, or loaded from disk), naming what
-        failed if it cannot be built."""
+        failed if it cannot be built; ``FileNotFoundError`` if not cached and not ``build``."""
         try:
             with self._threads():
                 if self._digest is None:
                     self._digest = module_digest(self.lowered)
-                return PackagedForward(self.lowered, outputs, self.device, self._digest)
+                return PackagedForward(
+                    self.lowered, outputs, self.device, self._digest, build=build
+                )
+        except FileNotFoundError:
+            raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise RuntimeError(
