@@ -90,6 +90,9 @@ def test_system_names() -> None:
     assert bench.parse_system("treecomp-onnx").strategy == "auto"
     assert bench.parse_system("treecomp-numpy").strategy is None
     assert bench.parse_system("onnxml").peer
+    # The defaults of treecomp.convert: no backend, no strategy, tiered up before timing.
+    assert bench.parse_system("treecomp") == bench.System("treecomp", "treecomp")
+    assert "treecomp" in bench.DEFAULT_SYSTEMS and "treecomp" in bench.all_systems()
     with pytest.raises(ValueError, match="unknown backend"):
         bench.parse_system("treecomp-cuda-auto")
     with pytest.raises(ValueError, match="unknown system"):
