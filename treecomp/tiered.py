@@ -162,9 +162,13 @@ class CompiledTier:
             spec = {"precision": self.precision, **self.options}
             command = [sys.executable, "-m", "treecomp.tiered", str(source), json.dumps(spec)]
             log = Path(directory) / "build.log"
+            # The child imports treecomp from where this process did.
+            paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
             with open(log, "wb") as out:
                 child = subprocess.Popen(
                     command,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -192,7 +196,10 @@ def _end_children() -> None:
     for child in list(_children):
         if child.poll() is None:
             try:
-                os.killpg(child.pid, signal.SIGTERM)
+                if hasattr(os, "killpg"):  # its own session: the compiler workers too
+                    os.killpg(child.pid, signal.SIGTERM)
+                else:
+                    child.terminate()
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -200,8 +207,8 @@ def _end_children() -> None:
 def _main(argv: list[str]) -> int:
     """Build the package of the forest in ``argv[0]`` with the options in ``argv[1]``."""
     try:
-        os.nice(10)
-    except OSError:
+        os.nice(10)  # the serving process keeps its cores first
+    except (AttributeError, OSError):  # no nice() (Windows), or not allowed
         pass
     from treecomp.torch_backend import TorchEngine
 
