@@ -48,10 +48,11 @@ COMPILED_FROM_ROWS = 256
 MAX_COMPILED_DEPTH = 16
 # Seconds of scoring large batches in the operator after which the package is built.
 BUILD_AFTER_S = 5.0
-# Forests with fewer tree levels (trees x depth) than this stay on the operator: their
-# package would save microseconds a call (GradientBoosting, 50 trees of depth 3, 10 000
-# rows: 4.4 ms in the operator, 1.1 ms compiled) for a build of 10 s or more.
-MIN_COMPILED_LEVELS = 1_000
+# Forests with fewer tree levels (trees x depth) than this stay on the operator, and do not
+# even look for a package: the lookup (a lowering and its digest, in a thread) would cost
+# more than the package saves a process that scores little (BUILD_AFTER_S guards the
+# build itself). The test suite's forests (at most 25 trees of depth 3 to 8) stay below.
+MIN_COMPILED_LEVELS = 200
 
 _children: list[subprocess.Popen[bytes]] = []
 _exiting = False
