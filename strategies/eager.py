@@ -148,17 +148,21 @@ def walk_levels(
 
 
 def walk_roots(
-    block: KeyedBlock, position: torch.Tensor, feature: torch.Tensor, threshold: torch.Tensor
+    block: KeyedBlock,
+    position: torch.Tensor,
+    roots: torch.Tensor,
+    feature: torch.Tensor,
+    threshold: torch.Tensor,
 ) -> None:
-    """Walk the first level of a perfect layout, where every row of a tree tests the same
-    node: the roots' feature columns copied whole (``feature``, int32, one a tree) and
-    compared with their thresholds (keys ``(trees, 1)``). ``position`` as in
-    :func:`walk_levels`, ``trees + tree`` everywhere before."""
+    """Walk the first level of a perfect layout into ``position`` ``(trees, rows)``, where
+    every row of a tree tests the same node: the roots' feature columns copied whole
+    (``feature``, int32, one a tree) and compared with their thresholds (keys ``(trees,
+    1)``), from the roots' heap positions ``roots`` ``(trees, 1)``."""
     value = scratch("value", tuple(position.shape), block.keys.dtype, block.device)
     torch.index_select(block.by_column, 0, feature, out=value)
     tests = scratch("right", tuple(position.shape), torch.int32, block.device)
     torch.ge(value, threshold, out=tests)
-    torch.add(tests, position, alpha=2, out=position)
+    torch.add(tests, roots, alpha=2, out=position)
 
 
 def walk_pointers(

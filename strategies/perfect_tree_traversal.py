@@ -140,12 +140,15 @@ class PerfectTreeTraversal(TreeGroup):
             trees = torch.arange(n_trees, dtype=torch.int32, device=device)
             slot = trees.unsqueeze(1).expand(n_trees, rows).contiguous()
         else:
-            position = eager.scratch("position", (n_trees, rows), torch.int32, device)
-            position.copy_(tables["roots"].expand(n_trees, rows))
-            eager.walk_roots(block, position, tables["root_feature"], tables["root_threshold"])
+            # This group's own buffer: it holds the result until the caller gathers leaves.
+            name = f"position-{id(self)}"
+            position = eager.scratch(name, (n_trees, rows), torch.int32, device)
+            eager.walk_roots(
+                block, position, tables["roots"], tables["root_feature"], tables["root_threshold"]
+            )
             levels = range(1, self.depth)
             eager.walk_levels(block, position, levels, tables["feature"], tables["threshold"])
-            slot = position - (n_trees << self.depth)
+            slot = position.sub_(n_trees << self.depth)
         if self.rest == 0:
             return slot
         node = take(self.below, slot)
