@@ -95,6 +95,8 @@ class GraphBuilder:
         self._cache: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
         self._X = X
         self._batch: str | None = None
+        # Values whose shape past the batch axis is known: a reshape to it is no node.
+        self.shapes: dict[str, tuple[int, ...]] = {}
 
     def _name(self, prefix: str) -> str:
         self._count += 1
@@ -130,7 +132,11 @@ class GraphBuilder:
         return self.op("Concat", self._batch, self.ints(list(dims)), axis=0)
 
     def reshape(self, x: str, *dims: int) -> str:
-        return self.op("Reshape", x, self.ints([0, *dims]))
+        if self.shapes.get(x) == dims:
+            return x
+        out = self.op("Reshape", x, self.ints([0, *dims]))
+        self.shapes[out] = dims
+        return out
 
 
 def _emit_module(
@@ -194,6 +200,7 @@ def _emit_module(
             direct = group.emit_values(g, X, tables[i]) if hasattr(group, "emit_values") else None
             if direct is None:
                 direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
+                g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
             values.append(direct)
         raw = _emit_sum(g, module, forest, in_forest_order(values), base_folded=folded)
     transformed = _emit_transform(g, forest, raw)
