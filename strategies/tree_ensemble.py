@@ -53,10 +53,12 @@ EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
 # node per group). On 2+ threads ONNX Runtime keeps a score vector per target for every row
 # and thread, which spills the cache on large batches: XGBoost, 500 trees of depth 8, 10 000
 # rows, 2 threads, whole graph: 116 ms in nodes of 64 trees, 118 of 128, 121 in one node;
-# 10 classes x 100 rounds: 175, 170, 193 ms. Up to 1 000 rows one node is as fast or faster,
-# and at one row it walks the trees on every thread: 14 us against 17.5 (10 classes: 19
-# against 31).
-TREES_PER_NODE = 64
+# 10 classes x 100 rounds: 175, 170, 193 ms. A node walks one row's trees on every thread
+# only from 80 trees on (ONNX Runtime's parallel_tree_), so nodes of 128 serve the single
+# rows of an exported graph too (1 row, in us, nodes of 64 / 128 / one node): 500 trees
+# 35.8 / 30.7 / 24.9, 10 classes x 100 rounds 70.6 / 51.0 / 35.1, RandomForest 100 trees
+# 32.4 / 21.0 / 21.0, LightGBM 300 trees 50.5 / 31.1 / - (10 000 rows within noise of 64).
+TREES_PER_NODE = 128
 SPLIT_FROM_ROWS = 5_000
 # In sessions of one thread (GroupOptions.one_thread) the operator keeps one score vector per
 # row of a 128-row block: small nodes keep it in L1. RandomForest, 5 classes, 100 trees of
