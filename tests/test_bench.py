@@ -83,6 +83,16 @@ def test_a_worker_past_its_timeout_is_an_error(tmp_path: Path) -> None:
     assert [c["status"] for c in result["cells"]] == ["error", "error"]
 
 
+def test_seconds_read_in_the_unit_they_round_to() -> None:
+    assert [bench.format_seconds(t) for t in (None, 12.34e-6, 0.99996e-3, 4.567e-3)] == [
+        "-",
+        "12.3µs",
+        "1ms",
+        "4.57ms",
+    ]
+    assert [bench.format_seconds(t) for t in (0.9996, 1.234)] == ["1s", "1.23s"]
+
+
 def test_system_names() -> None:
     assert bench.parse_system("treecomp-torch-auto-compiled") == bench.System(
         "treecomp-torch-auto-compiled", "treecomp", "torch", "auto", compiled=True

@@ -989,9 +989,9 @@ def format_seconds(seconds: float | None) -> str:
     """``"12.3µs"``, ``"4.56ms"`` or ``"1.23s"``; ``"-"`` for ``None``."""
     if seconds is None:
         return "-"
-    if seconds < 1e-3:
+    if seconds < 0.99995e-3:  # what rounds to 1000.0 µs reads as 1 ms
         return f"{seconds * 1e6:.1f}µs"
-    if seconds < 1:
+    if seconds < 0.9995:  # and what rounds to 1000 ms (":.3g": "1e+03ms") as 1 s
         return f"{seconds * 1e3:.3g}ms"
     return f"{seconds:.3g}s"
 
