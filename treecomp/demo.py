@@ -111,6 +111,10 @@ def main() -> int:
         f"speed: native time / treecomp time (above 1: treecomp is faster), medians, "
         f"{threads} thread(s) for both; `treecomp bench` measures each in its own process"
     )
+    print(
+        "a process that keeps scoring large batches moves them to a compiled kernel, built in "
+        "the background and cached on disk; cm.tier_up() does it at once (README: Backends)"
+    )
     return 1 if failures else 0
 
 
