@@ -104,6 +104,24 @@ def test_compile_needs_a_cpp_compiler() -> None:
         treecomp.convert(model, "torch", compile=True)
 
 
+def test_a_failed_build_is_a_clear_error_never_a_silent_eager_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that fails with FileNotFoundError (a compiler binary gone missing midway)
+    names the failure and the fallback; it is not taken for a package missing from the
+    cache, which only the compiled tier's lookups may tolerate."""
+    import treecomp.torch_backend as torch_backend
+
+    def missing_binary(*args: Any, **kwargs: Any) -> None:
+        raise FileNotFoundError(2, "No such file or directory", "g++")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch_backend, "export_package", missing_binary)
+    model, _ = fitted("sklearn_gb")
+    with pytest.raises(RuntimeError, match=r"could not compile.*FileNotFoundError.*compile=False"):
+        treecomp.convert(model, "torch", compile=True)
+
+
 def test_compile_option_is_checked() -> None:
     model, _ = fitted("sklearn_gb")
     with pytest.raises(TypeError, match="compile must be True or False"):

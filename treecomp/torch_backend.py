@@ -189,6 +189,10 @@ def trim_packages(directory: Path, keep: Path, limit: int = MAX_PACKAGE_BYTES) -
             total -= size
 
 
+class PackageNotCached(LookupError):
+    """A compiled package asked for without building it is not in the package cache."""
+
+
 class PackagedForward:
     """A branch-free :class:`strategies.ForestModule` compiled ahead of time by
     ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
@@ -214,9 +218,9 @@ class PackagedForward:
         self.dtype = module.input_dtype
         key = hashlib.sha256(f"{digest} {outputs} {device.type}".encode()).hexdigest()[:32]
         path = package_dir() / f"{key}.pt2"
-        if not path.exists() and not build:
-            raise FileNotFoundError(path)
         if not path.exists():
+            if not build:
+                raise PackageNotCached(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
             try:
@@ -327,12 +331,13 @@ class TorchEngine:
             try:
                 self._forward = self._package("scores", build=build)
                 self.package_loaded = True
-            except FileNotFoundError:
+            except PackageNotCached:
                 pass
 
     def _package(self, outputs: str, *, build: bool = True) -> PackagedForward:
         """The compiled package of the module (built now, or loaded from disk), naming what
-        failed if it cannot be built; ``FileNotFoundError`` if not cached and not ``build``."""
+        failed if it cannot be built; :class:`PackageNotCached` if not cached and not
+        ``build``."""
         try:
             with self._threads():
                 if self._digest is None:
@@ -340,7 +345,7 @@ class TorchEngine:
                 return PackagedForward(
                     self.lowered, outputs, self.device, self._digest, build=build
                 )
-        except FileNotFoundError:
+        except PackageNotCached:
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -396,19 +401,19 @@ class TorchEngine:
         if n == 0:
             return [np.zeros((0, w), dtype=dtype) for w in widths]
 
-        slices = self._slices(min(n, self.batch_size))
-        pool = _slice_pool.get()
-
         def score(rows: slice) -> list[np.ndarray]:
             chunk = X[rows]
             tensor = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk)
             tensor = tensor.to(self.device, non_blocking=True)
-            if slices > 1:  # torch releases the GIL inside its kernels
-                return side_by_side(partial(_score_slice, fn), tensor, slices, pool)
+            parts = self._slices(tensor.shape[0])
+            if parts > 1:  # torch releases the GIL inside its kernels
+                pool = _slice_pool.get()
+                return side_by_side(partial(_score_slice, fn), tensor, parts, pool)
             return _numpy(fn(tensor))
 
         # Side by side, every slice's kernels run on one thread, this one's included.
-        with torch.inference_mode(), self._threads(1 if slices > 1 else None):
+        sliced = self._slices(min(n, self.batch_size)) > 1
+        with torch.inference_mode(), self._threads(1 if sliced else None):
             return score_in_chunks(
                 n, self.batch_size, widths, [dtype] * len(widths), score, progress=self.progress
             )
