@@ -183,7 +183,7 @@ def walk_pointers(
     names = ("node_a", "node_b")
     narrow = block.keys.dtype == torch.int32  # buffers shared as in walk_levels
     here = scratch(names[0], (node.numel(),), torch.int32, device)
-    here.copy_(node.reshape(-1))
+    here.view(shape).copy_(node)
     # Each walker's row offset, and (once walkers have left) its place in the result.
     offsets = block.row_offsets.expand(shape).reshape(-1)
     place: torch.Tensor | None = None

@@ -704,7 +704,7 @@ class OnnxEngine:
     def strategy(self) -> str:
         """The plan of the graph, and the compiled tier's, once it serves large batches."""
         if self.tier is not None and self.tier.state.startswith("failed"):
-            return f"{self.plan} (no compiled tier: {self.tier.state[8:]})"
+            return f"{self.plan} (no compiled tier: {self.tier.state.removeprefix('failed: ')})"
         if self.tier is None or self.tier.engine is None:
             return self.plan
         return f"{self.plan}; batches of {self.tier_rows}+ rows: {self.tier.engine.strategy}"
@@ -806,14 +806,9 @@ class OnnxEngine:
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        tier = self.tier
-        if tier is not None and X.shape[0] >= self.tier_rows:
-            if tier.engine is not None:
-                return tier.engine.scores(X)
-            start = time.perf_counter()
-            outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
-            tier.note(time.perf_counter() - start)
-            return outputs[0], outputs[-1]
+        large = self.tier is not None and X.shape[0] >= self.tier_rows
+        if large and self.tier.engine is not None:
+            return self.tier.engine.scores(X)
         # float32 sums come out float32 and are widened (exactly) as they are copied out:
         # cheaper than in the graph.
         if X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:
@@ -821,7 +816,10 @@ class OnnxEngine:
             outputs = self._call(self._scores_session(1), self._score_outputs[0], X)
             raw = outputs[0].astype(np.float64, copy=False)
             return raw, raw if len(outputs) == 1 else outputs[1].astype(np.float64, copy=False)
+        start = time.perf_counter()
         outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
+        if large:  # the operator's time on large batches decides when the tier builds
+            self.tier.note(time.perf_counter() - start)
         return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
 
 

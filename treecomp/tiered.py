@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +94,26 @@ class CompiledTier:
         """A large batch took ``seconds`` in the operator: look for the package at the first,
         build it once they add up to ``BUILD_AFTER_S``."""
         self.busy_s += seconds
-        if self.state == "idle":
-            self._start("looking", self._look)
-        elif self.state == "missing" and self.busy_s >= BUILD_AFTER_S:
-            self._start("building", self._build_and_load)
+        self._start("looking", self._look, after="idle")
+        if self.busy_s >= BUILD_AFTER_S:
+            self._start("building", self._build_and_load, after="missing")
 
     def tier_up(self, timeout: float | None = None) -> bool:
-        """Look for or build the package now and wait for it (at most ``timeout`` seconds);
-        whether large batches now use it."""
-        self._start("looking", self._look, after="idle")
-        self._join(timeout)
-        self._start("building", self._build_and_load, after="missing")
-        self._join(timeout)
+        """Look for or build the package now and wait for it (at most ``timeout`` seconds
+        in all); whether large batches now use it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for state, work, after in (
+            ("looking", self._look, "idle"),
+            ("building", self._build_and_load, "missing"),
+        ):
+            self._start(state, work, after=after)
+            self._join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self.engine is not None
 
-    def _start(self, state: str, work: Any, after: str | None = None) -> None:
+    def _start(self, state: str, work: Any, *, after: str) -> None:
+        """Run ``work`` in a thread, in ``state``, if the tier is in ``after`` and idle."""
         with self._lock:
-            if after is not None and self.state != after:
+            if self.state != after:
                 return
             if _exiting or (self._thread is not None and self._thread.is_alive()):
                 return
