@@ -384,3 +384,25 @@ def test_bad_values_fail_with_the_models_message(cm: treecomp.CompiledModel) -> 
     scored = tcdask.predict(cm, rows)  # zero rows of text convert fine
     with pytest.raises(TypeError, match="column 'f9' has non-numeric dtype"):
         scored.compute(scheduler="sync")
+
+
+def test_defaults_on_float64_rows_of_a_double_library(client: Any) -> None:
+    """treecomp.convert(model) with no option, a LightGBM model and float64 rows on, just
+    below and just above its thresholds: each worker compares them in double, as LightGBM
+    does (in float32, many would take the other branch)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 6))
+    y = X[:, 0] - X[:, 1] * X[:, 2] + rng.normal(0, 0.1, 3000)
+    lightgbm = pytest.importorskip("lightgbm")
+    model = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=31, verbose=-1, n_jobs=1)
+    model.fit(X, y)
+    from tests.helpers import probe_rows
+
+    rows = probe_rows(treecomp.parse(model), X, "float64", limit=300)
+    frame = pd.DataFrame(rows, columns=[f"Column_{j}" for j in range(6)])
+    cm = treecomp.convert(model)
+    lazy = dd.from_pandas(frame, npartitions=3)
+    out = gathered(client, tcdask.predict(cm, lazy, "apply"))
+    assert_equal(out.to_numpy(), model.predict(rows, pred_leaf=True))
+    out = gathered(client, tcdask.predict(cm, lazy, "predict"))
+    np.testing.assert_allclose(out.to_numpy(), model.predict(rows), rtol=1e-12, atol=1e-12)

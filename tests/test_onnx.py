@@ -51,7 +51,7 @@ def run_serving(proto: Any, X: np.ndarray, precision: str) -> dict[str, np.ndarr
 def check_serving(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
     """The exported graph's named outputs equal the native model's answers."""
     proto = cm.to_onnx(leaf_indices=True)
-    out = run_serving(proto, serving_input(model, cm, X), cm.precision)
+    out = run_serving(proto, serving_input(model, cm, X), cm.export_dtype)
     forest = cm.forest
     if forest.task == "classifier":
         assert_equal(out["label"], model.predict(X))

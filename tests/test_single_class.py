@@ -105,7 +105,7 @@ def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
     )
     for X in rows(model, cm.forest):
         compare(model, cm, X)
-        label, proba = session.run(["label", "probabilities"], {"input": X.astype(np.float32)})
+        label, proba = session.run(["label", "probabilities"], {"input": X.astype(cm.export_dtype)})
         assert_equal(label, model.predict(X))
         assert_close(proba, model.predict_proba(X), tolerance(model))
 

@@ -142,6 +142,23 @@ def test_every_method_matches_single_process(spark, name):
         assert_equal(collected(rows, method), getattr(cm, method)(frame[features]))
 
 
+def test_defaults_on_float64_rows_of_a_double_library(spark):
+    """treecomp.convert(model) with no option on a HistGradientBoosting model, scored on
+    its float64 training rows through Spark: compared in double on the executors, exactly
+    as scikit-learn compares them."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(2000, 6, random_state=5)
+    model = ensemble.HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(X, y)
+    cm = treecomp.convert(model)
+    frame = frame_of(X, None)
+    features = list(frame.columns[1:])
+    df = spark.createDataFrame(frame).repartition(3)
+    rows = df.select("id", predict_udf(cm, "predict_proba")(*features).alias("p")).collect()
+    rows.sort(key=lambda row: row["id"])
+    np.testing.assert_allclose(collected(rows, "p"), model.predict_proba(X), rtol=1e-12, atol=1e-12)
+
+
 def test_types_follow_the_native_outputs(spark):
     """Return types: labels keep their type, scores are doubles, leaves are longs."""
     names = ("xgboost_binary", "sklearn_gb", "sklearn_iforest", "sklearn_multi_output")

@@ -33,7 +33,7 @@ def serving(cm: treecomp.CompiledModel, X: np.ndarray) -> dict[str, np.ndarray]:
     """The exported file run by ONNX Runtime alone."""
     proto = cm.to_onnx(leaf_indices=True)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = session.run(None, {"input": X.astype(cm.precision)})
+    values = session.run(None, {"input": X.astype(cm.export_dtype)})
     return {o.name: v for o, v in zip(session.get_outputs(), values, strict=True)}
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from treecomp.backends import available_backends, choose_backend, get_backend
-from treecomp.container import CompiledModel
+from treecomp.container import CompiledModel, Engine
 from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
 from treecomp.frontends import parse, supported_models
-from treecomp.inputs import check_precision
+from treecomp.inputs import Precision, check_precision
 from treecomp.ir import Forest, PostTransform, Tree
 
 __version__ = "0.1.0"
@@ -47,7 +47,7 @@ def score(model: Any, source: Any, destination: Any, **options: Any) -> int:
 
 
 def convert(
-    model: Any, backend: str = "auto", *, precision: str = "float32", **options: Any
+    model: Any, backend: str = "auto", *, precision: str = "auto", **options: Any
 ) -> CompiledModel:
     """Compile a fitted model (or a :class:`Forest`) for the given backend.
 
@@ -59,9 +59,14 @@ def convert(
             Runtime's tree operator; on CUDA, ``"torch"``), ``"torch"``, ``"torchscript"``,
             ``"onnx"`` or ``"numpy"`` (the reference evaluator, which needs no extra);
             :func:`available_backends` lists them. ``cm.backend`` says which ran.
-        precision: ``"float32"`` (default) or ``"float64"``. float32 is exact for libraries
-            that compare in float32 (XGBoost, scikit-learn trees) and for float32 inputs;
-            ``"float64"`` reproduces LightGBM and HistGradientBoosting on any float64 input.
+        precision: ``"auto"`` (default), ``"float32"`` or ``"float64"``: the type the trees
+            compare in. ``"auto"`` is exact on every input: it compares as the native
+            library does (float32 for XGBoost and scikit-learn trees, float64 for LightGBM
+            and HistGradientBoosting), and float32 rows of the float64 libraries in float32,
+            which is exact for them and reads half the bytes; the engine for the second
+            type is built at its first call. ``"float32"`` rounds float64 rows of LightGBM
+            and HistGradientBoosting models (not exact there); ``"float64"`` is exact
+            everywhere but slower on float32 data.
         **options: Options of the torch backends: ``strategy`` (``"auto"``, ``"gemm"``,
             ``"tree_traversal"``, ``"perfect_tree_traversal"``), ``device`` (``"cpu"``,
             ``"cuda"``, ``"cuda:1"`` or a ``torch.device``), ``batch_size`` (rows per chunk;
@@ -82,8 +87,12 @@ def convert(
         backend = choose_backend(options)
         if backend == "onnx":  # large batches tier up to the compiled package (tiered)
             engine_options = {**options, "compiled_tier": True}
-    engine = get_backend(backend)(forest, precision=precision_, **engine_options)
-    return CompiledModel(forest, engine, backend=backend, precision=precision_, options=options)
+    factory = get_backend(backend)
+
+    def build(precision: Precision) -> Engine:
+        return factory(forest, precision=precision, **engine_options)
+
+    return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)
 
 
 def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel:

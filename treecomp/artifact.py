@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from treecomp.errors import InvalidArtifactError, InvalidForestError
+from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
 
 FORMAT = "treecomp.model"
@@ -90,7 +91,7 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
             f"{path} is corrupted or was modified: its checksum does not match"
         )
     backend, precision, options = body.get("backend"), body.get("precision"), body.get("options")
-    if backend not in _BACKENDS or precision not in ("float32", "float64"):
+    if backend not in _BACKENDS or precision not in PRECISIONS:
         raise InvalidArtifactError(
             f"{path}: unknown backend {backend!r} or precision {precision!r}"
         )

@@ -7,7 +7,8 @@ peer); Hummingbird is benchmarked when it is importable.
 
 How a run goes:
 
-1. The parent fits seven models on synthetic data with fixed seeds (float32 numbers, some
+1. The parent fits seven models on synthetic data with fixed seeds (float32 numbers, or
+   with ``--dtype float64`` float64 numbers as pandas and scikit-learn hand them; some
    with 10 % NaN), pickles them to a temporary directory with held-out rows and the native
    model's outputs on those rows (computed once, saved as ``.npy``).
 2. For each model and system, a worker (``python -m treecomp.bench --worker JOB``) loads the
@@ -216,17 +217,19 @@ MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (*MODELS, TINY)
 
 
 def make_data(
-    spec: ModelSpec, n_train: int, n_test: int
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any], npt.NDArray[np.float32]]:
+    spec: ModelSpec, n_train: int, n_test: int, dtype: str = "float32"
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[Any], npt.NDArray[np.floating]]:
     """Synthetic training rows, targets and held-out rows for a model, from its fixed seed.
 
     Args:
         spec: The model.
         n_train: Training rows.
         n_test: Held-out rows (the largest batch size).
+        dtype: ``"float32"`` (rows of float32 numbers) or ``"float64"`` (doubles, most of
+            which no float32 holds: what LightGBM and HistGradientBoosting compare exactly).
 
     Returns:
-        ``(X_train, y_train, X_test)``, inputs as float32 numbers.
+        ``(X_train, y_train, X_test)``, inputs of ``dtype``.
     """
     from sklearn.datasets import make_classification, make_regression
 
@@ -250,7 +253,7 @@ def make_data(
             noise=10.0,
             random_state=spec.seed,
         )
-    X = X.astype(np.float32)
+    X = X.astype(dtype)
     if spec.nan_fraction:
         rng = np.random.default_rng(spec.seed)
         X[rng.random(X.shape) < spec.nan_fraction] = np.nan
@@ -298,7 +301,13 @@ class PreparedModel:
 
 
 def prepare_model(
-    spec: ModelSpec, directory: Path, *, quick: bool, threads: int, n_test: int
+    spec: ModelSpec,
+    directory: Path,
+    *,
+    quick: bool,
+    threads: int,
+    n_test: int,
+    dtype: str = "float32",
 ) -> PreparedModel:
     """Fit a model and save it, its held-out rows and its native outputs for the workers.
 
@@ -311,9 +320,10 @@ def prepare_model(
         quick: Fit the ``--quick`` size.
         threads: Threads to fit with (the workers set their own for predicting).
         n_test: Held-out rows to keep (the largest batch size).
+        dtype: The rows' float type (see :func:`make_data`).
     """
     n_train = spec.train_rows or (QUICK_TRAIN_ROWS if quick else TRAIN_ROWS)
-    X_train, y_train, X_test = make_data(spec, n_train, n_test)
+    X_train, y_train, X_test = make_data(spec, n_train, n_test, dtype)
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     model = make_estimator(spec, quick=quick, threads=threads)
@@ -929,13 +939,18 @@ def machine_info(threads: int) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     cpu_model = platform.processor()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu_model = line.partition(":")[2].strip()
+            elif line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+            if flags and cpu_model:
                 break
     except OSError:
         pass
+    isa = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags), None)
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -945,6 +960,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpus_available": available,
         "cpu_model": cpu_model,
+        # The widest x86 vector extension the CPU has (inductor's and ATen's kernels use it).
+        "isa": isa,
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -1231,6 +1248,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="smaller models, fewer batch sizes and systems, shorter timing (a few minutes)",
     )
     parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="the rows' float type: float64 rows (what pandas gives) are doubles that no "
+        "float32 holds, compared exactly by LightGBM and HistGradientBoosting (default float32)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -1335,6 +1359,7 @@ def run(args: argparse.Namespace) -> BenchRun:
         settings={
             **asdict(settings),
             "quick": quick,
+            "dtype": args.dtype,
             "batch_sizes": batch_sizes,
             "systems": [s.name for s in systems],
             "worker_timeout_s": timeout_s,
@@ -1356,6 +1381,7 @@ def run(args: argparse.Namespace) -> BenchRun:
                 quick=quick,
                 timeout_s=timeout_s,
                 out=args.out,
+                dtype=args.dtype,
             )
         bench.complete = True
     except KeyboardInterrupt:
@@ -1383,13 +1409,16 @@ def _run_models(
     quick: bool,
     timeout_s: float,
     out: Path | None,
+    dtype: str,
 ) -> None:
     total = len(specs) * len(systems)
     for spec in specs:
         _log(f"fitting {spec.name}: {spec.description} ...")
         # One thread to fit: fitting is not measured, and on a shared machine OpenMP's
         # spinning barriers made two-thread fits of the quick models take 60 s, not 2.
-        prepared = prepare_model(spec, directory, quick=quick, threads=1, n_test=max(batch_sizes))
+        prepared = prepare_model(
+            spec, directory, quick=quick, threads=1, n_test=max(batch_sizes), dtype=dtype
+        )
         bench.models.append(
             {
                 "name": spec.name,
@@ -1476,9 +1505,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     m = bench.machine
     print(
-        f"treecomp bench, {m['date']}: {m['cpu_model']}, {m['cpus_available']} CPUs, "
-        f"{m['threads']} threads, torch {m['versions']['torch']}"
-        + (" (--quick)" if args.quick else "")
+        f"treecomp bench, {m['date']}: {m['cpu_model']} ({m['isa'] or 'ISA unknown'}), "
+        f"{m['cpus_available']} CPUs, {m['threads']} threads, torch {m['versions']['torch']}, "
+        f"{args.dtype} rows" + (" (--quick)" if args.quick else "")
     )
     load = m["load_average"]
     if load and load[0] > 0.5:

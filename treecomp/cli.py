@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(convert)
     convert.add_argument("--to", required=True, choices=["onnx", "pt2", "torchscript", "artifact"])
     convert.add_argument("-o", "--output", required=True, type=Path, help="file to write")
-    convert.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    convert.add_argument("--precision", default="auto", choices=["auto", "float32", "float64"])
     convert.add_argument("--strategy", help="a lowering (default: the selector's choice)")
     convert.add_argument("--backend", help="backend saved in an artifact (--to artifact)")
 

@@ -9,13 +9,14 @@ library's methods (``predict``, ``predict_proba``, ``decision_function``, ``scor
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.inputs import Precision, prepare
+from treecomp.inputs import Precision, PrecisionOption, default_precision, prepare
 from treecomp.ir import METHODS, Forest
 
 
@@ -70,23 +71,44 @@ class CompiledModel:
     Attributes:
         forest: The IR the model was compiled from.
         backend: Name of the backend running it.
-        precision: ``"float32"`` or ``"float64"``.
+        precision: ``"auto"``, ``"float32"`` or ``"float64"``: the option it was built
+            with. Under ``"auto"`` each call runs in the precision its input needs (see
+            :mod:`treecomp.inputs`), on an engine built at the first such call;
+            :attr:`strategy` names the precision of each engine once there are two.
     """
 
     def __init__(
         self,
         forest: Forest,
-        engine: Engine,
+        build: Callable[[Precision], Engine],
         *,
         backend: str,
-        precision: Precision,
+        precision: PrecisionOption,
         options: dict[str, Any] | None = None,
     ) -> None:
         self.forest = forest
         self.backend = backend
         self.precision = precision
         self.options = dict(options or {})
-        self._engine = engine
+        self._build = build
+        self._device: Any = None  # where to() moved the model: engines built later go there
+        self._lock = threading.Lock()
+        # One engine per precision that has run, the default one built now.
+        self._engine = build(default_precision(forest, precision))
+        self._engines: dict[str, Engine] = {default_precision(forest, precision): self._engine}
+
+    def _engine_for(self, precision: str) -> Engine:
+        """The engine scoring inputs prepared in ``precision``, built at its first call."""
+        engine = self._engines.get(precision)
+        if engine is not None:
+            return engine
+        with self._lock:  # two threads' first float32 calls build one engine
+            if precision not in self._engines:
+                engine = self._build(precision)  # type: ignore[arg-type]
+                if self._device is not None:
+                    engine.to(self._device)  # type: ignore[attr-defined]
+                self._engines[precision] = engine
+            return self._engines[precision]
 
     def __dir__(self) -> list[str]:
         return [n for n in super().__dir__() if n not in METHODS or n in self.forest.methods]
@@ -104,24 +126,46 @@ class CompiledModel:
         return self.forest.classes
 
     @property
+    def export_dtype(self) -> Precision:
+        """The float type exported artifacts (ONNX, ``.pt2``, TorchScript) of this model take:
+        the precision it was built with, under ``"auto"`` the native library's input type.
+        ONNX Runtime refuses the other type; see the README's table of artifacts."""
+        return default_precision(self.forest, self.precision)
+
+    @property
     def n_features_in_(self) -> int:
         """Number of input features."""
         return self.forest.n_features
 
     # ------------------------------------------------------------------------------------
-    def _prepare(self, X: Any) -> Any:
+    def _prepare(self, X: Any) -> tuple[Engine, Any]:
+        """The engine for ``X`` and ``X`` prepared for it."""
         if type(X) is np.ndarray:  # the common case, first: at one row every check counts
-            return prepare(self.forest, X, self.precision)
+            prepared = prepare(self.forest, X, self.precision)
+            return self._engine_for(prepared.dtype.name), prepared
         f = self.forest
         host_encoding = f.categories is not None and f.category_encoding == "always"
         if _is_tensor(X) and hasattr(self._engine, "prepare_tensor") and not host_encoding:
-            return self._engine.prepare_tensor(X)  # stays on its device
-        return prepare(f, X, self.precision)
+            precision = default_precision(f, self.precision)
+            if self.precision == "auto" and str(X.dtype) == "torch.float32":
+                precision = "float32"  # as prepare() keeps float32 arrays (see inputs)
+            engine = self._engine_for(precision)
+            return engine, engine.prepare_tensor(X)  # type: ignore[attr-defined]
+        prepared = prepare(f, X, self.precision)
+        return self._engine_for(prepared.dtype.name), prepared
 
     @property
     def strategy(self) -> str:
-        """The lowering chosen (``"reference"`` for the NumPy backend)."""
-        return str(getattr(self._engine, "strategy", "reference"))
+        """The lowering chosen (``"reference"`` for the NumPy backend); with engines of two
+        precisions (``precision="auto"`` given rows of both), each one's, by precision."""
+        engines = dict(self._engines)
+
+        def plan(engine: Engine) -> str:
+            return str(getattr(engine, "strategy", "reference"))
+
+        if len(engines) == 1:
+            return plan(self._engine)
+        return "; ".join(f"{p} rows: {plan(e)}" for p, e in sorted(engines.items()))
 
     @property
     def torch_module(self) -> Any:
@@ -146,18 +190,23 @@ class CompiledModel:
             that stay on the operator (deep leaf-wise trees, small forests), or a build
             that failed (``cm.strategy`` then says why) or outlasted ``timeout``.
         """
-        tier = getattr(self._engine, "tier", None)
-        return tier is not None and bool(tier.tier_up(timeout))
+        tiers = [getattr(e, "tier", None) for e in list(self._engines.values())]
+        results = [bool(tier.tier_up(timeout)) for tier in tiers if tier is not None]
+        return bool(results) and all(results)
 
     def to(self, device: Any) -> CompiledModel:
         """Move a torch-backed model to ``device``; returns ``self``."""
         if not hasattr(self._engine, "to"):
             raise AttributeError(f"the {self.backend!r} backend runs on the CPU only")
-        self._engine.to(device)
+        with self._lock:
+            for engine in self._engines.values():
+                engine.to(device)  # type: ignore[attr-defined]
+            self._device = device
         return self
 
     def _scores(self, X: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        return self._engine.scores(self._prepare(X))
+        engine, prepared = self._prepare(X)
+        return engine.scores(prepared)
 
     def _proba(self, transformed: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self.forest.proba_columns == 2 and transformed.shape[1] == 1:
@@ -188,7 +237,7 @@ class CompiledModel:
             strategy = str(self.options.get("strategy") or "auto")
         return build(
             self.forest,
-            precision=self.precision,
+            precision=self.export_dtype,
             strategy=strategy,
             batch_size=int(self.options.get("batch_size") or 10_000),
             leaf_indices=leaf_indices,
@@ -249,7 +298,8 @@ class CompiledModel:
     @_NativeMethod
     def apply(self, X: Any) -> npt.NDArray[np.int64]:
         """Native leaf index reached in every tree, in the native shape and numbering."""
-        ids = self._engine.leaf_ids(self._prepare(X))
+        engine, prepared = self._prepare(X)
+        ids = engine.leaf_ids(prepared)
         return ids.reshape((ids.shape[0], *self.forest.leaf_shape))
 
     @_NativeMethod
@@ -280,16 +330,16 @@ class CompiledModel:
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
             getattr(self, method)
-        prepared = self._prepare(X)
+        engine, prepared = self._prepare(X)
         scores = None
         results: dict[str, npt.NDArray[Any]] = {}
         for method in methods:
             if method == "apply":
-                ids = self._engine.leaf_ids(prepared)
+                ids = engine.leaf_ids(prepared)
                 results[method] = ids.reshape((ids.shape[0], *self.forest.leaf_shape))
                 continue
             if scores is None:
-                scores = self._engine.scores(prepared)
+                scores = engine.scores(prepared)
             results[method] = _DERIVED[method](self, *scores)
         return results
 

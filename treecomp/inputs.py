@@ -4,6 +4,13 @@ The native libraries cast inputs before comparing: scikit-learn trees and XGBoos
 float32, LightGBM and HistGradientBoosting to float64. :func:`prepare` applies the same cast
 (``Forest.input_dtype``), then the requested precision, maps XGBoost's ``missing=`` value to
 NaN and encodes pandas categorical columns the way the native library does.
+
+Precision ``"auto"`` (the default) is exact on whatever the caller passes: rows are compared
+in the native library's type, except that float32 rows of a model that compares in float64
+stay float32 (every float32 number compares against the float32-rounded threshold exactly as
+it compares in double against the double one, see :func:`treecomp.passes.float32_thresholds`),
+which halves what the walk reads. The prepared matrix's dtype says which precision a call
+runs in.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from treecomp.errors import UnsupportedModelError
 from treecomp.ir import Forest
 
 Precision = Literal["float32", "float64"]
-PRECISIONS = ("float32", "float64")
+# What ``convert(precision=...)`` takes: a precision, or "auto" (chosen per call, see above).
+PrecisionOption = Literal["auto", "float32", "float64"]
+PRECISIONS = ("auto", "float32", "float64")
 
 
 def check_positive(name: str, value: object) -> None:
@@ -28,11 +37,17 @@ def check_positive(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def check_precision(precision: str) -> Precision:
+def check_precision(precision: str) -> PrecisionOption:
     """Validate a ``precision`` option."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision  # type: ignore[return-value]
+
+
+def default_precision(forest: Forest, precision: PrecisionOption) -> Precision:
+    """The precision a model built with ``precision`` runs in unless a call says otherwise:
+    the option itself, or for ``"auto"`` the native library's input type."""
+    return forest.input_dtype if precision == "auto" else precision
 
 
 def _is_dataframe(X: Any) -> bool:
@@ -77,6 +92,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
                 "categorical_feature= list that differs from the category columns); pass them "
                 "as numbers (their codes)"
             )
+    _check_category_columns(forest, X)
     out = np.empty((len(X), len(columns)), dtype=_frame_dtype(forest, X))
     for j, name in enumerate(X.columns):
         col = X[name]
@@ -102,6 +118,37 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
                     "pandas 'category' dtype"
                 ) from None
     return out
+
+
+def categorical_features(forest: Forest) -> set[int]:
+    """The features the model reads as categories: those with training category lists, and
+    those some tree splits on by category membership."""
+    features = {j for j, known in enumerate(forest.categories or ()) if known is not None}
+    for tree in forest.trees:
+        features.update(tree.feature[tree.is_categorical].tolist())
+    return features
+
+
+def _check_category_columns(forest: Forest, X: Any) -> None:
+    """Refuse a pandas ``category`` column on a feature the model reads as a number.
+
+    Its codes are not its values, and the libraries disagree on what such a column means
+    (scikit-learn reads the category values, LightGBM the codes, XGBoost refuses it), so no
+    answer would be the native one for every model.
+    """
+    columns = [name for name in X.columns if str(X[name].dtype) == "category"]
+    if not columns:
+        return
+    categorical = categorical_features(forest)
+    numeric = [
+        str(name) for j, name in enumerate(X.columns) if name in columns and j not in categorical
+    ]
+    if numeric:
+        raise TypeError(
+            f"columns {numeric} are pandas categories, but the model reads them as numbers "
+            "(it has no categorical split on them): pass their values instead (for example "
+            "X[column].astype(float)), or fit the model with them as categorical features"
+        )
 
 
 # Column dtypes whose every value float32 holds exactly (NaN included).
@@ -218,27 +265,30 @@ def to_matrix(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
     return arr
 
 
-def prepare(forest: Forest, X: Any, precision: Precision) -> npt.NDArray[np.floating]:
+def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[np.floating]:
     """The exact values the trees compare against, in the dtype of ``precision``.
 
     Values are first cast to the native input dtype (so float32-casting libraries see the
     same rounded values), then to ``precision``. With ``precision="float32"`` a model whose
     native input is float64 sees float32-rounded inputs: exact for float32-representable
-    data, the documented trade-off otherwise.
+    data, the documented trade-off otherwise. With ``"auto"`` the result is float32 where
+    the input's values are float32 numbers and the model reads float32 or float64 (see the
+    module's notes), float64 otherwise: never rounded.
     """
     # An array already 2-D and of the native dtype (the common case) skips the conversions:
     # at one row every NumPy call counts.
     if (
         type(X) is np.ndarray
         and X.ndim == 2
-        and X.dtype == forest.input_dtype
+        and (X.dtype == forest.input_dtype or (precision == "auto" and X.dtype == np.float32))
         and X.shape[1] == forest.n_features
         and forest.categories is None
     ):
         arr = X
     else:
         arr = to_matrix(forest, X)
-        if arr.dtype != forest.input_dtype:
+        keep_float32 = precision == "auto" and arr.dtype == np.float32
+        if arr.dtype != forest.input_dtype and not keep_float32:
             with np.errstate(over="ignore"):  # overflow to inf is reported below, as natively
                 arr = arr.astype(forest.input_dtype)
     # One pass where both are allowed or the batch is finite (the common case), the precise
@@ -246,6 +296,8 @@ def prepare(forest: Forest, X: Any, precision: Precision) -> npt.NDArray[np.floa
     if not (forest.allow_nan and forest.allow_inf) and not np.isfinite(arr).all():
         check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
     if not math.isnan(forest.missing_value):
-        # Compared in the native dtype, before any widening: XGBoost compares in float32.
-        arr = np.where(arr == arr.dtype.type(forest.missing_value), np.nan, arr)
-    return np.ascontiguousarray(arr.astype(precision, copy=False))
+        # Compared in the native dtype: XGBoost compares in float32.
+        missing = np.dtype(forest.input_dtype).type(forest.missing_value)
+        arr = np.where(arr == missing, np.nan, arr).astype(arr.dtype, copy=False)
+    target = arr.dtype if precision == "auto" else np.dtype(precision)
+    return np.ascontiguousarray(arr.astype(target, copy=False))

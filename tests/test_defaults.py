@@ -1,0 +1,167 @@
+"""The defaults, with the data users pass: ``treecomp.convert(model)`` and no option at all.
+
+Every zoo model (every family), scored on float64 NumPy rows that are not float32 numbers,
+on float32 rows, on pandas frames (with category columns where the model has categorical
+features, refused where it has none), on float64 rows sitting on, just below and just above
+every threshold, on NaN and ±inf, and on the rows the model was trained on: labels and leaf
+indices exactly, probabilities and scores within the tolerance table, against the native
+library. Then the same model file scored through ``treecomp.score``, whose batches reach
+the model as DataFrames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_close, assert_equal, probe_rows, special_rows, with_missing
+from tests.zoo import ZOO, compare_native, fitted, native_apply, pd, tolerance
+
+ensemble = pytest.importorskip("sklearn.ensemble")
+lightgbm = pytest.importorskip("lightgbm")
+
+
+def off_float32(X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Float64 rows that no float32 holds: each value moved by a relative 1e-9."""
+    rng = np.random.default_rng(seed)
+    X = np.asarray(X, dtype=np.float64)
+    return X * (1 + rng.uniform(-1e-9, 1e-9, X.shape))
+
+
+def default_inputs(model: Any, X_test: Any, forest: treecomp.Forest) -> list[Any]:
+    """What users pass: float64 rows (not float32 numbers), float32 rows, frames of both,
+    float64 threshold probes, NaN, ±inf and one row."""
+    if isinstance(X_test, pd.DataFrame):
+        shifted = X_test.assign(a=off_float32(X_test["a"].to_numpy()))
+        nan_rows = shifted.copy()
+        nan_rows.loc[::3, "b"] = np.nan
+        return [shifted, nan_rows, shifted.iloc[:1]]
+    X64 = off_float32(X_test)
+    names = [f"x{j}" for j in range(X64.shape[1])]
+    probes = probe_rows(forest, X64, "float64", limit=150)
+    if not forest.allow_inf:  # neighbours of infinite thresholds, which the model refuses
+        probes = probes[(np.abs(probes) <= np.finfo(np.float32).max).all(axis=1)]
+    batches = [
+        X64,
+        X64.astype(np.float32),
+        probes,
+        X64[:1],
+        pd.DataFrame(X64, columns=names),
+        pd.DataFrame(X64.astype(np.float32), columns=names),
+    ]
+    if forest.allow_nan:
+        batches.append(with_missing(X64, fraction=0.3, seed=3))
+    special = special_rows(X64.shape[1])
+    batches.append(special if forest.allow_inf else special[:2])
+    return batches
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_defaults_match_native_on_the_data_users_pass(name: str) -> None:
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model)
+    assert cm.precision == "auto"
+    for X in default_inputs(model, X_test, cm.forest):
+        # scikit-learn warns about frames with names for a model fitted on an array (and the
+        # reverse); the rows are what matters here
+        compare_native(model, cm, X)
+
+
+def test_float64_rows_of_double_libraries_run_in_float64() -> None:
+    """LightGBM and HistGradientBoosting compare in double: float64 rows run in float64,
+    float32 rows in float32 (exact for them), each on its own engine, said in ``strategy``."""
+    model, X_test = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model, "torch", strategy="tree_traversal")
+    assert cm.export_dtype == "float64" and cm.strategy == "tree_traversal"
+    X64 = off_float32(X_test)
+    assert_equal(cm.apply(X64), native_apply(model, X64))
+    assert cm.strategy == "tree_traversal"  # one engine so far: the float64 one
+    X32 = X64.astype(np.float32)
+    assert_equal(cm.apply(X32), native_apply(model, X32))
+    assert cm.strategy == "float32 rows: tree_traversal; float64 rows: tree_traversal"
+    assert sorted(cm._engines) == ["float32", "float64"]
+    # XGBoost reads float32: one engine, whatever the rows
+    xgb, X_xgb = fitted("xgboost_binary")
+    cm = treecomp.convert(xgb, "torch", strategy="tree_traversal")
+    cm.predict(off_float32(X_xgb))
+    cm.predict(np.asarray(X_xgb, dtype=np.float32))
+    assert cm.export_dtype == "float32" and sorted(cm._engines) == ["float32"]
+
+
+def test_explicit_float32_still_rounds_double_rows() -> None:
+    """precision="float32" stays what it says (an override): float64 rows are rounded, so
+    a row between a threshold's float32 neighbours can take the other branch."""
+    model, X_test = fitted("sklearn_hgb_nan")
+    forest = treecomp.parse(model)
+    probes = probe_rows(forest, np.nan_to_num(np.asarray(X_test)), "float64", limit=400)
+    rounded = treecomp.convert(model, "numpy", precision="float32")
+    exact = treecomp.convert(model, "numpy")
+    assert_close(exact.predict_proba(probes), model.predict_proba(probes), "float64")
+    assert (rounded.predict_proba(probes) != model.predict_proba(probes)).any()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ensemble.HistGradientBoostingClassifier(max_iter=30, random_state=0),
+        lambda: lightgbm.LGBMClassifier(n_estimators=30, verbose=-1, n_jobs=1),
+        lambda: lightgbm.LGBMRegressor(n_estimators=30, num_leaves=63, verbose=-1, n_jobs=1),
+        lambda: ensemble.RandomForestRegressor(10, max_depth=8, random_state=0),
+    ],
+    ids=["hgb", "lgbm-classifier", "lgbm-regressor", "rf"],
+)
+def test_defaults_on_training_rows(make: Any) -> None:
+    """The issue's reproduction: a model scored on its own float64 training rows, whose
+    values sit exactly on the bin edges the thresholds came from."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(3000, 12, random_state=0)
+    model = make().fit(X, y)
+    cm = treecomp.convert(model)
+    compare_native(model, cm, X)
+    compare_native(model, cm, pd.DataFrame(X, columns=[f"f{j}" for j in range(12)]))
+
+
+@pytest.mark.parametrize("name", ["sklearn_rf", "lightgbm_binary_nan", "xgboost_binary"])
+def test_category_column_on_a_numeric_feature_is_refused(name: str) -> None:
+    """Scoring a category column by its codes would be wrong (scikit-learn reads its values,
+    LightGBM its codes, XGBoost refuses it): refused with the column named."""
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model)
+    frame = pd.DataFrame(np.asarray(X_test), columns=[f"x{j}" for j in range(X_test.shape[1])])
+    frame["x1"] = frame["x1"].astype("category")
+    with pytest.raises(TypeError, match=r"columns \['x1'\] are pandas categories"):
+        cm.predict(frame)
+
+
+def test_category_columns_of_categorical_models_still_encode() -> None:
+    model, frame = fitted("lightgbm_categorical_zero")
+    cm = treecomp.convert(model)
+    assert_equal(cm.apply(frame), native_apply(model, frame))
+    assert_close(cm.predict(frame), model.predict(frame), tolerance(model))
+
+
+def test_score_files_with_defaults(tmp_path: Path) -> None:
+    """treecomp.score's batches arrive as float64 frames: the float64 path, exactly."""
+    pytest.importorskip("pyarrow")
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(2000, 8, random_state=1)
+    model = ensemble.HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(X, y)
+    frame = pd.DataFrame(X, columns=[f"f{j}" for j in range(8)])
+    frame.to_parquet(tmp_path / "rows.parquet")
+    cm = treecomp.convert(model)
+    treecomp.score(
+        cm, tmp_path / "rows.parquet", tmp_path / "out.parquet", methods=["predict_proba"]
+    )
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert_close(out[["proba_0", "proba_1"]].to_numpy(), model.predict_proba(X), "float64")
+    # a string column on a numeric feature: refused, naming the column
+    frame.assign(f3=frame["f3"].astype(str)).to_parquet(tmp_path / "strings.parquet")
+    with pytest.raises((TypeError, ValueError), match="f3"):
+        treecomp.score(cm, tmp_path / "strings.parquet", tmp_path / "bad.parquet")
+    assert not (tmp_path / "bad.parquet").exists()
