@@ -475,9 +475,9 @@ class Runner:
     strategy: str | None = None
 
 
-def _require(module: str, extra: str = "bench") -> None:
+def _require(module: str, install: str = "pip install 'treecomp[bench]'") -> None:
     if importlib.util.find_spec(module) is None:
-        raise SkippedError(f"{module} is not installed (pip install 'treecomp[{extra}]')")
+        raise SkippedError(f"{module} is not installed ({install})")
 
 
 def _set_torch_threads(threads: int) -> None:
@@ -548,7 +548,7 @@ def _onnxml_model(model: Any, n_features: int) -> Any:
 
 
 def _onnxml_runner(model: Any, classifier: bool, threads: int, n_features: int) -> Runner:
-    _require("onnxruntime", "onnx")
+    _require("onnxruntime", "pip install 'treecomp[onnx]'")
     import onnxruntime as ort
 
     onx = _onnxml_model(model, n_features)
@@ -573,7 +573,11 @@ def _onnxml_runner(model: Any, classifier: bool, threads: int, n_features: int) 
 
 
 def _hummingbird_runner(model: Any, classifier: bool, threads: int) -> Runner:
-    _require("hummingbird", "hummingbird-ml")
+    # hummingbird-ml pins an old onnx, so it is no extra of ours (see pyproject.toml)
+    _require(
+        "hummingbird",
+        "pip install --no-deps hummingbird-ml dill psutil onnxconverter-common",
+    )
     _set_torch_threads(threads)
     import hummingbird.ml
 
