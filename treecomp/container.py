@@ -120,10 +120,60 @@ class CompiledModel:
             f"outputs={f.n_outputs}, backend={self.backend!r}, precision={self.precision!r})"
         )
 
+    # scikit-learn's conventions: a compiled model stands where the native one stood, in a
+    # Pipeline through sklearn.frozen.FrozenEstimator, and answers is_classifier() and co.
     @property
-    def classes_(self) -> npt.NDArray[Any] | None:
+    def classes_(self) -> npt.NDArray[Any]:
         """Class labels of a classifier, as the native model reports them."""
+        if self.forest.classes is None or self.forest.task != "classifier":
+            raise AttributeError(f"this compiled {self.forest.task} has no classes_")
         return self.forest.classes
+
+    @property
+    def n_features_in_(self) -> int:
+        """Number of input features."""
+        return self.forest.n_features
+
+    @property
+    def feature_names_in_(self) -> npt.NDArray[np.object_]:
+        """The feature names seen at fit time, where the native model has them."""
+        names = self.forest.feature_names
+        if names is None:
+            raise AttributeError("the native model was fitted without feature names")
+        return np.asarray(names, dtype=object)
+
+    def fit(self, X: Any, y: Any = None, **params: Any) -> CompiledModel:
+        """Refuse to refit: a compiled model is a fitted model's predictions.
+
+        Raises:
+            TypeError: always; fit the native model and convert it again. In a Pipeline,
+                wrap the compiled model in ``sklearn.frozen.FrozenEstimator``, whose
+                ``fit`` does nothing.
+        """
+        raise TypeError(
+            "a CompiledModel cannot be refitted: fit the native model and convert it again "
+            "(in a Pipeline, wrap it in sklearn.frozen.FrozenEstimator)"
+        )
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn's tags (scikit-learn 1.6 or later): the estimator type of the native
+        model, NaN accepted where it accepts it."""
+        from sklearn.utils import ClassifierTags, InputTags, RegressorTags, Tags, TargetTags
+
+        task = self.forest.task
+        kind = {"classifier": "classifier", "outlier": "outlier_detector"}.get(task, "regressor")
+        return Tags(
+            estimator_type=kind,
+            target_tags=TargetTags(required=task != "outlier"),
+            classifier_tags=ClassifierTags() if kind == "classifier" else None,
+            regressor_tags=RegressorTags() if kind == "regressor" else None,
+            input_tags=InputTags(
+                allow_nan=self.forest.allow_nan, categorical=self.forest.categories is not None
+            ),
+        )
 
     @property
     def export_dtype(self) -> Precision:
@@ -131,11 +181,6 @@ class CompiledModel:
         the precision it was built with, under ``"auto"`` the native library's input type.
         ONNX Runtime refuses the other type; see the README's table of artifacts."""
         return default_precision(self.forest, self.precision)
-
-    @property
-    def n_features_in_(self) -> int:
-        """Number of input features."""
-        return self.forest.n_features
 
     # ------------------------------------------------------------------------------------
     def _prepare(self, X: Any) -> tuple[Engine, Any]:

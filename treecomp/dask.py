@@ -143,7 +143,7 @@ def predict(
     dd = _dataframe_module()
     if dd is not None and isinstance(data, dd.DataFrame):
         empty = getattr(local, method)(data._meta)
-        names = output_names(local.classes_, method, empty.shape)
+        names = output_names(local.forest.classes, method, empty.shape)
         return data.map_partitions(
             _score_partition,
             blob,
