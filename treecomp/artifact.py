@@ -2,7 +2,11 @@
 
 No pickle: loading parses JSON and rebuilds the forest through ``Forest.from_dict`` (which
 validates it), so a file can never run code. A SHA-256 over the canonical JSON catches
-truncation and tampering; the format version is checked before anything else is read.
+truncation and accidental damage; the format version is checked before anything else is
+read. The checksum is no defence against a crafted file (whoever crafts one can compute it),
+so every field is checked against the schema as well: its type (``true`` is not ``1``, and
+``null`` is not ``false``), its range and the memory it asks for, which a file of N bytes
+bounds to a small multiple of N.
 """
 
 from __future__ import annotations
@@ -18,11 +22,23 @@ from treecomp.ir import Forest
 
 FORMAT = "treecomp.model"
 VERSION = 1
+VERSIONS = (1,)  # every format version this treecomp reads
+_FIELDS = (
+    "format",
+    "version",
+    "treecomp_version",
+    "backend",
+    "precision",
+    "options",
+    "forest",
+    "sha256",
+)
 # Options a file may carry, with the values they may take (anything else is refused: a file
 # must not be able to ask for a million threads).
 _OPTIONS: dict[str, Any] = {
     "strategy": lambda v: (
-        v in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "tree_ensemble")
+        type(v) is str
+        and v in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "tree_ensemble")
     ),
     "batch_size": lambda v: v is None or (type(v) is int and 1 <= v <= 2**31),
     "n_threads": lambda v: v is None or (type(v) is int and 1 <= v <= 1024),
@@ -66,7 +82,7 @@ def read(path: Any) -> tuple[str, Forest, dict[str, Any]]:
 
 
 def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dict[str, Any]]:
-    """Parse and check artifact bytes; errors name ``source``."""
+    """Parse and check artifact bytes; errors name ``source`` and the offending field."""
     path = source
     try:
         document = json.loads(raw.decode("utf-8"))
@@ -74,33 +90,55 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
         raise InvalidArtifactError(
             f"{path} is not a treecomp model file (not JSON; truncated or foreign)"
         ) from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    if type(document) is not dict or document.get("format") != FORMAT:
         raise InvalidArtifactError(f"{path} is not a treecomp model file")
     version = document.get("version")
-    if not isinstance(version, int):
-        raise InvalidArtifactError(f"{path} has no format version")
+    if type(version) is not int:  # true is not version 1
+        raise InvalidArtifactError(f"{path} has no integer format version (got {version!r:.40})")
     if version > VERSION:
+        written_by = document.get("treecomp_version")
         raise InvalidArtifactError(
             f"{path} uses model format version {version} (written by treecomp "
-            f"{document.get('treecomp_version', '?')}); "
+            f"{written_by if type(written_by) is str else '?':.40}); "
             f"this treecomp reads versions up to {VERSION}"
         )
+    if version not in VERSIONS:
+        raise InvalidArtifactError(
+            f"{path} has unknown model format version {version} (known: {list(VERSIONS)})"
+        )
+    missing = [k for k in _FIELDS if k not in document]
+    if missing:
+        raise InvalidArtifactError(f"{path}: fields {missing} are missing")
+    unknown = [f"{k:.40}" for k in document if k not in _FIELDS]
+    if unknown:
+        raise InvalidArtifactError(f"{path}: unknown fields {unknown[:5]}")
+    if type(document["sha256"]) is not str or type(document["treecomp_version"]) is not str:
+        raise InvalidArtifactError(f"{path}: sha256 and treecomp_version must be strings")
     body = {k: v for k, v in document.items() if k != "sha256"}
-    if document.get("sha256") != hashlib.sha256(_canonical(body)).hexdigest():
+    if document["sha256"] != hashlib.sha256(_canonical(body)).hexdigest():
         raise InvalidArtifactError(
             f"{path} is corrupted or was modified: its checksum does not match"
         )
-    backend, precision, options = body.get("backend"), body.get("precision"), body.get("options")
-    if backend not in _BACKENDS or precision not in PRECISIONS:
+    backend, precision, options = body["backend"], body["precision"], body["options"]
+    if type(backend) is not str or backend not in _BACKENDS:
+        raise InvalidArtifactError(f"{path}: unknown backend {backend!r:.60}")
+    if type(precision) is not str or precision not in PRECISIONS:
+        raise InvalidArtifactError(f"{path}: unknown precision {precision!r:.60}")
+    if type(options) is not dict:
         raise InvalidArtifactError(
-            f"{path}: unknown backend {backend!r} or precision {precision!r}"
+            f"{path}: unexpected options: an object was expected, got {options!r:.60}"
         )
-    if not isinstance(options, dict) or any(
-        k not in _OPTIONS or not _OPTIONS[k](v) for k, v in options.items()
-    ):
-        raise InvalidArtifactError(f"{path}: unexpected options {options!r}")
+    for key, value in options.items():
+        if key not in _OPTIONS:
+            raise InvalidArtifactError(
+                f"{path}: unexpected options: {key!r:.60} is not one a file may set"
+            )
+        if not _OPTIONS[key](value):
+            raise InvalidArtifactError(
+                f"{path}: unexpected options: {key} = {value!r:.60} is out of its range or type"
+            )
     try:
-        forest = Forest.from_dict(body.get("forest"))
+        forest = Forest.from_dict(body["forest"], size=len(raw))
     except (InvalidForestError, RecursionError, MemoryError) as exc:
         raise InvalidArtifactError(f"{path}: invalid forest: {exc}") from None
     return backend, forest, {**options, "precision": precision}

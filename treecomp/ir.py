@@ -26,10 +26,13 @@ Leaves carry a vector ``value[i, :]`` of width ``leaf_width``; tree ``t`` adds i
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -432,7 +435,7 @@ class Forest:
             f"n_features must be in [1, 2**31), got {self.n_features}",
         )
         _check(
-            all(isinstance(d, int) and d >= 1 for d in self.leaf_shape),
+            all(type(d) is int and d >= 1 for d in self.leaf_shape),
             f"leaf_shape must hold positive sizes, got {self.leaf_shape}",
         )
         _check(self.n_outputs >= 1, f"n_outputs must be >= 1, got {self.n_outputs}")
@@ -485,7 +488,7 @@ class Forest:
             "base_score must be finite or -inf",
         )
         _check(
-            int(np.prod(self.leaf_shape, dtype=np.int64)) == self.n_trees,
+            math.prod(self.leaf_shape) == self.n_trees,  # Python ints: a product cannot wrap
             f"leaf_shape {self.leaf_shape} does not hold {self.n_trees} trees",
         )
         if self.task == "classifier":
@@ -522,9 +525,24 @@ class Forest:
         return _to_document(self)
 
     @classmethod
-    def from_dict(cls, doc: Any) -> Forest:
-        """Rebuild a forest from :meth:`to_dict`'s document, validating it."""
-        return _from_document(doc)
+    def from_dict(cls, doc: Any, *, size: int | None = None) -> Forest:
+        """Rebuild a forest from :meth:`to_dict`'s document, validating it.
+
+        Args:
+            doc: The document (parsed JSON).
+            size: Bytes of the file ``doc`` was parsed from: decoding never allocates more
+                than a small multiple of it. Measured from ``doc`` when None.
+
+        Raises:
+            InvalidForestError: naming the field that is missing, of the wrong type or out
+                of range, or the invariant the forest breaks.
+        """
+        if size is None:
+            try:
+                size = len(json.dumps(doc, separators=(",", ":")))
+            except (TypeError, ValueError, RecursionError):
+                raise InvalidForestError("not a treecomp forest document (not JSON data)") from None
+        return _from_document(doc, size)
 
     def to_json(self) -> str:
         """Serialise losslessly (every array keeps its dtype and every bit) to JSON text."""
@@ -539,9 +557,9 @@ class Forest:
         """
         try:
             doc = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidForestError(f"not a JSON document: {exc}") from None
-        return _from_document(doc)
+        return _from_document(doc, len(text))
 
 
 def _check(condition: bool, message: str) -> None:
@@ -619,15 +637,6 @@ def _encode_array(arr: npt.NDArray[Any]) -> dict[str, Any]:
     }
 
 
-def _decode_array(doc: dict[str, Any]) -> npt.NDArray[Any]:
-    dtype = np.dtype(doc["dtype"])
-    raw = base64.b64decode(doc["data"], validate=True)
-    shape = tuple(int(s) for s in doc["shape"])
-    arr = np.frombuffer(raw, dtype=dtype)
-    _check(arr.size == int(np.prod(shape, dtype=np.int64)), "array data does not match its shape")
-    return arr.reshape(shape).astype(dtype.newbyteorder("="))
-
-
 def _encode_labels(classes: npt.NDArray[Any] | None) -> dict[str, Any] | None:
     if classes is None:
         return None
@@ -649,23 +658,6 @@ def _plain(value: Any) -> Any:
     raise InvalidForestError(
         f"cannot serialise label or category {value!r} of type {type(value).__name__}"
     )
-
-
-def _unplain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return float.fromhex(value["float"])
-    return value
-
-
-def _decode_labels(doc: dict[str, Any] | None) -> npt.NDArray[Any] | None:
-    if doc is None:
-        return None
-    values = [_unplain(v) for v in doc["values"]]
-    if doc["dtype"] == "object":
-        out = np.empty(len(values), dtype=object)
-        out[:] = values
-        return out
-    return np.asarray(values, dtype=np.dtype(doc["dtype"]))
 
 
 def _to_document(forest: Forest) -> dict[str, Any]:
@@ -711,65 +703,304 @@ def _to_document(forest: Forest) -> dict[str, Any]:
     }
 
 
-def _from_document(doc: Any) -> Forest:
-    _check(
-        isinstance(doc, dict) and doc.get("format") == JSON_FORMAT, "not a treecomp forest document"
+# -------------------------------------------------------------------------------------------
+# Reading a document back. Every field is checked against what _to_document writes (its JSON
+# type, its range and, for arrays, the exact dtype) before anything is built from it, so a
+# crafted document gets an InvalidForestError naming the field: never a coerced value
+# (``bool(None)`` is False), a product that wraps, or an allocation its bytes do not pay for.
+# An artifact's checksum is no defence here: whoever crafts a file can compute it.
+
+# Known versions of the forest document.
+JSON_VERSIONS = (1,)
+# Label arrays are the one thing a document sizes by a declared dtype rather than by its
+# bytes (``<U500000000`` is 2 GB per label, whatever the label's text): their memory is
+# bounded by this many bytes per byte of the document. Arrays of the trees decode to at most
+# their base64 text's size, and the JSON parse itself takes under 30 bytes per byte (28 for
+# a list of empty objects), so a document of N bytes decodes in under 50 N bytes.
+LABEL_BYTES_PER_DOCUMENT_BYTE = 16
+# Dtypes the class labels may have: what NumPy gives labels read by the frontends.
+_LABEL_DTYPES = re.compile(r"[<>|](b1|[iu][1248]|f[248]|U[1-9][0-9]{0,9})")
+_LABEL_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (dict,), "U": (str,)}
+_INDEX_LIMIT = 2**31 - 1  # features, outputs and output indices are int32 in the lowerings
+_DOCUMENT_FIELDS = (
+    "format",
+    "version",
+    "n_features",
+    "n_outputs",
+    "comparison",
+    "aggregation",
+    "base_score",
+    "accumulation",
+    "post_transform",
+    "task",
+    "methods",
+    "classes",
+    "feature_names",
+    "check_feature_names",
+    "ignored_columns",
+    "categories",
+    "category_encoding",
+    "category_domain",
+    "label_rule",
+    "input_dtype",
+    "integer_input_dtype",
+    "missing_value",
+    "allow_nan",
+    "allow_inf",
+    "leaf_shape",
+    "decision_offset",
+    "trees",
+)
+_OPTIONAL_FIELDS = ("ignored_columns",)  # absent from documents written before it existed
+
+
+def _show(value: Any) -> str:
+    """A short description of a JSON value for an error message (never the whole value)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return f"an object with {len(value)} fields"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _malformed(where: str, expected: str, value: Any) -> NoReturn:
+    raise InvalidForestError(
+        f"malformed forest document: {where} must be {expected}, got {_show(value)}"
     )
+
+
+def _object(doc: Any, where: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> Any:
+    """``doc`` when it is a JSON object with exactly ``fields`` (``optional`` may be absent)."""
+    if type(doc) is not dict:
+        _malformed(where, "an object", doc)
+    missing = [name for name in fields if name not in doc and name not in optional]
+    if missing:
+        raise InvalidForestError(f"malformed forest document: {where} lacks {missing}")
+    unknown = [name for name in doc if name not in fields]
+    if unknown:
+        raise InvalidForestError(
+            f"malformed forest document: {where} has unknown fields "
+            f"{[_show(name) for name in unknown[:5]]}"
+        )
+    return doc
+
+
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:  # bool is not an int here
+        _malformed(where, f"an integer in [{low}, {high}]", value)
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        _malformed(where, "true or false", value)
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> Any:
+    if type(value) is not str or value not in choices:
+        _malformed(where, f"one of {list(choices)}", value)
+    return value
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if type(value) is not list or any(type(v) is not str for v in value):
+        _malformed(where, "a list of strings", value)
+    return tuple(value)
+
+
+def _hex_float(value: Any, where: str, *, finite: bool) -> float:
+    """A float written with ``float.hex`` (every bit kept)."""
+    if type(value) is str:
+        try:
+            number = float.fromhex(value)
+        except (ValueError, OverflowError):
+            pass
+        else:
+            if math.isfinite(number) or not finite:
+                return number
+    _malformed(where, f"a {'finite ' if finite else ''}float in hex (float.hex)", value)
+
+
+def _scalar(value: Any, where: str) -> Any:
+    """A label or category: a string, integer or bool as is, a float as ``{"float": hex}``."""
+    if type(value) in (str, int, bool):
+        return value
+    if type(value) is dict and list(value) == ["float"]:
+        return _hex_float(value["float"], f"{where}.float", finite=False)
+    _malformed(where, 'a string, an integer, true, false or {"float": hex}', value)
+
+
+def _decode_array(doc: Any, where: str, dtype: Any, ndim: int) -> npt.NDArray[Any]:
+    """An array of exactly ``dtype`` (little-endian) and ``ndim`` dimensions whose data holds
+    exactly the bytes its shape needs: the shape cannot ask for memory the data lacks."""
+    _object(doc, where, ("dtype", "shape", "data"))
+    expected = np.dtype(dtype).newbyteorder("<")
+    if doc["dtype"] != expected.str:
+        _malformed(f"{where}.dtype", repr(expected.str), doc["dtype"])
+    shape = doc["shape"]
+    if type(shape) is not list or len(shape) != ndim or any(type(s) is not int for s in shape):
+        _malformed(f"{where}.shape", f"a list of {ndim} integers", shape)
+    if any(s < 0 for s in shape):
+        _malformed(f"{where}.shape", "non-negative", shape)
+    data = doc["data"]
+    try:
+        if type(data) is not str:
+            raise TypeError
+        raw = base64.b64decode(data, validate=True)
+    except (TypeError, ValueError, binascii.Error):
+        _malformed(f"{where}.data", "base64 text", data)
+    if len(raw) != math.prod(shape) * expected.itemsize:  # Python ints: no wrap-around
+        raise InvalidForestError(
+            f"malformed forest document: {where} holds {len(raw)} bytes, but shape {shape} "
+            f"of {expected.str} needs {math.prod(shape) * expected.itemsize}"
+        )
+    if expected.kind == "b" and raw and max(raw) > 1:
+        # NumPy would take byte 2 as True, but it is neither True nor False to torch or a
+        # comparison of bytes: only 0 and 1 are booleans.
+        raise InvalidForestError(f"malformed forest document: {where} holds bytes other than 0, 1")
+    return np.frombuffer(raw, dtype=expected).reshape(shape).astype(np.dtype(dtype))
+
+
+def _decode_labels(doc: Any, where: str, budget: int) -> npt.NDArray[Any] | None:
+    """Class labels of an allowed dtype, each value of that dtype exactly; a string dtype's
+    width is paid for by the document's size (``budget`` bytes)."""
+    if doc is None:
+        return None
+    _object(doc, where, ("dtype", "values"))
+    values = doc["values"]
+    if type(values) is not list:
+        _malformed(f"{where}.values", "a list", values)
+    if doc["dtype"] == "object":
+        out = np.empty(len(values), dtype=object)
+        out[:] = [_scalar(v, f"{where}.values[{i}]") for i, v in enumerate(values)]
+        return out
+    if type(doc["dtype"]) is not str or not _LABEL_DTYPES.fullmatch(doc["dtype"]):
+        _malformed(
+            f"{where}.dtype", '"object" or a bool, integer, float or string dtype', doc["dtype"]
+        )
+    # The size from the text, before NumPy sees a width it may not even parse.
+    kind, width = doc["dtype"][1], int(doc["dtype"][2:])
+    itemsize = 4 * width if kind == "U" else width
+    if max(len(values), 1) * itemsize > budget:
+        raise InvalidForestError(
+            f"malformed forest document: {where}.dtype {doc['dtype']} would take "
+            f"{max(len(values), 1) * itemsize} bytes for {len(values)} labels, more than a "
+            "document of this size can describe"
+        )
+    dtype = np.dtype(doc["dtype"])
+    wanted = _LABEL_TYPES[dtype.kind]
+    for i, v in enumerate(values):
+        if type(v) not in wanted:
+            _malformed(f"{where}.values[{i}]", f"a label of dtype {doc['dtype']}", v)
+    decoded = [_scalar(v, f"{where}.values[{i}]") for i, v in enumerate(values)]
+    try:
+        labels = np.array(decoded, dtype=dtype)
+    except (ValueError, OverflowError):
+        labels = None
+    # Each label must survive the dtype unchanged: no truncated string, wrapped integer or
+    # rounded float.
+    if labels is None or not all(
+        type(a) is type(b) and (a == b or (a != a and b != b))
+        for a, b in zip(labels.tolist(), decoded, strict=True)
+    ):
+        raise InvalidForestError(
+            f"malformed forest document: {where}.values do not fit dtype {doc['dtype']}"
+        )
+    return labels
+
+
+def _decode_categories(doc: Any, where: str) -> tuple[tuple[Any, ...] | None, ...] | None:
+    if doc is None:
+        return None
+    if type(doc) is not list:
+        _malformed(where, "null or a list", doc)
+    out: list[tuple[Any, ...] | None] = []
+    for j, known in enumerate(doc):
+        if known is not None and type(known) is not list:
+            _malformed(f"{where}[{j}]", "null or a list", known)
+        out.append(
+            None
+            if known is None
+            else tuple(_scalar(v, f"{where}[{j}][{i}]") for i, v in enumerate(known))
+        )
+    return tuple(out)
+
+
+def _decode_tree(doc: Any, where: str) -> Tree:
+    _object(doc, where, ("output_index", *_TREE_ARRAYS))
+    return Tree(
+        output_index=_integer(doc["output_index"], f"{where}.output_index", 0, _INDEX_LIMIT),
+        **{
+            name: _decode_array(doc[name], f"{where}.{name}", dtype, 2 if name == "value" else 1)
+            for name, dtype in _TREE_DTYPES.items()
+        },
+    )
+
+
+def _from_document(doc: Any, size: int) -> Forest:
+    _check(type(doc) is dict and doc.get("format") == JSON_FORMAT, "not a treecomp forest document")
     version = doc.get("version")
-    _check(isinstance(version, int), "forest document has no integer version")
+    _check(type(version) is int, "forest document has no integer version")
     if version > JSON_VERSION:
         raise InvalidForestError(
             f"forest document version {version} is newer than this treecomp "
             f"supports ({JSON_VERSION})"
         )
-    try:
-        trees = tuple(
-            Tree(
-                output_index=int(t["output_index"]),
-                **{name: _decode_array(t[name]) for name in _TREE_ARRAYS},
-            )
-            for t in doc["trees"]
-        )
-        forest = Forest(
-            trees=trees,
-            n_features=int(doc["n_features"]),
-            n_outputs=int(doc["n_outputs"]),
-            comparison=doc["comparison"],
-            aggregation=doc["aggregation"],
-            base_score=_decode_array(doc["base_score"]),
-            accumulation=doc["accumulation"],
-            post_transform=PostTransform(
-                kind=doc["post_transform"]["kind"],
-                scale=float.fromhex(doc["post_transform"]["scale"]),
-            ),
-            task=doc["task"],
-            methods=tuple(doc["methods"]),
-            classes=_decode_labels(doc["classes"]),
-            feature_names=None if doc["feature_names"] is None else tuple(doc["feature_names"]),
-            check_feature_names=bool(doc["check_feature_names"]),
-            ignored_columns=tuple(str(c) for c in doc.get("ignored_columns", ())),
-            categories=None
-            if doc["categories"] is None
-            else tuple(
-                None if c is None else tuple(_unplain(v) for v in c) for c in doc["categories"]
-            ),
-            category_encoding=doc["category_encoding"],
-            category_domain=doc["category_domain"],
-            label_rule=doc["label_rule"],
-            input_dtype=doc["input_dtype"],
-            integer_input_dtype=doc["integer_input_dtype"],
-            missing_value=float.fromhex(doc["missing_value"]),
-            allow_nan=bool(doc["allow_nan"]),
-            allow_inf=bool(doc["allow_inf"]),
-            leaf_shape=tuple(int(s) for s in doc["leaf_shape"]),
-            decision_offset=float.fromhex(doc["decision_offset"]),
-        )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        if isinstance(exc, InvalidForestError):
-            raise
-        raise InvalidForestError(
-            f"malformed forest document: {type(exc).__name__}: {exc}"
-        ) from None
+    _check(
+        version in JSON_VERSIONS,
+        f"unknown forest document version {version} (known: {list(JSON_VERSIONS)})",
+    )
+    _object(doc, "the document", _DOCUMENT_FIELDS, _OPTIONAL_FIELDS)
+    if type(doc["trees"]) is not list:
+        _malformed("trees", "a list", doc["trees"])
+    post = _object(doc["post_transform"], "post_transform", ("kind", "scale"))
+    leaf_shape = doc["leaf_shape"]
+    if type(leaf_shape) is not list or len(leaf_shape) > 32:  # NumPy 1's limit of dimensions
+        _malformed("leaf_shape", "a list of at most 32 sizes", leaf_shape)
+    methods = _names(doc["methods"], "methods")
+    for method in methods:
+        _choice(method, "methods[]", METHODS)
+    feature_names = doc["feature_names"]
+    forest = Forest(
+        trees=tuple(_decode_tree(t, f"trees[{i}]") for i, t in enumerate(doc["trees"])),
+        n_features=_integer(doc["n_features"], "n_features", 1, _INDEX_LIMIT),
+        n_outputs=_integer(doc["n_outputs"], "n_outputs", 1, _INDEX_LIMIT),
+        comparison=_choice(doc["comparison"], "comparison", ("<", "<=")),
+        aggregation=_choice(doc["aggregation"], "aggregation", ("sum", "average")),
+        base_score=_decode_array(doc["base_score"], "base_score", np.float64, 1),
+        accumulation=_choice(doc["accumulation"], "accumulation", ("float32", "float64")),
+        post_transform=PostTransform(
+            kind=_choice(post["kind"], "post_transform.kind", POST_TRANSFORMS),
+            scale=_hex_float(post["scale"], "post_transform.scale", finite=True),
+        ),
+        task=_choice(doc["task"], "task", ("classifier", "regressor", "ranker", "outlier")),
+        methods=methods,
+        classes=_decode_labels(doc["classes"], "classes", LABEL_BYTES_PER_DOCUMENT_BYTE * size),
+        feature_names=None if feature_names is None else _names(feature_names, "feature_names"),
+        check_feature_names=_flag(doc["check_feature_names"], "check_feature_names"),
+        ignored_columns=_names(doc.get("ignored_columns", []), "ignored_columns"),
+        categories=_decode_categories(doc["categories"], "categories"),
+        category_encoding=_choice(
+            doc["category_encoding"], "category_encoding", CATEGORY_ENCODINGS
+        ),
+        category_domain=_choice(doc["category_domain"], "category_domain", CATEGORY_DOMAINS),
+        label_rule=_choice(doc["label_rule"], "label_rule", LABEL_RULES),
+        input_dtype=_choice(doc["input_dtype"], "input_dtype", ("float32", "float64")),
+        integer_input_dtype=_choice(
+            doc["integer_input_dtype"], "integer_input_dtype", ("float32", "float64")
+        ),
+        missing_value=_hex_float(doc["missing_value"], "missing_value", finite=False),
+        allow_nan=_flag(doc["allow_nan"], "allow_nan"),
+        allow_inf=_flag(doc["allow_inf"], "allow_inf"),
+        leaf_shape=tuple(
+            _integer(d, f"leaf_shape[{i}]", 1, _INDEX_LIMIT) for i, d in enumerate(leaf_shape)
+        ),
+        decision_offset=_hex_float(doc["decision_offset"], "decision_offset", finite=True),
+    )
     return forest.validate()
 
 

@@ -1,0 +1,253 @@
+"""Crafted artifacts: every field checked against the schema, memory bounded by the file.
+
+The checksum of an artifact covers its body, so whoever crafts a file can make it valid:
+each case here is re-signed, and must still be refused by the schema check, with an
+InvalidArtifactError naming the field, before any large allocation.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_equal
+from tests.test_ir import small_forest, small_tree
+from treecomp import artifact
+from treecomp.ir import Forest
+
+# A crafted file of N bytes may make loading use at most this many bytes per byte of the file
+# (plus the model it really describes, none here: every case is refused).
+MEMORY_PER_FILE_BYTE = 50
+
+
+def classifier(classes: np.ndarray) -> Forest:
+    """Two trees of one output (a binary classifier), leaf_shape (1, 2)."""
+    return small_forest(
+        trees=(small_tree(), small_tree()),
+        task="classifier",
+        classes=classes,
+        methods=("predict", "predict_proba", "apply"),
+        post_transform=treecomp.PostTransform("sigmoid"),
+        leaf_shape=(1, 2),
+    )
+
+
+def document(forest: Forest | None = None) -> dict[str, Any]:
+    cm = treecomp.convert(forest or classifier(np.array(["no", "yes"])), backend="numpy")
+    return json.loads(artifact.dumps(cm))
+
+
+def signed(doc: dict[str, Any]) -> bytes:
+    """``doc`` with a valid checksum, as a crafter would write it."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return artifact._canonical(
+        {**body, "sha256": hashlib.sha256(artifact._canonical(body)).hexdigest()}
+    )
+
+
+def crafted(change: Callable[[dict[str, Any]], None]) -> bytes:
+    doc = document()
+    change(doc)
+    return signed(doc)
+
+
+def setter(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set the field at a dotted path (``forest.trees.0.left_child.dtype``) to ``value``."""
+
+    def change(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            node[int(last)] = value
+        elif value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+
+    return change
+
+
+DELETE = object()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_a_crafted_file_round_trips_when_untouched() -> None:
+    forest = classifier(np.array(["a", "bb"], dtype="<U7"))  # wider than its labels: kept
+    backend, again, options = artifact.loads(signed(document(forest)))
+    assert again == forest and again.classes is not None
+    assert again.classes.dtype == np.dtype("<U7") and backend == "numpy"
+    assert options == {"precision": "auto"}
+
+
+# (dotted path, crafted value, what the error must name)
+FAULTS = [
+    # versions: exactly a known integer, never a bool or a float
+    ("version", 0, "unknown model format version 0"),
+    ("version", -1, "unknown model format version -1"),
+    ("version", True, "no integer format version"),
+    ("version", 1.0, "no integer format version"),
+    ("version", 2, "version 2 .*up to 1"),
+    ("forest.version", 0, "unknown forest document version 0"),
+    ("forest.version", True, "no integer version"),
+    # flags: true or false, not null, 0 or a string
+    ("forest.allow_nan", None, "allow_nan must be true or false, got null"),
+    ("forest.allow_inf", 0, "allow_inf must be true or false"),
+    ("forest.check_feature_names", "yes", "check_feature_names must be true or false"),
+    # integers: not bools, floats or strings, and in range
+    ("forest.n_features", True, "n_features must be an integer"),
+    ("forest.n_features", 2.0, "n_features must be an integer"),
+    ("forest.n_features", "2", "n_features must be an integer"),
+    ("forest.n_features", 2**31, "n_features must be an integer in"),
+    ("forest.n_outputs", 0, "n_outputs must be an integer"),
+    ("forest.trees.0.output_index", False, r"trees\[0\].output_index must be an integer"),
+    ("forest.trees.1.output_index", -1, r"trees\[1\].output_index must be an integer"),
+    ("forest.leaf_shape", [True, 2], r"leaf_shape\[0\] must be an integer"),
+    # 274177 * 67280421310721 == 2**64 + 1: a product that wraps int64 to 1
+    ("forest.leaf_shape", [274177, 67280421310721], r"leaf_shape\[1\] must be an integer"),
+    ("forest.leaf_shape", [2, 1, 3], r"leaf_shape \(2, 1, 3\) does not hold 2 trees"),
+    ("forest.leaf_shape", [1] * 33 + [2], "leaf_shape must be a list of at most 32 sizes"),
+    # strings from their sets, lists of strings
+    ("forest.comparison", ["<"], "comparison must be one of"),
+    ("forest.task", "clasifier", "task must be one of"),
+    ("forest.methods", "predict", "methods must be a list of strings"),
+    ("forest.methods", ["predict", "fit"], r"methods\[\] must be one of"),
+    ("forest.feature_names", [1, 2], "feature_names must be a list of strings"),
+    ("forest.ignored_columns", [None], "ignored_columns must be a list of strings"),
+    # floats in hex, finite where they must be
+    ("forest.missing_value", 0.5, "missing_value must be a float in hex"),
+    ("forest.decision_offset", "0x1p2000", "decision_offset must be a finite float"),
+    ("forest.decision_offset", "inf", "decision_offset must be a finite float"),
+    ("forest.post_transform.scale", None, "post_transform.scale must be a finite float"),
+    ("forest.post_transform.kind", "tanh", "post_transform.kind must be one of"),
+    # arrays: exactly the dtype written, a shape the data pays for, booleans 0 or 1
+    ("forest.trees.0.left_child.dtype", "<i8", r"trees\[0\].left_child.dtype must be '<i4'"),
+    ("forest.trees.0.value.dtype", "<U1000000000", r"value.dtype must be '<f8'"),
+    ("forest.trees.0.value.dtype", "|O", r"value.dtype must be '<f8'"),
+    ("forest.base_score.dtype", ">f8", "base_score.dtype must be '<f8'"),
+    ("forest.trees.0.threshold.shape", [10**12], r"threshold holds 40 bytes, but shape"),
+    ("forest.trees.0.threshold.shape", [True] * 5, r"threshold.shape must be a list of 1"),
+    ("forest.trees.0.threshold.shape", [-5], r"threshold.shape must be non-negative"),
+    ("forest.trees.0.value.shape", [5], r"value.shape must be a list of 2 integers"),
+    ("forest.trees.0.threshold.data", "@@@@", r"threshold.data must be base64"),
+    ("forest.trees.0.default_left.data", b64(bytes([1, 2, 0, 1, 1])), "bytes other than 0, 1"),
+    ("forest.trees.0.left_child", DELETE, r"trees\[0\] lacks \['left_child'\]"),
+    ("forest.trees.0.extra", 1, r"trees\[0\] has unknown fields"),
+    ("forest.extra", 1, "the document has unknown fields"),
+    ("forest.trees", {}, "trees must be a list"),
+    # class labels: a dtype from the allowlist, each value of that dtype exactly
+    ("forest.classes.dtype", "|S3", "classes.dtype must be"),
+    ("forest.classes.dtype", "<M8[ns]", "classes.dtype must be"),
+    ("forest.classes.dtype", "<U1", "classes.values do not fit dtype <U1"),
+    ("forest.classes", {"dtype": "|i1", "values": [1, 300]}, "do not fit dtype"),
+    ("forest.classes", {"dtype": "<i8", "values": [1, True]}, r"classes.values\[1\] must be"),
+    (
+        "forest.classes",
+        {"dtype": "<f4", "values": [{"float": "0x1.0000001p+0"}, {"float": "0x1p0"}]},
+        "do not fit dtype <f4",
+    ),
+    ("forest.classes", {"dtype": "|b1", "values": [0, 1]}, r"classes.values\[0\] must be"),
+    ("forest.classes", {"dtype": "object", "values": ["a", None]}, r"classes.values\[1\] must be"),
+    (
+        "forest.classes",
+        {"dtype": "object", "values": ["a", {"float": 1.5}]},
+        r"values\[1\].float must be",
+    ),
+    ("forest.categories", [None, [None]], r"categories\[1\]\[0\] must be"),
+    ("forest.categories", [None, "ab"], r"categories\[1\] must be null or a list"),
+    # the artifact's own fields
+    ("backend", 1, "unknown backend 1"),
+    ("precision", None, "unknown precision None"),
+    ("options", {"batch_size": True}, "batch_size = True is out of its range or type"),
+    ("options", {"strategy": ["gemm"]}, r"strategy = \['gemm'\] is out of"),
+    ("options", {"device": "cuda"}, "unexpected options: 'device' is not one"),
+    ("options", [], r"an object was expected, got \[\]"),
+    ("treecomp_version", 5, "treecomp_version must be strings"),
+    ("extra", 1, r"unknown fields \['extra'\]"),
+    ("forest", DELETE, r"fields \['forest'\] are missing"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "match"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_each_crafted_field_is_refused_by_name(path: str, value: Any, match: str) -> None:
+    raw = crafted(setter(path, value if value is DELETE else copy.deepcopy(value)))
+    with pytest.raises(treecomp.InvalidArtifactError, match=match):
+        artifact.loads(raw, source="crafted.tc")
+
+
+def test_forest_documents_are_checked_alike() -> None:
+    """Forest.from_json and from_dict read the same schema (without an artifact around it)."""
+    text = classifier(np.array(["no", "yes"])).to_json()
+    doc = json.loads(text)
+    doc["allow_nan"] = None
+    with pytest.raises(treecomp.InvalidForestError, match="allow_nan must be true or false"):
+        Forest.from_json(json.dumps(doc))
+    with pytest.raises(treecomp.InvalidForestError, match="allow_nan must be true or false"):
+        Forest.from_dict(doc)
+    with pytest.raises(treecomp.InvalidForestError, match="not a JSON document"):
+        Forest.from_json("[" * 100_000)
+    with pytest.raises(treecomp.InvalidForestError, match="not JSON data"):
+        Forest.from_dict({**json.loads(text), "n_features": object()})
+
+
+def test_validate_refuses_a_leaf_shape_whose_product_wraps() -> None:
+    with pytest.raises(treecomp.InvalidForestError, match="does not hold 1 trees"):
+        small_forest(leaf_shape=(274177, 67280421310721))  # product 2**64 + 1
+
+
+def peak_bytes(action: Callable[[], Any]) -> int:
+    tracemalloc.start()
+    try:
+        action()
+    except treecomp.InvalidArtifactError:
+        pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+HUGE = [
+    # 4.9 KB that asked for 4 GB: two labels of dtype <U500000000
+    ("forest.classes.dtype", "<U500000000"),
+    # the widest string dtype the allowlist parses, for no labels and for many
+    ("forest.classes", {"dtype": "<U9999999999", "values": []}),
+    ("forest.classes", {"dtype": "<U60000", "values": ["x"] * 200}),
+    # shapes that ask for more than their data
+    ("forest.trees.0.value.shape", [2**40, 2**40]),
+    ("forest.base_score.shape", [2**62]),
+    ("forest.leaf_shape", [2**31 - 1, 2**31 - 1]),
+    # what costs the JSON parse most per byte: many empty objects
+    ("forest.feature_names", [{}] * 20_000),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), HUGE, ids=[h[0] for h in HUGE])
+def test_a_crafted_file_cannot_ask_for_memory_it_does_not_pay_for(path: str, value: Any) -> None:
+    raw = crafted(setter(path, value))
+    peak_bytes(lambda: artifact.loads(signed(document())))  # imports and caches warmed up
+    with pytest.raises(treecomp.InvalidArtifactError):
+        treecomp.loads(raw)
+    peak = peak_bytes(lambda: treecomp.loads(raw))
+    assert peak < MEMORY_PER_FILE_BYTE * len(raw), (peak, len(raw))
+
+
+def test_labels_wider_than_their_text_load_while_the_file_pays_for_them() -> None:
+    """A string dtype wider than its labels is real (labels sliced from a wider array) and
+    kept; the width is refused only past what the file's size can pay for."""
+    forest = classifier(np.array(["a", "b"], dtype="<U300"))
+    cm = treecomp.loads(signed(document(forest)))
+    assert cm.forest.classes is not None and cm.forest.classes.dtype == np.dtype("<U300")
+    assert_equal(cm.predict(np.array([[0.0, 0.0]])), np.array(["b"], dtype="<U300"))
