@@ -72,7 +72,10 @@ def _score_worker(model_path: str, data: str, backend: str, threads: int) -> Non
     cm = treecomp.convert(model, backend, **options)
     before = _rss()
     start = time.perf_counter()
-    rows = treecomp.score(cm, data, data + ".scores.parquet", methods=["predict_proba"])
+    # one output per data file, rewritten by each backend in turn
+    rows = treecomp.score(
+        cm, data, data + ".scores.parquet", methods=["predict_proba"], overwrite=True
+    )
     seconds = time.perf_counter() - start
     out = {"backend": backend, "rows": rows, "before_bytes": before, "peak_bytes": _rss()}
     print(json.dumps({**out, "file_bytes": Path(data).stat().st_size, "seconds": seconds}))

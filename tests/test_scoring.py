@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +15,10 @@ import pytest
 
 import treecomp
 from tests.helpers import assert_close, assert_equal
+from tests.test_ir import small_forest
 from tests.zoo import ensemble, fitted, pd, tolerance
 from treecomp.cli import main
+from treecomp.scoring import remove_stale_partials
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -160,7 +167,9 @@ def test_an_interrupted_run_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(cm, "outputs", failing)
     with pytest.raises(KeyboardInterrupt):
-        treecomp.score(cm, tmp_path / "in.parquet", out, keep=["id"], batch_rows=1000)
+        treecomp.score(
+            cm, tmp_path / "in.parquet", out, keep=["id"], batch_rows=1000, overwrite=True
+        )
     assert out.read_bytes() == b"the previous run's output"  # untouched, not half-written
     assert not list(tmp_path.glob(".*partial"))
 
@@ -247,3 +256,108 @@ def test_outputs_runs_the_model_once_per_kind(name: str, monkeypatch: pytest.Mon
     missing = "predict_proba" if name == "sklearn_iforest" else "score_samples"
     with pytest.raises(AttributeError, match=missing):
         cm.outputs(X_test, [missing])
+
+
+def two_feature_file(tmp_path: Path) -> tuple[Any, Path]:
+    """A tiny model (two features, no names) saved beside a 3000-row Parquet file."""
+    cm = treecomp.convert(small_forest(), backend="numpy")
+    cm.save(tmp_path / "model.tc")
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(3000, 2)), columns=["a", "b"]).to_parquet(
+        tmp_path / "in.parquet", row_group_size=1000
+    )
+    return cm, tmp_path / "in.parquet"
+
+
+def test_an_existing_output_is_replaced_only_when_asked(tmp_path: Path, capsys: Any) -> None:
+    cm, source = two_feature_file(tmp_path)
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"yesterday's scores")
+    # refused before any work: the model (here a file that does not exist) is not even read
+    with pytest.raises(FileExistsError, match=r"out.parquet exists; pass overwrite=True"):
+        treecomp.score(tmp_path / "no-model.tc", source, out)
+    assert out.read_bytes() == b"yesterday's scores"
+    argv = ["score", str(tmp_path / "model.tc"), str(source), str(out)]
+    assert main(argv) == 2
+    assert "exists; pass overwrite=True (treecomp score --overwrite)" in capsys.readouterr().err
+    assert out.read_bytes() == b"yesterday's scores"
+    assert main([*argv, "--overwrite"]) == 0
+    assert_equal(pd.read_parquet(out)["prediction"].to_numpy(), cm.predict(pd.read_parquet(source)))
+    assert treecomp.score(cm, source, out, overwrite=True) == 3000
+    assert not list(tmp_path.glob(".*partial"))
+
+
+# Scores the first batch, then stalls in the second with the first on disk in the partial file.
+STALLING_RUN = """
+import sys, time
+import treecomp
+
+cm = treecomp.load(sys.argv[1])
+real, calls = cm.outputs, []
+
+
+def stalled(X, methods):
+    calls.append(len(X))
+    if len(calls) == 2:
+        print("stalled", flush=True)
+        time.sleep(60)
+    return real(X, methods)
+
+
+cm.outputs = stalled
+treecomp.score(cm, sys.argv[2], sys.argv[3], batch_rows=500)
+"""
+
+
+def stalled_run_killed_by(tmp_path: Path, signum: int) -> None:
+    """Start a scoring run in a subprocess, wait for it to stall mid-file, send ``signum``."""
+    command = [sys.executable, "-c", STALLING_RUN]
+    command += [str(tmp_path / n) for n in ("model.tc", "in.parquet", "out.parquet")]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "stalled\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == -signum  # it died of the signal, as it would have
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals")
+def test_sigterm_mid_file_leaves_nothing(tmp_path: Path) -> None:
+    two_feature_file(tmp_path)
+    stalled_run_killed_by(tmp_path, signal.SIGTERM)
+    assert not (tmp_path / "out.parquet").exists()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends POSIX signals")
+def test_a_killed_run_leaves_a_partial_that_the_next_run_removes(tmp_path: Path) -> None:
+    cm, source = two_feature_file(tmp_path)
+    stalled_run_killed_by(tmp_path, signal.SIGKILL)  # no handler can run: the file stays
+    (stale,) = tmp_path.glob(".out.parquet.*.partial")
+    assert not (tmp_path / "out.parquet").exists()
+    # Partial files of a live process, of another host, and of other destinations are kept;
+    # one of a dead process in the old name format (no host) goes.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    kept = [
+        tmp_path / f".out.parquet.{host}.{os.getppid()}.0123abcd.partial",
+        tmp_path / f".out.parquet.elsewhere.{dead.pid}.0123abcd.partial",
+        tmp_path / f".other.parquet.{host}.{dead.pid}.0123abcd.partial",
+        tmp_path / f".out.parquet.{host}.{dead.pid}.not-hex.partial",
+    ]
+    old = tmp_path / f".out.parquet.{dead.pid}.partial"
+    for path in [*kept, old]:
+        path.write_bytes(b"partial")
+    assert treecomp.score(cm, source, tmp_path / "out.parquet") == 3000
+    assert not stale.exists() and not old.exists()
+    assert all(path.exists() for path in kept)
+    assert remove_stale_partials(tmp_path / "out.parquet") == []
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert_equal(out["prediction"].to_numpy(), cm.predict(pd.read_parquet(source)))

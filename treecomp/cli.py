@@ -161,6 +161,7 @@ def _score(args: argparse.Namespace) -> int:
         keep=args.keep or [],
         batch_rows=args.batch_rows,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     print(f"scored {rows} rows of {args.data} into {args.out} ({model.backend}, {model.strategy})")
     return 0
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--backend", help="backend to score with (default: the fastest)")
     score.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch")
     score.add_argument("--progress", action="store_true", help="show a progress bar")
+    score.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     sub.add_parser("demo", help="compile one model per library and compare with native")
     sub.add_parser(

@@ -3,17 +3,33 @@
 :func:`score` streams the input through pyarrow (Parquet row groups, CSV blocks) a batch at
 a time, scores each batch with a :class:`~treecomp.CompiledModel` and appends the outputs,
 with the key columns asked for, to the destination. Memory holds one batch, whatever the
-file's size. The output is written under a temporary name and renamed only when every row
-is scored, so an interrupted or failed run never leaves a file that looks complete.
+file's size. The output is written under a temporary name (``.<destination>.<host>.<pid>.
+<token>.partial``, beside it) and renamed only when every row is scored, so an interrupted
+or failed run never leaves a file that looks complete; an existing destination is replaced
+only with ``overwrite=True``.
+
+Nothing is left behind either: a failure or ``KeyboardInterrupt`` removes the partial file
+as it unwinds, and so does SIGTERM or SIGHUP (whose default action would kill the process on
+the spot): while scoring in the main thread, they unwind the call and are then delivered
+again, so the process still dies of the signal. SIGKILL cannot be caught: the partial files
+of processes that no longer exist on this host are removed by the next run to the same
+destination.
 
 Needs pyarrow (``pip install 'treecomp[parquet]'``); imported only when called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
+import signal
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -26,6 +42,13 @@ from treecomp.container import CompiledModel
 BATCH_ROWS = 1 << 16
 METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+# What follows ``.<destination>.`` in a partial file's name: ``<host>.<pid>.<token>``, or a
+# bare ``<pid>`` as written before host and token were added.
+_PARTIAL = re.compile(r"(?:(?P<host>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{8}|(?P<old_pid>[0-9]+))")
+# Signals whose default action ends the process without unwinding it (no finally runs).
+_FATAL_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def score(
@@ -37,14 +60,15 @@ def score(
     keep: Sequence[str] = (),
     batch_rows: int = BATCH_ROWS,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> int:
     """Score every row of ``source`` into ``destination``; returns the number of rows.
 
     Args:
         model: A compiled model, or the path of an artifact written by ``cm.save``.
         source: A ``.parquet`` or ``.csv`` file.
-        destination: A ``.parquet`` or ``.csv`` file to write; replaced only when the whole
-            input is scored.
+        destination: A ``.parquet`` or ``.csv`` file to write, which appears only when the
+            whole input is scored.
         methods: Outputs to write, each a method of the model: ``predict`` (column
             ``prediction``), ``predict_proba`` (``proba_<class>``), ``decision_function``
             (``decision``, or ``decision_<k>``), ``score_samples`` (``score``), ``apply``
@@ -53,20 +77,24 @@ def score(
             index saved in a Parquet file is kept too.
         batch_rows: Rows read and scored at a time.
         progress: Show a tqdm bar over the batches.
+        overwrite: Replace ``destination`` if it exists (else that is an error, raised
+            before any work).
 
     Raises:
+        FileExistsError: ``destination`` exists and ``overwrite`` is False.
         ValueError: a feature column is missing, an unexpected column is present, or a
             column cannot be read as numbers (the message names the column and the batch);
             no output file is left behind.
     """
     import pyarrow as pa
 
+    source, destination = Path(source), Path(destination)
+    in_format, out_format = _format(source), _format(destination)
+    _check_destination(destination, overwrite)
     if not isinstance(model, CompiledModel):
         import treecomp
 
         model = treecomp.load(model)
-    source, destination = Path(source), Path(destination)
-    in_format, out_format = _format(source), _format(destination)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown or list(methods)}; choose from {METHODS}")
@@ -74,31 +102,148 @@ def score(
         getattr(model, method)  # AttributeError, with its reason, for a method it lacks
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    remove_stale_partials(destination)
+    temporary = destination.with_name(
+        f".{destination.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    )
     writer: Any = None
     rows = 0
-    try:
-        schema, batches = _batches(source, in_format, batch_rows, progress)
-        for batch in batches:
-            writer = _write(
-                model, batch, methods, keep, source, rows, writer, temporary, out_format
-            )
-            rows += batch.num_rows
-        if writer is None:  # no rows: an empty output with the right columns
-            writer = _write(
-                model, schema.empty_table(), methods, keep, source, 0, None, temporary, out_format
-            )
-        writer.close()
-        writer = None
-        os.replace(temporary, destination)
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"{source}, after row {rows}: {exc}") from None
-    finally:
-        if writer is not None:
+    with _unwound_by_fatal_signals():
+        try:
+            schema, batches = _batches(source, in_format, batch_rows, progress)
+            for batch in batches:
+                writer = _write(
+                    model, batch, methods, keep, source, rows, writer, temporary, out_format
+                )
+                rows += batch.num_rows
+            if writer is None:  # no rows: an empty output with the right columns
+                empty = schema.empty_table()
+                writer = _write(model, empty, methods, keep, source, 0, None, temporary, out_format)
             writer.close()
-        if temporary.exists():
-            temporary.unlink()
+            writer = None
+            _publish(temporary, destination, overwrite)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{source}, after row {rows}: {exc}") from None
+        finally:
+            if writer is not None:
+                writer.close()
+            temporary.unlink(missing_ok=True)
     return rows
+
+
+def _check_destination(destination: Path, overwrite: bool) -> None:
+    if not destination.parent.is_dir():
+        raise FileNotFoundError(f"{destination}: folder {destination.parent} does not exist")
+    if destination.is_dir():
+        raise IsADirectoryError(f"{destination} is a folder")
+    if destination.exists() and not overwrite:
+        raise FileExistsError(
+            f"{destination} exists; pass overwrite=True (treecomp score --overwrite) to replace it"
+        )
+
+
+def _publish(temporary: Path, destination: Path, overwrite: bool) -> None:
+    """Give the finished output its name, replacing a file there only if ``overwrite``."""
+    if overwrite:
+        os.replace(temporary, destination)
+        return
+    try:
+        # A hard link never replaces: a destination that appeared while scoring is kept.
+        os.link(temporary, destination)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{destination} appeared while scoring and was kept; pass overwrite=True "
+            "(treecomp score --overwrite) to replace it"
+        ) from None
+    except OSError:  # a file system without hard links: check, then rename
+        _check_destination(destination, overwrite)
+        os.replace(temporary, destination)
+
+
+def remove_stale_partials(destination: str | os.PathLike[str]) -> list[Path]:
+    """Remove the partial files of ``destination`` whose writer is dead; returns them.
+
+    A run killed by SIGKILL (or a crash, or a power cut) cannot remove its own partial
+    file. One is stale when it was written on this host by a process that no longer exists;
+    partial files of live processes, and of other hosts sharing the folder, are left alone.
+    :func:`score` calls this before writing.
+    """
+    destination = Path(destination)
+    prefix, host, removed = f".{destination.name}.", socket.gethostname(), []
+    with os.scandir(destination.parent) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(".partial")):
+                continue
+            owner = _PARTIAL.fullmatch(name[len(prefix) : -len(".partial")])
+            if owner is None or owner["host"] not in (None, host):
+                continue
+            if _alive(int(owner["pid"] or owner["old_pid"])):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # another run removed it first
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (True when that cannot be known)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:  # no process has such a number
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+class _FatalSignal(BaseException):
+    """Raised in the main thread by a fatal signal, so that scoring unwinds (a BaseException:
+    no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _unwound_by_fatal_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into an exception while the block runs, then die of them.
+
+    Only signals left at their default action are taken (a handler the application set up
+    stays in charge), and only in the main thread, the one Python runs handlers in. After the
+    block has unwound (its ``finally`` removing the partial file), the default action is
+    restored and the signal sent again, so the exit status still says what killed it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not caught:  # a second signal while unwinding must not cut the cleanup short
+            caught.append(signum)
+            raise _FatalSignal(signum)
+
+    taken = [s for s in _FATAL_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
+    for signum in taken:
+        signal.signal(signum, handler)
+    try:
+        yield
+    except _FatalSignal:
+        pass  # unwound: now die of it
+    finally:
+        for signum in taken:
+            signal.signal(signum, signal.SIG_DFL)
+        if caught:  # even if the unwinding raised something else on the way
+            os.kill(os.getpid(), caught[0])
+            raise SystemExit(128 + caught[0])  # only reached while the signal is blocked
 
 
 def _write(
