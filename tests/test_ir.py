@@ -130,3 +130,16 @@ def test_missing_methods_raise_attribute_error() -> None:
         cm.predict_proba(np.zeros((1, 2)))
     assert "predict_proba" not in dir(cm)
     assert "apply" in dir(cm)
+
+
+def test_scipy_sparse_input_is_refused_naming_the_disagreement() -> None:
+    """Absent entries are zeros to scikit-learn and LightGBM, missing to XGBoost, and a
+    forest does not say which library it follows: refused clearly, not 'non-numeric'."""
+    sparse = pytest.importorskip("scipy.sparse")
+    cm = treecomp.convert(small_forest(), backend="numpy")
+    X = np.array([[0.0, 1.0], [0.9, 0.0]])
+    for matrix in (sparse.csr_matrix(X), sparse.csc_matrix(X), sparse.csr_array(X)):
+        with pytest.raises(TypeError, match=r"absent entries mean 0 .* 'missing' to XGBoost"):
+            cm.predict(matrix)
+        with pytest.raises(TypeError, match=r"pass X\.toarray\(\) \(absent = 0\)"):
+            cm.apply(matrix)

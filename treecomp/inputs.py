@@ -245,6 +245,16 @@ def to_matrix(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
         return _dataframe_to_array(forest, X)
     if hasattr(X, "detach") and hasattr(X, "cpu"):  # a torch tensor reaching the NumPy path
         X = X.detach().cpu().numpy()
+    if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # SciPy sparse: np.asarray would wrap it
+        # Absent entries are zeros to scikit-learn and LightGBM but missing to XGBoost's trees
+        # (dmlc/xgboost#1634; measured with xgboost 3 and lightgbm 4), and a forest does not
+        # record which library it came from: densifying either way could be wrong.
+        raise TypeError(
+            "X is a SciPy sparse matrix: its absent entries mean 0 to scikit-learn and LightGBM "
+            "but 'missing' to XGBoost, and the model does not record which library it follows; "
+            "pass X.toarray() (absent = 0) or, for XGBoost's reading, a dense array with NaN "
+            "where entries are absent"
+        )
     arr = np.asarray(X)
     if arr.dtype.kind not in "biuf":
         if arr.dtype.kind == "O":
