@@ -23,8 +23,13 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def serve(path: Path, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The file in onnxruntime alone, fed the float type its input declares (double for
+    LightGBM, which compares doubles; float otherwise)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    label, proba = session.run(["label", "probabilities"], {"input": X.astype(np.float32)})
+    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64}[
+        session.get_inputs()[0].type
+    ]
+    label, proba = session.run(["label", "probabilities"], {"input": X.astype(dtype)})
     return label, proba
 
 
