@@ -1,8 +1,9 @@
 """Command line: ``treecomp convert``, ``inspect``, ``score``, ``bench`` and ``demo``.
 
-* ``treecomp convert MODEL --to onnx|pt2|torchscript|artifact -o OUT``: a model file (a
-  treecomp artifact, an XGBoost ``.json``/``.ubj``, a LightGBM text file, a ``.skops`` file;
-  pickles only with ``--trust-pickle``) to a serving file.
+* ``treecomp convert MODEL --to onnx|pt2|torchscript|artifact|triton -o OUT``: a model file
+  (a treecomp artifact, an XGBoost ``.json``/``.ubj``, a LightGBM text file, a ``.skops``
+  file; pickles only with ``--trust-pickle``) to a serving file, or for ``triton`` a model
+  in the Triton model repository OUT (``--name``, ``--max-batch-size``).
 * ``treecomp inspect MODEL``: what the model is, and the strategies the selector would
   choose (a forest saved with ``Forest.to_json()`` works too).
 * ``treecomp score MODEL DATA OUT``: score a Parquet or CSV file in batches.
@@ -127,7 +128,7 @@ def _costs(costs: dict[str, float]) -> str:
 
 def _convert(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"precision": args.precision}
-    if args.strategy and args.to != "onnx":  # the ONNX graph takes its strategy at export
+    if args.strategy and args.to not in ("onnx", "triton"):  # ONNX graphs: at export
         options["strategy"] = args.strategy
     backend = {"onnx": "numpy", "pt2": "torch", "torchscript": "torchscript"}.get(args.to, "numpy")
     if args.to == "artifact":
@@ -138,6 +139,12 @@ def _convert(args: argparse.Namespace) -> int:
         cm.export_onnx(out, strategy=args.strategy)
     elif args.to == "pt2":
         cm.export_pt2(out)
+    elif args.to == "triton":
+        from treecomp.triton import write_repository
+
+        batch = {} if args.max_batch_size is None else {"max_batch_size": args.max_batch_size}
+        name = args.name or args.model.stem
+        out = write_repository(cm, out, name=name, strategy=args.strategy, **batch)
     elif args.to == "torchscript":
         import torch
 
@@ -190,11 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert a model file to ONNX, .pt2, TorchScript")
     _model_arguments(convert)
-    convert.add_argument("--to", required=True, choices=["onnx", "pt2", "torchscript", "artifact"])
-    convert.add_argument("-o", "--output", required=True, type=Path, help="file to write")
+    convert.add_argument(
+        "--to", required=True, choices=["onnx", "pt2", "torchscript", "artifact", "triton"]
+    )
+    convert.add_argument(
+        "-o", "--output", required=True, type=Path, help="file (--to triton: repository) to write"
+    )
     convert.add_argument("--precision", default="auto", choices=["auto", "float32", "float64"])
     convert.add_argument("--strategy", help="a lowering (default: the selector's choice)")
     convert.add_argument("--backend", help="backend saved in an artifact (--to artifact)")
+    convert.add_argument("--name", help="model name in the repository (--to triton; MODEL's stem)")
+    convert.add_argument(
+        "--max-batch-size", type=int, help="rows per request and batch (--to triton; 4096)"
+    )
 
     inspect = sub.add_parser("inspect", help="summarise a model and the selector's choices")
     _model_arguments(inspect)
