@@ -11,6 +11,7 @@ exactly as natively. A matmul would add in a blocked order and could break such 
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ import torch
 from strategies import eager
 from strategies.nodes import TreeGroup, _compiling, extend_input, take, tensor
 from treecomp.ir import Forest
+
+# float32 holds every integer up to 2**24 exactly; past it, integers round to even neighbours.
+FLOAT32_EXACT_INTEGERS = 1 << 24
 
 
 def post_transform(kind: str, scale: float, raw: torch.Tensor) -> torch.Tensor:
@@ -98,6 +102,7 @@ class ForestModule(torch.nn.Module):
         fold_columns: int = 0,
     ) -> None:
         super().__init__()
+        warn_float32_categories(forest, dtype)
         self.groups = torch.nn.ModuleList(groups)
         self.n_features = forest.n_features
         self.n_trees = forest.n_trees
@@ -323,6 +328,29 @@ class ForestModule(torch.nn.Module):
         """Native leaf numbers reached in every tree, ``(n_rows, n_trees)`` int64."""
         X = self.prepare(X)
         return self._rows(self._per_tree(X, self._check_missing(X), ids=True), X.shape[0])
+
+
+def warn_float32_categories(forest: Forest, dtype: torch.dtype) -> None:
+    """Warn when float32 tests cannot tell apart the category codes a float64 model reads.
+
+    The native library (LightGBM) truncates a double to its code; a float32 input has
+    already rounded codes from 2**24 on to an even neighbour, so a listed code can be read
+    for an unlisted one next to it, or never at all. Every float32 lowering is exact for
+    the rounded input (the reference evaluator's answer at that precision), which is not
+    the native answer: the warning says which precision is.
+    """
+    if dtype != torch.float32 or forest.input_dtype == "float32":
+        return  # float64 tests, or a library that rounds its inputs to float32 itself
+    largest = max(int(t.category_values.max(initial=-1)) for t in forest.trees)
+    if largest >= FLOAT32_EXACT_INTEGERS:
+        warnings.warn(
+            f"this model lists categories up to {largest}, but precision='float32' tells "
+            f"integer codes apart only below 2**24 = {FLOAT32_EXACT_INTEGERS}: larger codes "
+            "are rounded to an even neighbour before the test and may take the other branch "
+            "than in the native model; use precision='float64' to compare them as it does",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _gather(table: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:
