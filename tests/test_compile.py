@@ -93,9 +93,11 @@ def test_tree_major_compiled_forest_with_vector_leaves(monkeypatch: pytest.Monke
     assert_equal(cm.apply(X_test[:1]), model.apply(X_test[:1]))
 
 
-def test_compile_needs_a_cpp_compiler() -> None:
+def test_compile_needs_a_cpp_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """To build a package (a cached one loads without: tests/test_faults.py)."""
     import torch._inductor.config as inductor_config
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing cached
     model, _ = fitted("sklearn_gb")
     with (
         inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}),
@@ -221,7 +223,9 @@ def test_default_backend_tiers_up_to_the_compiled_package(
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
-    monkeypatch.setattr(tiered, "BUILD_AFTER_S", 0.0)
+    # No build before the lookup is seen to miss: a lookup done while the batch is still
+    # scored (quick once torch._inductor is imported) would let a later note start it.
+    monkeypatch.setattr(tiered, "BUILD_AFTER_S", float("inf"))
     monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
     forest = small_forest()  # a numerical and a categorical split
     rng = np.random.default_rng(0)
@@ -238,6 +242,7 @@ def test_default_backend_tiers_up_to_the_compiled_package(
     operator = cm.predict(X)
     tier._join(120)
     assert tier.state == "missing"
+    monkeypatch.setattr(tiered, "BUILD_AFTER_S", 0.0)
     cm.predict(X)  # busy for BUILD_AFTER_S: the build starts
     tier._join(600)
     assert tier.state == "ready", tier.state
@@ -251,14 +256,15 @@ def test_default_backend_tiers_up_to_the_compiled_package(
     assert_equal(again.predict(X), operator)
 
 
-def test_compiled_tier_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_tier_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Which conversions tier up: the default backend only, forests with enough tree
     levels and none too deep, not with TREECOMP_BACKGROUND_COMPILE=0; a tier that cannot
-    compile leaves the operator serving and says why."""
+    compile leaves the operator serving and says why (checked before a build process starts)."""
     import treecomp.torch_backend as torch_backend
     from tests.test_ir import small_forest
     from treecomp import tiered
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing cached
     model, X_test = fitted("xgboost_binary")
     forest = treecomp.convert(model, "numpy").forest
     assert not tiered.worth_compiling(forest)  # 20 trees of depth 4: too few levels

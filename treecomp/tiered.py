@@ -9,9 +9,9 @@ milliseconds. So, as a JIT compiler tiers up hot code, the default engine:
 1. at its first large batch, looks for the forest's package in the cache, in a thread (the
    lowering and its digest: about a second): found, large batches use it from then on;
 2. else, once it has spent ``BUILD_AFTER_S`` seconds scoring large batches (a process that
-   will profit from it), builds it in a child process (niced, ended at exit if still
-   running), in a thread that waits for it, and uses it once written. The next process
-   finds it at once.
+   will profit from it), builds it in a child process (niced, and ended with this process
+   however this one ends), in a thread that waits for it, and uses it once written. The
+   next process finds it at once.
 
 ``CompiledModel.tier_up()`` does both now and waits (a server warming up). Only forests
 that profit take this path (:func:`worth_compiling`), only with the default backend, and
@@ -21,16 +21,17 @@ not where ``TREECOMP_BACKGROUND_COMPILE=0`` is set when a model is converted.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -161,40 +162,51 @@ class CompiledTier:
 
     def _build(self) -> None:
         """Build the package in a child process, lower priority, and wait for it."""
-        with tempfile.TemporaryDirectory(prefix="treecomp-build-") as directory:
-            source = Path(directory) / "forest.json"
-            source.write_text(json.dumps(self.forest.to_dict()))
-            spec = {"precision": self.precision, **self.options}
-            command = [sys.executable, "-m", "treecomp.tiered", str(source), json.dumps(spec)]
-            log = Path(directory) / "build.log"
-            # The child imports treecomp from where this process did.
-            paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-            with open(log, "wb") as out:
-                child = subprocess.Popen(
-                    command,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its compiler workers end with it (_end_children)
-                )
-                _children.append(child)
-                try:
-                    code = child.wait()
-                finally:
-                    _children.remove(child)
+        import torch
+
+        from treecomp.torch_backend import check_compiler
+
+        check_compiler(torch.device("cpu"))  # no child for a build that cannot run
+        spec = {"precision": self.precision, **self.options}
+        command = [sys.executable, "-m", "treecomp.tiered", json.dumps(spec)]
+        # The child imports treecomp from where this process did.
+        paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        # Its log in a file with no name (deleted when closed, or when this process dies):
+        # nothing is left behind however either process ends.
+        with tempfile.TemporaryFile() as log:
+            child = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.PIPE,  # the forest, then held open: see _watch_parent
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its compiler workers end with it (_end_children)
+            )
+            _children.append(child)
+            stdin = cast(IO[bytes], child.stdin)
+            try:
+                with contextlib.suppress(BrokenPipeError):  # it ended: its log says why
+                    stdin.write(json.dumps(self.forest.to_dict()).encode() + b"\n")
+                    stdin.flush()
+                code = child.wait()
+            finally:
+                _children.remove(child)
+                with contextlib.suppress(OSError):
+                    stdin.close()
             if code != 0:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                raise RuntimeError(f"the build process exited with {code}: {tail[0][:300]}")
+                log.seek(0)
+                lines = log.read().decode(errors="replace").strip().splitlines()
+                tail = lines[-1] if lines else ""
+                raise RuntimeError(f"the build process exited with {code}: {tail[:300]}")
 
 
 @atexit.register
 def _end_children() -> None:
     """Builds still running when the interpreter exits end with it (no orphans); none
-    starts after."""
-    import signal
-
+    starts after. A process killed outright (SIGKILL, or SIGTERM without a handler, as
+    Docker and Kubernetes stop containers) runs no atexit: its builds see the end of
+    their input instead (:func:`_watch_parent`)."""
     global _exiting
     _exiting = True
 
@@ -209,16 +221,46 @@ def _end_children() -> None:
                 pass
 
 
+def _watch_parent(fd: int) -> None:
+    """End this build, its compiler processes with it, once the pipe ``fd`` reads from
+    (which the parent never writes to again) closes: the kernel closes it when the parent
+    ends, however it ends.
+
+    A pipe, not Linux's ``prctl(PR_SET_PDEATHSIG)``: it works on every OS, and the signal
+    follows the parent's *thread* that started the child, not the process."""
+
+    def watch() -> None:
+        # os.read, not sys.stdin: a daemon thread blocked in a buffered reader holds its
+        # lock, and the interpreter aborts when it cannot take it at exit.
+        while os.read(fd, 1 << 16):
+            pass
+        # The end of the input: the parent is gone.
+        backend = sys.modules.get("treecomp.torch_backend")
+        if backend is not None:  # the package it may be writing (else trim_packages)
+            with contextlib.suppress(Exception):
+                for path in backend.package_dir().glob(f"*.{os.getpid()}.*.partial.pt2"):
+                    path.unlink(missing_ok=True)
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own session
+            # SIGTERM: the compilers delete their temporary files as they end.
+            os.killpg(os.getpid(), signal.SIGTERM)  # this process and its compiler workers
+        os._exit(1)
+
+    threading.Thread(target=watch, name="treecomp-parent-watch", daemon=True).start()
+
+
 def _main(argv: list[str]) -> int:
-    """Build the package of the forest in ``argv[0]`` with the options in ``argv[1]``."""
+    """Build the package of the forest read from standard input, with the options in
+    ``argv[0]``; end when standard input closes (the parent is gone)."""
+    source = sys.stdin.buffer.readline()  # all there is: the parent writes one line
+    _watch_parent(sys.stdin.fileno())
     try:
         os.nice(10)  # the serving process keeps its cores first
     except (AttributeError, OSError):  # no nice() (Windows), or not allowed
         pass
     from treecomp.torch_backend import TorchEngine
 
-    forest = Forest.from_dict(json.loads(Path(argv[0]).read_text()))
-    spec = json.loads(argv[1])
+    forest = Forest.from_dict(json.loads(source))
+    spec = json.loads(argv[0])
     TorchEngine(forest, script=False, compile=True, **spec)
     return 0
 

@@ -13,6 +13,9 @@ import hashlib
 import logging
 import os
 import platform
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -75,13 +78,19 @@ def _bytes_per_row(module: strategies.ForestModule, dtype_bytes: int) -> int:
     return max(total + 3 * module.n_trees * module.leaf_width * 8 + 2 * terms * 8, 1)
 
 
+class CompilerNotFoundError(RuntimeError):
+    """Inductor has no compiler for the device: a package cannot be built (a cached one
+    still loads: running a package needs no compiler)."""
+
+
 def check_compiler(device: torch.device) -> None:
-    """Raise a clear error when inductor cannot generate code for ``device``."""
+    """Raise :class:`CompilerNotFoundError` when inductor cannot generate code for
+    ``device``."""
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
-            raise RuntimeError(
+            raise CompilerNotFoundError(
                 "compile=True on CUDA needs Triton, which is not installed (pip install "
                 "triton, matching your torch); or use compile=False"
             )
@@ -91,7 +100,7 @@ def check_compiler(device: torch.device) -> None:
     try:
         cpp_builder.get_cpp_compiler()
     except Exception as exc:  # InvalidCxxCompiler, or a broken compiler
-        raise RuntimeError(
+        raise CompilerNotFoundError(
             "compile=True on the CPU needs a C++ compiler for inductor (g++, or the one "
             f"named by the CXX environment variable), and none works here ({exc!s:.200}); "
             "install one, or use compile=False"
@@ -165,19 +174,67 @@ def package_dir() -> Path:
 
 # Compiled packages kept on disk, least recently used deleted first past this many bytes.
 MAX_PACKAGE_BYTES = 2 << 30
+# A package is written in one go once compiled (a few MB, well under a second), so a partial
+# file not modified for this long is not being written: its build was killed. Its pid tells
+# sooner where the writer ran on this machine; the grace covers writers in other containers
+# sharing the cache, whose pids mean nothing here.
+STALE_PARTIAL_S = 600.0
+PARTIAL_GRACE_S = 60.0
+
+
+def package_name(key: str, content: str) -> str:
+    """A package's file name: its key, then the SHA-256 of its bytes (checked at load)."""
+    return f"{key}-{content}.pt2"
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (1.5 MB: 2 ms; 100 MB: 0.1 s, on 2 shared cores)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (never sure off POSIX, where
+    ``os.kill(pid, 0)`` would end it)."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
+
+
+def _stale_partial(path: Path, modified: float, now: float) -> bool:
+    """Whether the partial package ``<key>.<pid>.<thread>.partial.pt2`` was left by a
+    build that was killed."""
+    age = now - modified
+    if age > STALE_PARTIAL_S:
+        return True
+    pid = path.name.split(".")[1]
+    return age > PARTIAL_GRACE_S and pid.isdigit() and _process_gone(int(pid))
 
 
 def trim_packages(directory: Path, keep: Path, limit: int = MAX_PACKAGE_BYTES) -> None:
-    """Delete the least recently used packages in ``directory`` (by modification time,
-    which a load refreshes) until they hold at most ``limit`` bytes; never ``keep``, nor a
-    package another process is still writing."""
+    """Delete the partial packages that killed builds left behind, then the least recently
+    used packages in ``directory`` (by modification time, which a load refreshes) until
+    they hold at most ``limit`` bytes; never ``keep``, nor a package another process is
+    still writing."""
     entries = []
+    now = time.time()
     for path in directory.glob("*.pt2"):
-        if ".partial." in path.name:
-            continue
         try:
             status = path.stat()
         except FileNotFoundError:  # deleted meanwhile by another process
+            continue
+        if ".partial." in path.name:
+            if _stale_partial(path, status.st_mtime, now):
+                path.unlink(missing_ok=True)
             continue
         entries.append((status.st_mtime, status.st_size, path))
     total = sum(size for _, size, _ in entries)
@@ -193,17 +250,80 @@ class PackageNotCached(LookupError):
     """A compiled package asked for without building it is not in the package cache."""
 
 
+def discard_package(path: Path, problem: str) -> None:
+    """Warn that the package at ``path`` cannot be used, and delete it so that it is built
+    again."""
+    try:
+        path.unlink(missing_ok=True)
+        outcome = "deleted it; it is built again"
+    except OSError as exc:  # a read-only cache
+        outcome = f"could not delete it ({exc})"
+    warnings.warn(
+        f"treecomp: the compiled package {path} {problem}: {outcome}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def find_package(directory: Path, key: str) -> Path | None:
+    """The cached package of ``key`` whose bytes match the digest in its name; those that
+    do not (truncated, or a bit flipped: AOTInductor checks neither) are discarded."""
+    candidates = sorted(directory.glob(package_name(key, "*")), reverse=True)
+    for path in candidates:
+        expected = path.name.removesuffix(".pt2").rpartition("-")[2]
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:  # discarded or trimmed meanwhile by another process
+            continue
+        if actual != expected:
+            discard_package(path, "is corrupt: its bytes do not match the SHA-256 in its name")
+            continue
+        with contextlib.suppress(OSError):  # a read-only cache: it is still used
+            os.utime(path)  # used now: the last to be trimmed
+        return path
+    return None
+
+
+def load_package(path: Path) -> Any:
+    """AOTInductor's runner of the package at ``path``.
+
+    ``torch._inductor.aoti_load_package`` first probes the CPU's vector instruction sets by
+    compiling test programs into inductor's cache, only to log whether they differ from
+    the package's (ours is scalar code on purpose: INDUCTOR_OPTIONS). That needs a C++
+    compiler and a writable cache, neither of which running a package needs, and took
+    1.5 s of every load; the runner is built here as that function then builds it.
+    """
+    try:
+        from torch.export.pt2_archive._package import AOTICompiledModel
+
+        loader = torch._C._aoti.AOTIModelPackageLoader
+        runner = loader(str(path), "model", False, 1, -1)
+    except (ImportError, AttributeError, TypeError):  # another torch: its own loader
+        # It warns that the package's instruction set differs from this CPU's.
+        logger = logging.getLogger("torch.export.pt2_archive._package")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            return torch._inductor.aoti_load_package(str(path))
+        finally:
+            logger.setLevel(level)
+    return AOTICompiledModel(runner)
+
+
 class PackagedForward:
     """A branch-free :class:`strategies.ForestModule` compiled ahead of time by
     ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
     AOTInductor's runner.
 
     The package is built once per model (keyed by :func:`module_digest`, the outputs and
-    the device); a process that
-    converts the same model again loads it in milliseconds, where ``torch.compile`` traced
-    the module again on every start (7 to 9 s for 500 trees, most of it Dynamo's tracing
-    of the 500-step sum). The batch axis is dynamic from 1 row up, and the runner skips
-    Dynamo's guards on every call.
+    the device); a process that converts the same model again loads it in milliseconds,
+    where ``torch.compile`` traced the module again on every start (7 to 9 s for 500
+    trees, most of it Dynamo's tracing of the 500-step sum). The batch axis is dynamic
+    from 1 row up, and the runner skips Dynamo's guards on every call.
+
+    Its file name holds the SHA-256 of its bytes, checked before every load: a package
+    that fails the check or does not load is discarded with a warning naming it, and
+    built again (or, with ``build=False``, :class:`PackageNotCached` is raised).
     """
 
     def __init__(
@@ -217,29 +337,29 @@ class PackagedForward:
     ) -> None:
         self.dtype = module.input_dtype
         key = hashlib.sha256(f"{digest} {outputs} {device.type}".encode()).hexdigest()[:32]
-        path = package_dir() / f"{key}.pt2"
-        if not path.exists():
-            if not build:
-                raise PackageNotCached(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+        directory = package_dir()
+        path = find_package(directory, key)
+        if path is not None:
             try:
-                export_package(module, partial, outputs, device)
-                os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
-            finally:
-                partial.unlink(missing_ok=True)
-            trim_packages(path.parent, keep=path)
-        else:
-            os.utime(path)  # used now: the last to be trimmed
-        # The runner warns that the package's instruction set differs from the one this
-        # process detected (we compile scalar code on purpose: INDUCTOR_OPTIONS).
-        logger = logging.getLogger("torch.export.pt2_archive._package")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
+                self.runner = load_package(path)
+                return
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                discard_package(path, f"does not load ({type(exc).__name__}: {first:.200})")
+        if not build:
+            raise PackageNotCached(directory / package_name(key, "*"))
+        check_compiler(device)
+        directory.mkdir(parents=True, exist_ok=True)
+        # Unique per thread: two threads may build the same package.
+        partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
         try:
-            self.runner = torch._inductor.aoti_load_package(str(path))
+            export_package(module, partial, outputs, device)
+            path = directory / package_name(key, file_sha256(partial))
+            os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
         finally:
-            logger.setLevel(level)
+            partial.unlink(missing_ok=True)
+        trim_packages(directory, keep=path)
+        self.runner = load_package(path)
 
     def __call__(self, X: torch.Tensor) -> Any:
         out = self.runner(X.to(self.dtype).contiguous())
@@ -296,9 +416,7 @@ class TorchEngine:
             raise TypeError(f"compile must be True or False, not {compile!r}")
         self.forest = forest
         self.device = resolve_device(device)
-        self.compiled = compile
-        if compile:
-            check_compiler(self.device)
+        self.compiled = compile  # a package is built, or loaded (no compiler needed)
         self.n_threads = n_threads
         self.progress = progress
         dtype = torch.float32 if precision == "float32" else torch.float64
@@ -345,7 +463,7 @@ class TorchEngine:
                 return PackagedForward(
                     self.lowered, outputs, self.device, self._digest, build=build
                 )
-        except PackageNotCached:
+        except (PackageNotCached, CompilerNotFoundError):
             raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -362,8 +480,6 @@ class TorchEngine:
     def to(self, device: Any) -> None:
         device = resolve_device(device)
         moved = device != self.device
-        if self.compiled and moved:
-            check_compiler(device)
         self.device = device
         self.module.to(self.device)
         if self.compiled and moved:  # packages are compiled for one device
