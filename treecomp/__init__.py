@@ -9,7 +9,7 @@ Typical use::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treecomp.backends import available_backends, choose_backend, get_backend
 from treecomp.container import CompiledModel, Engine
@@ -17,6 +17,9 @@ from treecomp.errors import InvalidArtifactError, InvalidForestError, Unsupporte
 from treecomp.frontends import parse, supported_models
 from treecomp.inputs import Precision, check_precision
 from treecomp.ir import Forest, PostTransform, Tree
+
+if TYPE_CHECKING:
+    from treecomp.serving import Serving
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,7 @@ __all__ = [
     "InvalidArtifactError",
     "InvalidForestError",
     "PostTransform",
+    "Serving",
     "Tree",
     "UnsupportedModelError",
     "available_backends",
@@ -36,6 +40,16 @@ __all__ = [
     "score",
     "supported_models",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # treecomp.Serving is imported on first use: its asyncio and threads stay out of a
+    # plain ``import treecomp``.
+    if name == "Serving":
+        from treecomp.serving import Serving
+
+        return Serving
+    raise AttributeError(f"module 'treecomp' has no attribute {name!r}")
 
 
 def score(model: Any, source: Any, destination: Any, **options: Any) -> int:

@@ -1,0 +1,340 @@
+"""treecomp.Serving: concurrent requests gathered into batches, each caller its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_close, assert_equal
+from tests.zoo import fitted, pd
+from treecomp import serving as serving_module
+
+# Every test that waits for threads bounds the wait: a deadlock fails instead of hanging.
+TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def xgb() -> tuple[treecomp.CompiledModel, np.ndarray]:
+    model, X = fitted("xgboost_binary")
+    return treecomp.convert(model), np.asarray(X)
+
+
+@pytest.fixture(scope="module")
+def gb() -> tuple[treecomp.CompiledModel, np.ndarray]:
+    """A classifier with every method but score_samples, that refuses NaN."""
+    model, X = fitted("sklearn_gb")
+    return treecomp.convert(model), np.asarray(X)
+
+
+def in_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
+    """``target(k)`` for k < n, each in its own thread, all released at once; the results,
+    or the exceptions raised, in order."""
+    results: list[Any] = [None] * n
+    start = threading.Barrier(n)
+
+    def run(k: int) -> None:
+        start.wait()
+        try:
+            results[k] = target(k)
+        except Exception as exc:
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive(), "a request was never answered"
+    return results
+
+
+def error_of(call: Callable[[], Any]) -> BaseException:
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+def test_32_threads_of_single_rows_get_their_own_answers(xgb: Any) -> None:
+    cm, X = xgb
+    rows_per_thread = 8
+    with treecomp.Serving(cm, max_batch_size=16, max_wait_ms=2) as serving:
+
+        def requests(k: int) -> list[Any]:
+            rows = range(k, k + 32 * rows_per_thread, 32)
+            return [(serving.predict(X[i]), serving.predict_proba(X[i])) for i in rows]
+
+        answers = in_threads(32, requests)
+        stats = serving.stats
+    expected_labels = cm.predict(X)
+    for k, own in enumerate(answers):
+        assert not isinstance(own, Exception), own
+        for j, (label, proba) in enumerate(own):
+            i = k + 32 * j
+            # Each answer is compared with cm.predict on its own row, one row at a time.
+            assert label == cm.predict(X[i : i + 1])[0] == expected_labels[i]
+            assert_equal(proba, cm.predict_proba(X[i : i + 1])[0])
+    assert stats.requests == stats.rows == 2 * 32 * rows_per_thread
+    assert stats.batches < stats.requests  # requests were gathered
+    assert stats.rows / stats.batches <= 16
+
+
+def test_mixed_methods_in_one_batch(gb: Any) -> None:
+    cm, X = gb
+    methods = ("predict", "predict_proba", "decision_function", "apply")
+    # Eight requests, max_batch_size=8, a wait far beyond the test: one full batch, scored
+    # as soon as the eighth arrives.
+    with treecomp.Serving(cm, max_batch_size=8, max_wait_ms=600_000) as serving:
+        answers = in_threads(8, lambda k: getattr(serving, methods[k % 4])(X[k : k + 1]))
+        assert serving.stats == serving_module.ServingStats(requests=8, rows=8, batches=1)
+    for k, answer in enumerate(answers):
+        expected = getattr(cm, methods[k % 4])(X[k : k + 1])
+        if methods[k % 4] in ("predict", "apply"):
+            assert_equal(answer, expected)
+        else:
+            # ONNX Runtime's single-row graph and its batch graph may round the link's exp
+            # differently in the last place; both are this model's own answers.
+            assert_close(answer, expected, "float64")
+
+
+def test_a_bad_row_fails_only_its_own_request(gb: Any) -> None:
+    cm, X = gb
+    nan_row = X[3].copy()
+    nan_row[4] = np.nan
+    text_row = X[5].astype(object)
+    text_row[2] = "seven"
+    bad = {
+        3: nan_row,  # the model refuses NaN, as scikit-learn does
+        5: text_row,
+        9: X[9, :-1],  # one feature short
+        12: [[*X[12].tolist(), 0.0]],  # one feature too many
+    }
+    with treecomp.Serving(cm, max_batch_size=32, max_wait_ms=5) as serving:
+        answers = in_threads(32, lambda k: serving.predict(bad.get(k, X[k])))
+    for k, answer in enumerate(answers):
+        if k not in bad:
+            assert answer == cm.predict(X[k : k + 1])[0]
+            continue
+        given = bad[k]
+        as_rows = given if isinstance(given, list) else given.reshape(1, -1)
+        expected = error_of(lambda rows=as_rows: cm.predict(rows))
+        assert type(answer) is type(expected)
+        assert str(answer) == str(expected)
+
+
+def test_an_engine_failure_is_rescored_request_by_request(
+    xgb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the engine fail on a batch, each request is scored again on its own, and only
+    the one it fails on gets the error."""
+    cm, X = xgb
+    score = serving_module._outputs
+
+    def fragile(model: Any, rows: np.ndarray, methods: Any) -> Any:
+        if (rows == 1234.5).any():
+            raise RuntimeError("the engine choked on 1234.5")
+        return score(model, rows, methods)
+
+    monkeypatch.setattr(serving_module, "_outputs", fragile)
+    poisoned = X[7].copy()
+    poisoned[0] = 1234.5
+    with treecomp.Serving(cm, max_batch_size=16, max_wait_ms=600_000) as serving:
+        answers = in_threads(16, lambda k: serving.predict(poisoned if k == 7 else X[k]))
+        stats = serving.stats
+    for k, answer in enumerate(answers):
+        if k == 7:
+            assert isinstance(answer, RuntimeError) and "1234.5" in str(answer)
+        else:
+            assert answer == cm.predict(X[k : k + 1])[0]
+    assert stats.batches == 1 + 16  # the batch, then each request alone
+
+
+def test_asyncio_gather_of_200_requests(xgb: Any) -> None:
+    cm, X = xgb
+    expected = cm.predict(X[:200])
+
+    async def main() -> tuple[list[Any], list[Any], Any]:
+        async with treecomp.Serving(cm, max_batch_size=64, max_wait_ms=50) as serving:
+            labels = await asyncio.gather(*(serving.apredict(X[i]) for i in range(200)))
+            probas = await asyncio.gather(
+                *(serving.apredict_proba(X[i : i + 2]) for i in range(0, 20, 2))
+            )
+            stats = serving.stats
+        return list(labels), list(probas), stats
+
+    labels, probas, stats = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
+    assert_equal(np.array(labels), expected)
+    for j, proba in enumerate(probas):
+        assert_equal(proba, cm.predict_proba(X[2 * j : 2 * j + 2]))
+    assert stats.requests == 210
+    assert stats.batches <= 10  # the 200 coroutines queue before any waits: full batches
+
+
+def test_asyncio_errors_reach_their_coroutine(gb: Any) -> None:
+    cm, X = gb
+
+    async def main() -> list[Any]:
+        async with treecomp.Serving(cm, max_wait_ms=1) as serving:
+            calls = [serving.apredict(X[i] if i != 4 else X[i, :3]) for i in range(10)]
+            return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    answers = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
+    assert isinstance(answers[4], ValueError) and "3 features" in str(answers[4])
+    assert [a for i, a in enumerate(answers) if i != 4] == [
+        cm.predict(X[i : i + 1])[0] for i in range(10) if i != 4
+    ]
+
+
+def test_close_drains_pending_requests_and_refuses_new_ones(xgb: Any) -> None:
+    cm, X = xgb
+    # A wait of ten minutes and room for 1000 rows: nothing is scored until close().
+    serving = treecomp.Serving(cm, max_batch_size=1000, max_wait_ms=600_000)
+    answers: list[Any] = [None] * 10
+
+    def request(k: int) -> None:
+        answers[k] = serving.predict(X[k])
+
+    threads = [threading.Thread(target=request, args=(k,)) for k in range(10)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(serving._batcher._pending) < 10:  # all ten queued, none answered
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert answers == [None] * 10
+    start = time.monotonic()
+    serving.close()
+    assert time.monotonic() - start < TIMEOUT_S
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert_equal(np.array(answers), cm.predict(X[:10]))
+    assert serving.closed and serving.stats.batches == 1
+    serving.close()  # again: nothing to do
+    with pytest.raises(RuntimeError, match="closed"):
+        serving.predict(X[0])
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(serving.apredict(X[0]))
+
+
+def test_a_lone_request_waits_max_wait_ms_and_a_large_one_is_scored_alone(xgb: Any) -> None:
+    cm, X = xgb
+    with treecomp.Serving(cm, max_batch_size=4, max_wait_ms=50) as serving:
+        start = time.perf_counter()
+        label = serving.predict(X[0])
+        assert time.perf_counter() - start >= 0.045
+        assert label == cm.predict(X[:1])[0]
+        # Ten rows, more than max_batch_size: one call of its own, never split.
+        assert_equal(serving.predict(X[:10]), cm.predict(X[:10]))
+        assert serving.stats == serving_module.ServingStats(requests=2, rows=11, batches=2)
+
+
+def test_input_types(xgb: Any) -> None:
+    cm, X = xgb
+    names = [f"f{j}" for j in range(X.shape[1])]
+    with treecomp.Serving(cm, max_wait_ms=0) as serving:
+        # A 1-D row (array or list) is one row, answered without the row axis.
+        assert serving.predict(X[0]) == cm.predict(X[:1])[0]
+        assert serving.predict(list(X[1])) == cm.predict(X[1:2])[0]
+        assert_equal(serving.predict_proba(X[2]), cm.predict_proba(X[2:3])[0])
+        assert_equal(serving.apply(X[3]), cm.apply(X[3:4])[0])
+        # 2-D arrays, lists of rows and frames are answered as cm.predict answers them.
+        assert_equal(serving.predict(X[:5]), cm.predict(X[:5]))
+        assert_equal(serving.predict(X[:5].tolist()), cm.predict(X[:5]))
+        assert_equal(serving.predict(X[:0]), cm.predict(X[:0]))
+        assert_equal(serving.predict(X[:5].astype(np.float32)), cm.predict(X[:5]))
+        frame = pd.DataFrame(X[:5], columns=names)
+        assert_equal(serving.predict(frame), cm.predict(frame))
+        assert serving.predict(frame.iloc[2]) == cm.predict(frame.iloc[[2]])[0]
+        both = serving.outputs(X[:3], ["predict_proba", "predict"])
+        assert_equal(both["predict"], cm.predict(X[:3]))
+        assert_equal(both["predict_proba"], cm.predict_proba(X[:3]))
+        with pytest.raises(ValueError, match="expected a 2-D array"):
+            serving.predict(X[:2][None])
+        with pytest.raises(ValueError, match="unknown method"):
+            serving.outputs(X[:1], ["predict_log_proba"])
+
+
+def test_frames_with_categories() -> None:
+    model, frame = fitted("lightgbm_categorical_zero")
+    cm = treecomp.convert(model)
+    with treecomp.Serving(cm, max_batch_size=8, max_wait_ms=5) as serving:
+        answers = in_threads(16, lambda k: serving.predict(frame.iloc[[k]]))
+        assert_equal(np.concatenate(answers), cm.predict(frame.iloc[:16]))
+        # A Series row has lost its category dtype: refused rather than read as codes.
+        with pytest.raises(TypeError, match="one-row DataFrame"):
+            serving.predict(frame.iloc[0])
+
+
+def test_rows_of_both_precisions_in_one_batch() -> None:
+    """precision="auto" scores float32 rows of a float64 model in float32, on another
+    engine: a batch of both is scored once per precision, each row as cm.predict does."""
+    model, X = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model)
+    rows = [X[k] if k % 2 else X[k].astype(np.float32) for k in range(16)]
+    with treecomp.Serving(cm, max_batch_size=16, max_wait_ms=600_000) as serving:
+        answers = in_threads(16, lambda k: serving.decision_function(rows[k]))
+        assert serving.stats.batches == 2
+    for k, answer in enumerate(answers):
+        assert answer == cm.decision_function(rows[k][None])[0]
+
+
+def test_methods_the_model_lacks_and_bad_options(xgb: Any) -> None:
+    cm, _ = xgb
+    model, _ = fitted("sklearn_multi_output")
+    regressor = treecomp.convert(model, "numpy")
+    with treecomp.Serving(regressor) as serving:
+        assert not hasattr(serving, "predict_proba")
+        assert not hasattr(serving, "apredict_proba")
+        assert "predict_proba" not in dir(serving) and "predict" in dir(serving)
+        message = str(error_of(lambda: regressor.predict_proba))
+        assert str(error_of(lambda: serving.predict_proba)) == message
+    with pytest.raises(TypeError, match="CompiledModel"):
+        treecomp.Serving(model)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_batch_size"):
+            treecomp.Serving(cm, max_batch_size=bad)
+    for bad in (-1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="max_wait_ms"):
+            treecomp.Serving(cm, max_wait_ms=bad)
+
+
+def test_the_worker_is_a_named_daemon_that_ends(xgb: Any) -> None:
+    cm, X = xgb
+    serving = treecomp.Serving(cm)
+    serving.predict(X[0])
+    worker = serving._batcher._thread
+    assert worker is not None and worker.daemon and worker.name.startswith("treecomp-serving")
+    serving.close()
+    assert not worker.is_alive()
+    # A Serving dropped without close() stops its worker when it is collected.
+    dropped = treecomp.Serving(cm)
+    dropped.predict(X[0])
+    worker = dropped._batcher._thread
+    del dropped
+    gc.collect()
+    assert worker is not None
+    worker.join(TIMEOUT_S)
+    assert not worker.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_worker_of_its_own(xgb: Any) -> None:
+    _, X = xgb
+    model, _ = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "numpy")  # no runtime threads to lose in the fork
+    with treecomp.Serving(cm) as serving:
+        expected = serving.predict(X[:4])
+        pid = os.fork()
+        if pid == 0:  # the child: answer, then leave without running pytest's teardown
+            ok = np.array_equal(serving.predict(X[:4]), expected)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
