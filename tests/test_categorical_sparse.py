@@ -225,3 +225,19 @@ def test_category_sets_list_exactly_the_listed_codes(kind: str) -> None:
     assert again.layout == sets.layout and np.array_equal(again.table, sets.table)
     if kind == "hash":  # memory follows the listed keys, not the largest code
         assert sets.table.size <= 8 * np.unique(rows << 31 | codes).size
+
+
+def test_default_precision_reads_huge_codes_exactly_from_either_float_type() -> None:
+    """convert(model) with no option: float64 rows compare codes as LightGBM does, float32
+    rows (whose codes the caller already rounded, as LightGBM then reads them) run on the
+    float32 engine, exact for them, without the float32 warning."""
+    model = huge_model()
+    X = edge_rows(3, FEATURE, CODES)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*precision=")
+        cm = treecomp.convert(model, "torch", strategy="tree_traversal")
+        assert_equal(cm.apply(X), model.predict(X, pred_leaf=True))
+        with np.errstate(over="ignore"):
+            X32 = X.astype(np.float32)
+        assert_equal(cm.apply(X32), model.predict(X32, pred_leaf=True))
+    assert "float32 rows" in cm.strategy

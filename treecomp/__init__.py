@@ -9,6 +9,7 @@ Typical use::
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from treecomp.backends import available_backends, choose_backend, get_backend
@@ -104,6 +105,12 @@ def convert(
     factory = get_backend(backend)
 
     def build(precision: Precision) -> Engine:
+        if precision_ == "auto" and precision != forest.input_dtype:
+            # The engine of float32 rows of a double library: they reach it unrounded, so
+            # the lowering's warning about float64 codes rounded to float32 does not apply.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="this model lists categories up to")
+                return factory(forest, precision=precision, **engine_options)
         return factory(forest, precision=precision, **engine_options)
 
     return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)
