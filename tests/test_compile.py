@@ -7,6 +7,7 @@ rows, threshold probes, NaN and infinite rows and single rows, as the eager test
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -168,7 +169,7 @@ def test_pt2_package_runs_without_treecomp(tmp_path: Path) -> None:
         cm = treecomp.convert(model, "torch")
         cm.export_pt2(tmp_path / f"{name}.pt2", leaf_indices=True)
         batches = [
-            np.asarray(cm._prepare(X), dtype=cm.forest.input_dtype)  # as the native model sees it
+            np.asarray(cm._prepare(X)[1], dtype=cm.forest.input_dtype)  # as natively seen
             for X in inputs(model, X_test, cm.forest)
         ]
         for i, X in enumerate(batches):
@@ -184,13 +185,23 @@ def test_pt2_package_runs_without_treecomp(tmp_path: Path) -> None:
             print(name, "loaded in", time.perf_counter() - start)
             for i in range(count):
                 X = torch.from_numpy(np.load(f"{{folder}}/{{name}}-{{i}}.npy"))
+                assert run.get_metadata()["treecomp.input_dtype"] == str(X.dtype)[6:]
                 raw, transformed, leaves = run(X)
                 np.save(f"{{folder}}/{{name}}-{{i}}-out.npy", transformed.numpy())
                 np.save(f"{{folder}}/{{name}}-{{i}}-leaves.npy", leaves.numpy())
+            # The other float type: refused where the serving process asks for the checks
+            other = X.to(torch.float32 if X.dtype == torch.float64 else torch.float64)
+            try:
+                run(other)
+            except RuntimeError as exc:
+                assert "dtype" in str(exc), exc
+            else:
+                raise AssertionError(f"{{name}}: {{other.dtype}} input was not refused")
         assert "treecomp" not in sys.modules and "strategies" not in sys.modules
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    env = {**os.environ, "AOTI_RUNTIME_CHECK_INPUTS": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
     for name in PT2_MODELS:
         cm, count = expected[name]
         ref = treecomp.convert(cm.forest, "numpy")

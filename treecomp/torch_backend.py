@@ -41,6 +41,8 @@ import torch.fx.experimental._config as fx_config
 import strategies
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 
+_log = logging.getLogger(__name__)
+
 
 def resolve_device(device: Any) -> torch.device:
     """A torch.device, or a clear error when it does not exist on this machine."""
@@ -375,22 +377,42 @@ def export_package(
     rows specialises: one package serves every batch size.
     """
     exported = PT2Module(module, outputs)
-    example = torch.zeros((WARM_UP_ROWS, module.n_features), dtype=module.input_dtype)
+    # The package reads its input as this type whatever the caller passes (AOTInductor
+    # checks input dtypes only under AOTI_RUNTIME_CHECK_INPUTS=1): said in its metadata,
+    # which runner.get_metadata() returns.
+    dtype = module.input_dtype
+    metadata = {
+        "treecomp.input_dtype": str(dtype).removeprefix("torch."),
+        "treecomp.outputs": outputs,
+        "treecomp.n_features": str(module.n_features),
+    }
+    example = torch.zeros((WARM_UP_ROWS, module.n_features), dtype=dtype)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
     previous = module.branch_free
     module.branch_free = True
+    start = time.perf_counter()
+    _log.info(
+        "compiling %d trees with torch.export and AOTInductor (%s, %s input); the first "
+        "compile of a large forest takes tens of seconds",
+        module.n_trees,
+        device.type,
+        metadata["treecomp.input_dtype"],
+    )
     try:
         with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
             program = torch.export.export(
                 exported, (example.to(device),), dynamic_shapes=({0: batch},)
             )
+            _log.info("traced in %.1f s; generating and compiling C++", time.perf_counter() - start)
             torch._inductor.aoti_compile_and_package(
                 program,
                 package_path=str(path),
-                inductor_configs=dict(INDUCTOR_OPTIONS),  # it adds its own keys
+                # it adds its own keys to the dict
+                inductor_configs={**INDUCTOR_OPTIONS, "aot_inductor.metadata": metadata},
             )
     finally:
         module.branch_free = previous
+    _log.info("compiled in %.1f s", time.perf_counter() - start)
 
 
 class TorchEngine:
