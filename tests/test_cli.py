@@ -15,6 +15,7 @@ from treecomp.cli import main
 
 ort = pytest.importorskip("onnxruntime")
 skops_io = pytest.importorskip("skops.io")
+joblib = pytest.importorskip("joblib")
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +125,18 @@ def test_pickle_needs_trust(tmp_path: Path, data: Any, capsys: Any) -> None:
     X, y, X_test = data
     model = ensemble.ExtraTreesClassifier(3, max_depth=3, random_state=0).fit(X, y)
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
-    argv = ["convert", str(tmp_path / "model.pkl"), "--to", "onnx", "-o", str(tmp_path / "m.onnx")]
-    code, _, stderr = run(argv, capsys)
-    assert code == 2 and "--trust-pickle" in stderr and stderr.count("\n") == 1
-    assert not (tmp_path / "m.onnx").exists()
-    assert run([*argv, "--trust-pickle"], capsys)[0] == 0
-    label, _ = serve(tmp_path / "m.onnx", X_test)
-    assert_equal(label, model.predict(X_test))
+    # joblib writes NumPy arrays after the pickle stream: pickle.load cannot read it.
+    joblib.dump(model, tmp_path / "model.joblib")
+    for name in ("model.pkl", "model.joblib"):
+        out = tmp_path / f"{name}.onnx"
+        argv = ["convert", str(tmp_path / name), "--to", "onnx", "-o", str(out)]
+        code, _, stderr = run(argv, capsys)
+        assert code == 2 and "--trust-pickle" in stderr and stderr.count("\n") == 1
+        assert not out.exists()
+        code, _, stderr = run([*argv, "--trust-pickle"], capsys)
+        assert code == 0, stderr
+        label, _ = serve(out, X_test)
+        assert_equal(label, model.predict(X_test))
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, data: Any, capsys: Any) -> None:

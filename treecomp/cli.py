@@ -10,7 +10,10 @@
 * ``treecomp bench`` (see ``treecomp bench --help``) and ``treecomp demo``.
 
 Exit codes: 0 done, 2 bad usage or an unreadable, unsupported or untrusted model or input:
-a one-line message on stderr (``--debug`` shows the traceback).
+a one-line message on stderr (``--debug`` shows the traceback). 1 is a bug in treecomp,
+said in one line too. Model files are untrusted input: a truncated, corrupt or crafted
+file is refused with exit code 2 before XGBoost's or LightGBM's parser can crash on it
+(see treecomp.file_checks).
 """
 
 from __future__ import annotations
@@ -43,10 +46,9 @@ def _model(args: argparse.Namespace, **options: Any) -> Any:
         return treecomp.load(args.model, **options), kind
     if forest is not None and forest.task == "classifier" and classes is None:
         if kind.startswith(("XGBoost", "LightGBM")):
-            print(
+            args.notes.append(
                 f"note: {args.model} holds no class labels: the classes are the native "
-                f"numbers {np.asarray(forest.classes).tolist()} (set them with --classes)",
-                file=sys.stderr,
+                f"numbers {np.asarray(forest.classes).tolist()} (set them with --classes)"
             )
     return treecomp.convert(forest, **options), kind
 
@@ -262,14 +264,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo()
     commands = {"convert": _convert, "inspect": _inspect, "score": _score}
+    args.notes = []  # said once the command has succeeded: a failure is one line alone
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
     except (*_EXPECTED, UnsupportedModelError, InvalidArtifactError, InvalidForestError) as exc:
         if args.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"treecomp {args.command}: {message}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: still one line, and an exit code of its own
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split())[:300]
+        print(
+            f"treecomp {args.command}: internal error ({type(exc).__name__}: {message}); "
+            "rerun with --debug to see the traceback",
+            file=sys.stderr,
+        )
+        return 1
+    for note in args.notes:
+        print(note, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

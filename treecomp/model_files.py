@@ -13,19 +13,30 @@ Formats, by what the file holds (not only its suffix):
 
 Model files of XGBoost and LightGBM hold no class labels: ``classes`` supplies them; without
 it a classifier predicts the native class numbers 0, 1, ...
+
+Files are untrusted input. XGBoost's and LightGBM's parsers trust theirs: a truncated or
+crafted file can crash them (treecomp.file_checks lists how), so each such file is checked
+by treecomp.file_checks before the library parses it, and whatever goes wrong while reading
+becomes a :class:`ModelFileError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import treecomp
-from treecomp.errors import UnsupportedModelError
+from treecomp.errors import InvalidForestError, UnsupportedModelError
+from treecomp.file_checks import FileCheckError, check_lightgbm, check_xgboost, first_line
 from treecomp.ir import Forest
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -40,6 +51,11 @@ SKOPS_TRUSTED_PREFIXES = (
     "sklearn.preprocessing._encoders.",
     "numpy.",
 )
+# Errors of treecomp's own that already say what is wrong with a model: passed on as they are.
+_OWN_ERRORS = (UnsupportedModelError, InvalidForestError)
+# What a library raises on a broken file besides its own error class (its Python code
+# indexing a document that lacks a key, or decoding one that is not UTF-8).
+_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError)
 
 
 class ModelFileError(ValueError):
@@ -53,31 +69,32 @@ def read_forest(
 
     Returns a parsed forest for native model files, or a rebuilt CompiledModel for a
     treecomp artifact (as the second element, the first being None).
+
+    Raises:
+        ModelFileError: the file is missing, empty, truncated, corrupt, of an unknown format
+            or an untrusted pickle.
+        treecomp.InvalidArtifactError: a treecomp artifact that is truncated or tampered with.
+        treecomp.UnsupportedModelError: a readable model that treecomp cannot compile.
     """
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if not raw:
+        raise ModelFileError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
-    head = path.read_bytes()[:4096]
-    if json_format(path) == "treecomp.model":
+    if _json_format(raw) == "treecomp.model" or suffix == ".tc" or _looks_like_artifact(raw):
         return None, treecomp.load(path), "treecomp artifact"
     if suffix in PICKLE_SUFFIXES:
-        if not trust_pickle:
-            raise ModelFileError(
-                f"{path}: pickle/joblib files run arbitrary code when loaded; save the model "
-                "with skops, XGBoost's save_model or LightGBM's save_model instead, or pass "
-                "--trust-pickle if you trust where this file came from"
-            )
-        import pickle
-
-        with path.open("rb") as f:
-            model = pickle.load(f)
-        return treecomp.parse(model), None, f"pickled {type(model).__qualname__}"
+        return _pickle(path, trust_pickle)
     if suffix == ".skops":
         return _skops(path)
     if suffix in (".json", ".ubj"):
-        return _xgboost(path, classes)
-    if suffix in (".txt", ".model", ".lgb") or head.startswith(b"tree\n"):
-        return _lightgbm(path, classes)
+        return _xgboost(path, raw, classes)
+    if suffix in (".txt", ".model", ".lgb") or raw.startswith((b"tree\n", b"tree\r\n")):
+        return _lightgbm(path, raw, classes)
     raise ModelFileError(
         f"{path}: unknown model format {suffix!r}; expected a treecomp artifact, an XGBoost "
         ".json/.ubj file, a LightGBM text file, or a .skops file"
@@ -87,18 +104,26 @@ def read_forest(
 def json_format(path: Path) -> str | None:
     """``"treecomp.model"`` for an artifact, ``"forest"`` for ``Forest.to_json()``, else None
     (not JSON, or another library's JSON)."""
-    raw = path.read_bytes()
+    return _json_format(path.read_bytes())
+
+
+def _json_format(raw: bytes) -> str | None:
     if not raw.lstrip().startswith(b"{"):
         return None
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     if not isinstance(document, dict):
         return None
     if document.get("format") == "treecomp.model":
         return "treecomp.model"
     return "forest" if "trees" in document and "learner" not in document else None
+
+
+def _looks_like_artifact(raw: bytes) -> bool:
+    """An artifact (canonical JSON, keys sorted) cut short, whatever its name."""
+    return raw.startswith(b'{"backend":')
 
 
 def _with_classes(forest: Forest, classes: list[str] | None, path: Path) -> Forest:
@@ -113,50 +138,62 @@ def _with_classes(forest: Forest, classes: list[str] | None, path: Path) -> Fore
     return dataclasses.replace(forest, classes=np.asarray(classes)).validate()
 
 
-def _xgboost(path: Path, classes: list[str] | None) -> tuple[Forest, None, str]:
-    try:
-        import xgboost
-    except ImportError as exc:
-        raise ModelFileError(f"{path}: reading XGBoost files needs xgboost") from exc
-    try:
-        booster = xgboost.Booster(model_file=str(path))
-    except xgboost.core.XGBoostError as exc:
+@contextlib.contextmanager
+def _library_output_silenced() -> Iterator[None]:
+    """Send what a model library prints nowhere while the block runs: what its native code
+    writes to file descriptor 2 (LightGBM prints each fatal error there before raising it,
+    and the exception becomes the command's one-line message) and what its Python logger
+    prints (LightGBM's warnings about parameters it no longer knows, in ``inspect``'s
+    output otherwise)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no descriptor 2 to silence
+            yield
+            return
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+# -------------------------------------------------------------------------------------------
+# Pickle, joblib and skops
+
+
+def _pickle(path: Path, trust_pickle: bool) -> tuple[Forest, None, str]:
+    if not trust_pickle:
         raise ModelFileError(
-            f"{path}: not a readable XGBoost model ({str(exc).splitlines()[0]})"
-        ) from None
-    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
-    if objective.startswith(("binary:", "multi:")) and objective != "binary:logitraw":
-        estimator: Any = xgboost.XGBClassifier()
-    elif objective.startswith("rank:"):
-        estimator = xgboost.XGBRanker()
+            f"{path}: pickle/joblib files run arbitrary code when loaded; save the model "
+            "with skops, XGBoost's save_model or LightGBM's save_model instead, or pass "
+            "--trust-pickle if you trust where this file came from"
+        )
+    if path.suffix.lower() == ".joblib":
+        # joblib writes NumPy arrays after the pickle stream: plain pickle cannot read it.
+        try:
+            from joblib import load
+        except ImportError as exc:
+            raise ModelFileError(f"{path}: reading .joblib files needs joblib") from exc
     else:
-        estimator = xgboost.XGBRegressor()
-    estimator.load_model(str(path))
-    forest = treecomp.parse(estimator)
-    kind = type(estimator).__qualname__
-    return _with_classes(forest, classes, path), None, f"XGBoost {kind} ({objective})"
+        from pickle import load as load_pickle
 
+        def load(file: Path) -> Any:
+            with file.open("rb") as f:
+                return load_pickle(f)
 
-def _lightgbm(path: Path, classes: list[str] | None) -> tuple[Forest, None, str]:
     try:
-        import lightgbm
-    except ImportError as exc:
-        raise ModelFileError(f"{path}: reading LightGBM files needs lightgbm") from exc
-    try:
-        booster = lightgbm.Booster(model_file=str(path))
-    except lightgbm.basic.LightGBMError as exc:
+        model = load(path)
+    except Exception as exc:  # unpickling a broken file raises whatever its bytes lead to
         raise ModelFileError(
-            f"{path}: not a readable LightGBM model ({str(exc).splitlines()[0]})"
-        ) from None
-    from treecomp.frontends import lightgbm as frontend
-
-    objective = str(booster.dump_model().get("objective", "")).split(" ")[0]
-    if objective in ("binary", "multiclass", "multiclassova"):
-        n_classes = max(2, booster.num_model_per_iteration())
-        labels = np.arange(n_classes)
-        forest = frontend._parse(booster, task="classifier", owner="LightGBM file", classes=labels)
-        return _with_classes(forest, classes, path), None, f"LightGBM classifier ({objective})"
-    return treecomp.parse(booster), None, f"LightGBM Booster ({objective})"
+            f"{path}: not a readable {path.suffix.lower()[1:]} file "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+    return treecomp.parse(model), None, f"pickled {type(model).__qualname__}"
 
 
 def _skops(path: Path) -> tuple[Forest, None, str]:
@@ -169,16 +206,89 @@ def _skops(path: Path) -> tuple[Forest, None, str]:
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # a corrupt archive: skops raises zipfile and JSON errors
-        raise ModelFileError(f"{path}: not a readable skops file ({exc})") from None
+        raise ModelFileError(
+            f"{path}: not a readable skops file ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
     unknown = [t for t in untrusted if not t.startswith(SKOPS_TRUSTED_PREFIXES)]
     if unknown:
         raise ModelFileError(
             f"{path}: the file holds types neither skops nor treecomp trusts: {unknown}; "
             "load it yourself with skops.io.load(path, trusted=[...]) if you trust them"
         )
-    model = skops.io.load(path, trusted=untrusted)
     try:
-        forest = treecomp.parse(model)
-    except UnsupportedModelError:
+        model = skops.io.load(path, trusted=untrusted)
+    except Exception as exc:  # a schema that lies about its contents fails anywhere in skops
+        raise ModelFileError(
+            f"{path}: not a readable skops file ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+    return treecomp.parse(model), None, f"scikit-learn {type(model).__qualname__} (skops)"
+
+
+# -------------------------------------------------------------------------------------------
+# XGBoost
+
+
+def _xgboost(path: Path, raw: bytes, classes: list[str] | None) -> tuple[Forest, None, str]:
+    try:
+        import xgboost
+    except ImportError as exc:
+        raise ModelFileError(f"{path}: reading XGBoost files needs xgboost") from exc
+    raw = raw.lstrip(b" \t\r\n")  # XGBoost reads a buffer only from its first '{'
+    try:
+        document = check_xgboost(raw)
+        objective = str(document["learner"]["objective"]["name"])
+    except (FileCheckError, KeyError, TypeError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else first_line(exc)
+        raise ModelFileError(f"{path}: not a readable XGBoost model ({what})") from None
+    if objective.startswith(("binary:", "multi:")) and objective != "binary:logitraw":
+        estimator: Any = xgboost.XGBClassifier()
+    elif objective.startswith("rank:"):
+        estimator = xgboost.XGBRanker()
+    else:
+        estimator = xgboost.XGBRegressor()
+    try:
+        with _library_output_silenced():
+            # From memory: the bytes checked above are the bytes XGBoost parses.
+            estimator.load_model(bytearray(raw))
+            forest = treecomp.parse(estimator)
+    except _OWN_ERRORS:
         raise
-    return forest, None, f"scikit-learn {type(model).__qualname__} (skops)"
+    except (xgboost.core.XGBoostError, *_READ_ERRORS) as exc:
+        raise ModelFileError(f"{path}: not a readable XGBoost model ({first_line(exc)})") from exc
+    kind = type(estimator).__qualname__
+    return _with_classes(forest, classes, path), None, f"XGBoost {kind} ({objective})"
+
+
+# -------------------------------------------------------------------------------------------
+# LightGBM
+
+
+def _lightgbm(path: Path, raw: bytes, classes: list[str] | None) -> tuple[Forest, None, str]:
+    try:
+        import lightgbm
+    except ImportError as exc:
+        raise ModelFileError(f"{path}: reading LightGBM files needs lightgbm") from exc
+    try:
+        text = check_lightgbm(raw)
+    except FileCheckError as exc:
+        raise ModelFileError(f"{path}: not a readable LightGBM model ({exc})") from None
+    from treecomp.frontends import lightgbm as frontend
+
+    try:
+        with _library_output_silenced():
+            booster = lightgbm.Booster(model_str=text)
+            objective = str(booster.dump_model().get("objective", "")).split(" ")[0]
+            if objective in ("binary", "multiclass", "multiclassova"):
+                labels = np.arange(max(2, booster.num_model_per_iteration()))
+                forest = frontend._parse(
+                    booster, task="classifier", owner="LightGBM file", classes=labels
+                )
+                kind = f"LightGBM classifier ({objective})"
+                forest = _with_classes(forest, classes, path)
+            else:
+                forest, kind = treecomp.parse(booster), f"LightGBM Booster ({objective})"
+    except (*_OWN_ERRORS, ModelFileError):
+        raise
+    except (lightgbm.basic.LightGBMError, *_READ_ERRORS) as exc:
+        raise ModelFileError(f"{path}: not a readable LightGBM model ({first_line(exc)})") from exc
+    return forest, None, kind
