@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import assert_close, assert_equal
 from tests.zoo import ensemble, lightgbm, load, xgboost
+import treecomp
 from treecomp.cli import main
 
 ort = pytest.importorskip("onnxruntime")
@@ -113,12 +114,18 @@ def test_convert_to_pt2_runs_with_torch_alone(tmp_path: Path, data: Any, capsys:
         ["convert", str(tmp_path / "model.json"), "--to", "pt2", "-o", str(out)], capsys
     )
     assert code == 0 and f"wrote {out}" in stdout, stderr
+    # the compile says what it does while it works, with its time
+    assert "treecomp: compiling 2 trees" in stderr and "treecomp: compiled in" in stderr
     import torch
 
     package = torch._inductor.aoti_load_package(str(out))
     raw, proba = package(torch.from_numpy(X_test.astype(np.float32)))
     assert_close(raw[:, 0].numpy(), model.predict(X_test, output_margin=True), "xgboost_float32")
     assert_close(proba[:, 0].numpy(), model.predict_proba(X_test)[:, 1], "xgboost_float32")
+
+
+def test_version(capsys: Any) -> None:
+    assert run(["--version"], capsys)[:2] == (0, f"treecomp {treecomp.__version__}\n")
 
 
 def test_pickle_needs_trust(tmp_path: Path, data: Any, capsys: Any) -> None:

@@ -19,10 +19,12 @@ file is refused with exit code 2 before XGBoost's or LightGBM's parser can crash
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from treecomp import __version__
 from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
 from treecomp.ir import Forest, tree_depths
 
@@ -195,6 +197,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="treecomp", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"treecomp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     convert = sub.add_parser("convert", help="convert a model file to ONNX, .pt2, TorchScript")
@@ -246,6 +249,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record (a test may swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_progress() -> None:
+    """treecomp's INFO lines (a compile's steps and times: ``--to pt2`` takes tens of
+    seconds on a large forest) on stderr: the command owns its process's treecomp logger."""
+    logger = logging.getLogger("treecomp")
+    if any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("treecomp: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # said once, not again by a root handler
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``treecomp`` command."""
     argv = sys.argv[1:] if argv is None else argv
@@ -264,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo()
     commands = {"convert": _convert, "inspect": _inspect, "score": _score}
+    _log_progress()
     args.notes = []  # said once the command has succeeded: a failure is one line alone
     try:
         code = commands[args.command](args)
