@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from tests.helpers import assert_close, assert_equal
 from tests.zoo import fitted, pd
 from treecomp import serving as serving_module
 
-# Every test that waits for threads bounds the wait: a deadlock fails instead of hanging.
+# Every test that waits for threads bounds the wait, and its threads are daemons: a
+# deadlock fails instead of hanging.
 TIMEOUT_S = 60.0
 
 
@@ -48,7 +50,7 @@ def in_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
         except Exception as exc:
             results[k] = exc
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -193,6 +195,26 @@ def test_asyncio_errors_reach_their_coroutine(gb: Any) -> None:
     ]
 
 
+def test_a_cancelled_coroutine_is_skipped(xgb: Any) -> None:
+    cm, X = xgb
+
+    async def main() -> tuple[list[Any], Any]:
+        # Four rows fill a batch; the wait is far beyond the test.
+        serving = treecomp.Serving(cm, max_batch_size=4, max_wait_ms=600_000)
+        tasks = [asyncio.ensure_future(serving.apredict(X[i])) for i in range(3)]
+        await asyncio.sleep(0)  # the three are queued
+        tasks[1].cancel()
+        tasks.append(asyncio.ensure_future(serving.apredict(X[3])))  # the batch is full
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        await serving.aclose()
+        return list(answers), serving.stats
+
+    answers, stats = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
+    assert isinstance(answers[1], asyncio.CancelledError)
+    assert [answers[i] for i in (0, 2, 3)] == [cm.predict(X[i : i + 1])[0] for i in (0, 2, 3)]
+    assert stats == serving_module.ServingStats(requests=3, rows=3, batches=1)
+
+
 def test_close_drains_pending_requests_and_refuses_new_ones(xgb: Any) -> None:
     cm, X = xgb
     # A wait of ten minutes and room for 1000 rows: nothing is scored until close().
@@ -202,7 +224,7 @@ def test_close_drains_pending_requests_and_refuses_new_ones(xgb: Any) -> None:
     def request(k: int) -> None:
         answers[k] = serving.predict(X[k])
 
-    threads = [threading.Thread(target=request, args=(k,)) for k in range(10)]
+    threads = [threading.Thread(target=request, args=(k,), daemon=True) for k in range(10)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + TIMEOUT_S
@@ -234,6 +256,20 @@ def test_a_lone_request_waits_max_wait_ms_and_a_large_one_is_scored_alone(xgb: A
         # Ten rows, more than max_batch_size: one call of its own, never split.
         assert_equal(serving.predict(X[:10]), cm.predict(X[:10]))
         assert serving.stats == serving_module.ServingStats(requests=2, rows=11, batches=2)
+
+
+def test_a_single_caller_stops_waiting_after_eight_batches(xgb: Any) -> None:
+    """The worker waits for max_batch_size rows until it has seen how many rows the callers
+    keep in flight (here one): from the ninth batch on, a lone request does not wait."""
+    cm, X = xgb
+    with treecomp.Serving(cm, max_batch_size=64, max_wait_ms=100) as serving:
+        times = []
+        for i in range(16):
+            start = time.perf_counter()
+            assert serving.predict(X[i]) == cm.predict(X[i : i + 1])[0]
+            times.append(time.perf_counter() - start)
+    assert min(times[:8]) >= 0.095  # each waited max_wait_ms for company
+    assert max(times[8:]) < 0.095  # none did
 
 
 def test_input_types(xgb: Any) -> None:
@@ -338,3 +374,64 @@ def test_a_forked_child_gets_a_worker_of_its_own(xgb: Any) -> None:
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_interrupted_caller_leaves_the_others_answered(xgb: Any) -> None:
+    """KeyboardInterrupt in a thread waiting for its answer: the request leaves the batch,
+    and the threads after it are still woken."""
+    cm, X = xgb
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    serving = treecomp.Serving(cm, max_batch_size=4, max_wait_ms=600_000)
+    answers: dict[int, Any] = {}
+
+    def request(k: int) -> None:
+        answers[k] = serving.predict(X[k])
+
+    def queued(n: int) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(serving._batcher._pending) < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+
+    first = [threading.Thread(target=request, args=(k,), daemon=True) for k in (0, 1)]
+    for thread in first:
+        thread.start()
+    queued(2)
+
+    def interrupt() -> None:
+        queued(3)
+        time.sleep(0.05)  # the main thread is waiting for its answer by now
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        serving.predict(X[2])
+    interrupter.join(TIMEOUT_S)
+    last = threading.Thread(target=request, args=(3,), daemon=True)
+    last.start()  # the fourth row: a full batch
+    for thread in [*first, last]:
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive()
+    serving.close()
+    assert answers == {k: cm.predict(X[k : k + 1])[0] for k in (0, 1, 3)}
+    assert serving.stats.rows == 3  # the interrupted request was not scored
+
+
+def test_a_stalled_wake_up_chain_recovers(xgb: Any) -> None:
+    """A thread woken but gone before it wakes the next (interrupted between the two):
+    the threads after it wake by themselves once answered."""
+    _, X = xgb
+    requests = [serving_module._Request(X[k : k + 1], ("predict",)) for k in range(4)]
+    for k, request in enumerate(requests):
+        request.answer = ({"predict": np.arange(4)}, k)
+    # No thread for the first request: woken, it never wakes the next.
+    waiting = [threading.Thread(target=r.wait, daemon=True) for r in requests[1:]]
+    for thread in waiting:
+        thread.start()
+    serving_module._Chain(requests).wake_next()
+    for thread in waiting:
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive()
+    assert all(r.awake for r in requests)

@@ -3,11 +3,11 @@
 A server calls its model once per request, from many threads or coroutines, and every call
 pays fixed costs (Python's checks, the runtime's call, on ONNX Runtime a row's trees split
 over threads) that a batch pays once: the benchmark's 500-tree XGBoost model on the default
-backend spends about 130 us of CPU on a one-row call and 29 us a row on calls of 32 rows
-(``python benchmarks/serving.py``). :class:`Serving` does what Triton's dynamic batcher and
-Elixir's ``Nx.Serving`` do: requests wait in a queue, and one worker thread scores whatever
-has gathered (at most ``max_batch_size`` rows, or what came within ``max_wait_ms`` of the
-oldest request) in one call, then hands each caller its own rows.
+backend spends 80 to 220 us of CPU on a one-row call and about 40 us a row in calls of 32
+rows (``python benchmarks/serving.py``, 2 shared cores). :class:`Serving` does what
+Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests wait in a queue, and one
+worker thread scores whatever has gathered in one call (at most ``max_batch_size`` rows,
+waiting at most ``max_wait_ms``, see :class:`Serving`), then hands each caller its own rows.
 
 Each request is checked and prepared on its own, in the caller's thread, by the same
 :func:`treecomp.inputs.prepare` that ``cm.predict`` runs: a bad request (wrong width, NaN
@@ -68,19 +68,31 @@ class ServingStats:
     batches: int
 
 
+# How long a thread waits for the one woken before it to wake it (see _Chain) once its
+# answer is ready, before it wakes itself: only a thread interrupted between its wake-up
+# and the next one's (KeyboardInterrupt) fails to.
+_STALL_S = 0.05
+# Batches over which the worker keeps the peak of the rows in flight (see _note_load).
+_EPOCH = 8
+
+
 class _Request:
     """One caller's prepared rows, the methods it asked for, and how its answer reaches it.
 
-    A thread waits on a lock that the worker releases (CPython's cheapest wake-up; a
-    ``concurrent.futures.Future`` adds about 10 us a request, a third of what batching
-    leaves of a single-row call); a coroutine awaits an asyncio future that the worker
-    resolves through the coroutine's event loop, once per batch and loop (:func:`_wake`).
+    A thread waits on a lock (CPython's cheapest wake-up; a ``concurrent.futures.Future``
+    adds about 10 us a request, a third of what batching leaves of a single-row call),
+    released by the thread woken before it (see :class:`_Chain`); a coroutine awaits an
+    asyncio future that the worker resolves through the coroutine's event loop, once per
+    batch and loop.
     """
 
     __slots__ = (
+        "abandoned",
         "answer",
         "arrived",
+        "awake",
         "cancelled",
+        "chain",
         "done",
         "error",
         "loop",
@@ -104,6 +116,9 @@ class _Request:
         self.answer: tuple[dict[str, npt.NDArray[Any]], int] | None = None
         self.error: BaseException | None = None
         self.cancelled = False  # the awaiting coroutine was cancelled: skip the request
+        self.abandoned = False  # the waiting thread was interrupted: skip the request
+        self.chain: _Chain | None = None  # set once answered, before the wake-ups
+        self.awake = False  # woken (or awake by itself): the chain passes it over
         self.loop = loop
         self.done: Any
         if loop is None:
@@ -113,8 +128,13 @@ class _Request:
             self.done = loop.create_future()
 
     def wait(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
-        """Block until the worker has answered (a thread's request)."""
-        self.done.acquire()
+        """Block until the worker has answered, then wake the next thread of the batch."""
+        while not self.done.acquire(timeout=_STALL_S):
+            chain = self.chain
+            if chain is not None and chain.claim(self):
+                break  # answered, and the thread before this one did not wake it
+        assert self.chain is not None  # set before any wake-up
+        self.chain.wake_next()
         return self._result()
 
     async def wait_async(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
@@ -133,14 +153,56 @@ class _Request:
         return self.answer
 
 
+class _Chain:
+    """Wakes the threads of a batch one after the other: the worker wakes the first, and
+    each woken thread the next, while it holds the GIL.
+
+    Woken all at once, 32 threads fight for the GIL, and their requests cost more CPU time
+    and come back later. 32 threads of single-row requests on 2 shared cores, both ways
+    alternating in 1.5 s rounds (medians of 8), requests per second all at once / one by
+    one: 500-tree XGBoost 15 400 / 17 500 (55 / 50 us of CPU a request), its 100-tree
+    ``--quick`` version 24 100 / 30 400 (the clients of ``benchmarks/serving.py``, run on
+    both versions of this module loaded side by side).
+    """
+
+    __slots__ = ("lock", "position", "requests")
+
+    def __init__(self, requests: list[_Request]) -> None:
+        self.requests = requests
+        self.position = 0
+        self.lock = threading.Lock()
+        for request in requests:
+            request.chain = self
+
+    def wake_next(self) -> None:
+        """Wake the first thread of the batch not yet awake (none left: nothing)."""
+        with self.lock:
+            while self.position < len(self.requests):
+                request = self.requests[self.position]
+                self.position += 1
+                if not request.awake and not request.abandoned:
+                    request.awake = True
+                    request.done.release()
+                    return
+
+    def claim(self, request: _Request) -> bool:
+        """Whether ``request``'s thread, answered but not woken, may go on by itself."""
+        with self.lock:
+            if request.awake:
+                return False  # woken meanwhile: its lock is free
+            request.awake = True
+            return True
+
+
 def _wake(requests: Sequence[_Request]) -> None:
-    """Wake the callers of answered requests: threads one by one, coroutines with one
-    call into each event loop (each call writes to the loop's self-pipe)."""
+    """Wake the callers of answered requests: threads through a :class:`_Chain`, coroutines
+    with one call into each event loop (each call writes to the loop's self-pipe)."""
+    threads = [r for r in requests if r.loop is None]
+    if threads:
+        _Chain(threads).wake_next()  # the first wakes the next, and so on
     futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for request in requests:
-        if request.loop is None:
-            request.done.release()
-        else:
+        if request.loop is not None:
             futures.setdefault(request.loop, []).append(request.done)
     for loop, waiting in futures.items():
         try:
@@ -187,6 +249,11 @@ class _Batcher:
         self.max_wait_s = max_wait_s
         self.name = f"treecomp-serving-{next(_names)}"
         self.requests = self.rows = self.batches = 0  # written by the worker only
+        # Rows that make a full batch: at most max_rows, and half the rows lately in flight
+        # at once (see _note_load); until the worker has seen _EPOCH batches, max_rows.
+        self._full = max_rows
+        self._load = [2 * max_rows, 0]  # the peak of the last epoch, and of this one
+        self._epoch_batches = 0
         self._closing = False
         self._reset()
         _batchers.add(self)
@@ -212,7 +279,7 @@ class _Batcher:
             self._pending.append(request)
             self._pending_rows += request.n
             # The worker waits for a first request, or for a full batch: wake it for those.
-            if len(self._pending) == 1 or self._pending_rows >= self.max_rows:
+            if len(self._pending) == 1 or self._pending_rows >= self._full:
                 self._ready.notify()
 
     def close(self, timeout: float | None = None) -> None:
@@ -237,7 +304,7 @@ class _Batcher:
                 # Wait for a full batch until the oldest request has waited max_wait_s; a
                 # worker back from a long batch finds it has, and scores what came meanwhile.
                 deadline = self._pending[0].arrived + self.max_wait_s
-                while self._pending_rows < self.max_rows and not self._closing:
+                while self._pending_rows < self._full and not self._closing:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -250,6 +317,20 @@ class _Batcher:
                 for request in waiting:
                     request.error = exc
                 _wake(waiting)
+            self._epoch_batches += 1
+            if self._epoch_batches == _EPOCH:
+                self._load, self._epoch_batches = [self._load[1], 0], 0
+            self._full = min(self.max_rows, max(1, -(-max(self._load) // 2)))
+
+    def _note_load(self, rows: int) -> None:
+        """Note the rows in flight as a batch of ``rows`` rows is answered: those and the
+        rows waiting (without the lock: an estimate). How many rows the callers keep in
+        flight, half scored while the other half comes back, is the batch to wait for: a
+        batch of all of them would leave the engine idle while they come back, and a wait
+        for more would wait for callers that do not exist."""
+        load = self._pending_rows + rows
+        if load > self._load[1]:
+            self._load[1] = load
 
     def _take(self) -> list[_Request]:
         """The oldest requests that fit in one batch (the oldest alone if it does not fit)."""
@@ -263,7 +344,7 @@ class _Batcher:
         return batch
 
     def _score(self, batch: list[_Request]) -> None:
-        live = [r for r in batch if not r.cancelled]  # skip callers that gave up
+        live = [r for r in batch if not (r.cancelled or r.abandoned)]  # callers that left
         # Rows prepared in different precisions (precision="auto", rows of both float
         # types) run on different engines: one call per precision.
         groups: dict[np.dtype[Any], list[_Request]] = {}
@@ -290,6 +371,7 @@ class _Batcher:
             return
         finally:
             self.batches += 1
+        self._note_load(X.shape[0])
         self.requests += len(requests)
         self.rows += X.shape[0]
         start = 0
@@ -324,7 +406,7 @@ class Serving:
     Thread-safe and asyncio-friendly: call ``predict`` (and the model's other methods) from
     any number of threads, or await ``apredict`` and co. from coroutines. Requests that
     arrive together are scored together by one worker thread, in batches of at most
-    ``max_batch_size`` rows; a lone request waits at most ``max_wait_ms`` for company.
+    ``max_batch_size`` rows; a request waits at most ``max_wait_ms`` for company.
     Each caller gets the model's answer for its own rows (what ``cm.predict`` gives them in
     a batch), or the error ``cm.predict`` raises on them.
 
@@ -336,9 +418,17 @@ class Serving:
     Use it as a context manager, or call :meth:`close`: both wait for the requests already
     taken to be answered. Methods the model lacks raise ``AttributeError``, as on the model.
 
+    A batch is scored once it holds ``max_batch_size`` rows, or half the rows the callers
+    lately kept in flight at once (one half is scored while the other comes back: a batch
+    of all of them would leave the engine idle while they come back, and a wait for more
+    would wait for callers that do not exist), or once its oldest request has waited
+    ``max_wait_ms``. Until it has answered 8 batches, the worker waits for
+    ``max_batch_size`` rows. Serving pays where many callers send requests at once;
+    a single caller is faster calling the model itself.
+
     Example::
 
-        with treecomp.Serving(cm, max_batch_size=64, max_wait_ms=1) as serving:
+        with treecomp.Serving(cm) as serving:
             label = serving.predict(row)               # from any thread
             proba = await serving.apredict_proba(row)  # from a coroutine
 
@@ -347,8 +437,7 @@ class Serving:
         max_batch_size: Most rows scored in one call. A request of more rows is scored
             alone, never split.
         max_wait_ms: Longest time a request waits for others before its batch is scored
-            (0: score at once whatever has gathered; under load batches still form while
-            the worker is busy).
+            (0: none; batches then hold what came while the previous one was scored).
 
     Attributes:
         model: The compiled model.
@@ -439,19 +528,24 @@ class Serving:
         self, X: Any, methods: tuple[str, ...], loop: asyncio.AbstractEventLoop | None = None
     ) -> tuple[_Request, bool]:
         """``X`` checked and prepared as ``cm.predict`` does it (raising its errors here, in
-        the caller's thread), queued; and whether it was a single row (1-D)."""
+        the caller's thread), and whether it was a single row (1-D)."""
         rows, single = _as_rows(X, self._categorical)
         prepared = prepare(self.model.forest, rows, self.model.precision)
-        request = _Request(prepared, methods, loop)
-        self._batcher.submit(request)
-        return request, single
+        return _Request(prepared, methods, loop), single
 
     def _call(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         request, single = self._request(X, methods)
-        return _answer(request, *request.wait(), single)
+        try:
+            self._batcher.submit(request)
+            answer = request.wait()
+        except BaseException:  # KeyboardInterrupt while waiting: out of the batch and chain
+            request.abandoned = True
+            raise
+        return _answer(request, *answer, single)
 
     async def _acall(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         request, single = self._request(X, methods, asyncio.get_running_loop())
+        self._batcher.submit(request)
         return _answer(request, *(await request.wait_async()), single)
 
     def _check(self, methods: Sequence[str]) -> tuple[str, ...]:
