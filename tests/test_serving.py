@@ -138,14 +138,14 @@ def test_an_engine_failure_is_rescored_request_by_request(
     """Should the engine fail on a batch, each request is scored again on its own, and only
     the one it fails on gets the error."""
     cm, X = xgb
-    score = serving_module._outputs
+    score = cm._outputs
 
-    def fragile(model: Any, rows: np.ndarray, methods: Any) -> Any:
+    def fragile(engine: Any, rows: np.ndarray, methods: Any) -> Any:
         if (rows == 1234.5).any():
             raise RuntimeError("the engine choked on 1234.5")
-        return score(model, rows, methods)
+        return score(engine, rows, methods)
 
-    monkeypatch.setattr(serving_module, "_outputs", fragile)
+    monkeypatch.setattr(cm, "_outputs", fragile)
     poisoned = X[7].copy()
     poisoned[0] = 1234.5
     with treecomp.Serving(cm, max_batch_size=16, max_wait_ms=600_000) as serving:

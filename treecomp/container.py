@@ -375,7 +375,13 @@ class CompiledModel:
             if method not in METHODS:
                 raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
             getattr(self, method)
-        engine, prepared = self._prepare(X)
+        return self._outputs(*self._prepare(X), methods)
+
+    def _outputs(
+        self, engine: Engine, prepared: Any, methods: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """:meth:`outputs` of rows already prepared for ``engine`` (``treecomp.serving``
+        prepares each request's rows apart and scores them together)."""
         scores = None
         results: dict[str, npt.NDArray[Any]] = {}
         for method in methods:

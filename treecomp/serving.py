@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.container import _DERIVED, CompiledModel
+from treecomp.container import CompiledModel
 from treecomp.inputs import categorical_features, check_positive, prepare
 from treecomp.ir import METHODS
 
@@ -217,25 +217,6 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
             future.set_result(None)
 
 
-def _outputs(
-    model: CompiledModel, X: npt.NDArray[np.floating], methods: Sequence[str]
-) -> dict[str, npt.NDArray[Any]]:
-    """``model.outputs`` on rows already prepared: ``outputs`` would prepare them again,
-    which is not always the identity (category values are encoded as their positions)."""
-    engine = model._engine_for(X.dtype.name)  # the engine model._prepare picks for X
-    scores = None
-    results: dict[str, npt.NDArray[Any]] = {}
-    for method in methods:
-        if method == "apply":
-            ids = engine.leaf_ids(X)
-            results[method] = ids.reshape((ids.shape[0], *model.forest.leaf_shape))
-            continue
-        if scores is None:
-            scores = engine.scores(X)
-        results[method] = _DERIVED[method](model, *scores)
-    return results
-
-
 class _Batcher:
     """The queue and the worker thread behind a :class:`Serving`.
 
@@ -359,7 +340,9 @@ class _Batcher:
         if len(requests) > 1:
             X = np.concatenate([r.rows for r in requests])
         try:
-            results = _outputs(self.model, X, methods)
+            # rows prepared by the callers: the engine model._prepare picks for their dtype
+            engine = self.model._engine_for(X.dtype.name)
+            results = self.model._outputs(engine, X, methods)
         except Exception as exc:
             if len(requests) == 1:
                 self.requests += 1
