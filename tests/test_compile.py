@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,58 @@ def test_compiled_tier_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert "no compiled tier: RuntimeError: torch.compile needs a C++ compiler" in cm.strategy
     compare_native(model, cm, np.asarray(X_test, dtype=np.float32))
     assert not treecomp.convert(model, "torch").tier_up()  # other backends have no tier
+
+
+class Kernel:
+    """A stand-in for a compiled engine: the operator's exact answers (computed once:
+    the tests score one batch again and again), ``delay`` later."""
+
+    strategy = "kernel [compiled]"
+
+    def __init__(self, scores: Any, delay: float) -> None:
+        self.score, self.delay, self.calls, self.answer = scores, delay, 0, None
+
+    def scores(self, rows: np.ndarray) -> Any:
+        self.calls += 1
+        if self.answer is None:
+            self.answer = self.score(rows)
+        time.sleep(self.delay)
+        return self.answer
+
+
+def test_compiled_tier_serves_only_where_it_measured_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the package is loaded, large batches alternate between it and the operator
+    for TRIALS batches each; then the faster per row serves, and cm.strategy says which
+    (the depth rules come from one CPU: on another the kernel can lose)."""
+    from tests.test_ir import small_forest
+    from treecomp import tiered
+
+    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
+    monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
+    forest = small_forest()
+    X = np.stack([np.linspace(-2, 3, 300), np.arange(300) % 5 - 1.0], axis=1)
+    for delay, winner in ((0.05, "operator"), (0.0, "compiled")):
+        cm = treecomp.convert(forest, n_threads=1)
+        tier = cm._engine.tier
+        if winner == "compiled":  # an operator slower than the kernel
+            run = cm._engine._run
+
+            def slow(*args: Any, run: Any = run) -> Any:
+                time.sleep(0.05)
+                return run(*args)
+
+            monkeypatch.setattr(cm._engine, "_run", slow)
+        expected = cm.predict(X[:10])  # small: the operator, never the tier
+        plain = treecomp.convert(forest, "onnx", n_threads=1)._engine  # no tier of its own
+        kernel = Kernel(plain.scores, delay)
+        tier.engine, tier.state = kernel, "ready"
+        for _ in range(2 * tiered.TRIALS + 3):
+            assert_equal(cm.predict(X)[:10], expected)
+        assert tier.winner == winner
+        if winner == "operator":
+            assert kernel.calls == tiered.TRIALS
+            assert "compiled tier measured slower" in cm.strategy
+        else:
+            assert kernel.calls > tiered.TRIALS and cm.strategy.endswith("[compiled]")

@@ -707,6 +707,8 @@ class OnnxEngine:
             return f"{self.plan} (no compiled tier: {self.tier.state.removeprefix('failed: ')})"
         if self.tier is None or self.tier.engine is None:
             return self.plan
+        if self.tier.winner == "operator":
+            return f"{self.plan} (compiled tier measured slower: {self.tier.verdict})"
         return f"{self.plan}; batches of {self.tier_rows}+ rows: {self.tier.engine.strategy}"
 
     def _session(self, model: onnx.ModelProto) -> Any:
@@ -807,8 +809,14 @@ class OnnxEngine:
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         large = self.tier is not None and X.shape[0] >= self.tier_rows
+        side = "operator"
         if large and self.tier.engine is not None:
-            return self.tier.engine.scores(X)
+            side = self.tier.choose()  # measured against the operator before it commits
+            if side == "compiled":
+                start = time.perf_counter()
+                out = self.tier.engine.scores(X)
+                self.tier.record(side, time.perf_counter() - start, X.shape[0])
+                return out
         # float32 sums come out float32 and are widened (exactly) as they are copied out:
         # cheaper than in the graph.
         if X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:
@@ -819,7 +827,9 @@ class OnnxEngine:
         start = time.perf_counter()
         outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
         if large:  # the operator's time on large batches decides when the tier builds
-            self.tier.note(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.tier.note(elapsed)
+            self.tier.record(side, elapsed, X.shape[0])
         return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
 
 
