@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+import treecomp
 from tests.helpers import assert_close, assert_equal
 from tests.zoo import ensemble, lightgbm, load, xgboost
-import treecomp
 from treecomp.cli import main
 
 ort = pytest.importorskip("onnxruntime")
