@@ -82,7 +82,7 @@ def test_float64_rows_of_double_libraries_run_in_float64() -> None:
     assert cm.strategy == "tree_traversal"  # one engine so far: the float64 one
     X32 = X64.astype(np.float32)
     assert_equal(cm.apply(X32), native_apply(model, X32))
-    assert cm.strategy == "float32 rows: tree_traversal; float64 rows: tree_traversal"
+    assert cm.strategy == "tree_traversal (float32 and float64 rows)"
     assert sorted(cm._engines) == ["float32", "float64"]
     # XGBoost reads float32: one engine, whatever the rows
     xgb, X_xgb = fitted("xgboost_binary")

@@ -210,7 +210,10 @@ class CompiledModel:
 
         if len(engines) == 1:
             return plan(self._engine)
-        return "; ".join(f"{p} rows: {plan(e)}" for p, e in sorted(engines.items()))
+        plans = {p: plan(e) for p, e in sorted(engines.items())}
+        if len(set(plans.values())) == 1:
+            return f"{plans['float32']} (float32 and float64 rows)"
+        return "; ".join(f"{p} rows: {text}" for p, text in plans.items())
 
     @property
     def torch_module(self) -> Any:
