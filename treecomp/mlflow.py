@@ -31,7 +31,9 @@ MLflow is imported only inside these functions: ``import treecomp`` never needs 
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,20 +101,10 @@ def save_model(
     """
     import mlflow.pyfunc
 
-    config = _model_config(cm, backend)
-    with tempfile.TemporaryDirectory() as folder:
-        artifact = Path(folder) / _ARTIFACT
-        cm.save(artifact)
-        return mlflow.pyfunc.save_model(
-            path=str(path),
-            loader_module=__name__,
-            data_path=str(artifact),
-            signature=signature(cm),
-            input_example=input_example,
-            model_config=config,
-            metadata=metadata,
-            **_requirements(cm, config["backend"], pip_requirements, extra_pip_requirements),
-        )
+    with _pyfunc_arguments(
+        cm, backend, input_example, metadata, pip_requirements, extra_pip_requirements
+    ) as arguments:
+        return mlflow.pyfunc.save_model(path=str(path), **arguments)
 
 
 def log_model(
@@ -143,21 +135,39 @@ def log_model(
     """
     import mlflow.pyfunc
 
+    with _pyfunc_arguments(
+        cm, backend, input_example, metadata, pip_requirements, extra_pip_requirements
+    ) as arguments:
+        return mlflow.pyfunc.log_model(
+            name=name, registered_model_name=registered_model_name, **arguments
+        )
+
+
+@contextlib.contextmanager
+def _pyfunc_arguments(
+    cm: CompiledModel,
+    backend: str | None,
+    input_example: Any,
+    metadata: dict[str, Any] | None,
+    pip_requirements: list[str] | None,
+    extra_pip_requirements: list[str] | None,
+) -> Iterator[dict[str, Any]]:
+    """What save_model and log_model hand MLflow: the artifact (in a temporary folder,
+    which MLflow copies), this module as the loader, the signature, config and
+    requirements."""
     config = _model_config(cm, backend)
     with tempfile.TemporaryDirectory() as folder:
         artifact = Path(folder) / _ARTIFACT
         cm.save(artifact)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            loader_module=__name__,
-            data_path=str(artifact),
-            signature=signature(cm),
-            input_example=input_example,
-            model_config=config,
-            metadata=metadata,
-            registered_model_name=registered_model_name,
+        yield {
+            "loader_module": __name__,
+            "data_path": str(artifact),
+            "signature": signature(cm),
+            "input_example": input_example,
+            "model_config": config,
+            "metadata": metadata,
             **_requirements(cm, config["backend"], pip_requirements, extra_pip_requirements),
-        )
+        }
 
 
 def signature(cm: CompiledModel) -> ModelSignature:
