@@ -121,8 +121,9 @@ class CompiledTier:
         return self.winner
 
     def record(self, side: str, seconds: float, rows: int) -> None:
-        """A large batch of ``rows`` took ``seconds`` on ``side`` (while choose() tries)."""
-        if self.winner is None:
+        """A large batch of ``rows`` took ``seconds`` on ``side`` (while choose() tries:
+        at most TRIALS timings a side are kept, so a long-running server holds a few)."""
+        if self.winner is None and len(self.trials[side]) < TRIALS:
             self.trials[side].append(seconds / max(rows, 1))
 
     @property
