@@ -16,7 +16,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.inputs import Precision, PrecisionOption, default_precision, prepare
+from treecomp.inputs import (
+    Precision,
+    PrecisionOption,
+    call_precision,
+    default_precision,
+    prepare,
+)
 from treecomp.ir import METHODS, Forest
 
 
@@ -191,10 +197,8 @@ class CompiledModel:
         f = self.forest
         host_encoding = f.categories is not None and f.category_encoding == "always"
         if _is_tensor(X) and hasattr(self._engine, "prepare_tensor") and not host_encoding:
-            precision = default_precision(f, self.precision)
-            if self.precision == "auto" and str(X.dtype) == "torch.float32":
-                precision = "float32"  # as prepare() keeps float32 arrays (see inputs)
-            engine = self._engine_for(precision)
+            dtype = str(X.dtype).removeprefix("torch.")
+            engine = self._engine_for(call_precision(f, self.precision, dtype))
             return engine, engine.prepare_tensor(X)  # type: ignore[attr-defined]
         prepared = prepare(f, X, self.precision)
         return self._engine_for(prepared.dtype.name), prepared

@@ -50,6 +50,15 @@ def default_precision(forest: Forest, precision: PrecisionOption) -> Precision:
     return forest.input_dtype if precision == "auto" else precision
 
 
+def call_precision(forest: Forest, precision: PrecisionOption, dtype: str) -> Precision:
+    """The precision a call on rows of float type ``dtype`` runs in: the option, or under
+    ``"auto"`` float32 for float32 rows (exact, see the module's notes), else the native
+    input type. The one rule :func:`prepare` and tensor inputs both follow."""
+    if precision == "auto" and dtype == "float32":
+        return "float32"
+    return default_precision(forest, precision)
+
+
 def _is_dataframe(X: Any) -> bool:
     return hasattr(X, "columns") and hasattr(X, "dtypes") and hasattr(X, "iloc")
 
@@ -136,13 +145,17 @@ def _check_category_columns(forest: Forest, X: Any) -> None:
     (scikit-learn reads the category values, LightGBM the codes, XGBoost refuses it), so no
     answer would be the native one for every model.
     """
-    columns = [name for name in X.columns if str(X[name].dtype) == "category"]
-    if not columns:
+    known = forest.categories or ()
+    # Columns with training category lists are categorical: only the others need the trees.
+    unlisted = [
+        (j, name)
+        for j, name in enumerate(X.columns)
+        if str(X[name].dtype) == "category" and (j >= len(known) or known[j] is None)
+    ]
+    if not unlisted:
         return
     categorical = categorical_features(forest)
-    numeric = [
-        str(name) for j, name in enumerate(X.columns) if name in columns and j not in categorical
-    ]
+    numeric = [str(name) for j, name in unlisted if j not in categorical]
     if numeric:
         raise TypeError(
             f"columns {numeric} are pandas categories, but the model reads them as numbers "
@@ -297,8 +310,12 @@ def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[n
         arr = X
     else:
         arr = to_matrix(forest, X)
-        keep_float32 = precision == "auto" and arr.dtype == np.float32
-        if arr.dtype != forest.input_dtype and not keep_float32:
+        # float32 rows that run in float32 need no detour through the native type: every
+        # float32 number is one in float64 too
+        stays = (
+            arr.dtype == np.float32 and call_precision(forest, precision, "float32") == "float32"
+        )
+        if arr.dtype != forest.input_dtype and not stays:
             with np.errstate(over="ignore"):  # overflow to inf is reported below, as natively
                 arr = arr.astype(forest.input_dtype)
     # One pass where both are allowed or the batch is finite (the common case), the precise
@@ -309,5 +326,5 @@ def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[n
         # Compared in the native dtype: XGBoost compares in float32.
         missing = np.dtype(forest.input_dtype).type(forest.missing_value)
         arr = np.where(arr == missing, np.nan, arr).astype(arr.dtype, copy=False)
-    target = arr.dtype if precision == "auto" else np.dtype(precision)
+    target = call_precision(forest, precision, arr.dtype.name)
     return np.ascontiguousarray(arr.astype(target, copy=False))
