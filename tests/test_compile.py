@@ -190,18 +190,21 @@ def test_pt2_package_runs_without_treecomp(tmp_path: Path) -> None:
                 raw, transformed, leaves = run(X)
                 np.save(f"{{folder}}/{{name}}-{{i}}-out.npy", transformed.numpy())
                 np.save(f"{{folder}}/{{name}}-{{i}}-leaves.npy", leaves.numpy())
-            # The other float type: refused where the serving process asks for the checks
+            # The other float type, and rows that are not contiguous, are refused (not read
+            # as other numbers) without AOTI_RUNTIME_CHECK_INPUTS in the environment.
             other = X.to(torch.float32 if X.dtype == torch.float64 else torch.float64)
-            try:
-                run(other)
-            except RuntimeError as exc:
-                assert "dtype" in str(exc), exc
-            else:
-                raise AssertionError(f"{{name}}: {{other.dtype}} input was not refused")
+            strided = torch.cat([X, X], dim=1)[:, : X.shape[1]]
+            for bad, word in ((other, "dtype"), (strided, "stride")):
+                try:
+                    run(bad)
+                except RuntimeError as exc:
+                    assert word in str(exc), exc
+                else:
+                    raise AssertionError(f"{{name}}: a {{word}} mismatch was not refused")
         assert "treecomp" not in sys.modules and "strategies" not in sys.modules
         """
     )
-    env = {**os.environ, "AOTI_RUNTIME_CHECK_INPUTS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "AOTI_RUNTIME_CHECK_INPUTS"}
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env)
     for name in PT2_MODELS:
         cm, count = expected[name]

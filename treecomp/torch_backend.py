@@ -368,6 +368,50 @@ class PackagedForward:
         return out[0] if len(out) == 1 else tuple(out)
 
 
+# What AOTInductor's generated C++ gates its input checks on; see checks_always_on.
+_CHECKS_GATE = "const static bool result = env_var_value != nullptr && env_var_value[0] != '0';"
+_CHECKS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def checks_always_on() -> Iterator[None]:
+    """Packages compiled in this block check their inputs on every call.
+
+    AOTInductor writes checks of each input's dtype, sizes, strides and device into the
+    package, but runs them only where ``AOTI_RUNTIME_CHECK_INPUTS=1`` is set in the serving
+    process; without it a float32 tensor given to a float64 package is read as float64
+    bytes and answers garbage. The gate is one line of the generated C++, rewritten here to
+    ``true`` (the checks cost well under a microsecond a call). Should another torch write
+    the gate differently, the compile fails: no package whose contract silently weakened.
+    One compile at a time holds the rewrite (a lock), so no thread sees it half undone.
+    """
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+
+    write_checks = CppWrapperCpu.generate_input_output_runtime_checks
+    rewritten = []
+
+    def write_checks_always_on(self: Any) -> None:
+        write_checks(self)
+        lines = getattr(self.prefix, "aot", self.prefix)._lines
+        for i, line in enumerate(lines):
+            if isinstance(line, str) and _CHECKS_GATE in line:
+                lines[i] = line.replace(_CHECKS_GATE, "const static bool result = true;")
+                rewritten.append(i)
+
+    with _CHECKS_LOCK:
+        CppWrapperCpu.generate_input_output_runtime_checks = write_checks_always_on  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            CppWrapperCpu.generate_input_output_runtime_checks = write_checks  # type: ignore[method-assign]
+        if not rewritten:
+            raise RuntimeError(
+                f"this torch ({torch.__version__}) writes AOTInductor's input checks in a way "
+                "treecomp does not know, so the package could not be made to check its input "
+                "dtype; export ONNX instead, or use torch 2.13"
+            )
+
+
 def export_package(
     module: strategies.ForestModule, path: Any, outputs: str, device: torch.device
 ) -> None:
@@ -377,8 +421,7 @@ def export_package(
     rows specialises: one package serves every batch size.
     """
     exported = PT2Module(module, outputs)
-    # The package reads its input as this type whatever the caller passes (AOTInductor
-    # checks input dtypes only under AOTI_RUNTIME_CHECK_INPUTS=1): said in its metadata,
+    # The package takes this type only (see checks_always_on); said in its metadata too,
     # which runner.get_metadata() returns.
     dtype = module.input_dtype
     metadata = {
@@ -404,12 +447,13 @@ def export_package(
                 exported, (example.to(device),), dynamic_shapes=({0: batch},)
             )
             _log.info("traced in %.1f s; generating and compiling C++", time.perf_counter() - start)
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(path),
-                # it adds its own keys to the dict
-                inductor_configs={**INDUCTOR_OPTIONS, "aot_inductor.metadata": metadata},
-            )
+            with checks_always_on():
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(path),
+                    # it adds its own keys to the dict
+                    inductor_configs={**INDUCTOR_OPTIONS, "aot_inductor.metadata": metadata},
+                )
     finally:
         module.branch_free = previous
     _log.info("compiled in %.1f s", time.perf_counter() - start)
