@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from treecomp._version import __version__
 from treecomp.errors import InvalidArtifactError, InvalidForestError
 from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
@@ -60,8 +61,6 @@ def save(model: Any, path: Any) -> None:
 def dumps(model: Any) -> bytes:
     """The artifact of ``model`` as bytes (what :func:`save` writes, and what a pickled
     :class:`~treecomp.CompiledModel` carries to another process)."""
-    from treecomp import __version__
-
     options = {k: v for k, v in model.options.items() if k in _OPTIONS and v is not None}
     body = {
         "format": FORMAT,

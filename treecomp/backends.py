@@ -1,4 +1,4 @@
-"""The backend registry: a backend name maps to a factory of :class:`~treecomp.container.Engine`."""
+"""The backend registry: a backend name maps to a factory of :class:`~treecomp.engine.Engine`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from treecomp import reference
 from treecomp.batching import rows_per_chunk, score_in_chunks
-from treecomp.container import Engine
+from treecomp.engine import Engine
 from treecomp.ir import Forest
 
 EngineFactory = Callable[..., Engine]

@@ -1,43 +1,37 @@
-"""The object ``treecomp.convert`` returns: one class whatever backend runs underneath.
+"""``treecomp.convert`` and ``treecomp.load``, and the object they return: one class whatever
+backend runs underneath.
 
-A backend supplies an :class:`Engine` that maps prepared inputs to native leaf ids, raw
-margins and transformed scores; :class:`CompiledModel` turns those into the native
-library's methods (``predict``, ``predict_proba``, ``decision_function``, ``score_samples``,
-``apply``), with the native shapes, labels and method set.
+A backend supplies an :class:`~treecomp.engine.Engine` that maps prepared inputs to native
+leaf ids, raw margins and transformed scores; :class:`CompiledModel` turns those into the
+native library's methods (``predict``, ``predict_proba``, ``decision_function``,
+``score_samples``, ``apply``), with the native shapes, labels and method set. Loading sits
+here, beside the class, because a pickled model is rebuilt by :func:`loads`.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.backends import choose_backend, get_backend
+from treecomp.engine import Engine
+from treecomp.errors import InvalidArtifactError
+from treecomp.frontends import parse
 from treecomp.inputs import (
     Precision,
     PrecisionOption,
     call_precision,
+    check_precision,
     default_precision,
     prepare,
 )
 from treecomp.ir import METHODS, Forest
-
-
-class Engine(Protocol):
-    """What a backend provides: three evaluations of a prepared input matrix."""
-
-    def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-        """Native leaf numbers, shape ``(n_rows, n_trees)``."""
-        ...
-
-    def scores(
-        self, X: npt.NDArray[np.floating]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Raw margins and post-transformed scores, each ``(n_rows, n_outputs)``."""
-        ...
 
 
 def _is_tensor(X: Any) -> bool:
@@ -327,10 +321,9 @@ class CompiledModel:
     def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
         """Pickle as the safe artifact: another process (a Dask worker, a Spark executor)
         rebuilds the model from JSON, never unpickles torch modules or sessions."""
-        import treecomp
         from treecomp.artifact import dumps
 
-        return treecomp.loads, (dumps(self), self.backend)
+        return loads, (dumps(self), self.backend)
 
     def dumps(self) -> bytes:
         """The artifact as bytes: :func:`treecomp.loads` rebuilds the model from them."""
@@ -450,3 +443,107 @@ _DERIVED: dict[str, Callable[..., npt.NDArray[Any]]] = {
     "decision_function": CompiledModel._decision,
     "score_samples": CompiledModel._anomaly,
 }
+
+
+def convert(
+    model: Any, backend: str = "auto", *, precision: str = "auto", **options: Any
+) -> CompiledModel:
+    """Compile a fitted model (or a :class:`Forest`) for the given backend.
+
+    Args:
+        model: A fitted scikit-learn, XGBoost or LightGBM model, a raw ``xgboost.Booster`` or
+            ``lightgbm.Booster``, or an already parsed :class:`Forest`.
+        backend: ``"auto"`` (default: the fastest exact path installed for the device, see
+            :func:`treecomp.backends.choose_backend`; on the CPU, ``"onnx"`` with ONNX
+            Runtime's tree operator; on CUDA, ``"torch"``), ``"torch"``, ``"torchscript"``,
+            ``"onnx"`` or ``"numpy"`` (the reference evaluator, which needs no extra);
+            :func:`available_backends` lists them. ``cm.backend`` says which ran.
+        precision: ``"auto"`` (default), ``"float32"`` or ``"float64"``: the type the trees
+            compare in. ``"auto"`` is exact on every input: it compares as the native
+            library does (float32 for XGBoost and scikit-learn trees, float64 for LightGBM
+            and HistGradientBoosting), and float32 rows of the float64 libraries in float32,
+            which is exact for them and reads half the bytes; the engine for the second
+            type is built at its first call. ``"float32"`` rounds float64 rows of LightGBM
+            and HistGradientBoosting models (not exact there); ``"float64"`` is exact
+            everywhere but slower on float32 data.
+        **options: Options of the torch backends: ``strategy`` (``"auto"``, ``"gemm"``,
+            ``"tree_traversal"``, ``"perfect_tree_traversal"``), ``device`` (``"cpu"``,
+            ``"cuda"``, ``"cuda:1"`` or a ``torch.device``), ``batch_size`` (rows per chunk;
+            also the batch the strategy selector plans for), ``n_threads`` (CPU threads),
+            ``progress`` (a tqdm bar over chunks) and ``compile`` (``backend="torch"``
+            only: compile the lowered module ahead of time with ``torch.export`` and
+            AOTInductor, C++/OpenMP on the CPU and Triton on CUDA; the first compile of a
+            large forest takes seconds to tens of seconds, and the package is kept on disk,
+            so later processes load it in milliseconds).
+
+    Returns:
+        A :class:`CompiledModel` with the native model's prediction methods.
+    """
+    precision_ = check_precision(precision)
+    forest = parse(model)
+    engine_options = options
+    if backend == "auto":
+        backend = choose_backend(options)
+        if backend == "onnx":  # large batches tier up to the compiled package (tiered)
+            engine_options = {**options, "compiled_tier": True}
+    factory = get_backend(backend)
+
+    def build(precision: Precision) -> Engine:
+        if precision_ == "auto" and precision != forest.input_dtype:
+            # The engine of float32 rows of a double library: they reach it unrounded, so
+            # the lowering's warning about float64 codes rounded to float32 does not apply.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="this model lists categories up to")
+                return factory(forest, precision=precision, **engine_options)
+        return factory(forest, precision=precision, **engine_options)
+
+    return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)
+
+
+def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel:
+    """Rebuild a model written by :meth:`CompiledModel.save`.
+
+    Loading reads JSON only and never executes code from the file.
+
+    Args:
+        path: The artifact.
+        backend: Run it on this backend instead of the one it was saved with.
+        **options: Override saved options (``precision``, ``strategy``, ``batch_size``,
+            ``n_threads``, ``progress``) or choose a ``device`` (default ``"cpu"``).
+
+    Raises:
+        treecomp.InvalidArtifactError: the file is truncated, tampered with, not a treecomp
+            artifact, or from a newer format version.
+    """
+    from treecomp.artifact import read
+
+    return _rebuild(*read(path), backend=backend, source=str(path), **options)
+
+
+def _rebuild(
+    saved_backend: str,
+    forest: Forest,
+    saved: dict[str, Any],
+    *,
+    backend: str | None = None,
+    source: str = "the artifact",
+    **options: Any,
+) -> CompiledModel:
+    target = backend or saved_backend
+    if target == "numpy":  # the reference evaluator has no strategy, batching or threads
+        saved = {"precision": saved["precision"]}
+    if target != "torch":  # compile= is the torch backend's; other targets just run it
+        saved.pop("compile", None)
+    merged = {**saved, **options}
+    precision = merged.pop("precision")
+    try:
+        return convert(forest, target, precision=precision, **merged)
+    except (ValueError, OverflowError) as exc:  # incl. a forest no backend can lower
+        raise InvalidArtifactError(f"cannot rebuild {source} on backend {target!r}: {exc}") from exc
+
+
+def loads(data: bytes, backend: str | None = None, **options: Any) -> CompiledModel:
+    """Rebuild a model from the bytes of an artifact (:func:`load` without the file)."""
+    from treecomp.artifact import loads as parse_artifact
+
+    return _rebuild(*parse_artifact(data), backend=backend, **options)

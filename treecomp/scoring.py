@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from treecomp.batching import output_names
-from treecomp.container import CompiledModel
+from treecomp.container import CompiledModel, load
 
 # Rows per batch by default: 64 Ki rows of 100 float64 features are 50 MiB, and the
 # backends' own chunking bounds their scratch memory.
@@ -92,9 +92,7 @@ def score(
     in_format, out_format = _format(source), _format(destination)
     _check_destination(destination, overwrite)
     if not isinstance(model, CompiledModel):
-        import treecomp
-
-        model = treecomp.load(model)
+        model = load(model)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown or list(methods)}; choose from {METHODS}")

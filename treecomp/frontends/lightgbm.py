@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from treecomp.errors import UnsupportedModelError
-from treecomp.frontends import register
+from treecomp.frontends.registry import register
 from treecomp.ir import ZERO_THRESHOLD, Forest, PostTransform, Task, Tree
 
 # LightGBM feeds the trees 0.0 for any input with |x| <= kZeroThreshold, so a threshold t in

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.errors import UnsupportedModelError
-from treecomp.frontends import register
+from treecomp.frontends.registry import register
 from treecomp.ir import Forest, PostTransform, Tree
 
 

@@ -1,0 +1,27 @@
+"""The protocol every backend's engine follows: prepared rows in, leaves and scores out.
+
+A backend (:mod:`treecomp.backends`) is a factory of engines; :class:`~treecomp.CompiledModel`
+turns what an engine returns into the native library's methods. The protocol sits below
+both, so that neither the backends nor the engines import the container.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Engine(Protocol):
+    """What a backend provides: three evaluations of a prepared input matrix."""
+
+    def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
+        """Native leaf numbers, shape ``(n_rows, n_trees)``."""
+        ...
+
+    def scores(
+        self, X: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Raw margins and post-transformed scores, each ``(n_rows, n_outputs)``."""
+        ...
