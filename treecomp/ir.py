@@ -25,52 +25,36 @@ Leaves carry a vector ``value[i, :]`` of width ``leaf_width``; tree ``t`` adds i
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from treecomp import forest_json
 from treecomp.errors import InvalidForestError
+from treecomp.ir_schema import (
+    AGGREGATIONS,
+    CATEGORY_DOMAINS,
+    CATEGORY_ENCODINGS,
+    COMPARISONS,
+    FLOAT_TYPES,
+    LABEL_RULES,
+    METHODS,
+    POST_TRANSFORMS,
+    TASKS,
+    TREE_ARRAYS,
+    TREE_DTYPES,
+    Aggregation,
+    Comparison,
+    FloatType,
+    Task,
+)
 
 # LightGBM's kZeroThreshold: a float literal (1e-35f) widened to double.
 ZERO_THRESHOLD = float(np.float32(1e-35))
-
-Comparison = Literal["<", "<="]
-Aggregation = Literal["sum", "average"]
-Task = Literal["classifier", "regressor", "ranker", "outlier"]
-# How a classifier turns scores into labels (the native libraries differ at the tie point):
-#   "argmax_proba"   argmax of predict_proba (first column wins ties): RF, XGBoost, LightGBM
-#   "margin_ge_zero" binary: margin >= 0 is the positive class, else argmax of margins (sklearn GB)
-#   "margin_gt_zero" binary: margin > 0 is the positive class, else argmax of margins (sklearn HGB)
-LABEL_RULES = ("argmax_proba", "margin_ge_zero", "margin_gt_zero")
-# When Forest.categories re-encodes an input column to the codes the trees saw:
-#   "pandas" only pandas 'category' columns (LightGBM, XGBoost); numbers pass through as codes
-#   "always" every input of that feature, numbers included (HistGradientBoosting's OrdinalEncoder)
-CATEGORY_ENCODINGS = ("pandas", "always")
-# Which non-missing values can be a listed category (see the module docstring):
-#   "truncate"    x > -1, so -0.5 truncates to category 0 (LightGBM, scikit-learn)
-#   "nonnegative" x >= 0: every negative value is unlisted (XGBoost)
-CATEGORY_DOMAINS = ("truncate", "nonnegative")
-
-POST_TRANSFORMS = (
-    "identity",  # raw score
-    "sigmoid",  # 1 / (1 + exp(-scale * x)), per output
-    "softmax",  # over all outputs
-    "exp",  # Poisson, Gamma, Tweedie: exp(x)
-    "softplus",  # LightGBM cross_entropy_lambda: log(1 + exp(x))
-    "signed_square",  # LightGBM reg_sqrt: sign(x) * x**2
-    "isolation",  # IsolationForest score_samples: -2 ** (-x / scale), ratio 1 when scale == 0
-)
-METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
-JSON_FORMAT = "treecomp.forest"
-JSON_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +131,7 @@ class Tree:
         if not isinstance(other, Tree):
             return NotImplemented
         return self.output_index == other.output_index and all(
-            _arrays_equal(getattr(self, name), getattr(other, name)) for name in _TREE_ARRAYS
+            _arrays_equal(getattr(self, name), getattr(other, name)) for name in TREE_ARRAYS
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -292,22 +276,6 @@ def tree_depths(trees: tuple[Tree, ...] | list[Tree]) -> npt.NDArray[np.int64]:
     return np.maximum.reduceat(depth, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
 
 
-_TREE_ARRAYS = tuple(f.name for f in dataclasses.fields(Tree) if f.name != "output_index")
-_TREE_DTYPES = {
-    "left_child": np.int32,
-    "right_child": np.int32,
-    "feature": np.int32,
-    "threshold": np.float64,
-    "default_left": np.bool_,
-    "zero_is_missing": np.bool_,
-    "is_categorical": np.bool_,
-    "category_offsets": np.int64,
-    "category_values": np.int64,
-    "value": np.float64,
-    "leaf_id": np.int64,
-}
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class Forest:
     """A tree ensemble with everything needed to reproduce the native predictions.
@@ -360,7 +328,7 @@ class Forest:
     comparison: Comparison
     aggregation: Aggregation = "sum"
     base_score: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(1))
-    accumulation: Literal["float64", "float32"] = "float64"
+    accumulation: FloatType = "float64"
     post_transform: PostTransform = PostTransform()
     task: Task = "regressor"
     methods: tuple[str, ...] = ("predict",)
@@ -372,8 +340,8 @@ class Forest:
     category_encoding: Literal["pandas", "always"] = "pandas"
     category_domain: Literal["truncate", "nonnegative"] = "truncate"
     label_rule: str = "argmax_proba"
-    input_dtype: Literal["float32", "float64"] = "float64"
-    integer_input_dtype: Literal["float32", "float64"] = "float64"
+    input_dtype: FloatType = "float64"
+    integer_input_dtype: FloatType = "float64"
     missing_value: float = float("nan")
     allow_nan: bool = True
     allow_inf: bool = True
@@ -414,7 +382,7 @@ class Forest:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Forest):
             return NotImplemented
-        return _to_document(self) == _to_document(other)
+        return forest_json.write(self) == forest_json.write(other)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -440,12 +408,12 @@ class Forest:
         )
         _check(self.n_outputs >= 1, f"n_outputs must be >= 1, got {self.n_outputs}")
         _check(
-            self.comparison in ("<", "<="),
+            self.comparison in COMPARISONS,
             f"comparison must be '<' or '<=', got {self.comparison!r}",
         )
-        _check(self.aggregation in ("sum", "average"), f"unknown aggregation {self.aggregation!r}")
+        _check(self.aggregation in AGGREGATIONS, f"unknown aggregation {self.aggregation!r}")
         _check(
-            self.task in ("classifier", "regressor", "ranker", "outlier"),
+            self.task in TASKS,
             f"unknown task {self.task!r}",
         )
         _check(
@@ -461,15 +429,13 @@ class Forest:
             self.category_encoding in CATEGORY_ENCODINGS,
             f"unknown category_encoding {self.category_encoding!r}",
         )
+        _check(self.input_dtype in FLOAT_TYPES, f"unknown input_dtype {self.input_dtype!r}")
         _check(
-            self.input_dtype in ("float32", "float64"), f"unknown input_dtype {self.input_dtype!r}"
-        )
-        _check(
-            self.accumulation in ("float32", "float64"),
+            self.accumulation in FLOAT_TYPES,
             f"unknown accumulation {self.accumulation!r}",
         )
         _check(
-            self.integer_input_dtype in ("float32", "float64"),
+            self.integer_input_dtype in FLOAT_TYPES,
             f"unknown integer_input_dtype {self.integer_input_dtype!r}",
         )
         _check(
@@ -522,7 +488,7 @@ class Forest:
     # ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready document :meth:`to_json` writes (arrays as base64 of their bytes)."""
-        return _to_document(self)
+        return forest_json.write(self)
 
     @classmethod
     def from_dict(cls, doc: Any, *, size: int | None = None) -> Forest:
@@ -537,16 +503,11 @@ class Forest:
             InvalidForestError: naming the field that is missing, of the wrong type or out
                 of range, or the invariant the forest breaks.
         """
-        if size is None:
-            try:
-                size = len(json.dumps(doc, separators=(",", ":")))
-            except (TypeError, ValueError, RecursionError):
-                raise InvalidForestError("not a treecomp forest document (not JSON data)") from None
-        return _from_document(doc, size)
+        return cls._from_fields(forest_json.read(doc, size))
 
     def to_json(self) -> str:
         """Serialise losslessly (every array keeps its dtype and every bit) to JSON text."""
-        return json.dumps(_to_document(self), separators=(",", ":"))
+        return json.dumps(forest_json.write(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Forest:
@@ -555,11 +516,14 @@ class Forest:
         Raises:
             InvalidForestError: the text is not a treecomp forest document or is malformed.
         """
-        try:
-            doc = json.loads(text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise InvalidForestError(f"not a JSON document: {exc}") from None
-        return _from_document(doc, len(text))
+        return cls._from_fields(forest_json.parse(text))
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Forest:
+        """The validated forest of a document's fields (:func:`treecomp.forest_json.read`)."""
+        trees = tuple(Tree(**tree) for tree in fields["trees"])
+        post_transform = PostTransform(**fields["post_transform"])
+        return cls(**{**fields, "trees": trees, "post_transform": post_transform}).validate()
 
 
 def _check(condition: bool, message: str) -> None:
@@ -571,7 +535,7 @@ def _validate_tree(tree: Tree, t: int, n_features: int, n_outputs: int) -> None:
     where = f"tree {t}"
     n = tree.n_nodes
     _check(n >= 1, f"{where} has no nodes")
-    for name, dtype in _TREE_DTYPES.items():
+    for name, dtype in TREE_DTYPES.items():
         arr = getattr(tree, name)
         _check(
             isinstance(arr, np.ndarray) and arr.dtype == dtype,
@@ -621,387 +585,6 @@ def _validate_tree(tree: Tree, t: int, n_features: int, n_outputs: int) -> None:
         not bool(np.any((np.diff(offsets) > 0) & ~tree.is_categorical)),
         f"{where}: a numerical node lists categories",
     )
-
-
-# -------------------------------------------------------------------------------------------
-# JSON: arrays are stored as base64 of their little-endian bytes, so that every bit survives.
-
-
-def _encode_array(arr: npt.NDArray[Any]) -> dict[str, Any]:
-    arr = np.ascontiguousarray(arr)
-    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    return {
-        "dtype": dtype.str,
-        "shape": list(arr.shape),
-        "data": base64.b64encode(arr.astype(dtype, copy=False).tobytes()).decode("ascii"),
-    }
-
-
-def _encode_labels(classes: npt.NDArray[Any] | None) -> dict[str, Any] | None:
-    if classes is None:
-        return None
-    if classes.dtype == object:
-        return {"dtype": "object", "values": [_plain(v) for v in classes.tolist()]}
-    return {"dtype": classes.dtype.str, "values": [_plain(v) for v in classes.tolist()]}
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-safe scalar; floats travel as hex so that they keep every bit."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return {"float": float(value).hex()}
-    if isinstance(value, str):
-        return value
-    raise InvalidForestError(
-        f"cannot serialise label or category {value!r} of type {type(value).__name__}"
-    )
-
-
-def _to_document(forest: Forest) -> dict[str, Any]:
-    return {
-        "format": JSON_FORMAT,
-        "version": JSON_VERSION,
-        "n_features": forest.n_features,
-        "n_outputs": forest.n_outputs,
-        "comparison": forest.comparison,
-        "aggregation": forest.aggregation,
-        "base_score": _encode_array(np.asarray(forest.base_score)),
-        "accumulation": forest.accumulation,
-        "post_transform": {
-            "kind": forest.post_transform.kind,
-            "scale": float(forest.post_transform.scale).hex(),
-        },
-        "task": forest.task,
-        "methods": list(forest.methods),
-        "classes": _encode_labels(forest.classes),
-        "feature_names": None if forest.feature_names is None else list(forest.feature_names),
-        "check_feature_names": forest.check_feature_names,
-        "ignored_columns": list(forest.ignored_columns),
-        "categories": None
-        if forest.categories is None
-        else [None if c is None else [_plain(v) for v in c] for c in forest.categories],
-        "category_encoding": forest.category_encoding,
-        "category_domain": forest.category_domain,
-        "label_rule": forest.label_rule,
-        "input_dtype": forest.input_dtype,
-        "integer_input_dtype": forest.integer_input_dtype,
-        "missing_value": float(forest.missing_value).hex(),
-        "allow_nan": forest.allow_nan,
-        "allow_inf": forest.allow_inf,
-        "leaf_shape": list(forest.leaf_shape),
-        "decision_offset": float(forest.decision_offset).hex(),
-        "trees": [
-            {
-                "output_index": tree.output_index,
-                **{name: _encode_array(getattr(tree, name)) for name in _TREE_ARRAYS},
-            }
-            for tree in forest.trees
-        ],
-    }
-
-
-# -------------------------------------------------------------------------------------------
-# Reading a document back. Every field is checked against what _to_document writes (its JSON
-# type, its range and, for arrays, the exact dtype) before anything is built from it, so a
-# crafted document gets an InvalidForestError naming the field: never a coerced value
-# (``bool(None)`` is False), a product that wraps, or an allocation its bytes do not pay for.
-# An artifact's checksum is no defence here: whoever crafts a file can compute it.
-
-# Known versions of the forest document.
-JSON_VERSIONS = (1,)
-# Label arrays are the one thing a document sizes by a declared dtype rather than by its
-# bytes (``<U500000000`` is 2 GB per label, whatever the label's text): their memory is
-# bounded by this many bytes per byte of the document. Arrays of the trees decode to at most
-# their base64 text's size, and the JSON parse itself takes under 30 bytes per byte (28 for
-# a list of empty objects), so a document of N bytes decodes in under 50 N bytes.
-LABEL_BYTES_PER_DOCUMENT_BYTE = 16
-# Dtypes the class labels may have: what NumPy gives labels read by the frontends.
-_LABEL_DTYPES = re.compile(r"[<>|](b1|[iu][1248]|f[248]|U[1-9][0-9]{0,9})")
-_LABEL_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (dict,), "U": (str,)}
-_INDEX_LIMIT = 2**31 - 1  # features, outputs and output indices are int32 in the lowerings
-_DOCUMENT_FIELDS = (
-    "format",
-    "version",
-    "n_features",
-    "n_outputs",
-    "comparison",
-    "aggregation",
-    "base_score",
-    "accumulation",
-    "post_transform",
-    "task",
-    "methods",
-    "classes",
-    "feature_names",
-    "check_feature_names",
-    "ignored_columns",
-    "categories",
-    "category_encoding",
-    "category_domain",
-    "label_rule",
-    "input_dtype",
-    "integer_input_dtype",
-    "missing_value",
-    "allow_nan",
-    "allow_inf",
-    "leaf_shape",
-    "decision_offset",
-    "trees",
-)
-_OPTIONAL_FIELDS = ("ignored_columns",)  # absent from documents written before it existed
-
-
-def _show(value: Any) -> str:
-    """A short description of a JSON value for an error message (never the whole value)."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return f"an object with {len(value)} fields"
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def _malformed(where: str, expected: str, value: Any) -> NoReturn:
-    raise InvalidForestError(
-        f"malformed forest document: {where} must be {expected}, got {_show(value)}"
-    )
-
-
-def _object(doc: Any, where: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> Any:
-    """``doc`` when it is a JSON object with exactly ``fields`` (``optional`` may be absent)."""
-    if type(doc) is not dict:
-        _malformed(where, "an object", doc)
-    missing = [name for name in fields if name not in doc and name not in optional]
-    if missing:
-        raise InvalidForestError(f"malformed forest document: {where} lacks {missing}")
-    unknown = [name for name in doc if name not in fields]
-    if unknown:
-        raise InvalidForestError(
-            f"malformed forest document: {where} has unknown fields "
-            f"{[_show(name) for name in unknown[:5]]}"
-        )
-    return doc
-
-
-def _integer(value: Any, where: str, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:  # bool is not an int here
-        _malformed(where, f"an integer in [{low}, {high}]", value)
-    return value
-
-
-def _flag(value: Any, where: str) -> bool:
-    if type(value) is not bool:
-        _malformed(where, "true or false", value)
-    return value
-
-
-def _choice(value: Any, where: str, choices: tuple[str, ...]) -> Any:
-    if type(value) is not str or value not in choices:
-        _malformed(where, f"one of {list(choices)}", value)
-    return value
-
-
-def _names(value: Any, where: str) -> tuple[str, ...]:
-    if type(value) is not list or any(type(v) is not str for v in value):
-        _malformed(where, "a list of strings", value)
-    return tuple(value)
-
-
-def _hex_float(value: Any, where: str, *, finite: bool) -> float:
-    """A float written with ``float.hex`` (every bit kept)."""
-    if type(value) is str:
-        try:
-            number = float.fromhex(value)
-        except (ValueError, OverflowError):
-            pass
-        else:
-            if math.isfinite(number) or not finite:
-                return number
-    _malformed(where, f"a {'finite ' if finite else ''}float in hex (float.hex)", value)
-
-
-def _scalar(value: Any, where: str) -> Any:
-    """A label or category: a string, integer or bool as is, a float as ``{"float": hex}``."""
-    if type(value) in (str, int, bool):
-        return value
-    if type(value) is dict and list(value) == ["float"]:
-        return _hex_float(value["float"], f"{where}.float", finite=False)
-    _malformed(where, 'a string, an integer, true, false or {"float": hex}', value)
-
-
-def _decode_array(doc: Any, where: str, dtype: Any, ndim: int) -> npt.NDArray[Any]:
-    """An array of exactly ``dtype`` (little-endian) and ``ndim`` dimensions whose data holds
-    exactly the bytes its shape needs: the shape cannot ask for memory the data lacks."""
-    _object(doc, where, ("dtype", "shape", "data"))
-    expected = np.dtype(dtype).newbyteorder("<")
-    if doc["dtype"] != expected.str:
-        _malformed(f"{where}.dtype", repr(expected.str), doc["dtype"])
-    shape = doc["shape"]
-    if type(shape) is not list or len(shape) != ndim or any(type(s) is not int for s in shape):
-        _malformed(f"{where}.shape", f"a list of {ndim} integers", shape)
-    if any(s < 0 for s in shape):
-        _malformed(f"{where}.shape", "non-negative", shape)
-    data = doc["data"]
-    try:
-        if type(data) is not str:
-            raise TypeError
-        raw = base64.b64decode(data, validate=True)
-    except (TypeError, ValueError, binascii.Error):
-        _malformed(f"{where}.data", "base64 text", data)
-    if len(raw) != math.prod(shape) * expected.itemsize:  # Python ints: no wrap-around
-        raise InvalidForestError(
-            f"malformed forest document: {where} holds {len(raw)} bytes, but shape {shape} "
-            f"of {expected.str} needs {math.prod(shape) * expected.itemsize}"
-        )
-    if expected.kind == "b" and raw and max(raw) > 1:
-        # NumPy would take byte 2 as True, but it is neither True nor False to torch or a
-        # comparison of bytes: only 0 and 1 are booleans.
-        raise InvalidForestError(f"malformed forest document: {where} holds bytes other than 0, 1")
-    return np.frombuffer(raw, dtype=expected).reshape(shape).astype(np.dtype(dtype))
-
-
-def _decode_labels(doc: Any, where: str, budget: int) -> npt.NDArray[Any] | None:
-    """Class labels of an allowed dtype, each value of that dtype exactly; a string dtype's
-    width is paid for by the document's size (``budget`` bytes)."""
-    if doc is None:
-        return None
-    _object(doc, where, ("dtype", "values"))
-    values = doc["values"]
-    if type(values) is not list:
-        _malformed(f"{where}.values", "a list", values)
-    if doc["dtype"] == "object":
-        out = np.empty(len(values), dtype=object)
-        out[:] = [_scalar(v, f"{where}.values[{i}]") for i, v in enumerate(values)]
-        return out
-    if type(doc["dtype"]) is not str or not _LABEL_DTYPES.fullmatch(doc["dtype"]):
-        _malformed(
-            f"{where}.dtype", '"object" or a bool, integer, float or string dtype', doc["dtype"]
-        )
-    # The size from the text, before NumPy sees a width it may not even parse.
-    kind, width = doc["dtype"][1], int(doc["dtype"][2:])
-    itemsize = 4 * width if kind == "U" else width
-    if max(len(values), 1) * itemsize > budget:
-        raise InvalidForestError(
-            f"malformed forest document: {where}.dtype {doc['dtype']} would take "
-            f"{max(len(values), 1) * itemsize} bytes for {len(values)} labels, more than a "
-            "document of this size can describe"
-        )
-    dtype = np.dtype(doc["dtype"])
-    wanted = _LABEL_TYPES[dtype.kind]
-    for i, v in enumerate(values):
-        if type(v) not in wanted:
-            _malformed(f"{where}.values[{i}]", f"a label of dtype {doc['dtype']}", v)
-    decoded = [_scalar(v, f"{where}.values[{i}]") for i, v in enumerate(values)]
-    try:
-        labels = np.array(decoded, dtype=dtype)
-    except (ValueError, OverflowError):
-        labels = None
-    # Each label must survive the dtype unchanged: no truncated string, wrapped integer or
-    # rounded float.
-    if labels is None or not all(
-        type(a) is type(b) and (a == b or (a != a and b != b))
-        for a, b in zip(labels.tolist(), decoded, strict=True)
-    ):
-        raise InvalidForestError(
-            f"malformed forest document: {where}.values do not fit dtype {doc['dtype']}"
-        )
-    return labels
-
-
-def _decode_categories(doc: Any, where: str) -> tuple[tuple[Any, ...] | None, ...] | None:
-    if doc is None:
-        return None
-    if type(doc) is not list:
-        _malformed(where, "null or a list", doc)
-    out: list[tuple[Any, ...] | None] = []
-    for j, known in enumerate(doc):
-        if known is not None and type(known) is not list:
-            _malformed(f"{where}[{j}]", "null or a list", known)
-        out.append(
-            None
-            if known is None
-            else tuple(_scalar(v, f"{where}[{j}][{i}]") for i, v in enumerate(known))
-        )
-    return tuple(out)
-
-
-def _decode_tree(doc: Any, where: str) -> Tree:
-    _object(doc, where, ("output_index", *_TREE_ARRAYS))
-    return Tree(
-        output_index=_integer(doc["output_index"], f"{where}.output_index", 0, _INDEX_LIMIT),
-        **{
-            name: _decode_array(doc[name], f"{where}.{name}", dtype, 2 if name == "value" else 1)
-            for name, dtype in _TREE_DTYPES.items()
-        },
-    )
-
-
-def _from_document(doc: Any, size: int) -> Forest:
-    _check(type(doc) is dict and doc.get("format") == JSON_FORMAT, "not a treecomp forest document")
-    version = doc.get("version")
-    _check(type(version) is int, "forest document has no integer version")
-    if version > JSON_VERSION:
-        raise InvalidForestError(
-            f"forest document version {version} is newer than this treecomp "
-            f"supports ({JSON_VERSION})"
-        )
-    _check(
-        version in JSON_VERSIONS,
-        f"unknown forest document version {version} (known: {list(JSON_VERSIONS)})",
-    )
-    _object(doc, "the document", _DOCUMENT_FIELDS, _OPTIONAL_FIELDS)
-    if type(doc["trees"]) is not list:
-        _malformed("trees", "a list", doc["trees"])
-    post = _object(doc["post_transform"], "post_transform", ("kind", "scale"))
-    leaf_shape = doc["leaf_shape"]
-    if type(leaf_shape) is not list or len(leaf_shape) > 32:  # NumPy 1's limit of dimensions
-        _malformed("leaf_shape", "a list of at most 32 sizes", leaf_shape)
-    methods = _names(doc["methods"], "methods")
-    for method in methods:
-        _choice(method, "methods[]", METHODS)
-    feature_names = doc["feature_names"]
-    forest = Forest(
-        trees=tuple(_decode_tree(t, f"trees[{i}]") for i, t in enumerate(doc["trees"])),
-        n_features=_integer(doc["n_features"], "n_features", 1, _INDEX_LIMIT),
-        n_outputs=_integer(doc["n_outputs"], "n_outputs", 1, _INDEX_LIMIT),
-        comparison=_choice(doc["comparison"], "comparison", ("<", "<=")),
-        aggregation=_choice(doc["aggregation"], "aggregation", ("sum", "average")),
-        base_score=_decode_array(doc["base_score"], "base_score", np.float64, 1),
-        accumulation=_choice(doc["accumulation"], "accumulation", ("float32", "float64")),
-        post_transform=PostTransform(
-            kind=_choice(post["kind"], "post_transform.kind", POST_TRANSFORMS),
-            scale=_hex_float(post["scale"], "post_transform.scale", finite=True),
-        ),
-        task=_choice(doc["task"], "task", ("classifier", "regressor", "ranker", "outlier")),
-        methods=methods,
-        classes=_decode_labels(doc["classes"], "classes", LABEL_BYTES_PER_DOCUMENT_BYTE * size),
-        feature_names=None if feature_names is None else _names(feature_names, "feature_names"),
-        check_feature_names=_flag(doc["check_feature_names"], "check_feature_names"),
-        ignored_columns=_names(doc.get("ignored_columns", []), "ignored_columns"),
-        categories=_decode_categories(doc["categories"], "categories"),
-        category_encoding=_choice(
-            doc["category_encoding"], "category_encoding", CATEGORY_ENCODINGS
-        ),
-        category_domain=_choice(doc["category_domain"], "category_domain", CATEGORY_DOMAINS),
-        label_rule=_choice(doc["label_rule"], "label_rule", LABEL_RULES),
-        input_dtype=_choice(doc["input_dtype"], "input_dtype", ("float32", "float64")),
-        integer_input_dtype=_choice(
-            doc["integer_input_dtype"], "integer_input_dtype", ("float32", "float64")
-        ),
-        missing_value=_hex_float(doc["missing_value"], "missing_value", finite=False),
-        allow_nan=_flag(doc["allow_nan"], "allow_nan"),
-        allow_inf=_flag(doc["allow_inf"], "allow_inf"),
-        leaf_shape=tuple(
-            _integer(d, f"leaf_shape[{i}]", 1, _INDEX_LIMIT) for i, d in enumerate(leaf_shape)
-        ),
-        decision_offset=_hex_float(doc["decision_offset"], "decision_offset", finite=True),
-    )
-    return forest.validate()
 
 
 def _arrays_equal(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> bool:

@@ -1,0 +1,63 @@
+"""The IR's vocabulary: the values each field of a :class:`~treecomp.ir.Forest` may take, and
+the arrays of a :class:`~treecomp.ir.Tree` with their dtypes.
+
+One source for both readers of a forest: ``Forest.validate`` checks a forest built in
+memory against it, and :mod:`treecomp.forest_json` a forest document before anything is
+built from it. :mod:`treecomp.ir` re-exports every name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import numpy as np
+
+Comparison = Literal["<", "<="]
+Aggregation = Literal["sum", "average"]
+Task = Literal["classifier", "regressor", "ranker", "outlier"]
+FloatType = Literal["float32", "float64"]
+COMPARISONS: tuple[str, ...] = get_args(Comparison)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+TASKS: tuple[str, ...] = get_args(Task)
+FLOAT_TYPES: tuple[str, ...] = get_args(FloatType)
+# How a classifier turns scores into labels (the native libraries differ at the tie point):
+#   "argmax_proba"   argmax of predict_proba (first column wins ties): RF, XGBoost, LightGBM
+#   "margin_ge_zero" binary: margin >= 0 is the positive class, else argmax of margins (sklearn GB)
+#   "margin_gt_zero" binary: margin > 0 is the positive class, else argmax of margins (sklearn HGB)
+LABEL_RULES = ("argmax_proba", "margin_ge_zero", "margin_gt_zero")
+# When Forest.categories re-encodes an input column to the codes the trees saw:
+#   "pandas" only pandas 'category' columns (LightGBM, XGBoost); numbers pass through as codes
+#   "always" every input of that feature, numbers included (HistGradientBoosting's OrdinalEncoder)
+CATEGORY_ENCODINGS = ("pandas", "always")
+# Which non-missing values can be a listed category (see treecomp.ir's module docstring):
+#   "truncate"    x > -1, so -0.5 truncates to category 0 (LightGBM, scikit-learn)
+#   "nonnegative" x >= 0: every negative value is unlisted (XGBoost)
+CATEGORY_DOMAINS = ("truncate", "nonnegative")
+
+POST_TRANSFORMS = (
+    "identity",  # raw score
+    "sigmoid",  # 1 / (1 + exp(-scale * x)), per output
+    "softmax",  # over all outputs
+    "exp",  # Poisson, Gamma, Tweedie: exp(x)
+    "softplus",  # LightGBM cross_entropy_lambda: log(1 + exp(x))
+    "signed_square",  # LightGBM reg_sqrt: sign(x) * x**2
+    "isolation",  # IsolationForest score_samples: -2 ** (-x / scale), ratio 1 when scale == 0
+)
+METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
+
+# The arrays of a Tree, in its field order, with the dtype each must have (``value`` is the
+# one two-dimensional array).
+TREE_DTYPES: dict[str, type[np.generic]] = {
+    "left_child": np.int32,
+    "right_child": np.int32,
+    "feature": np.int32,
+    "threshold": np.float64,
+    "default_left": np.bool_,
+    "zero_is_missing": np.bool_,
+    "is_categorical": np.bool_,
+    "category_offsets": np.int64,
+    "category_values": np.int64,
+    "value": np.float64,
+    "leaf_id": np.int64,
+}
+TREE_ARRAYS = tuple(TREE_DTYPES)
