@@ -21,8 +21,9 @@ import numpy.typing as npt
 
 from treecomp.backends import choose_backend, get_backend
 from treecomp.engine import Engine
-from treecomp.errors import InvalidArtifactError
+from treecomp.errors import InvalidArtifactError, UnsupportedModelError
 from treecomp.frontends import parse
+from treecomp.frontends.pipeline import is_pipeline, parse_pipeline
 from treecomp.inputs import (
     Precision,
     PrecisionOption,
@@ -32,6 +33,8 @@ from treecomp.inputs import (
     prepare,
 )
 from treecomp.ir import METHODS, Forest
+from treecomp.transforms import Transforms
+from treecomp.transforms import prepare as prepare_rows
 
 
 def _is_tensor(X: Any) -> bool:
@@ -75,6 +78,8 @@ class CompiledModel:
             with. Under ``"auto"`` each call runs in the precision its input needs (see
             :mod:`treecomp.inputs`), on an engine built at the first such call;
             :attr:`strategy` names the precision of each engine once there are two.
+        transforms: A Pipeline's row transforms in front of the forest
+            (:mod:`treecomp.transforms`), or None for a model alone.
     """
 
     def __init__(
@@ -85,8 +90,10 @@ class CompiledModel:
         backend: str,
         precision: PrecisionOption,
         options: dict[str, Any] | None = None,
+        transforms: Transforms | None = None,
     ) -> None:
         self.forest = forest
+        self.transforms = transforms
         self.backend = backend
         self.precision = precision
         self.options = dict(options or {})
@@ -131,13 +138,17 @@ class CompiledModel:
 
     @property
     def n_features_in_(self) -> int:
-        """Number of input features."""
+        """Number of input features (a Pipeline's input columns)."""
+        if self.transforms is not None:
+            return len(self.transforms.columns)
         return self.forest.n_features
 
     @property
     def feature_names_in_(self) -> npt.NDArray[np.object_]:
         """The feature names seen at fit time, where the native model has them."""
         names = self.forest.feature_names
+        if self.transforms is not None:
+            names = self.transforms.columns if self.transforms.named else None
         if names is None:
             raise AttributeError("the native model was fitted without feature names")
         return np.asarray(names, dtype=object)
@@ -185,6 +196,8 @@ class CompiledModel:
     # ------------------------------------------------------------------------------------
     def _prepare(self, X: Any) -> tuple[Engine, Any]:
         """The engine for ``X`` and ``X`` prepared for it."""
+        if self.transforms is not None:  # a Pipeline: its encoded rows, in float64
+            return self._engine, prepare_rows(self.transforms, self.forest, X)
         if type(X) is np.ndarray:  # the common case, first: at one row every check counts
             prepared = prepare(self.forest, X, self.precision)
             return self._engine_for(prepared.dtype.name), prepared
@@ -287,6 +300,7 @@ class CompiledModel:
             strategy=strategy,
             batch_size=int(self.options.get("batch_size") or 10_000),
             leaf_indices=leaf_indices,
+            transforms=self.transforms,
         )
 
     def export_onnx(
@@ -310,6 +324,7 @@ class CompiledModel:
             AttributeError: the model runs on a backend without a torch module.
             RuntimeError: no C++ compiler (CPU) or Triton (CUDA) is available.
         """
+        self._refuse_pipeline("export_pt2")
         export = getattr(self._engine, "export_pt2", None)
         if export is None:
             raise AttributeError(
@@ -323,12 +338,14 @@ class CompiledModel:
         rebuilds the model from JSON, never unpickles torch modules or sessions."""
         from treecomp.artifact import dumps
 
+        self._refuse_pipeline("pickling")
         return loads, (dumps(self), self.backend)
 
     def dumps(self) -> bytes:
         """The artifact as bytes: :func:`treecomp.loads` rebuilds the model from them."""
         from treecomp.artifact import dumps
 
+        self._refuse_pipeline("dumps")
         return dumps(self)
 
     def save(self, path: Any) -> None:
@@ -338,7 +355,15 @@ class CompiledModel:
         """
         from treecomp.artifact import save
 
+        self._refuse_pipeline("save")
         save(self, path)
+
+    def _refuse_pipeline(self, what: str) -> None:
+        if self.transforms is not None:
+            raise UnsupportedModelError(
+                f"{what} of a compiled Pipeline is not supported yet: export it with "
+                "cm.export_onnx(path), or save the forest alone (treecomp.convert(pipeline[-1]))"
+            )
 
     @_NativeMethod
     def apply(self, X: Any) -> npt.NDArray[np.int64]:
@@ -452,7 +477,9 @@ def convert(
 
     Args:
         model: A fitted scikit-learn, XGBoost or LightGBM model, a raw ``xgboost.Booster`` or
-            ``lightgbm.Booster``, or an already parsed :class:`Forest`.
+            ``lightgbm.Booster``, an already parsed :class:`Forest`, or a scikit-learn
+            ``Pipeline`` of row transforms ending in one of those models
+            (:mod:`treecomp.frontends.pipeline` lists the steps).
         backend: ``"auto"`` (default: the fastest exact path installed for the device, see
             :func:`treecomp.backends.choose_backend`; on the CPU, ``"onnx"`` with ONNX
             Runtime's tree operator; on CUDA, ``"torch"``), ``"torch"``, ``"torchscript"``,
@@ -480,6 +507,8 @@ def convert(
         A :class:`CompiledModel` with the native model's prediction methods.
     """
     precision_ = check_precision(precision)
+    if is_pipeline(model):
+        return _convert_pipeline(model, backend, precision_, options)
     forest = parse(model)
     engine_options = options
     if backend == "auto":
@@ -498,6 +527,26 @@ def convert(
         return factory(forest, precision=precision, **engine_options)
 
     return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)
+
+
+def _convert_pipeline(
+    pipeline: Any, backend: str, precision: PrecisionOption, options: dict[str, Any]
+) -> CompiledModel:
+    """:func:`convert` of a scikit-learn Pipeline: its transforms lowered in front of its
+    forest (:mod:`treecomp.frontends.pipeline`), in one engine of the forest's precision."""
+    from treecomp.transforms import make_engine
+
+    transforms, forest = parse_pipeline(pipeline)
+    if backend == "auto":
+        backend = choose_backend(options)  # without the compiled tier: it scores forests
+    factory = get_backend(backend)
+
+    def build(dtype: Precision) -> Engine:
+        return make_engine(backend, factory, forest, transforms, precision=dtype, **options)
+
+    return CompiledModel(
+        forest, build, backend=backend, precision=precision, options=options, transforms=transforms
+    )
 
 
 def load(path: Any, backend: str | None = None, **options: Any) -> CompiledModel:

@@ -474,6 +474,7 @@ def build_with_plan(
     engine_outputs: str | None = None,
     device: str = "cpu",
     one_thread: bool = False,
+    transforms: Any = None,
 ) -> tuple[onnx.ModelProto, str]:
     """The ONNX model of ``forest`` and a description of the strategies it uses.
 
@@ -489,6 +490,8 @@ def build_with_plan(
         device: Device the selector plans for.
         one_thread: An engine graph for sessions of one thread (:class:`OnnxEngine`): the
             tree operator adds the trees where it can, exact only there.
+        transforms: A Pipeline's row transforms (:mod:`treecomp.transforms`), emitted in
+            front of the forest (inputs: see :mod:`treecomp.transform_targets`).
     """
     import torch
 
@@ -509,9 +512,20 @@ def build_with_plan(
         target="onnx",
         one_thread=one_thread,
     )
-    g = GraphBuilder(precision, "input")
-    # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
-    X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
+    graph_inputs = [
+        helper.make_tensor_value_info("input", _ELEMENT[precision], ["N", forest.n_features])
+    ]
+    if transforms is not None:
+        from treecomp.transform_targets import emit_transforms, input_names
+
+        g = GraphBuilder(precision, "input" if engine_outputs else input_names(transforms)[0])
+        X, graph_inputs = emit_transforms(
+            g, transforms, forest, precision, exported=engine_outputs is None
+        )
+    else:
+        g = GraphBuilder(precision, "input")
+        # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
+        X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
     raw, transformed, leaf_ids = _emit_module(
         g,
         module,
@@ -579,7 +593,7 @@ def build_with_plan(
     graph = helper.make_graph(
         g.nodes,
         "treecomp",
-        [helper.make_tensor_value_info("input", _ELEMENT[precision], ["N", forest.n_features])],
+        graph_inputs,
         outputs,
         initializer=g.initializers,
     )
@@ -616,6 +630,7 @@ class OnnxEngine:
         n_threads: int | None = None,
         progress: bool = False,
         compiled_tier: bool = False,
+        transforms: Any = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -665,7 +680,10 @@ class OnnxEngine:
             self.session_options.intra_op_num_threads = n_threads
         self._pool = SlicePool(self.threads - 1, "treecomp-onnx")
         self._run_options = ort.RunOptions()
-        self._dtype = np.dtype(precision)
+        # A pipeline's graph reads the encoded rows (treecomp.transforms) in float64.
+        self._dtype = np.dtype(precision if transforms is None else "float64")
+        if transforms is not None:
+            self.options["transforms"] = transforms
         k = forest.n_outputs
         identity = forest.post_transform.kind == "identity"
         self._score_outputs = (["raw"], [k]) if identity else (["raw", "transformed"], [k, k])
@@ -675,7 +693,7 @@ class OnnxEngine:
         # (treecomp.tiered), for the forests that profit.
         self.tier: Any = None
         self.tier_rows = 0
-        if compiled_tier and kind == "cpu":
+        if compiled_tier and kind == "cpu" and transforms is None:
             from treecomp import tiered
 
             self.tier_rows = tiered.COMPILED_FROM_ROWS

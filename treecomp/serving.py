@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.container import CompiledModel
+from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import categorical_features, check_positive, prepare
 from treecomp.ir import METHODS
 
@@ -435,6 +436,10 @@ class Serving:
             raise TypeError(
                 f"Serving takes a treecomp.CompiledModel (from treecomp.convert or "
                 f"treecomp.load), got {type(cm).__qualname__}"
+            )
+        if cm.transforms is not None:  # its rows need the pipeline's encoding, not prepare()
+            raise UnsupportedModelError(
+                "Serving a compiled Pipeline is not supported yet: call cm.predict directly"
             )
         check_positive("max_batch_size", max_batch_size)
         if (

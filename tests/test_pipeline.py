@@ -1,0 +1,350 @@
+"""scikit-learn Pipelines: row transforms lowered in front of the forest (issue 22).
+
+Native ``pipeline.predict`` against the compiled model on every backend and the exported
+ONNX file, on held-out rows with missing values and categories never seen in fit; the
+transforms alone against ``pipeline[:-1].transform`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+from sklearn.compose import ColumnTransformer, make_column_selector  # noqa: E402
+from sklearn.ensemble import (  # noqa: E402
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer  # noqa: E402
+from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
+from sklearn.preprocessing import (  # noqa: E402
+    FunctionTransformer,
+    MaxAbsScaler,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    PolynomialFeatures,
+    RobustScaler,
+    StandardScaler,
+)
+
+import treecomp  # noqa: E402
+from tests.helpers import assert_close, assert_equal  # noqa: E402
+from treecomp.transforms import apply, encode  # noqa: E402
+
+BACKENDS = ["numpy", "torch", "onnx"]
+COLORS = ["red", "green", "blue"]
+SIZES = ["S", "M", "L"]
+
+
+def frame(n: int, seed: int, *, unseen: bool = False) -> pd.DataFrame:
+    """Numeric float64 columns and string columns, 10 % missing in each; ``unseen`` adds
+    categories never seen in fit."""
+    rng = np.random.default_rng(seed)
+    extra = ["purple"] if unseen else []
+    df = pd.DataFrame(
+        {
+            "a": rng.normal(size=n) * 10,
+            "b": rng.uniform(0, 5, n),
+            "c": rng.normal(size=n),
+            "color": rng.choice(COLORS + extra, n).astype(object),
+            "size": rng.choice(SIZES + (["XL"] if unseen else []), n).astype(object),
+        }
+    )
+    for column in df.columns:
+        df.loc[rng.random(n) < 0.1, column] = np.nan
+    return df
+
+
+TRAIN = frame(300, 0)
+LABELS = ((TRAIN["a"].fillna(0) > 0) ^ (TRAIN["color"] == "red")).astype(int)
+# Held out: new rows with unseen categories, rows of nothing but missing values (NaN, and
+# None, which scikit-learn's imputers and encoders read as a value), and training rows.
+TEST = pd.concat(
+    [
+        frame(150, 1, unseen=True),
+        pd.DataFrame([dict.fromkeys(TRAIN.columns, np.nan), dict.fromkeys(TRAIN.columns)]),
+        TRAIN[:40],
+    ],
+    ignore_index=True,
+)
+TEST[["a", "b", "c"]] = TEST[["a", "b", "c"]].astype(np.float64)
+
+
+def preprocessing() -> ColumnTransformer:
+    return ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["a", "b"]),
+            ("minmax", MinMaxScaler(), ["c"]),
+            (
+                "onehot",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                ),
+                ["color"],
+            ),
+            (
+                "ordinal",
+                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                ["size"],
+            ),
+        ]
+    )
+
+
+def _forest(family: str):
+    if family == "xgboost":
+        xgboost = pytest.importorskip("xgboost")
+        return xgboost.XGBClassifier(n_estimators=12, max_depth=3, n_jobs=1)
+    if family == "lightgbm":
+        lightgbm = pytest.importorskip("lightgbm")
+        return lightgbm.LGBMClassifier(n_estimators=12, num_leaves=8, verbose=-1, n_jobs=1)
+    if family == "random_forest":
+        return RandomForestClassifier(n_estimators=12, max_depth=6, random_state=0)
+    return HistGradientBoostingClassifier(max_iter=12, random_state=0)
+
+
+FAMILIES = ["xgboost", "lightgbm", "random_forest", "hist_gradient_boosting"]
+# XGBoost adds its trees in float32: its tolerance entry; the others add in float64.
+TOLERANCE = {"xgboost": "xgboost_float32"}
+_FITTED: dict[str, Pipeline] = {}
+
+
+def fitted(family: str) -> Pipeline:
+    if family not in _FITTED:
+        pipeline = Pipeline([("pre", preprocessing()), ("model", _forest(family))])
+        _FITTED[family] = pipeline.fit(TRAIN, LABELS)
+    return _FITTED[family]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_matches_native(family: str, backend: str) -> None:
+    if backend != "numpy":
+        pytest.importorskip("torch")
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    pipeline = fitted(family)
+    cm = treecomp.convert(pipeline, backend)
+    assert_equal(cm.predict(TEST), pipeline.predict(TEST))
+    tolerance = TOLERANCE.get(family, "float64")
+    assert_close(cm.predict_proba(TEST), pipeline.predict_proba(TEST), tolerance)
+    assert_equal(cm.predict(TEST[:1]), pipeline.predict(TEST[:1]))  # one row
+    assert list(cm.feature_names_in_) == list(pipeline.feature_names_in_)
+    assert cm.n_features_in_ == 5
+    assert not hasattr(cm, "apply")  # a Pipeline has no apply()
+
+
+def onnx_feeds(session, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The exported file's inputs: one (N, 1) column each, strings with "" for missing."""
+    feeds = {}
+    for node in session.get_inputs():
+        column = X[[node.name]]
+        if node.type == "tensor(string)":
+            # NaN is scikit-learn's missing value; None is a value of its own ("None" here).
+            values = column.to_numpy(dtype=object)
+            missing = np.array([isinstance(v, float) and np.isnan(v) for v in values.flat])
+            feeds[node.name] = np.where(missing.reshape(values.shape), "", values).astype(str)
+        else:
+            feeds[node.name] = column.to_numpy(np.float64)
+    return feeds
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exported_onnx_file(family: str, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    pipeline = fitted(family)
+    path = tmp_path / "pipeline.onnx"
+    treecomp.convert(pipeline, "numpy").export_onnx(path)
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["a", "b", "c", "color", "size"]
+    label, proba = session.run(["label", "probabilities"], onnx_feeds(session, TEST))
+    assert_equal(label, pipeline.predict(TEST))
+    assert_close(proba, pipeline.predict_proba(TEST), TOLERANCE.get(family, "float64"))
+
+
+def every_step() -> ColumnTransformer:
+    """Each supported transform and option, columns by name, index and selector."""
+    return ColumnTransformer(
+        [
+            (
+                "mean",
+                make_pipeline(SimpleImputer(add_indicator=True), StandardScaler(with_mean=False)),
+                ["a"],
+            ),
+            (
+                "constant",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value=1.5),
+                    MinMaxScaler(feature_range=(-1, 2), clip=True),
+                ),
+                [1],
+            ),
+            ("robust", make_pipeline(SimpleImputer(), RobustScaler(), MaxAbsScaler()), ["c"]),
+            (
+                "onehot",
+                OneHotEncoder(drop="first", handle_unknown="ignore", sparse_output=False),
+                ["color"],
+            ),
+            (
+                "ordinal",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="M"),
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan),
+                ),
+                make_column_selector(pattern="^size$"),
+            ),
+            (
+                "missing_category",
+                OrdinalEncoder(
+                    handle_unknown="use_encoded_value", unknown_value=9, encoded_missing_value=-5
+                ),
+                ["color"],
+            ),
+            ("pass", "passthrough", ["b"]),
+        ],
+        remainder="drop",
+    )
+
+
+def test_transforms_bit_for_bit() -> None:
+    """The chains in NumPy and in the torch module give scikit-learn's features exactly."""
+    pipeline = Pipeline([("pre", every_step()), ("model", RandomForestRegressor(n_estimators=3))])
+    pipeline.fit(TRAIN, TRAIN["b"].fillna(0))
+    cm = treecomp.convert(pipeline, "numpy")
+    expected = pipeline[:-1].transform(TEST)
+    encoded = encode(cm.transforms, TEST)
+    assert_equal(apply(cm.transforms, encoded), expected)
+    assert_equal(cm.predict(TEST), pipeline.predict(TEST))
+    torch = pytest.importorskip("torch")
+    module = treecomp.convert(pipeline, "torch").torch_module
+    assert_equal(module.front(torch.from_numpy(encoded)).numpy(), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_step_on_backends(backend: str) -> None:
+    if backend != "numpy":
+        pytest.importorskip("torch")
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    pipeline = Pipeline([("pre", every_step()), ("model", _forest("xgboost"))])
+    pipeline.fit(TRAIN, LABELS)
+    cm = treecomp.convert(pipeline, backend)
+    assert_equal(cm.predict(TEST), pipeline.predict(TEST))
+    assert_close(cm.predict_proba(TEST), pipeline.predict_proba(TEST), "xgboost_float32")
+
+
+@pytest.mark.parametrize("family", ["xgboost", "random_forest"])
+def test_sparse_one_hot(family: str) -> None:
+    """A sparse one-hot matrix: XGBoost reads its unstored zeros as missing, scikit-learn
+    as zeros."""
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [("onehot", OneHotEncoder(handle_unknown="ignore"), ["color", "size"])],
+            sparse_threshold=1.0,
+        ),
+        _forest(family),
+    )
+    pipeline.fit(TRAIN, LABELS)
+    cm = treecomp.convert(pipeline, "numpy")
+    assert_equal(cm.predict(TEST), pipeline.predict(TEST))
+    assert_close(
+        cm.predict_proba(TEST), pipeline.predict_proba(TEST), TOLERANCE.get(family, "float64")
+    )
+
+
+def test_arrays_by_position() -> None:
+    """A pipeline fitted on an array: columns by index, rows as arrays, a regressor."""
+    X = TRAIN[["a", "b", "c"]].to_numpy()
+    pipeline = make_pipeline(
+        ColumnTransformer([("scale", StandardScaler(), [0, 2])], remainder="passthrough"),
+        SimpleImputer(),
+        RandomForestRegressor(n_estimators=8, random_state=0),
+    ).fit(X, TRAIN["b"].fillna(1.0))
+    cm = treecomp.convert(pipeline, "numpy")
+    test = TEST[["a", "b", "c"]].to_numpy()
+    assert_close(cm.predict(test), pipeline.predict(test), "float64")
+    with pytest.raises(AttributeError):
+        cm.feature_names_in_  # noqa: B018
+    with pytest.raises(ValueError, match="shape"):
+        cm.predict(test[:, :2])
+
+
+def test_unknown_category_refused_as_natively() -> None:
+    pipeline = make_pipeline(
+        ColumnTransformer([("onehot", OneHotEncoder(sparse_output=False), ["color"])]),
+        RandomForestClassifier(n_estimators=4, random_state=0),
+    ).fit(TRAIN.fillna({"color": "red"}), LABELS)
+    cm = treecomp.convert(pipeline, "numpy")
+    seen = TRAIN.fillna({"color": "red"})[:20]
+    assert_equal(cm.predict(seen), pipeline.predict(seen))
+    unseen = seen.assign(color="purple")
+    with pytest.raises(ValueError, match="unknown categories"):
+        pipeline.predict(unseen)
+    with pytest.raises(ValueError, match=r"unknown categories \['purple'\]"):
+        cm.predict(unseen)
+    missing = seen.assign(color=np.nan)
+    with pytest.raises(ValueError, match="unknown categories"):
+        cm.predict(missing)
+
+
+@pytest.mark.parametrize(
+    "step", [PolynomialFeatures(), FunctionTransformer(np.log1p)], ids=lambda s: type(s).__name__
+)
+def test_unsupported_step_named(step) -> None:
+    X = TRAIN[["a", "b"]].fillna(1.0).abs()
+    pipeline = make_pipeline(step, RandomForestRegressor(n_estimators=2)).fit(X, X["a"])
+    with pytest.raises(treecomp.UnsupportedModelError, match=type(step).__qualname__):
+        treecomp.convert(pipeline, "numpy")
+
+
+def test_what_is_not_supported_yet_says_so(tmp_path) -> None:
+    cm = treecomp.convert(fitted("random_forest"), "numpy")
+    with pytest.raises(treecomp.UnsupportedModelError, match="save of a compiled Pipeline"):
+        cm.save(tmp_path / "model.json")
+    with pytest.raises(treecomp.UnsupportedModelError, match="compile=True"):
+        treecomp.convert(fitted("random_forest"), "torch", compile=True)
+    with pytest.raises(ValueError, match="missing from the DataFrame"):
+        cm.predict(TEST.drop(columns=["color"]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_column_transformers_and_string_indicator(backend: str) -> None:
+    """A missing indicator of a string column, its imputed strings one-hot encoded by a
+    second ColumnTransformer that selects by position."""
+    if backend != "numpy":
+        pytest.importorskip("torch")
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    impute = ColumnTransformer(
+        [("imp", SimpleImputer(strategy="most_frequent", add_indicator=True), ["color"])],
+        remainder="passthrough",
+    )
+    encode_first = ColumnTransformer(
+        [("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False), [0])],
+        remainder="passthrough",
+    )
+    pipeline = Pipeline(
+        [("impute", impute), ("encode", encode_first), ("model", _forest("random_forest"))]
+    )
+    pipeline.fit(TRAIN[["color", "a", "b"]], LABELS)
+    test = TEST[["color", "a", "b"]]
+    cm = treecomp.convert(pipeline, backend)
+    assert_equal(cm.predict(test), pipeline.predict(test))
+    assert_close(cm.predict_proba(test), pipeline.predict_proba(test), "float64")
+    if backend == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(cm.to_onnx().SerializeToString())
+        assert_equal(session.run(["label"], onnx_feeds(session, test))[0], pipeline.predict(test))
+
+
+def test_serving_refuses_a_pipeline() -> None:
+    cm = treecomp.convert(fitted("random_forest"), "numpy")
+    with pytest.raises(treecomp.UnsupportedModelError, match="Serving a compiled Pipeline"):
+        treecomp.Serving(cm)
