@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tests.helpers import TOLERANCES
+from tests.helpers import TOLERANCES, assert_close
 from treecomp import bench, cli
+from treecomp.bench import runners
 
 pytest.importorskip("sklearn", reason="the bench makes its data with scikit-learn")
 pytest.importorskip("xgboost", reason="the bench's tiny model is an XGBoost classifier")
@@ -106,7 +109,12 @@ def test_system_names() -> None:
     with pytest.raises(ValueError, match="unknown backend"):
         bench.parse_system("treecomp-cuda-auto")
     with pytest.raises(ValueError, match="unknown system"):
-        bench.parse_system("lleaves")
+        bench.parse_system("xgboost")
+    # The compilers are peers of the default run; --quick leaves their compiles out.
+    for peer in ("lleaves", "tl2cgen"):
+        assert bench.parse_system(peer) == bench.System(peer, peer)
+        assert bench.parse_system(peer).peer and peer in bench.DEFAULT_SYSTEMS
+        assert peer not in bench.QUICK_SYSTEMS
     everything = [s.name for s in bench.resolve_systems("all", quick=False)]
     assert "treecomp-torchscript-perfect_tree_traversal" in everything
     assert not any(n.endswith("-compiled") and "-torch-" not in n for n in everything)
@@ -136,3 +144,53 @@ def test_cli_forwards_to_the_bench(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--systems", "nonsense"])
     assert exit_info.value.code == 2
+
+
+def test_a_peer_that_cannot_run_is_skipped_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def runner(model: Any, system: str) -> runners.Runner:
+        return runners.make_runner(
+            model, bench.parse_system(system), classifier=True, threads=1, n_features=8
+        )
+
+    xgb_model = bench.make_estimator(bench.TINY, quick=True, threads=1)  # unfitted is enough
+    lgbm_model = pytest.importorskip("lightgbm").LGBMClassifier()
+    with pytest.raises(runners.SkippedError, match="lleaves compiles LightGBM models only"):
+        runner(xgb_model, "lleaves")
+    # Not installed: the reason names the install command (lleaves needs an older llvmlite).
+    find_spec = importlib.util.find_spec
+    absent = {"lleaves", "tl2cgen"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in absent else find_spec(name, *a),
+    )
+    with pytest.raises(
+        runners.SkippedError, match=r"tl2cgen is not installed \(pip install tl2cgen"
+    ):
+        runner(xgb_model, "tl2cgen")
+    with pytest.raises(runners.SkippedError, match=r"lleaves is not installed .*'llvmlite<0.45'"):
+        runner(lgbm_model, "lleaves")
+
+
+@pytest.mark.parametrize(
+    ("system", "library", "tolerance"),
+    [("lleaves", "lightgbm", "float64"), ("tl2cgen", "xgboost", "xgboost_float32")],
+)
+def test_compiling_peers_give_native_outputs(system: str, library: str, tolerance: str) -> None:
+    """Each compiles a five-tree binary classifier, in under a second here."""
+    pytest.importorskip(system, reason=f"{system} is an optional peer of the bench")
+    X_train, y_train, X = bench.make_data(bench.TINY, 500, BATCH)
+    if library == "lightgbm":
+        lightgbm = pytest.importorskip("lightgbm")
+        model = lightgbm.LGBMClassifier(n_estimators=5, num_leaves=7, n_jobs=1, verbose=-1)
+    else:
+        model = bench.make_estimator(bench.TINY, quick=True, threads=1)
+    model.fit(X_train, y_train)
+    runner = runners.make_runner(
+        model, bench.parse_system(system), classifier=True, threads=1, n_features=X.shape[1]
+    )
+    assert_close(runner.scores(X), model.predict_proba(X), tolerance)
+    assert runner.labels is not None
+    np.testing.assert_array_equal(runner.labels(X), model.predict(X))

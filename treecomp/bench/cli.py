@@ -1,0 +1,347 @@
+"""Benchmark: treecomp against the native libraries and their peers, one process per system.
+
+The command line of ``treecomp bench`` and ``python -m treecomp.bench``: it parses the
+arguments, fits each model (:mod:`treecomp.bench.models`), runs each system on it in a worker
+process (:mod:`treecomp.bench.spawn`) and prints and writes the report
+(:mod:`treecomp.bench.report`). The package's docstring says how a run goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from treecomp.bench.models import MODELS, TINY, ModelSpec, prepare_model, resolve_models
+from treecomp.bench.report import (
+    PLOT_FILE,
+    RESULTS_FILE,
+    BenchRun,
+    build_records,
+    format_tables,
+    load_average,
+    log,
+    machine_info,
+    write_json,
+    write_results,
+)
+from treecomp.bench.spawn import run_system
+from treecomp.bench.systems import (
+    BACKENDS,
+    DEFAULT_SYSTEMS,
+    LLEAVES_INSTALL,
+    PEERS,
+    QUICK_SYSTEMS,
+    STRATEGIES,
+    TL2CGEN_INSTALL,
+    System,
+    resolve_systems,
+)
+from treecomp.bench.timing import TimingSettings
+
+DEFAULT_BATCH_SIZES = (1, 1_000, 10_000, 100_000)
+QUICK_BATCH_SIZES = (1, 1_000, 10_000)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``treecomp bench``."""
+    models = "\n".join(f"  {s.name:<20} {s.description}" for s in (*MODELS, TINY))
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            f"models:\n{models}\n\n"
+            f"systems: {', '.join(PEERS)}, treecomp-BACKEND[-STRATEGY][-compiled]\n"
+            f"  backends: {', '.join(BACKENDS)}; strategies: {', '.join(STRATEGIES)}\n"
+            f"  default: {','.join(DEFAULT_SYSTEMS)}\n"
+            f"  --quick: {','.join(QUICK_SYSTEMS)}\n"
+            "  all: every backend x strategy, compiled torch, numpy and the peers\n"
+            "  hummingbird, lleaves (LightGBM only) and tl2cgen run when installed:\n"
+            f"  {LLEAVES_INSTALL}; {TL2CGEN_INSTALL}\n\n"
+            "Cell ratios are the fastest peer's median over the cell's median: above 1, the\n"
+            "system is faster than every peer in the run.\n\n"
+            "examples:\n"
+            "  treecomp bench --quick --out /tmp/bench\n"
+            "  treecomp bench --models xgb-binary --systems native,treecomp-torch-auto,onnxml\n"
+            "  treecomp bench --systems all --batch-sizes 1,1000"
+        ),
+    )
+    parser.add_argument(
+        "--models",
+        default="default",
+        metavar="NAMES",
+        help="comma-separated model names (listed below), or 'default': all but 'tiny'",
+    )
+    parser.add_argument(
+        "--systems",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated systems, 'default' or 'all' (see below; default: 'default')",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=None,
+        metavar="SIZES",
+        help="comma-separated rows per call (default 1,1000,10000,100000; --quick 1,1000,10000)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=2,
+        metavar="N",
+        help="threads for every system (default 2)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller models, fewer batch sizes and systems, shorter timing (a few minutes)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="the rows' float type: float64 rows (what pandas gives) are doubles that no "
+        "float32 holds, compared exactly by LightGBM and HistGradientBoosting (default float32)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"write DIR/{RESULTS_FILE} and DIR/{PLOT_FILE}",
+    )
+    parser.add_argument(
+        "--budget",
+        type=_positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="seconds of timed calls per cell, past --min-runs (default 1; --quick 0.1)",
+    )
+    parser.add_argument(
+        "--min-runs",
+        type=_positive(int),
+        default=5,
+        metavar="N",
+        help="timed calls per cell, at least (default 5)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_positive(int),
+        default=2,
+        metavar="N",
+        help="untimed calls per cell (default 2)",
+    )
+    parser.add_argument(
+        "--max-call-s",
+        type=_positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="a first call slower than this marks the cell too slow and skips larger batches "
+        "(default 30; --quick 2)",
+    )
+    parser.add_argument(
+        "--numpy-max-batch",
+        type=_positive(int),
+        default=1_000,
+        metavar="ROWS",
+        help="largest batch for the numpy backend (default 1000)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="seconds one worker (one system on one model) may run (default 1200; --quick 120)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> BenchRun:
+    """Fit the models, run every system on each in its own process, and gather the results.
+
+    With ``args.out``, ``results.json`` is rewritten after every worker, so that a run cut
+    short still leaves what it measured. An interrupt (Ctrl-C, or SIGTERM from ``timeout``)
+    ends the run early with the cells measured so far (``complete`` is false).
+
+    Args:
+        args: Parsed ``treecomp bench`` arguments.
+    """
+    quick: bool = args.quick
+    specs = resolve_models(args.models)
+    systems = resolve_systems(args.systems, quick=quick)
+    batch_sizes = args.batch_sizes or list(QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES)
+    settings = TimingSettings(
+        threads=args.threads,
+        warmup=args.warmup,
+        min_runs=args.min_runs,
+        budget_s=args.budget or (0.1 if quick else 1.0),
+        max_call_s=args.max_call_s or (2.0 if quick else 30.0),
+        numpy_max_batch=args.numpy_max_batch,
+    )
+    timeout_s = args.timeout or (120.0 if quick else 1200.0)
+    bench = BenchRun(
+        settings={
+            **asdict(settings),
+            "quick": quick,
+            "dtype": args.dtype,
+            "batch_sizes": batch_sizes,
+            "systems": [s.name for s in systems],
+            "worker_timeout_s": timeout_s,
+        },
+        machine=machine_info(args.threads),
+        models=[],
+    )
+    results: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="treecomp-bench-") as tmp:
+            _run_models(
+                bench,
+                specs,
+                systems,
+                batch_sizes,
+                settings,
+                results,
+                directory=Path(tmp),
+                quick=quick,
+                timeout_s=timeout_s,
+                out=args.out,
+                dtype=args.dtype,
+            )
+        bench.complete = True
+    except KeyboardInterrupt:
+        log("\ninterrupted: reporting the cells measured so far")
+    bench.machine["load_average_end"] = load_average()
+    _gather(bench, results, systems)
+    return bench
+
+
+def _gather(bench: BenchRun, results: list[dict[str, Any]], systems: Sequence[System]) -> None:
+    bench.records = build_records(results, systems)
+    models = list(dict.fromkeys(r["model"] for r in bench.records))
+    bench.table = format_tables(bench.records, models, [s.name for s in systems])
+
+
+def _run_models(
+    bench: BenchRun,
+    specs: Sequence[ModelSpec],
+    systems: Sequence[System],
+    batch_sizes: Sequence[int],
+    settings: TimingSettings,
+    results: list[dict[str, Any]],
+    *,
+    directory: Path,
+    quick: bool,
+    timeout_s: float,
+    out: Path | None,
+    dtype: str,
+) -> None:
+    total = len(specs) * len(systems)
+    for spec in specs:
+        log(f"fitting {spec.name}: {spec.description} ...")
+        # One thread to fit: fitting is not measured, and on a shared machine OpenMP's
+        # spinning barriers made two-thread fits of the quick models take 60 s, not 2.
+        prepared = prepare_model(
+            spec, directory, quick=quick, threads=1, n_test=max(batch_sizes), dtype=dtype
+        )
+        bench.models.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "estimator": f"{spec.library}.{spec.estimator}",
+                "params": dict(spec.quick_params if quick else spec.params),
+                "n_features": spec.n_features,
+                "nan_fraction": spec.nan_fraction,
+                "fit_s": prepared.fit_s,
+            }
+        )
+        for system in systems:
+            log(f"  [{len(results) + 1}/{total}] {spec.name} / {system.name}", end=" ")
+            start = time.perf_counter()
+            result = run_system(
+                prepared, system, batch_sizes, settings, directory=directory, timeout_s=timeout_s
+            )
+            log(f"{result['status']} ({time.perf_counter() - start:.1f}s)")
+            results.append(result)
+            if out is not None:
+                bench.records = build_records(results, systems)
+                write_json(bench, out)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of ``treecomp bench`` and ``python -m treecomp.bench``.
+
+    Args:
+        argv: Arguments (default ``sys.argv[1:]``).
+        prog: Program name shown in ``--help``.
+
+    Returns:
+        The exit status: 0 once the bench ran, whatever its cells' outcomes; 2 for bad
+        arguments; 130 when interrupted (after reporting what it measured).
+    """
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        resolve_systems(args.systems, quick=args.quick)
+        resolve_models(args.models)
+    except ValueError as exc:
+        parser.error(str(exc))
+    start = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops it as Ctrl-C does
+    try:
+        bench = run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    m = bench.machine
+    print(
+        f"treecomp bench, {m['date']}: {m['cpu_model']} ({m['isa'] or 'ISA unknown'}), "
+        f"{m['cpus_available']} CPUs, {m['threads']} threads, torch {m['versions']['torch']}, "
+        f"{args.dtype} rows" + (" (--quick)" if args.quick else "")
+    )
+    load = m["load_average"]
+    if load and load[0] > 0.5:
+        print(
+            f"note: load average {load[0]:.2f} at the start: other processes share the CPUs "
+            "and slow multi-threaded calls down"
+        )
+    print(bench.table)
+    if args.out is not None:
+        for path in write_results(bench, args.out):
+            print(f"wrote {path}")
+    print(
+        f"bench took {time.perf_counter() - start:.0f} s"
+        + ("" if bench.complete else ", cut short")
+    )
+    return 0 if bench.complete else 130
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
