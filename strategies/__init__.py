@@ -24,10 +24,9 @@ from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
+from treecomp.strategy_names import ALIASES
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
-
-ALIASES = {"tt": "tree_traversal", "ptt": "perfect_tree_traversal"}
 
 
 def lower(

@@ -85,7 +85,7 @@ def refusal(trees: list[Tree], dtype: torch.dtype) -> str | None:
     return None
 
 
-@register_strategy("tree_ensemble", targets=("onnx",))
+@register_strategy("tree_ensemble")
 class TreeEnsemble(TreeGroup):
     """Leaves found by ONNX-ML ``TreeEnsemble`` nodes (ONNX Runtime's tree walker)."""
 

@@ -16,14 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from treecomp import strategy_names
 from treecomp._version import __version__
+from treecomp.backends import available_backends
 from treecomp.errors import InvalidArtifactError, InvalidForestError
 from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
 
 FORMAT = "treecomp.model"
-VERSION = 1
-VERSIONS = (1,)  # every format version this treecomp reads
+# Version 2 adds the field "transforms" (a compiled Pipeline's row transforms, see
+# treecomp.transforms_json); models without them are still written as version 1, which
+# every treecomp reads.
+VERSION = 2
+VERSIONS = (1, 2)  # every format version this treecomp reads
 _FIELDS = (
     "format",
     "version",
@@ -37,16 +42,12 @@ _FIELDS = (
 # Options a file may carry, with the values they may take (anything else is refused: a file
 # must not be able to ask for a million threads).
 _OPTIONS: dict[str, Any] = {
-    "strategy": lambda v: (
-        type(v) is str
-        and v in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "tree_ensemble")
-    ),
+    "strategy": lambda v: type(v) is str and v in strategy_names.CHOICES,
     "batch_size": lambda v: v is None or (type(v) is int and 1 <= v <= 2**31),
     "n_threads": lambda v: v is None or (type(v) is int and 1 <= v <= 1024),
     "progress": lambda v: type(v) is bool,
     "compile": lambda v: type(v) is bool,
 }
-_BACKENDS = ("numpy", "torch", "torchscript", "onnx")
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -64,13 +65,17 @@ def dumps(model: Any) -> bytes:
     options = {k: v for k, v in model.options.items() if k in _OPTIONS and v is not None}
     body = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1 if model.transforms is None else 2,
         "treecomp_version": __version__,
         "backend": model.backend,
         "precision": model.precision,
         "options": options,
         "forest": model.forest.to_dict(),
     }
+    if model.transforms is not None:
+        from treecomp import transforms_json
+
+        body["transforms"] = transforms_json.write(model.transforms)
     document = {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
     return _canonical(document)
 
@@ -108,7 +113,8 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
     missing = [k for k in _FIELDS if k not in document]
     if missing:
         raise InvalidArtifactError(f"{path}: fields {missing} are missing")
-    unknown = [f"{k:.40}" for k in document if k not in _FIELDS]
+    fields = _FIELDS if version < 2 else (*_FIELDS, "transforms")  # transforms: optional
+    unknown = [f"{k:.40}" for k in document if k not in fields]
     if unknown:
         raise InvalidArtifactError(f"{path}: unknown fields {unknown[:5]}")
     if type(document["sha256"]) is not str or type(document["treecomp_version"]) is not str:
@@ -119,7 +125,7 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
             f"{path} is corrupted or was modified: its checksum does not match"
         )
     backend, precision, options = body["backend"], body["precision"], body["options"]
-    if type(backend) is not str or backend not in _BACKENDS:
+    if type(backend) is not str or backend not in available_backends():
         raise InvalidArtifactError(f"{path}: unknown backend {backend!r:.60}")
     if type(precision) is not str or precision not in PRECISIONS:
         raise InvalidArtifactError(f"{path}: unknown precision {precision!r:.60}")
@@ -140,4 +146,14 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
         forest = Forest.from_dict(body["forest"], size=len(raw))
     except (InvalidForestError, RecursionError, MemoryError) as exc:
         raise InvalidArtifactError(f"{path}: invalid forest: {exc}") from None
-    return backend, forest, {**options, "precision": precision}
+    saved = {**options, "precision": precision}
+    if "transforms" in body:
+        from treecomp import transforms_json
+
+        saved["transforms"] = transforms_json.read(body["transforms"])
+        if len(saved["transforms"].features) != forest.n_features:
+            raise InvalidArtifactError(
+                f"{path}: the transforms give {len(saved['transforms'].features)} features, "
+                f"the forest reads {forest.n_features}"
+            )
+    return backend, forest, saved

@@ -16,15 +16,20 @@ from treecomp.ir import Forest
 
 EngineFactory = Callable[..., Engine]
 _BACKENDS: dict[str, EngineFactory] = {}
+_PACKAGES: dict[str, tuple[str, ...]] = {}
 
 
-def register_backend(name: str) -> Callable[[EngineFactory], EngineFactory]:
-    """Register ``factory(forest, **options) -> Engine`` under ``name``; twice raises."""
+def register_backend(
+    name: str, *, packages: tuple[str, ...] = ()
+) -> Callable[[EngineFactory], EngineFactory]:
+    """Register ``factory(forest, **options) -> Engine`` under ``name``, with the Python
+    packages (import names) its engines import beyond NumPy; twice raises."""
 
     def decorator(factory: EngineFactory) -> EngineFactory:
         if name in _BACKENDS:
             raise ValueError(f"backend {name!r} is already registered")
         _BACKENDS[name] = factory
+        _PACKAGES[name] = packages
         return factory
 
     return decorator
@@ -41,6 +46,12 @@ def get_backend(name: str) -> EngineFactory:
 def available_backends() -> tuple[str, ...]:
     """Names of the registered backends."""
     return tuple(sorted(_BACKENDS))
+
+
+def backend_packages(name: str) -> tuple[str, ...]:
+    """The packages the engines of backend ``name`` import beyond NumPy."""
+    get_backend(name)  # an unknown name: the registry's error
+    return _PACKAGES[name]
 
 
 # The onnx backend needs ONNX Runtime's ai.onnx.ml opset 5 TreeEnsemble for its speed.
@@ -163,14 +174,14 @@ def _numpy_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     return ReferenceEngine(forest)
 
 
-@register_backend("torch")
+@register_backend("torch", packages=("torch",))
 def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
     return make_engine(forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
 
 
-@register_backend("torchscript")
+@register_backend("torchscript", packages=("torch",))
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
@@ -178,7 +189,7 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
     return make_engine(forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
 
 
-@register_backend("onnx")
+@register_backend("onnx", packages=("onnx", "onnxruntime"))
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.onnx_export import make_engine
 

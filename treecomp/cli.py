@@ -24,9 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from treecomp import __version__
+from treecomp._version import __version__
+from treecomp.backends import available_backends
 from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
-from treecomp.ir import Forest, tree_depths
+from treecomp.inputs import PRECISIONS
+from treecomp.ir import METHODS, Forest, tree_depths
+from treecomp.strategy_names import CHOICES
 
 _EXPECTED = (OSError, ValueError, TypeError, AttributeError, ImportError, RuntimeError)
 
@@ -208,9 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "-o", "--output", required=True, type=Path, help="file (--to triton: repository) to write"
     )
-    convert.add_argument("--precision", default="auto", choices=["auto", "float32", "float64"])
-    convert.add_argument("--strategy", help="a lowering (default: the selector's choice)")
-    convert.add_argument("--backend", help="backend saved in an artifact (--to artifact)")
+    convert.add_argument("--precision", default="auto", choices=PRECISIONS)
+    convert.add_argument(
+        "--strategy",
+        help=f"a lowering, one of {', '.join(CHOICES)} (default: auto, the selector's)",
+    )
+    convert.add_argument(
+        "--backend",
+        help=f"backend saved in an artifact (--to artifact): {', '.join(available_backends())}",
+    )
     convert.add_argument("--name", help="model name in the repository (--to triton; MODEL's stem)")
     convert.add_argument(
         "--max-batch-size", type=int, help="rows per request and batch (--to triton; 4096)"
@@ -231,11 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--method",
         action="append",
-        choices=["predict", "predict_proba", "decision_function", "score_samples", "apply"],
+        choices=METHODS,
         help="an output to write (repeatable; default: predict)",
     )
     score.add_argument("--keep", action="append", help="an input column to copy (repeatable)")
-    score.add_argument("--backend", help="backend to score with (default: the fastest)")
+    score.add_argument(
+        "--backend",
+        help=f"backend to score with: {', '.join(available_backends())} (default: the fastest)",
+    )
     score.add_argument("--batch-rows", type=int, default=1 << 16, help="rows per batch")
     score.add_argument("--progress", action="store_true", help="show a progress bar")
     score.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

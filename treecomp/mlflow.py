@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.backends import available_backends, backend_packages
 from treecomp.container import CompiledModel
 from treecomp.ir import Forest
 
@@ -53,13 +54,6 @@ __all__ = ["log_model", "save_model", "signature"]
 _ARTIFACT = "model.tc"
 # What ``model_config`` may set at load time: treecomp.load's backend and run options.
 _LOAD_OPTIONS = ("backend", "device", "precision", "strategy", "batch_size", "n_threads")
-# The Python packages each backend imports, pinned in the model's requirements.
-_BACKEND_PACKAGES = {
-    "numpy": (),
-    "onnx": ("onnx", "onnxruntime"),
-    "torch": ("torch",),
-    "torchscript": ("torch",),
-}
 
 
 def save_model(
@@ -247,12 +241,10 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
 
 
 def _model_config(cm: CompiledModel, backend: str | None) -> dict[str, Any]:
-    from treecomp.backends import available_backends
-
     if not isinstance(cm, CompiledModel):
         raise TypeError(f"expected a treecomp.CompiledModel, got {type(cm).__qualname__}")
     backend = backend or cm.backend
-    if backend not in _BACKEND_PACKAGES:
+    if backend not in available_backends():
         raise ValueError(f"unknown backend {backend!r}; available: {available_backends()}")
     # MLflow lets load_model(model_config=...) override only the keys saved: every option is
     # saved, None meaning the artifact's own.
@@ -271,7 +263,8 @@ def _requirements(
     import treecomp
 
     pinned = [f"treecomp=={treecomp.__version__}"]
-    for package in ("numpy", "pandas", *_BACKEND_PACKAGES[backend]):
+    # The packages the backend imports, pinned in the model's requirements.
+    for package in ("numpy", "pandas", *backend_packages(backend)):
         try:
             pinned.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

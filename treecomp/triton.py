@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from treecomp.container import CompiledModel
+from treecomp.strategy_names import for_target
 
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "model_config", "write_repository"]
 
@@ -67,7 +68,8 @@ _DATA_TYPES = {
     13: "TYPE_UINT64",
     16: "TYPE_BF16",
 }
-_STANDARD_STRATEGIES = ("gemm", "tree_traversal", "perfect_tree_traversal")
+# Strategies of standard operators only: those that lower to torch as well as to ONNX.
+_STANDARD_STRATEGIES = for_target("torch")
 
 
 def write_repository(
