@@ -24,7 +24,7 @@ from strategies.nodes import GroupOptions, fold_missing
 from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
-from treecomp.strategy_names import ALIASES
+from treecomp.names import ALIASES
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
 

@@ -1,6 +1,6 @@
 """The strategy registry: names to :class:`~strategies.nodes.TreeGroup` subclasses.
 
-The names and their targets are :mod:`treecomp.strategy_names`'s table, which needs no torch;
+The names and their targets are :mod:`treecomp.names`' table, which needs no torch;
 this registry binds each to its implementation.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from treecomp import strategy_names
+from treecomp import names
 
 if TYPE_CHECKING:
     from strategies.nodes import TreeGroup
@@ -22,16 +22,16 @@ S = TypeVar("S", bound="type[TreeGroup]")
 
 
 def register_strategy(name: str) -> Callable[[S], S]:
-    """Register a strategy class under ``name``, a name of :mod:`treecomp.strategy_names`,
+    """Register a strategy class under ``name``, a name of :mod:`treecomp.names`,
     for the targets listed there; registering twice, or an unlisted name, raises."""
 
     def decorator(cls: S) -> S:
         if name in STRATEGIES:
             raise ValueError(f"strategy {name!r} is already registered")
-        if name not in strategy_names.STRATEGIES:
-            raise ValueError(f"strategy {name!r} is not in treecomp.strategy_names.STRATEGIES")
+        if name not in names.STRATEGIES:
+            raise ValueError(f"strategy {name!r} is not in treecomp.names.STRATEGIES")
         STRATEGIES[name] = cls
-        TARGETS[name] = strategy_names.STRATEGIES[name]
+        TARGETS[name] = names.STRATEGIES[name]
         return cls
 
     return decorator

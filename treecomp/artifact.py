@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from treecomp import strategy_names
+from treecomp import names
 from treecomp._version import __version__
-from treecomp.backends import available_backends
 from treecomp.errors import InvalidArtifactError, InvalidForestError
 from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
@@ -39,7 +38,7 @@ _FIELDS = (
 # Options a file may carry, with the values they may take (anything else is refused: a file
 # must not be able to ask for a million threads).
 _OPTIONS: dict[str, Any] = {
-    "strategy": lambda v: type(v) is str and v in strategy_names.CHOICES,
+    "strategy": lambda v: type(v) is str and v in names.STRATEGY_CHOICES,
     "batch_size": lambda v: v is None or (type(v) is int and 1 <= v <= 2**31),
     "n_threads": lambda v: v is None or (type(v) is int and 1 <= v <= 1024),
     "progress": lambda v: type(v) is bool,
@@ -117,7 +116,7 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
             f"{path} is corrupted or was modified: its checksum does not match"
         )
     backend, precision, options = body["backend"], body["precision"], body["options"]
-    if type(backend) is not str or backend not in available_backends():
+    if type(backend) is not str or backend not in names.BACKENDS:
         raise InvalidArtifactError(f"{path}: unknown backend {backend!r:.60}")
     if type(precision) is not str or precision not in PRECISIONS:
         raise InvalidArtifactError(f"{path}: unknown precision {precision!r:.60}")

@@ -9,27 +9,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp import reference
+from treecomp import names, reference
 from treecomp.batching import rows_per_chunk, score_in_chunks
 from treecomp.engine import Engine
 from treecomp.ir import Forest
 
 EngineFactory = Callable[..., Engine]
 _BACKENDS: dict[str, EngineFactory] = {}
-_PACKAGES: dict[str, tuple[str, ...]] = {}
 
 
-def register_backend(
-    name: str, *, packages: tuple[str, ...] = ()
-) -> Callable[[EngineFactory], EngineFactory]:
-    """Register ``factory(forest, **options) -> Engine`` under ``name``, with the Python
-    packages (import names) its engines import beyond NumPy; twice raises."""
+def register_backend(name: str) -> Callable[[EngineFactory], EngineFactory]:
+    """Register ``factory(forest, **options) -> Engine`` under ``name``, a name of
+    :data:`treecomp.names.BACKENDS`; registering twice, or an unlisted name, raises."""
 
     def decorator(factory: EngineFactory) -> EngineFactory:
         if name in _BACKENDS:
             raise ValueError(f"backend {name!r} is already registered")
+        if name not in names.BACKENDS:
+            raise ValueError(f"backend {name!r} is not in treecomp.names.BACKENDS")
         _BACKENDS[name] = factory
-        _PACKAGES[name] = packages
         return factory
 
     return decorator
@@ -46,12 +44,6 @@ def get_backend(name: str) -> EngineFactory:
 def available_backends() -> tuple[str, ...]:
     """Names of the registered backends."""
     return tuple(sorted(_BACKENDS))
-
-
-def backend_packages(name: str) -> tuple[str, ...]:
-    """The packages the engines of backend ``name`` import beyond NumPy."""
-    get_backend(name)  # an unknown name: the registry's error
-    return _PACKAGES[name]
 
 
 # The onnx backend needs ONNX Runtime's ai.onnx.ml opset 5 TreeEnsemble for its speed.
@@ -174,14 +166,14 @@ def _numpy_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     return ReferenceEngine(forest)
 
 
-@register_backend("torch", packages=("torch",))
+@register_backend("torch")
 def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
     return make_engine(forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
 
 
-@register_backend("torchscript", packages=("torch",))
+@register_backend("torchscript")
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
@@ -189,7 +181,7 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
     return make_engine(forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
 
 
-@register_backend("onnx", packages=("onnx", "onnxruntime"))
+@register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.onnx_export import make_engine
 

@@ -29,7 +29,7 @@ from treecomp.backends import available_backends
 from treecomp.errors import InvalidArtifactError, InvalidForestError, UnsupportedModelError
 from treecomp.inputs import PRECISIONS
 from treecomp.ir import METHODS, Forest, tree_depths
-from treecomp.strategy_names import CHOICES
+from treecomp.names import STRATEGY_CHOICES
 
 _EXPECTED = (OSError, ValueError, TypeError, AttributeError, ImportError, RuntimeError)
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--precision", default="auto", choices=PRECISIONS)
     convert.add_argument(
         "--strategy",
-        help=f"a lowering, one of {', '.join(CHOICES)} (default: auto, the selector's)",
+        help=f"a lowering, one of {', '.join(STRATEGY_CHOICES)} (default: auto, the selector's)",
     )
     convert.add_argument(
         "--backend",

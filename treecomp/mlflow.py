@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.backends import available_backends, backend_packages
+from treecomp.backends import available_backends
 from treecomp.container import CompiledModel
 from treecomp.ir import Forest
+from treecomp.names import BACKENDS
 
 if TYPE_CHECKING:
     from mlflow.models import Model, ModelSignature
@@ -264,7 +265,7 @@ def _requirements(
 
     pinned = [f"treecomp=={treecomp.__version__}"]
     # The packages the backend imports, pinned in the model's requirements.
-    for package in ("numpy", "pandas", *backend_packages(backend)):
+    for package in ("numpy", "pandas", *BACKENDS[backend]):
         try:
             pinned.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

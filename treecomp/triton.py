@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from treecomp.container import CompiledModel
-from treecomp.strategy_names import for_target
+from treecomp.names import for_target
 
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "model_config", "write_repository"]
 
