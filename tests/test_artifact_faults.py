@@ -100,7 +100,7 @@ FAULTS = [
     ("version", -1, "unknown model format version -1"),
     ("version", True, "no integer format version"),
     ("version", 1.0, "no integer format version"),
-    ("version", 2, "version 2 .*up to 1"),
+    ("version", 3, "version 3 .*up to 2"),
     ("forest.version", 0, "unknown forest document version 0"),
     ("forest.version", True, "no integer version"),
     # flags: true or false, not null, 0 or a string

@@ -218,7 +218,7 @@ def test_newer_format_names_both_versions(tmp_path: Path) -> None:
     doc = json.loads(path.read_bytes())
     doc["version"] = 7
     path.write_text(json.dumps(doc))
-    with pytest.raises(treecomp.InvalidArtifactError, match=r"version 7.*up to 1"):
+    with pytest.raises(treecomp.InvalidArtifactError, match=r"version 7.*up to 2"):
         treecomp.load(path)
 
 

@@ -7,6 +7,12 @@ transforms alone against ``pipeline[:-1].transform`` bit for bit.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import pickle
+import re
+
 import numpy as np
 import pytest
 
@@ -34,6 +40,7 @@ from sklearn.preprocessing import (  # noqa: E402
 
 import treecomp  # noqa: E402
 from tests.helpers import assert_close, assert_equal  # noqa: E402
+from treecomp import transforms_json  # noqa: E402
 from treecomp.transforms import apply, encode  # noqa: E402
 
 BACKENDS = ["numpy", "torch", "onnx"]
@@ -304,14 +311,63 @@ def test_unsupported_step_named(step) -> None:
         treecomp.convert(pipeline, "numpy")
 
 
-def test_what_is_not_supported_yet_says_so(tmp_path) -> None:
+def test_what_is_not_supported_yet_says_so() -> None:
     cm = treecomp.convert(fitted("random_forest"), "numpy")
-    with pytest.raises(treecomp.UnsupportedModelError, match="save of a compiled Pipeline"):
-        cm.save(tmp_path / "model.json")
     with pytest.raises(treecomp.UnsupportedModelError, match="compile=True"):
         treecomp.convert(fitted("random_forest"), "torch", compile=True)
+    with pytest.raises(treecomp.UnsupportedModelError, match="torchscript"):
+        treecomp.convert(fitted("random_forest"), "torchscript")
     with pytest.raises(ValueError, match="missing from the DataFrame"):
         cm.predict(TEST.drop(columns=["color"]))
+
+
+@pytest.mark.parametrize("family", ["xgboost", "hist_gradient_boosting"])
+def test_save_load_and_pickle(family: str, tmp_path) -> None:
+    """The artifact carries the transforms (every float bit) beside the forest; it loads on
+    another backend, and pickling goes through it."""
+    pipeline = fitted(family)
+    cm = treecomp.convert(pipeline, "numpy")
+    path = tmp_path / "pipeline.json"
+    cm.save(path)
+    for backend in [None, "torch"]:
+        if backend == "torch":
+            pytest.importorskip("torch")
+        loaded = treecomp.load(path, backend=backend)
+        # Compared as documents: every bit of every float, NaN included
+        assert transforms_json.write(loaded.transforms) == transforms_json.write(cm.transforms)
+        assert_equal(loaded.predict(TEST), pipeline.predict(TEST))
+        assert_close(
+            loaded.predict_proba(TEST),
+            pipeline.predict_proba(TEST),
+            TOLERANCE.get(family, "float64"),
+        )
+    assert_equal(pickle.loads(pickle.dumps(cm)).predict(TEST), pipeline.predict(TEST))
+
+
+def test_artifact_transforms_checked(tmp_path) -> None:
+    """A transforms field of the wrong type or range is refused, naming it, even when the
+    checksum is recomputed (a crafted file)."""
+    cm = treecomp.convert(fitted("random_forest"), "numpy")
+    document = json.loads(cm.dumps())
+    assert document["version"] == 2
+    cases = {
+        "sources[0].column": lambda t: t["sources"][0].update(column=99),
+        "features[0].ops[0]": lambda t: t["features"][0]["ops"][0].__setitem__(0, "exec"),
+        "features[1].source": lambda t: t["features"][1].update(source=True),
+        "named": lambda t: t.update(named=1),
+    }
+    for field, damage in cases.items():
+        doc = copy.deepcopy(document)
+        damage(doc["transforms"])
+        body = {k: v for k, v in doc.items() if k != "sha256"}
+        doc["sha256"] = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        with pytest.raises(treecomp.InvalidArtifactError, match=re.escape(field)):
+            treecomp.loads(json.dumps(doc).encode())
+    # A model without transforms is still written as version 1, which older readers read.
+    forest_only = json.loads(treecomp.convert(fitted("random_forest")[-1], "numpy").dumps())
+    assert forest_only["version"] == 1 and "transforms" not in forest_only
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -348,3 +404,35 @@ def test_serving_refuses_a_pipeline() -> None:
     cm = treecomp.convert(fitted("random_forest"), "numpy")
     with pytest.raises(treecomp.UnsupportedModelError, match="Serving a compiled Pipeline"):
         treecomp.Serving(cm)
+
+
+def test_number_categories_and_pandas_output() -> None:
+    """One-hot categories that are numbers (fitted as integers, scored as floats with NaN
+    and unseen values), a pipeline whose steps hand DataFrames on (set_output)."""
+    lightgbm = pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(0)
+    train = TRAIN.assign(level=rng.integers(1, 4, len(TRAIN)))
+    test = TEST.assign(level=rng.integers(0, 5, len(TEST)).astype(np.float64))
+    test.loc[::9, "level"] = np.nan
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["level"]),
+                ("scale", StandardScaler(), ["a"]),
+            ]
+        ),
+        lightgbm.LGBMClassifier(n_estimators=5, verbose=-1, n_jobs=1),
+    )
+    pipeline.set_output(transform="pandas")
+    pipeline.fit(train, LABELS)
+    for backend in BACKENDS:
+        if backend != "numpy":
+            pytest.importorskip("torch")
+        if backend == "onnx":
+            ort = pytest.importorskip("onnxruntime")
+        cm = treecomp.convert(pipeline, backend)
+        assert_equal(cm.predict(test), pipeline.predict(test))
+        assert_close(cm.predict_proba(test), pipeline.predict_proba(test), "float64")
+    session = ort.InferenceSession(cm.to_onnx().SerializeToString())
+    assert [i.type for i in session.get_inputs()] == ["tensor(double)", "tensor(double)"]
+    assert_equal(session.run(["label"], onnx_feeds(session, test))[0], pipeline.predict(test))

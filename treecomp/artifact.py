@@ -23,8 +23,11 @@ from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
 
 FORMAT = "treecomp.model"
-VERSION = 1
-VERSIONS = (1,)  # every format version this treecomp reads
+# Version 2 adds the field "transforms" (a compiled Pipeline's row transforms, see
+# treecomp.transforms_json); models without them are still written as version 1, which
+# every treecomp reads.
+VERSION = 2
+VERSIONS = (1, 2)  # every format version this treecomp reads
 _FIELDS = (
     "format",
     "version",
@@ -61,13 +64,17 @@ def dumps(model: Any) -> bytes:
     options = {k: v for k, v in model.options.items() if k in _OPTIONS and v is not None}
     body = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1 if model.transforms is None else 2,
         "treecomp_version": __version__,
         "backend": model.backend,
         "precision": model.precision,
         "options": options,
         "forest": model.forest.to_dict(),
     }
+    if model.transforms is not None:
+        from treecomp import transforms_json
+
+        body["transforms"] = transforms_json.write(model.transforms)
     document = {**body, "sha256": hashlib.sha256(_canonical(body)).hexdigest()}
     return _canonical(document)
 
@@ -105,7 +112,8 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
     missing = [k for k in _FIELDS if k not in document]
     if missing:
         raise InvalidArtifactError(f"{path}: fields {missing} are missing")
-    unknown = [f"{k:.40}" for k in document if k not in _FIELDS]
+    fields = _FIELDS if version < 2 else (*_FIELDS, "transforms")  # transforms: optional
+    unknown = [f"{k:.40}" for k in document if k not in fields]
     if unknown:
         raise InvalidArtifactError(f"{path}: unknown fields {unknown[:5]}")
     if type(document["sha256"]) is not str or type(document["treecomp_version"]) is not str:
@@ -137,4 +145,14 @@ def loads(raw: bytes, *, source: str = "the artifact") -> tuple[str, Forest, dic
         forest = Forest.from_dict(body["forest"], size=len(raw))
     except (InvalidForestError, RecursionError, MemoryError) as exc:
         raise InvalidArtifactError(f"{path}: invalid forest: {exc}") from None
-    return backend, forest, {**options, "precision": precision}
+    saved = {**options, "precision": precision}
+    if "transforms" in body:
+        from treecomp import transforms_json
+
+        saved["transforms"] = transforms_json.read(body["transforms"])
+        if len(saved["transforms"].features) != forest.n_features:
+            raise InvalidArtifactError(
+                f"{path}: the transforms give {len(saved['transforms'].features)} features, "
+                f"the forest reads {forest.n_features}"
+            )
+    return backend, forest, saved

@@ -324,7 +324,11 @@ class CompiledModel:
             AttributeError: the model runs on a backend without a torch module.
             RuntimeError: no C++ compiler (CPU) or Triton (CUDA) is available.
         """
-        self._refuse_pipeline("export_pt2")
+        if self.transforms is not None:
+            raise UnsupportedModelError(
+                "export_pt2 of a compiled Pipeline is not supported yet: export it with "
+                "cm.export_onnx(path), or the forest alone (treecomp.convert(pipeline[-1]))"
+            )
         export = getattr(self._engine, "export_pt2", None)
         if export is None:
             raise AttributeError(
@@ -338,14 +342,12 @@ class CompiledModel:
         rebuilds the model from JSON, never unpickles torch modules or sessions."""
         from treecomp.artifact import dumps
 
-        self._refuse_pipeline("pickling")
         return loads, (dumps(self), self.backend)
 
     def dumps(self) -> bytes:
         """The artifact as bytes: :func:`treecomp.loads` rebuilds the model from them."""
         from treecomp.artifact import dumps
 
-        self._refuse_pipeline("dumps")
         return dumps(self)
 
     def save(self, path: Any) -> None:
@@ -355,15 +357,7 @@ class CompiledModel:
         """
         from treecomp.artifact import save
 
-        self._refuse_pipeline("save")
         save(self, path)
-
-    def _refuse_pipeline(self, what: str) -> None:
-        if self.transforms is not None:
-            raise UnsupportedModelError(
-                f"{what} of a compiled Pipeline is not supported yet: export it with "
-                "cm.export_onnx(path), or save the forest alone (treecomp.convert(pipeline[-1]))"
-            )
 
     @_NativeMethod
     def apply(self, X: Any) -> npt.NDArray[np.int64]:
@@ -508,7 +502,7 @@ def convert(
     """
     precision_ = check_precision(precision)
     if is_pipeline(model):
-        return _convert_pipeline(model, backend, precision_, options)
+        return _convert_pipeline(*parse_pipeline(model), backend, precision_, options)
     forest = parse(model)
     engine_options = options
     if backend == "auto":
@@ -530,13 +524,17 @@ def convert(
 
 
 def _convert_pipeline(
-    pipeline: Any, backend: str, precision: PrecisionOption, options: dict[str, Any]
+    transforms: Transforms,
+    forest: Forest,
+    backend: str,
+    precision: PrecisionOption,
+    options: dict[str, Any],
 ) -> CompiledModel:
-    """:func:`convert` of a scikit-learn Pipeline: its transforms lowered in front of its
-    forest (:mod:`treecomp.frontends.pipeline`), in one engine of the forest's precision."""
+    """:func:`convert` of a scikit-learn Pipeline (parsed by :mod:`treecomp.frontends.
+    pipeline`, or read from an artifact): its transforms lowered in front of its forest, in
+    one engine of the forest's precision."""
     from treecomp.transforms import make_engine
 
-    transforms, forest = parse_pipeline(pipeline)
     if backend == "auto":
         backend = choose_backend(options)  # without the compiled tier: it scores forests
     factory = get_backend(backend)
@@ -579,6 +577,7 @@ def _rebuild(
     **options: Any,
 ) -> CompiledModel:
     target = backend or saved_backend
+    transforms = saved.pop("transforms", None)  # a compiled Pipeline's
     if target == "numpy":  # the reference evaluator has no strategy, batching or threads
         saved = {"precision": saved["precision"]}
     if target != "torch":  # compile= is the torch backend's; other targets just run it
@@ -586,6 +585,8 @@ def _rebuild(
     merged = {**saved, **options}
     precision = merged.pop("precision")
     try:
+        if transforms is not None:
+            return _convert_pipeline(transforms, forest, target, precision, merged)
         return convert(forest, target, precision=precision, **merged)
     except (ValueError, OverflowError) as exc:  # incl. a forest no backend can lower
         raise InvalidArtifactError(f"cannot rebuild {source} on backend {target!r}: {exc}") from exc

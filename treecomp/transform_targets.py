@@ -204,7 +204,8 @@ def emit_transforms(
     ]
     indices = [g.const(b.sources) for b in plan[0]]
     order = None if plan[1] is None else g.const(plan[1])
-    zero = g.const(np.array(0.0))
+    decodes = any("decode" in b.kinds for b in plan[0])  # the one kind that reads zero
+    zero = g.const(np.array(0.0)) if decodes else None
     X = evaluate(OnnxPrimitives(g), encoded, (plan[0], order), constants, indices, zero)
     if forest.input_dtype != "float64":
         X = g.op("Cast", X, to=forest.input_dtype)
