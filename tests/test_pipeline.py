@@ -400,10 +400,25 @@ def test_two_column_transformers_and_string_indicator(backend: str) -> None:
         assert_equal(session.run(["label"], onnx_feeds(session, test))[0], pipeline.predict(test))
 
 
-def test_serving_refuses_a_pipeline() -> None:
-    cm = treecomp.convert(fitted("random_forest"), "numpy")
-    with pytest.raises(treecomp.UnsupportedModelError, match="Serving a compiled Pipeline"):
-        treecomp.Serving(cm)
+def test_serving_a_pipeline() -> None:
+    """Concurrent single-row requests (DataFrame rows and Series) batched through a compiled
+    Pipeline: each caller gets its own row's answer; a bad row fails its own request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipeline = fitted("random_forest")
+    expected = pipeline.predict_proba(TEST)
+    cm = treecomp.convert(pipeline, "numpy")
+    with treecomp.Serving(cm, max_batch_size=16, max_wait_ms=2) as serving:
+
+        def ask(i: int) -> np.ndarray:
+            return serving.predict_proba(TEST.iloc[[i]] if i % 2 else TEST.iloc[i])
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(60)))
+        with pytest.raises(ValueError, match="missing from the DataFrame"):
+            serving.predict(TEST.iloc[[0]].drop(columns=["a"]))
+    for i, answer in enumerate(answers):
+        assert_close(np.reshape(answer, (1, -1)), expected[i : i + 1], "float64")
 
 
 def test_number_categories_and_pandas_output() -> None:
@@ -436,3 +451,27 @@ def test_number_categories_and_pandas_output() -> None:
     session = ort.InferenceSession(cm.to_onnx().SerializeToString())
     assert [i.type for i in session.get_inputs()] == ["tensor(double)", "tensor(double)"]
     assert_equal(session.run(["label"], onnx_feeds(session, test))[0], pipeline.predict(test))
+
+
+def test_infinity_refused_where_natively() -> None:
+    """Steps refuse infinity (scikit-learn's validate_data); passed through, the forest
+    decides (RandomForest refuses it, HistGradientBoosting reads it)."""
+    X = TEST.copy()
+    X.loc[0, "a"] = np.inf
+    for family in ["random_forest", "hist_gradient_boosting"]:
+        pipeline = fitted(family)
+        with pytest.raises(ValueError, match="infinity"):
+            pipeline.predict(X)
+        with pytest.raises(ValueError, match="infinity"):
+            treecomp.convert(pipeline, "numpy").predict(X)
+    passthrough = ColumnTransformer([("keep", "passthrough", ["a", "b"])])
+    for family in ["random_forest", "hist_gradient_boosting"]:
+        pipeline = make_pipeline(passthrough, _forest(family)).fit(TRAIN, LABELS)
+        cm = treecomp.convert(pipeline, "numpy")
+        if family == "random_forest":
+            with pytest.raises(ValueError, match="infinity"):
+                pipeline.predict(X)
+            with pytest.raises(ValueError, match="infinity"):
+                cm.predict(X)
+        else:
+            assert_equal(cm.predict(X), pipeline.predict(X))

@@ -105,7 +105,10 @@ class CompiledModel:
         self._engines: dict[str, Engine] = {default_precision(forest, precision): self._engine}
 
     def _engine_for(self, precision: str) -> Engine:
-        """The engine scoring inputs prepared in ``precision``, built at its first call."""
+        """The engine scoring inputs prepared in ``precision``, built at its first call (a
+        Pipeline's: its one engine, whatever the float64 of its encoded rows)."""
+        if self.transforms is not None:
+            return self._engine
         engine = self._engines.get(precision)
         if engine is not None:
             return engine

@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.container import CompiledModel
-from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import categorical_features, check_positive, prepare
 from treecomp.ir import METHODS
 
@@ -437,10 +436,6 @@ class Serving:
                 f"Serving takes a treecomp.CompiledModel (from treecomp.convert or "
                 f"treecomp.load), got {type(cm).__qualname__}"
             )
-        if cm.transforms is not None:  # its rows need the pipeline's encoding, not prepare()
-            raise UnsupportedModelError(
-                "Serving a compiled Pipeline is not supported yet: call cm.predict directly"
-            )
         check_positive("max_batch_size", max_batch_size)
         if (
             isinstance(max_wait_ms, bool)
@@ -518,7 +513,10 @@ class Serving:
         """``X`` checked and prepared as ``cm.predict`` does it (raising its errors here, in
         the caller's thread), and whether it was a single row (1-D)."""
         rows, single = _as_rows(X, self._categorical)
-        prepared = prepare(self.model.forest, rows, self.model.precision)
+        if self.model.transforms is not None:  # a Pipeline's rows: encoded by its transforms
+            prepared = self.model._prepare(rows)[1]
+        else:
+            prepared = prepare(self.model.forest, rows, self.model.precision)
         return _Request(prepared, methods, loop), single
 
     def _call(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:

@@ -351,16 +351,27 @@ def encode(transforms: Transforms, X: Any) -> npt.NDArray[np.float64]:
     """The encoded matrix (see the module's notes) of a DataFrame or 2-D array.
 
     Raises:
-        ValueError: a column is missing, or an encoder fitted with
-            ``handle_unknown="error"`` meets a value it never saw (scikit-learn's error).
+        ValueError: a column is missing, a column a step reads holds infinity, or an
+            encoder fitted with ``handle_unknown="error"`` meets a value it never saw
+            (scikit-learn's errors).
         TypeError: a numeric column holds something that is not a number.
     """
     X = _check_rows(transforms, X)
     out = np.empty((X.shape[0], len(transforms.sources)), dtype=np.float64)
+    # Every supported step checks its numbers as scikit-learn's validate_data does, NaN
+    # allowed and infinity refused; a column passed through untouched is the forest's to
+    # check (prepare does).
+    stepped = {f.source for f in transforms.features if f.ops}
     for s, source in enumerate(transforms.sources):
         values = _column_values(transforms, X, source.column)
         if source.categories is None:
             out[:, s] = _numbers(transforms, values, source.column)
+            if s in stepped and np.isinf(out[:, s]).any():
+                raise ValueError(
+                    "Input X contains infinity or a value too large for dtype('float64') (in "
+                    f"column {transforms.columns[source.column]!r}, which the pipeline's "
+                    "steps refuse it in)"
+                )
         else:
             out[:, s] = _codes(transforms, values, source)
     return out
