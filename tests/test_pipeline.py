@@ -475,3 +475,39 @@ def test_infinity_refused_where_natively() -> None:
                 cm.predict(X)
         else:
             assert_equal(cm.predict(X), pipeline.predict(X))
+
+
+def test_mlflow_model_of_a_pipeline(tmp_path) -> None:
+    """The MLflow signature names the pipeline's columns (strings where an encoder reads
+    text); the loaded python_function model scores a frame with NaN in both kinds."""
+    mlflow = pytest.importorskip("mlflow", reason="treecomp.mlflow writes MLflow models")
+    from treecomp import mlflow as treecomp_mlflow
+
+    pipeline = fitted("lightgbm")
+    cm = treecomp.convert(pipeline, "numpy")
+    signature = treecomp_mlflow.signature(cm)
+    assert [(c.name, c.type.name) for c in signature.inputs.inputs] == [
+        ("a", "double"),
+        ("b", "double"),
+        ("c", "double"),
+        ("color", "string"),
+        ("size", "string"),
+    ]
+    treecomp_mlflow.save_model(cm, tmp_path / "model")
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    assert_equal(np.asarray(loaded.predict(TEST)).ravel(), pipeline.predict(TEST))
+
+
+def test_triton_repository_of_a_pipeline(tmp_path) -> None:
+    """Triton's config lists the exported file's inputs: one per column, FP64 or STRING."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from treecomp import triton
+
+    cm = treecomp.convert(fitted("xgboost"), "numpy")
+    config = (triton.write_repository(cm, tmp_path, name="pipe") / "config.pbtxt").read_text()
+    inputs = config[config.index("input [") : config.index("output [")]
+    names = [line.split('"')[1] for line in inputs.splitlines() if "name:" in line]
+    types = [line.split()[-1] for line in inputs.splitlines() if "data_type:" in line]
+    assert names == ["a", "b", "c", "color", "size"]
+    assert types == ["TYPE_FP64"] * 3 + ["TYPE_STRING"] * 2

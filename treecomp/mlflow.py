@@ -44,6 +44,7 @@ from treecomp.backends import available_backends
 from treecomp.container import CompiledModel
 from treecomp.ir import Forest
 from treecomp.names import BACKENDS
+from treecomp.transforms import Transforms
 
 if TYPE_CHECKING:
     from mlflow.models import Model, ModelSignature
@@ -190,6 +191,8 @@ def signature(cm: CompiledModel) -> ModelSignature:
     inputs = Schema(
         [ColSpec(_column_type(values), name) for name, values in zip(_names(forest), known)]
     )
+    if cm.transforms is not None:  # a Pipeline: the columns it reads, as its rows bring them
+        inputs = Schema([ColSpec(kind, name) for name, kind in _pipeline_columns(cm.transforms)])
     outputs: Any
     if forest.task == "classifier":
         assert forest.classes is not None  # Forest.validate: classifiers have classes
@@ -271,6 +274,20 @@ def _requirements(
         except PackageNotFoundError:
             pinned.append(package)
     return {"pip_requirements": pinned + list(extra or [])}
+
+
+def _pipeline_columns(transforms: Transforms) -> list[tuple[str, str]]:
+    """A Pipeline's input columns with their MLflow types: ``string`` where an encoder reads
+    text categories, else ``double``."""
+    text = {
+        source.column
+        for source in transforms.sources
+        if source.categories is not None and all(isinstance(v, str) for v in source.categories)
+    }
+    return [
+        (transforms.columns[c], "string" if c in text else "double")
+        for c in transforms.used_columns
+    ]
 
 
 def _names(forest: Forest) -> list[str]:
