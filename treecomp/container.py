@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from treecomp import outputs as native
 from treecomp.backends import choose_backend, get_backend
 from treecomp.engine import Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
@@ -270,14 +271,6 @@ class CompiledModel:
         engine, prepared = self._prepare(X)
         return engine.scores(prepared)
 
-    def _proba(self, transformed: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        if self.forest.proba_columns == 2 and transformed.shape[1] == 1:
-            out = np.empty((transformed.shape[0], 2))
-            out[:, 1] = transformed[:, 0]
-            np.subtract(1.0, out[:, 1], out=out[:, 0])
-            return out
-        return transformed
-
     # ------------------------------------------------------------------------------------
     def to_onnx(self, *, leaf_indices: bool = False, strategy: str | None = None) -> Any:
         """The model as an ``onnx.ModelProto`` (see :mod:`treecomp.onnx_export`).
@@ -372,22 +365,22 @@ class CompiledModel:
     @_NativeMethod
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Class probabilities, shape ``(n_rows, n_classes)``."""
-        return self._probabilities(*self._scores(X))
+        return native.predict_proba(self.forest, *self._scores(X))
 
     @_NativeMethod
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """Raw margins of a classifier, or ``score_samples - offset_`` of an outlier detector."""
-        return self._decision(*self._scores(X))
+        return native.decision_function(self.forest, *self._scores(X))
 
     @_NativeMethod
     def score_samples(self, X: Any) -> npt.NDArray[np.float64]:
         """Anomaly score of an outlier detector (lower is more abnormal)."""
-        return self._anomaly(*self._scores(X))
+        return native.score_samples(self.forest, *self._scores(X))
 
     @_NativeMethod
     def predict(self, X: Any) -> npt.NDArray[Any]:
         """Labels for classifiers and outlier detectors, values for regressors and rankers."""
-        return self._predict(*self._scores(X))
+        return native.predict(self.forest, *self._scores(X))
 
     def outputs(self, X: Any, methods: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
         """Several methods' results on ``X`` from one pass: the scores once (for every
@@ -413,58 +406,8 @@ class CompiledModel:
                 continue
             if scores is None:
                 scores = engine.scores(prepared)
-            results[method] = _DERIVED[method](self, *scores)
+            results[method] = native.FROM_SCORES[method](self.forest, *scores)
         return results
-
-    # The methods computed from the scores (raw, transformed), shared with outputs().
-    def _probabilities(
-        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
-        return self._proba(transformed)
-
-    def _anomaly(
-        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
-        return transformed[:, 0]
-
-    def _decision(
-        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
-        if self.forest.task == "outlier":
-            return transformed[:, 0] - self.forest.decision_offset
-        return raw[:, 0] if raw.shape[1] == 1 else raw
-
-    def _predict(
-        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
-    ) -> npt.NDArray[Any]:
-        f = self.forest
-        if f.task == "classifier":
-            assert f.classes is not None  # guaranteed by Forest.validate for classifiers
-            return f.classes[self._class_index(raw, transformed)]
-        if f.task == "outlier":
-            decision = transformed[:, 0] - f.decision_offset
-            return np.where(decision < 0, -1, 1)
-        return transformed[:, 0] if transformed.shape[1] == 1 else transformed
-
-    def _class_index(
-        self, raw: npt.NDArray[np.float64], transformed: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.intp]:
-        rule = self.forest.label_rule
-        if rule == "argmax_proba":
-            return np.argmax(self._proba(transformed), axis=1)
-        if raw.shape[1] > 1:
-            return np.argmax(raw, axis=1)
-        positive = raw[:, 0] >= 0 if rule == "margin_ge_zero" else raw[:, 0] > 0
-        return positive.astype(np.intp)
-
-
-# The methods computed from the scores (raw, transformed), for CompiledModel.outputs.
-_DERIVED: dict[str, Callable[..., npt.NDArray[Any]]] = {
-    "predict": CompiledModel._predict,
-    "predict_proba": CompiledModel._probabilities,
-    "decision_function": CompiledModel._decision,
-    "score_samples": CompiledModel._anomaly,
-}
 
 
 def convert(
