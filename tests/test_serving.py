@@ -18,6 +18,7 @@ import treecomp
 from tests.helpers import assert_close, assert_equal
 from tests.zoo import fitted, pd
 from treecomp import serving as serving_module
+from treecomp import serving_queue
 
 # Every test that waits for threads bounds the wait, and its threads are daemons: a
 # deadlock fails instead of hanging.
@@ -419,18 +420,76 @@ def test_an_interrupted_caller_leaves_the_others_answered(xgb: Any) -> None:
     assert serving.stats.rows == 3  # the interrupted request was not scored
 
 
+def test_the_thread_whose_request_fills_a_batch_scores_it(
+    xgb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No wake-up of the worker for a full batch: the caller that fills it scores it."""
+    cm, X = xgb
+    score, scorers = cm._outputs, []
+
+    def recorded(engine: Any, rows: np.ndarray, methods: Any) -> Any:
+        scorers.append(threading.current_thread())
+        return score(engine, rows, methods)
+
+    monkeypatch.setattr(cm, "_outputs", recorded)
+    with treecomp.Serving(cm, max_batch_size=4, max_wait_ms=600_000) as serving:
+        answers = in_threads(4, lambda k: serving.predict(X[k]))
+        worker = serving._batcher._thread
+    assert answers == [cm.predict(X[k : k + 1])[0] for k in range(4)]
+    assert len(scorers) == 1 and scorers[0] is not worker
+    assert scorers[0].name.startswith("Thread-")  # one of in_threads' callers
+
+
+def test_an_interrupted_scoring_caller_hands_its_batch_back(
+    xgb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt in the thread scoring a batch it filled: that thread's call raises
+    it, and the worker answers the batch's other requests."""
+    cm, X = xgb
+    score = cm._outputs
+    interrupts = [KeyboardInterrupt()]
+
+    def interrupted(engine: Any, rows: np.ndarray, methods: Any) -> Any:
+        if threading.current_thread() is threading.main_thread() and interrupts:
+            raise interrupts.pop()
+        return score(engine, rows, methods)
+
+    monkeypatch.setattr(cm, "_outputs", interrupted)
+    serving = treecomp.Serving(cm, max_batch_size=4, max_wait_ms=600_000)
+    answers: dict[int, Any] = {}
+
+    def request(k: int) -> None:
+        answers[k] = serving.predict(X[k])
+
+    threads = [threading.Thread(target=request, args=(k,), daemon=True) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(serving._batcher._pending) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    with pytest.raises(KeyboardInterrupt):
+        serving.predict(X[3])  # the fourth row fills the batch: scored here, interrupted
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive()
+    serving.close()
+    assert answers == {k: cm.predict(X[k : k + 1])[0] for k in range(3)}
+    assert serving.stats.rows == 3  # the interrupted caller's row was not scored
+
+
 def test_a_stalled_wake_up_chain_recovers(xgb: Any) -> None:
     """A thread woken but gone before it wakes the next (interrupted between the two):
     the threads after it wake by themselves once answered."""
     _, X = xgb
-    requests = [serving_module._Request(X[k : k + 1], ("predict",)) for k in range(4)]
+    requests = [serving_queue.Request(X[k : k + 1], ("predict",)) for k in range(4)]
     for k, request in enumerate(requests):
         request.answer = ({"predict": np.arange(4)}, k)
     # No thread for the first request: woken, it never wakes the next.
     waiting = [threading.Thread(target=r.wait, daemon=True) for r in requests[1:]]
     for thread in waiting:
         thread.start()
-    serving_module._Chain(requests).wake_next()
+    serving_queue.Chain(requests).wake_next()
     for thread in waiting:
         thread.join(TIMEOUT_S)
         assert not thread.is_alive()

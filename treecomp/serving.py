@@ -3,33 +3,32 @@
 A server calls its model once per request, from many threads or coroutines, and every call
 pays fixed costs (Python's checks, the runtime's call, on ONNX Runtime a row's trees split
 over threads) that a batch pays once: the benchmark's 500-tree XGBoost model on the default
-backend spends 80 to 220 us of CPU on a one-row call and about 40 us a row in calls of 32
-rows (``python benchmarks/serving.py``, 2 shared cores). :class:`Serving` does what
-Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests wait in a queue, and one
-worker thread scores whatever has gathered in one call (at most ``max_batch_size`` rows,
-waiting at most ``max_wait_ms``, see :class:`Serving`), then hands each caller its own rows.
+backend spends 80 to 220 us of CPU on a one-row call and 21 to 27 us a row in calls of 16
+to 32 rows (``python benchmarks/serving.py``, 2 shared cores). :class:`Serving` does what
+Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests wait in a queue
+(:mod:`treecomp.serving_queue`), and whatever has gathered is scored in one call (at most
+``max_batch_size`` rows, waiting at most ``max_wait_ms``, see :class:`Serving`), then each
+caller gets its own rows. The thread whose request fills a batch scores it; a worker
+thread scores the batches that time out, and those that coroutines fill.
 
-Each request is checked and prepared on its own, in the caller's thread, by the same
-:func:`treecomp.inputs.prepare` that ``cm.predict`` runs: a bad request (wrong width, NaN
-where the model refuses it, a string) raises there, with ``cm.predict``'s error, and never
-joins a batch. Only prepared rows are concatenated, so one caller's rows cannot change
-another's answer; should the engine still fail on a batch, its requests are scored again one
-by one, so that only the one at fault gets the error. A request is never split: one larger
-than ``max_batch_size`` is scored alone.
+Each request is checked on its own by the code ``cm.predict`` runs
+(:func:`treecomp.inputs.prepare`): a bad request (wrong width, NaN where the model refuses
+it, a string) fails alone, with ``cm.predict``'s error, and never joins a batch's engine
+call. Requests of several rows, lists and frames are prepared in the caller's thread; a
+single float row of the model's width is prepared with its batch, in one call that checks
+them all (a row alone costs that call's 6 us), and should that call refuse one of them,
+each is prepared alone, so that only the row at fault fails. Only prepared rows reach the
+engine, so one caller's rows cannot change another's answer; should the engine still fail
+on a batch, its requests are scored again one by one, so that only the one at fault gets
+the error. A request is never split: one larger than ``max_batch_size`` is scored alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
-import os
-import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,330 +37,9 @@ import numpy.typing as npt
 from treecomp.container import CompiledModel
 from treecomp.inputs import categorical_features, check_positive, prepare
 from treecomp.ir import METHODS
+from treecomp.serving_queue import RAW_DTYPES, Batcher, Request, ServingStats
 
-_names = itertools.count(1)
-# Every live batcher, for a forked child to reset (see _Batcher._reset).
-_batchers: weakref.WeakSet[_Batcher] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for batcher in list(_batchers):
-        batcher._reset()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-@dataclass(frozen=True, slots=True)
-class ServingStats:
-    """What a :class:`Serving` has scored since it started.
-
-    Attributes:
-        requests: Requests answered (with a result or an error raised by the engine).
-        rows: Rows scored.
-        batches: Calls to the engine: ``rows / batches`` is the mean batch.
-    """
-
-    requests: int
-    rows: int
-    batches: int
-
-
-# How long a thread waits for the one woken before it to wake it (see _Chain) once its
-# answer is ready, before it wakes itself: only a thread interrupted between its wake-up
-# and the next one's (KeyboardInterrupt) fails to.
-_STALL_S = 0.05
-# Batches over which the worker keeps the peak of the rows in flight (see _note_load).
-_EPOCH = 8
-
-
-class _Request:
-    """One caller's prepared rows, the methods it asked for, and how its answer reaches it.
-
-    A thread waits on a lock (CPython's cheapest wake-up; a ``concurrent.futures.Future``
-    adds about 10 us a request, a third of what batching leaves of a single-row call),
-    released by the thread woken before it (see :class:`_Chain`); a coroutine awaits an
-    asyncio future that the worker resolves through the coroutine's event loop, once per
-    batch and loop.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "answer",
-        "arrived",
-        "awake",
-        "cancelled",
-        "chain",
-        "done",
-        "error",
-        "loop",
-        "methods",
-        "n",
-        "rows",
-    )
-
-    def __init__(
-        self,
-        rows: npt.NDArray[np.floating],
-        methods: tuple[str, ...],
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.rows = rows
-        self.n = rows.shape[0]
-        self.methods = methods
-        self.arrived = time.monotonic()
-        # Set by the worker before it wakes the caller: the batch's results and where this
-        # request's rows start in them, or the error.
-        self.answer: tuple[dict[str, npt.NDArray[Any]], int] | None = None
-        self.error: BaseException | None = None
-        self.cancelled = False  # the awaiting coroutine was cancelled: skip the request
-        self.abandoned = False  # the waiting thread was interrupted: skip the request
-        self.chain: _Chain | None = None  # set once answered, before the wake-ups
-        self.awake = False  # woken (or awake by itself): the chain passes it over
-        self.loop = loop
-        self.done: Any
-        if loop is None:
-            self.done = threading.Lock()
-            self.done.acquire()
-        else:
-            self.done = loop.create_future()
-
-    def wait(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
-        """Block until the worker has answered, then wake the next thread of the batch."""
-        while not self.done.acquire(timeout=_STALL_S):
-            chain = self.chain
-            if chain is not None and chain.claim(self):
-                break  # answered, and the thread before this one did not wake it
-        assert self.chain is not None  # set before any wake-up
-        self.chain.wake_next()
-        return self._result()
-
-    async def wait_async(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
-        """Wait until the worker has answered (a coroutine's request)."""
-        try:
-            await self.done
-        except asyncio.CancelledError:
-            self.cancelled = True
-            raise
-        return self._result()
-
-    def _result(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
-        if self.error is not None:
-            raise self.error
-        assert self.answer is not None  # the worker sets one of the two before waking
-        return self.answer
-
-
-class _Chain:
-    """Wakes the threads of a batch one after the other: the worker wakes the first, and
-    each woken thread the next, while it holds the GIL.
-
-    Woken all at once, 32 threads fight for the GIL, and their requests cost more CPU time
-    and come back later. 32 threads of single-row requests on 2 shared cores, both ways
-    alternating in 1.5 s rounds (medians of 8), requests per second all at once / one by
-    one: 500-tree XGBoost 15 400 / 17 500 (55 / 50 us of CPU a request), its 100-tree
-    ``--quick`` version 24 100 / 30 400 (the clients of ``benchmarks/serving.py``, run on
-    both versions of this module loaded side by side).
-    """
-
-    __slots__ = ("lock", "position", "requests")
-
-    def __init__(self, requests: list[_Request]) -> None:
-        self.requests = requests
-        self.position = 0
-        self.lock = threading.Lock()
-        for request in requests:
-            request.chain = self
-
-    def wake_next(self) -> None:
-        """Wake the first thread of the batch not yet awake (none left: nothing)."""
-        with self.lock:
-            while self.position < len(self.requests):
-                request = self.requests[self.position]
-                self.position += 1
-                if not request.awake and not request.abandoned:
-                    request.awake = True
-                    request.done.release()
-                    return
-
-    def claim(self, request: _Request) -> bool:
-        """Whether ``request``'s thread, answered but not woken, may go on by itself."""
-        with self.lock:
-            if request.awake:
-                return False  # woken meanwhile: its lock is free
-            request.awake = True
-            return True
-
-
-def _wake(requests: Sequence[_Request]) -> None:
-    """Wake the callers of answered requests: threads through a :class:`_Chain`, coroutines
-    with one call into each event loop (each call writes to the loop's self-pipe)."""
-    threads = [r for r in requests if r.loop is None]
-    if threads:
-        _Chain(threads).wake_next()  # the first wakes the next, and so on
-    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for request in requests:
-        if request.loop is not None:
-            futures.setdefault(request.loop, []).append(request.done)
-    for loop, waiting in futures.items():
-        try:
-            loop.call_soon_threadsafe(_resolve, waiting)
-        except RuntimeError:  # the loop is closed: nobody waits there any more
-            pass
-
-
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():  # not cancelled meanwhile
-            future.set_result(None)
-
-
-class _Batcher:
-    """The queue and the worker thread behind a :class:`Serving`.
-
-    Apart from it so that the thread holds no reference to the :class:`Serving`: one that is
-    dropped without ``close()`` is collected, and its finalizer stops the thread.
-    """
-
-    def __init__(self, model: CompiledModel, max_rows: int, max_wait_s: float) -> None:
-        self.model = model
-        self.max_rows = max_rows
-        self.max_wait_s = max_wait_s
-        self.name = f"treecomp-serving-{next(_names)}"
-        self.requests = self.rows = self.batches = 0  # written by the worker only
-        # Rows that make a full batch: at most max_rows, and half the rows lately in flight
-        # at once (see _note_load); until the worker has seen _EPOCH batches, max_rows.
-        self._full = max_rows
-        self._load = [2 * max_rows, 0]  # the peak of the last epoch, and of this one
-        self._epoch_batches = 0
-        self._closing = False
-        self._reset()
-        _batchers.add(self)
-
-    def _reset(self) -> None:
-        """A fresh queue and no worker: at the start, and in a forked child (where the
-        parent's worker does not exist and its locks may be held by threads that do not)."""
-        self._ready = threading.Condition(threading.Lock())
-        self._pending: deque[_Request] = deque()
-        self._pending_rows = 0
-        self._thread: threading.Thread | None = None
-
-    def submit(self, request: _Request) -> None:
-        with self._ready:
-            if self._closing:
-                raise RuntimeError(
-                    "this Serving is closed: it takes no more requests (make a new one, or "
-                    "call the CompiledModel directly)"
-                )
-            if self._thread is None:  # started at the first request
-                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._thread.start()
-            self._pending.append(request)
-            self._pending_rows += request.n
-            # The worker waits for a first request, or for a full batch: wake it for those.
-            if len(self._pending) == 1 or self._pending_rows >= self._full:
-                self._ready.notify()
-
-    def close(self, timeout: float | None = None) -> None:
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
-
-    def _work(self) -> None:
-        while True:
-            with self._ready:
-                while not self._pending:
-                    if self._closing:
-                        return
-                    self._ready.wait()
-                # Wait for a full batch until the oldest request has waited max_wait_s; a
-                # worker back from a long batch finds it has, and scores what came meanwhile.
-                deadline = self._pending[0].arrived + self.max_wait_s
-                while self._pending_rows < self._full and not self._closing:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._ready.wait(left)
-                batch = self._take()
-            try:
-                self._score(batch)
-            except BaseException as exc:  # never leave a caller waiting, nor end the worker
-                waiting = [r for r in batch if r.answer is None and r.error is None]
-                for request in waiting:
-                    request.error = exc
-                _wake(waiting)
-            self._epoch_batches += 1
-            if self._epoch_batches == _EPOCH:
-                self._load, self._epoch_batches = [self._load[1], 0], 0
-            self._full = min(self.max_rows, max(1, -(-max(self._load) // 2)))
-
-    def _note_load(self, rows: int) -> None:
-        """Note the rows in flight as a batch of ``rows`` rows is answered: those and the
-        rows waiting (without the lock: an estimate). How many rows the callers keep in
-        flight, half scored while the other half comes back, is the batch to wait for: a
-        batch of all of them would leave the engine idle while they come back, and a wait
-        for more would wait for callers that do not exist."""
-        load = self._pending_rows + rows
-        if load > self._load[1]:
-            self._load[1] = load
-
-    def _take(self) -> list[_Request]:
-        """The oldest requests that fit in one batch (the oldest alone if it does not fit)."""
-        first = self._pending.popleft()
-        batch, rows = [first], first.n
-        while self._pending and rows + self._pending[0].n <= self.max_rows:
-            request = self._pending.popleft()
-            batch.append(request)
-            rows += request.n
-        self._pending_rows -= rows
-        return batch
-
-    def _score(self, batch: list[_Request]) -> None:
-        live = [r for r in batch if not (r.cancelled or r.abandoned)]  # callers that left
-        # Rows prepared in different precisions (precision="auto", rows of both float
-        # types) run on different engines: one call per precision.
-        groups: dict[np.dtype[Any], list[_Request]] = {}
-        for request in live:
-            groups.setdefault(request.rows.dtype, []).append(request)
-        for requests in groups.values():
-            self._score_group(requests)
-
-    def _score_group(self, requests: list[_Request]) -> None:
-        methods = tuple(dict.fromkeys(m for r in requests for m in r.methods))
-        X = requests[0].rows
-        if len(requests) > 1:
-            X = np.concatenate([r.rows for r in requests])
-        try:
-            # rows prepared by the callers: the engine model._prepare picks for their dtype
-            engine = self.model._engine_for(X.dtype.name)
-            results = self.model._outputs(engine, X, methods)
-        except Exception as exc:
-            if len(requests) == 1:
-                self.requests += 1
-                requests[0].error = exc
-                _wake(requests)
-                return
-            for request in requests:  # only the request at fault gets the error
-                self._score_group([request])
-            return
-        finally:
-            self.batches += 1
-        self._note_load(X.shape[0])
-        self.requests += len(requests)
-        self.rows += X.shape[0]
-        start = 0
-        for request in requests:  # each caller slices its own rows out, in its own thread
-            request.answer = (results, start)
-            start += request.n
-        _wake(requests)
+__all__ = ["Serving", "ServingStats"]
 
 
 class _ServedMethod:
@@ -388,8 +66,9 @@ class Serving:
 
     Thread-safe and asyncio-friendly: call ``predict`` (and the model's other methods) from
     any number of threads, or await ``apredict`` and co. from coroutines. Requests that
-    arrive together are scored together by one worker thread, in batches of at most
-    ``max_batch_size`` rows; a request waits at most ``max_wait_ms`` for company.
+    arrive together are scored together, in batches of at most ``max_batch_size`` rows: by
+    the thread whose request fills a batch, else by a worker thread; a request waits at
+    most ``max_wait_ms`` for company.
     Each caller gets the model's answer for its own rows (what ``cm.predict`` gives them in
     a batch), or the error ``cm.predict`` raises on them.
 
@@ -405,9 +84,9 @@ class Serving:
     lately kept in flight at once (one half is scored while the other comes back: a batch
     of all of them would leave the engine idle while they come back, and a wait for more
     would wait for callers that do not exist), or once its oldest request has waited
-    ``max_wait_ms``. Until it has answered 8 batches, the worker waits for
-    ``max_batch_size`` rows. Serving pays where many callers send requests at once;
-    a single caller is faster calling the model itself.
+    ``max_wait_ms``. Until it has answered 8 batches, a batch waits for
+    ``max_batch_size`` rows. Serving pays where many callers send requests at once; a
+    single caller gains nothing (its requests are scored one by one, as it sends them).
 
     Example::
 
@@ -448,9 +127,13 @@ class Serving:
             )
         self.model = cm
         self._categorical = bool(categorical_features(cm.forest))
+        # Rows that need no encoding: single rows of them are prepared with their batch.
+        self._raw_width = cm.forest.n_features if cm.forest.categories is None else -1
+        if cm.transforms is not None:  # a Pipeline's rows are encoded by its transforms
+            self._raw_width = -1
         self.max_batch_size = max_batch_size
         self.max_wait_ms = float(max_wait_ms)
-        self._batcher = _Batcher(cm, max_batch_size, self.max_wait_ms / 1000.0)
+        self._batcher = Batcher(cm, max_batch_size, self.max_wait_ms / 1000.0)
         # Dropped without close(): stop the worker once the batcher's queue is empty.
         self._finalizer = weakref.finalize(self, self._batcher.close)
         self._finalizer.atexit = False  # the worker is a daemon: nothing to wait for at exit
@@ -509,20 +192,37 @@ class Serving:
     # ------------------------------------------------------------------------------------
     def _request(
         self, X: Any, methods: tuple[str, ...], loop: asyncio.AbstractEventLoop | None = None
-    ) -> tuple[_Request, bool]:
+    ) -> tuple[Request, bool]:
         """``X`` checked and prepared as ``cm.predict`` does it (raising its errors here, in
         the caller's thread), and whether it was a single row (1-D)."""
+        if (
+            type(X) is np.ndarray
+            and X.ndim == 1
+            and X.dtype in RAW_DTYPES
+            and X.shape[0] == self._raw_width
+        ):
+            return Request(X, methods, loop, raw=True), True
         rows, single = _as_rows(X, self._categorical)
         if self.model.transforms is not None:  # a Pipeline's rows: encoded by its transforms
-            prepared = self.model._prepare(rows)[1]
-        else:
-            prepared = prepare(self.model.forest, rows, self.model.precision)
-        return _Request(prepared, methods, loop), single
+            return Request(self.model._prepare(rows)[1], methods, loop), single
+        prepared = prepare(self.model.forest, rows, self.model.precision)
+        return Request(prepared, methods, loop), single
 
     def _call(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         request, single = self._request(X, methods)
+        batcher = self._batcher
         try:
-            self._batcher.submit(request)
+            # The thread whose request fills a batch scores it: it is running already,
+            # where the worker would have to be woken (under load, a wake-up waits for a
+            # core: see Serving's notes).
+            batch = batcher.submit(request, lead=True)
+            while batch is not None:
+                if request in batch:
+                    request.awake = True  # answered here: the wake-up chain passes it over
+                    batcher.run(batch, lead=True)
+                    return _answer(request, *request.result(), single)
+                batcher.run(batch, lead=True)  # a batch of older requests, then its own
+                batch = batcher.lead()
             answer = request.wait()
         except BaseException:  # KeyboardInterrupt while waiting: out of the batch and chain
             request.abandoned = True
@@ -531,7 +231,7 @@ class Serving:
 
     async def _acall(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         request, single = self._request(X, methods, asyncio.get_running_loop())
-        self._batcher.submit(request)
+        self._batcher.submit(request, lead=False)
         return _answer(request, *(await request.wait_async()), single)
 
     def _check(self, methods: Sequence[str]) -> tuple[str, ...]:
@@ -625,9 +325,14 @@ def _as_rows(X: Any, categorical: bool) -> tuple[Any, bool]:
 
 
 def _answer(
-    request: _Request, results: dict[str, npt.NDArray[Any]], start: int, single: bool
+    request: Request, results: dict[str, npt.NDArray[Any]], start: int, single: bool
 ) -> dict[str, npt.NDArray[Any]]:
     """The caller's own rows of each method's results, copied out of the batch's arrays."""
+    if single:
+        answer = {}
+        for m in request.methods:
+            value = results[m][start]
+            answer[m] = value.copy() if type(value) is np.ndarray else value
+        return answer
     stop = start + request.n
-    answer = {m: results[m][start:stop].copy() for m in request.methods}
-    return {m: a[0] for m, a in answer.items()} if single else answer
+    return {m: results[m][start:stop].copy() for m in request.methods}

@@ -1,0 +1,481 @@
+"""The queue behind :class:`treecomp.Serving`: requests, their wake-ups, the batcher.
+
+Callers queue :class:`Request` objects in a :class:`Batcher`. The caller whose request fills
+a batch takes it and scores it in its own thread (see :meth:`Batcher.submit`); the
+batcher's worker thread scores the batches that no thread fills (its oldest request has
+waited ``max_wait_ms``, or coroutines filled it, which must not block their event loop).
+Threads wait on a lock each and are woken one after the other (:class:`Chain`); coroutines
+await a future resolved through their event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from treecomp.inputs import prepare
+
+if TYPE_CHECKING:  # the model is handed in: the queue sits below the container
+    from treecomp.container import CompiledModel
+
+# The float types of the single rows that are prepared with their batch (Batcher._score_raw).
+RAW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_names = itertools.count(1)
+# Every live batcher, for a forked child to reset (see Batcher._reset).
+_batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for batcher in list(_batchers):
+        batcher._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingStats:
+    """What a :class:`treecomp.Serving` has scored since it started.
+
+    Attributes:
+        requests: Requests answered (with a result or an error raised by the engine).
+        rows: Rows scored.
+        batches: Calls to the engine: ``rows / batches`` is the mean batch.
+    """
+
+    requests: int
+    rows: int
+    batches: int
+
+
+# How long a thread waits for the one woken before it to wake it (see Chain) once its
+# answer is ready, before it wakes itself: only a thread interrupted between its wake-up
+# and the next one's (KeyboardInterrupt) fails to.
+_STALL_S = 0.05
+# Batches over which the worker keeps the peak of the rows in flight (see _note_load).
+_EPOCH = 8
+
+
+class Request:
+    """One caller's rows, the methods it asked for, and how its answer reaches it.
+
+    The rows are prepared (:func:`treecomp.inputs.prepare`), or one float row as the caller
+    gave it (``raw``), prepared with its batch. A thread waits on a lock (CPython's cheapest
+    wake-up; a ``concurrent.futures.Future`` adds about 10 us a request), released by the
+    thread woken before it (see :class:`Chain`); a coroutine awaits an asyncio future that
+    the scoring thread resolves through the coroutine's event loop, once per batch and loop.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "answer",
+        "arrived",
+        "awake",
+        "cancelled",
+        "chain",
+        "done",
+        "error",
+        "loop",
+        "methods",
+        "n",
+        "raw",
+        "rows",
+    )
+
+    def __init__(
+        self,
+        rows: npt.NDArray[np.floating],
+        methods: tuple[str, ...],
+        loop: asyncio.AbstractEventLoop | None = None,
+        raw: bool = False,
+    ) -> None:
+        self.rows = rows
+        self.raw = raw
+        self.n = 1 if raw else rows.shape[0]
+        self.methods = methods
+        self.arrived = time.monotonic()
+        # Set before the caller is woken: the batch's results and where this request's rows
+        # start in them, or the error.
+        self.answer: tuple[dict[str, npt.NDArray[Any]], int] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False  # the awaiting coroutine was cancelled: skip the request
+        self.abandoned = False  # the waiting thread was interrupted: skip the request
+        self.chain: Chain | None = None  # set once answered, before the wake-ups
+        self.awake = False  # woken (or awake by itself): the chain passes it over
+        self.loop = loop
+        self.done: Any
+        if loop is None:
+            self.done = threading.Lock()
+            self.done.acquire()
+        else:
+            self.done = loop.create_future()
+
+    def wait(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
+        """Block until answered, then wake the next thread of the batch."""
+        while not self.done.acquire(timeout=_STALL_S):
+            chain = self.chain
+            if chain is not None and chain.claim(self):
+                break  # answered, and the thread before this one did not wake it
+        assert self.chain is not None  # set before any wake-up
+        self.chain.wake_next()
+        return self.result()
+
+    async def wait_async(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
+        """Wait until answered (a coroutine's request)."""
+        try:
+            await self.done
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return self.result()
+
+    def result(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
+        """The answer, once there is one: raises the request's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.answer is not None  # one of the two is set before any wake-up
+        return self.answer
+
+
+class Chain:
+    """Wakes the threads of a batch one after the other: the scoring thread wakes the first,
+    and each woken thread the next, while it holds the GIL.
+
+    Woken all at once, 32 threads fight for the GIL, and their requests cost more CPU time
+    and come back later. 32 threads of single-row requests on 2 shared cores, both ways
+    alternating in 1.5 s rounds (medians of 8), requests per second all at once / one by
+    one: 500-tree XGBoost 15 400 / 17 500 (55 / 50 us of CPU a request), its 100-tree
+    ``--quick`` version 24 100 / 30 400 (the clients of ``benchmarks/serving.py``, run on
+    both versions of this module loaded side by side).
+    """
+
+    __slots__ = ("lock", "position", "requests")
+
+    def __init__(self, requests: list[Request]) -> None:
+        self.requests = requests
+        self.position = 0
+        self.lock = threading.Lock()
+        for request in requests:
+            request.chain = self
+
+    def wake_next(self) -> None:
+        """Wake the first thread of the batch not yet awake (none left: nothing)."""
+        with self.lock:
+            while self.position < len(self.requests):
+                request = self.requests[self.position]
+                self.position += 1
+                if not request.awake and not request.abandoned:
+                    request.awake = True
+                    request.done.release()
+                    return
+
+    def claim(self, request: Request) -> bool:
+        """Whether ``request``'s thread, answered but not woken, may go on by itself."""
+        with self.lock:
+            if request.awake:
+                return False  # woken meanwhile: its lock is free
+            request.awake = True
+            return True
+
+
+def wake(requests: Sequence[Request]) -> Chain | None:
+    """Wake the callers of answered requests: threads through a :class:`Chain`, coroutines
+    with one call into each event loop (each call writes to the loop's self-pipe)."""
+    threads = [r for r in requests if r.loop is None]
+    chain = None
+    if threads:
+        chain = Chain(threads)
+        chain.wake_next()  # the first wakes the next, and so on
+    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for request in requests:
+        if request.loop is not None:
+            futures.setdefault(request.loop, []).append(request.done)
+    for loop, waiting in futures.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiting)
+        except RuntimeError:  # the loop is closed: nobody waits there any more
+            pass
+    return chain
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # not cancelled meanwhile
+            future.set_result(None)
+
+
+class _Tally:
+    """What one batch's scoring did: requests answered, rows scored, engine calls, and the
+    wake-up chains it started (added to the batcher's under its lock)."""
+
+    __slots__ = ("batches", "chains", "requests", "rows")
+
+    def __init__(self) -> None:
+        self.requests = self.rows = self.batches = 0
+        self.chains: list[Chain] = []
+
+
+class Batcher:
+    """The queue behind a :class:`treecomp.Serving`, and its worker thread.
+
+    Apart from it so that the thread holds no reference to the ``Serving``: one that is
+    dropped without ``close()`` is collected, and its finalizer stops the thread.
+    """
+
+    def __init__(self, model: CompiledModel, max_rows: int, max_wait_s: float) -> None:
+        self.model = model
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self.name = f"treecomp-serving-{next(_names)}"
+        self.requests = self.rows = self.batches = 0  # written under the lock
+        # Rows that make a full batch: at most max_rows, and half the rows lately in flight
+        # at once (see _note_load); until _EPOCH batches were answered, max_rows.
+        self._full = max_rows
+        self._load = [2 * max_rows, 0]  # the peak of the last epoch, and of this one
+        self._epoch_batches = 0
+        self._closing = False
+        self._reset()
+        _batchers.add(self)
+
+    def _reset(self) -> None:
+        """A fresh queue and no worker: at the start, and in a forked child (where the
+        parent's worker does not exist and its locks may be held by threads that do not)."""
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)  # the worker waits on it
+        self._idle = threading.Condition(self._lock)  # close() waits on it
+        self._pending: deque[Request] = deque()
+        self._pending_rows = 0
+        self._scoring_rows = 0  # in batches taken and not yet answered
+        self._scoring = 0
+        # The wake-up chains of the last batches answered: their threads not yet woken are
+        # in flight too (see _note_load).
+        self._chains: deque[Chain] = deque(maxlen=4)
+        self._sleeping = False  # the worker waits for a first request, with no deadline
+        self._thread: threading.Thread | None = None
+
+    def submit(self, request: Request, lead: bool) -> list[Request] | None:
+        """Queue ``request``; where it fills a batch and ``lead``, take that batch for the
+        caller's thread to score (see :meth:`run`)."""
+        with self._lock:
+            if self._closing:
+                raise RuntimeError(
+                    "this Serving is closed: it takes no more requests (make a new one, or "
+                    "call the CompiledModel directly)"
+                )
+            if self._thread is None:  # started at the first request
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._pending.append(request)
+            self._pending_rows += request.n
+            if self._pending_rows >= self._full:
+                if lead:
+                    return self._take()
+                self._ready.notify()
+            elif self._sleeping:  # the worker times the oldest request's wait
+                self._sleeping = False
+                self._ready.notify()
+        return None
+
+    def lead(self) -> list[Request] | None:
+        """A full batch for the caller's thread to score, if one is waiting (for a caller
+        whose request did not fit in the batch it took)."""
+        with self._lock:
+            if self._pending and self._pending_rows >= self._full:
+                return self._take()
+        return None
+
+    def close(self, timeout: float | None = None) -> None:
+        with self._lock:
+            self._closing = True
+            self._ready.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:  # batches that callers' threads score
+                while self._scoring and (deadline is None or time.monotonic() < deadline):
+                    self._idle.wait(None if deadline is None else deadline - time.monotonic())
+                if not self._pending or (thread is not None and thread.is_alive()):
+                    return
+                # handed back by an interrupted caller after the worker left: scored here
+                batch = self._take()
+            self.run(batch, lead=False)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if not self._pending:
+                        if self._closing:
+                            return
+                        self._sleeping = True
+                        self._ready.wait()
+                        self._sleeping = False
+                        continue
+                    if self._closing or self._pending_rows >= self._full:
+                        break
+                    # Wait until the oldest request has waited max_wait_s, unless a caller
+                    # fills a batch first and scores it; a worker back from a long batch
+                    # finds the wait over, and scores what came meanwhile.
+                    left = self._pending[0].arrived + self.max_wait_s - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
+                batch = self._take()
+            self.run(batch, lead=False)
+
+    def _note_load(self) -> None:
+        """Note the rows in flight as a batch is answered (waiting, in batches not yet
+        answered, or answered and not yet woken), with the lock held.
+
+        Half the rows the callers keep in flight is a full batch: one half is scored while
+        the other comes back. A batch of all of them would leave the engine idle while they
+        come back, and a wait for more would wait for callers that do not exist. Rows of
+        threads not yet woken count: under load their wake-ups are slow, and without them
+        the estimate shrank batch after batch to one or two rows.
+        """
+        load = self._pending_rows + self._scoring_rows
+        for chain in self._chains:
+            load += sum(r.n for r in chain.requests[chain.position :])
+        if load > self._load[1]:
+            self._load[1] = load
+        self._epoch_batches += 1
+        if self._epoch_batches == _EPOCH:
+            self._load, self._epoch_batches = [self._load[1], 0], 0
+            self._full = min(self.max_rows, max(1, -(-max(self._load) // 2)))
+
+    def _take(self) -> list[Request]:
+        """The oldest requests that fit in one batch (the oldest alone if it does not fit),
+        taken out of the queue, with the lock held."""
+        first = self._pending.popleft()
+        batch, rows = [first], first.n
+        while self._pending and rows + self._pending[0].n <= self.max_rows:
+            request = self._pending.popleft()
+            batch.append(request)
+            rows += request.n
+        self._pending_rows -= rows
+        self._scoring_rows += rows
+        self._scoring += 1
+        return batch
+
+    def run(self, batch: list[Request], *, lead: bool) -> None:
+        """Score a taken batch and answer its callers, in the worker or (``lead``) in the
+        thread of the caller whose request filled it."""
+        tally = _Tally()
+        try:
+            self._score(batch, tally)
+        except BaseException as exc:
+            # Not an engine's error (_score gives those to their requests): an interrupt of
+            # the scoring thread. A caller's thread hands the requests left back to the
+            # queue, for the worker, and goes on with its interrupt; the worker gives them
+            # the error.
+            left = [r for r in batch if r.answer is None and r.error is None]
+            if lead:
+                with self._lock:
+                    self._pending.extendleft(reversed(left))
+                    self._pending_rows += sum(r.n for r in left)
+                    self._ready.notify()
+                raise
+            for request in left:
+                request.error = exc
+            wake(left)
+        finally:
+            with self._lock:
+                self.requests += tally.requests
+                self.rows += tally.rows
+                self.batches += tally.batches
+                self._chains.extend(tally.chains)
+                self._scoring_rows -= sum(r.n for r in batch)
+                self._note_load()
+                self._scoring -= 1
+                if not self._scoring:
+                    self._idle.notify_all()
+
+    def _score(self, batch: list[Request], tally: _Tally) -> None:
+        live = [r for r in batch if not (r.cancelled or r.abandoned)]  # callers that left
+        # Rows of different float types are prepared apart, and rows prepared in different
+        # precisions (precision="auto", rows of both float types) run on different
+        # engines: one call per group.
+        groups: dict[tuple[bool, np.dtype[Any]], list[Request]] = {}
+        for request in live:
+            groups.setdefault((request.raw, request.rows.dtype), []).append(request)
+        for (raw, _), requests in groups.items():
+            if raw:
+                self._score_raw(requests, tally)
+            else:
+                self._score_group(requests, tally)
+
+    def _score_raw(self, requests: list[Request], tally: _Tally) -> None:
+        """Score single rows not yet prepared: all at once where the batch passes
+        :func:`prepare`'s checks, else each prepared alone, so that the row at fault fails
+        its own request only, with the error ``cm.predict`` raises on it."""
+        model = self.model
+        try:
+            X = prepare(model.forest, np.array([r.rows for r in requests]), model.precision)
+        except Exception:
+            prepared, failed = [], []
+            for request in requests:
+                try:
+                    request.rows = prepare(model.forest, request.rows[None], model.precision)
+                    request.raw = False
+                    prepared.append(request)
+                except Exception as exc:
+                    request.error = exc
+                    failed.append(request)
+            tally.requests += len(failed)
+            wake(failed)
+            self._score(prepared, tally)
+            return
+        self._score_group(requests, tally, X)
+
+    def _score_group(
+        self, requests: list[Request], tally: _Tally, X: npt.NDArray[Any] | None = None
+    ) -> None:
+        """Score requests whose rows are prepared in one precision (or stacked in ``X``)."""
+        methods = tuple(dict.fromkeys(m for r in requests for m in r.methods))
+        if X is None:
+            X = requests[0].rows
+            if len(requests) > 1:
+                X = np.concatenate([r.rows for r in requests])
+        tally.batches += 1
+        try:
+            # rows prepared by the callers: the engine model._prepare picks for their dtype
+            engine = self.model._engine_for(X.dtype.name)
+            results = self.model._outputs(engine, X, methods)
+        except Exception as exc:
+            if len(requests) == 1:
+                tally.requests += 1
+                requests[0].error = exc
+                wake(requests)
+                return
+            for i, request in enumerate(requests):  # only the request at fault gets the error
+                if request.raw:
+                    request.rows, request.raw = X[i : i + 1], False
+                self._score_group([request], tally)
+            return
+        tally.requests += len(requests)
+        tally.rows += X.shape[0]
+        start = 0
+        for request in requests:  # each caller slices its own rows out, in its own thread
+            request.answer = (results, start)
+            start += request.n
+        chain = wake(requests)
+        if chain is not None:
+            tally.chains.append(chain)
