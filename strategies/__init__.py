@@ -20,11 +20,12 @@ from strategies import (  # noqa: F401 (registration)
     tree_traversal,
 )
 from strategies.forest_module import ForestModule
-from strategies.nodes import GroupOptions, fold_missing
+from strategies.nodes import GroupOptions
 from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
 from treecomp.names import ALIASES
+from treecomp.passes import fold_missing
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
 
@@ -98,7 +99,11 @@ def lower(
     fold = None
     # The tree operator tests NaN itself: folding would only widen its input.
     if any(group_name != "tree_ensemble" for group_name, _ in groups):
-        fold = fold_missing(list(forest.trees), less_equal=forest.comparison == "<=", dtype=dtype)
+        fold = fold_missing(
+            forest.trees,
+            less_equal=forest.comparison == "<=",
+            dtype="float32" if dtype == torch.float32 else "float64",
+        )
     trees, fold_columns = fold if fold is not None else (None, 0)
     options = GroupOptions(
         less_equal=forest.comparison == "<=" and trees is None,

@@ -8,7 +8,7 @@ Three choices make a level cheap here. 500 random trees of depth 8, a block of 1
 2 threads: a level of the general loop (``forward``) is 9 kernels and took 3.0 ms, a level
 of this one is 6 kernels and took 1.4 ms.
 
-- **Integer keys.** Folded trees (:func:`strategies.nodes.fold_missing`) test ``x' < s`` and
+- **Integer keys.** Folded trees (:func:`treecomp.passes.fold_missing`) test ``x' < s`` and
   send NaN right. Floats map to integers of their width whose order is the floats' order
   (:func:`order_keys`: -0 taken as +0, NaN above +inf), so the walker goes right iff
   ``key(x') >= key(s)``, NaN included, and the comparison writes the 0/1 step straight into

@@ -6,15 +6,14 @@ table of every categorical node's listed categories (:class:`CategorySets`): dir
 that is small, else a hash table whose memory follows the categories the trees name, not
 their largest code; row 0 marks numerical nodes.
 
-Forests of numerical splits are first *folded* (:func:`fold_missing`): every node becomes
-``go left iff x' < s`` on the extended input ``x'`` (each column followed by its negation,
-and where needed a NaN indicator), with NaN going right, so
-the missing-value rule costs nothing at run time and needs no data-dependent branch.
+Forests of numerical splits are first *folded* (:func:`treecomp.passes.fold_missing`): every
+node becomes ``go left iff x' < s`` on the extended input ``x'`` (each column followed by its
+negation, and where needed a NaN indicator), with NaN going right, so the missing-value rule
+costs nothing at run time and needs no data-dependent branch.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the buffer annotations below
 # at run time and cannot resolve them as strings.
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,62 +80,9 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
 
 
-def fold_missing(
-    trees: list[Tree], *, less_equal: bool, dtype: torch.dtype
-) -> tuple[list[Tree], int] | None:
-    """Trees whose every node is ``left iff x'[feature] < threshold``, NaN going right.
-
-    Returns the trees and ``k``, the columns of ``x'`` per input feature: column ``k * j``
-    is ``X[:, j]``, ``k * j + 1`` is ``-X[:, j]`` and, when ``k == 3``, ``k * j + 2`` is 0,
-    or NaN where ``X[:, j]`` is (side by side, so they share a cache line; see
-    :func:`extend_input`).
-
-    A node whose missing values go right keeps its feature and tests ``x < t`` (``x <= t``
-    becomes ``x < nextup(t)``); NaN fails the test and goes right, as it should. A node
-    whose missing values go left swaps its children and tests the negated column: the old
-    right child is taken iff ``x > t``, that is ``-x < -t`` (or, for ``x >= t``,
-    ``-x < nextup(-t)``), and NaN again fails the test. The one test with no strict form,
-    ``v <= +inf`` (HistGradientBoosting's "missing values right" splits), holds for every
-    non-NaN value: it becomes ``0 < 1`` on the third column, which NaN fails. Every step is
-    exact in ``dtype`` for every input, infinities included. Forests with categorical or
-    zero-as-missing nodes are not folded (``None``) and keep the general rule.
-    """
-    float_type = np.float32 if dtype == torch.float32 else np.float64
-    infinity = float_type(np.inf)
-    parts = []
-    for tree in trees:
-        if tree.is_categorical.any() or tree.zero_is_missing.any():
-            return None
-        internal = tree.left_child >= 0
-        t = np.where(internal, tree.threshold, 0.0).astype(float_type)
-        if not np.array_equal(t.astype(np.float64)[internal], tree.threshold[internal]):
-            return None  # thresholds not yet exact in dtype (see treecomp.passes)
-        swap = internal & tree.default_left
-        # Tests of the form "y <= v" that become "y < nextup(v)".
-        strict_from_le = ~swap if less_equal else swap
-        v = np.where(swap, np.negative(t), t)
-        not_nan = strict_from_le & internal & (v == infinity)
-        s = np.where(strict_from_le, np.nextafter(v, infinity), v)
-        s = np.where(not_nan, 1.0, s)
-        column = np.where(not_nan, 2, swap.astype(np.int64))
-        parts.append((tree, internal, swap, s, column))
-    k = 3 if any((column == 2).any() for *_, column in parts) else 2
-    folded = [
-        dataclasses.replace(
-            tree,
-            left_child=np.where(swap, tree.right_child, tree.left_child).astype(np.int32),
-            right_child=np.where(swap, tree.left_child, tree.right_child).astype(np.int32),
-            feature=(k * np.maximum(tree.feature, 0) + column).astype(np.int32),
-            threshold=np.where(internal, s.astype(np.float64), np.nan),
-            default_left=np.zeros_like(tree.default_left),
-        )
-        for tree, internal, swap, s, column in parts
-    ]
-    return folded, k
-
-
 def extend_input(X: torch.Tensor, columns: int) -> torch.Tensor:
-    """The input ``x'`` of folded trees (see :func:`fold_missing`), ``columns`` per feature."""
+    """The input ``x'`` of folded trees (:func:`treecomp.passes.fold_missing`), ``columns``
+    per feature."""
     parts = [X, -X]
     if columns == 3:
         parts.append(torch.where(torch.isnan(X), X, torch.zeros_like(X)))
@@ -407,7 +353,7 @@ class GroupOptions:
         dtype: Precision of the inputs and thresholds.
         leaf_width: Width of the leaf value rows (the forest's widest leaf).
         nonnegative_categories: The ``"nonnegative"`` category domain (XGBoost's).
-        folded: The trees were rewritten by :func:`fold_missing`: every test is
+        folded: The trees were rewritten by :func:`treecomp.passes.fold_missing`: every test is
             ``x' < t`` and NaN goes right by construction.
         batch_size: Expected rows per call (a strategy may lay itself out for it).
         one_thread: The graph runs in sessions of one thread each (the ``onnx`` backend on

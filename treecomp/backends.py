@@ -187,3 +187,11 @@ def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
 
     _no_compile("onnx", options)
     return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]
+
+
+@register_backend("kernel")
+def _kernel_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
+    from treecomp.kernel import make_engine
+
+    _no_compile("kernel", options)
+    return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]

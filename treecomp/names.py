@@ -28,6 +28,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "torchscript": ("torch",),
     "onnx": ("onnx", "onnxruntime"),
+    "kernel": (),  # a C kernel built once per machine: NumPy and a C compiler
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.ir import Forest
+from treecomp.inputs import Precision
+from treecomp.ir import Forest, Tree
 
 
 def float32_floor(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -41,3 +43,57 @@ def float32_thresholds(forest: Forest) -> Forest:
         for tree in forest.trees
     )
     return dataclasses.replace(forest, trees=trees)
+
+
+def fold_missing(
+    trees: Sequence[Tree], *, less_equal: bool, dtype: Precision
+) -> tuple[list[Tree], int] | None:
+    """Trees whose every node is ``left iff x'[feature] < threshold``, NaN going right.
+
+    Returns the trees and ``k``, the columns of ``x'`` per input feature: column ``k * j``
+    is ``X[:, j]``, ``k * j + 1`` is ``-X[:, j]`` and, when ``k == 3``, ``k * j + 2`` is 0,
+    or NaN where ``X[:, j]`` is (side by side, so they share a cache line; see
+    :func:`strategies.nodes.extend_input`).
+
+    A node whose missing values go right keeps its feature and tests ``x < t`` (``x <= t``
+    becomes ``x < nextup(t)``); NaN fails the test and goes right, as it should. A node
+    whose missing values go left swaps its children and tests the negated column: the old
+    right child is taken iff ``x > t``, that is ``-x < -t`` (or, for ``x >= t``,
+    ``-x < nextup(-t)``), and NaN again fails the test. The one test with no strict form,
+    ``v <= +inf`` (HistGradientBoosting's "missing values right" splits), holds for every
+    non-NaN value: it becomes ``0 < 1`` on the third column, which NaN fails. Every step is
+    exact in ``dtype`` for every input, infinities included. Forests with categorical or
+    zero-as-missing nodes are not folded (``None``) and keep the general rule.
+    """
+    float_type = np.float32 if dtype == "float32" else np.float64
+    infinity = float_type(np.inf)
+    parts = []
+    for tree in trees:
+        if tree.is_categorical.any() or tree.zero_is_missing.any():
+            return None
+        internal = tree.left_child >= 0
+        t = np.where(internal, tree.threshold, 0.0).astype(float_type)
+        if not np.array_equal(t.astype(np.float64)[internal], tree.threshold[internal]):
+            return None  # thresholds not yet exact in dtype (see treecomp.passes)
+        swap = internal & tree.default_left
+        # Tests of the form "y <= v" that become "y < nextup(v)".
+        strict_from_le = ~swap if less_equal else swap
+        v = np.where(swap, np.negative(t), t)
+        not_nan = strict_from_le & internal & (v == infinity)
+        s = np.where(strict_from_le, np.nextafter(v, infinity), v)
+        s = np.where(not_nan, 1.0, s)
+        column = np.where(not_nan, 2, swap.astype(np.int64))
+        parts.append((tree, internal, swap, s, column))
+    k = 3 if any((column == 2).any() for *_, column in parts) else 2
+    folded = [
+        dataclasses.replace(
+            tree,
+            left_child=np.where(swap, tree.right_child, tree.left_child).astype(np.int32),
+            right_child=np.where(swap, tree.left_child, tree.right_child).astype(np.int32),
+            feature=(k * np.maximum(tree.feature, 0) + column).astype(np.int32),
+            threshold=np.where(internal, s.astype(np.float64), np.nan),
+            default_left=np.zeros_like(tree.default_left),
+        )
+        for tree, internal, swap, s, column in parts
+    ]
+    return folded, k

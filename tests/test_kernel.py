@@ -1,0 +1,142 @@
+"""The kernel backend: every foldable zoo forest exact against the native library and the
+reference, at every block shape and thread count; a damaged cached kernel is built again,
+never loaded; a forest it cannot walk, or a machine without a compiler, is told clearly."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import treecomp
+from tests.helpers import assert_equal, with_missing
+from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs
+from treecomp import kernel
+from treecomp.passes import fold_missing
+
+try:
+    kernel.load_kernel()
+    REASON = ""
+except kernel.KernelUnavailable as exc:  # pragma: no cover - machines without cc
+    REASON = str(exc)
+pytestmark = pytest.mark.skipif(bool(REASON), reason=f"no kernel here: {REASON}")
+
+
+def folds(forest: treecomp.Forest) -> bool:
+    return (
+        fold_missing(forest.trees, less_equal=forest.comparison == "<=", dtype="float64")
+        is not None
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_kernel_is_exact_on_the_zoo(name: str) -> None:
+    model, X_test = fitted(name)
+    forest = treecomp.parse(model)
+    if not folds(forest):
+        with pytest.raises(kernel.KernelUnsupported, match="numerical splits only"):
+            treecomp.convert(model, "kernel")
+        return
+    cm = treecomp.convert(model, "kernel")
+    ref = treecomp.convert(model, "numpy")
+    for X in inputs(model, X_test, forest):
+        compare_native(model, cm, X)
+        compare_reference(cm, ref, X)
+    # float64 rows (what pandas hands over) and float32 rows of the same values
+    X = np.asarray(X_test, dtype=np.float64) + 1e-9
+    for rows in (X, X.astype(np.float32)):
+        compare_native(model, cm, rows)
+        compare_reference(cm, ref, rows)
+
+
+@pytest.mark.parametrize("name", ["xgboost_binary", "sklearn_hgb_nan", "lightgbm_multiclass"])
+def test_every_block_shape_and_thread_count_gives_the_same_bits(name: str) -> None:
+    """Blocks of 64 rows walk level by level, fewer than 4 rows one by one, a last block
+    repeats its last row: every split of the rows must give the reference's bits."""
+    model, X_test = fitted(name)
+    X = np.asarray(X_test, dtype=np.float64)
+    X = with_missing(np.concatenate([X] * (1 + 300 // len(X)))[:300], fraction=0.2, seed=1)
+    ref = treecomp.convert(model, "numpy")
+    expected = ref.decision_function(X) if hasattr(ref, "decision_function") else None
+    leaves = ref.apply(X) if hasattr(ref, "apply") else None
+    for threads in (1, 2):
+        cm = treecomp.convert(model, "kernel", n_threads=threads)
+        for n in (1, 2, 3, 4, 7, 8, 63, 64, 65, 129, 300):
+            if leaves is not None:
+                assert_equal(cm.apply(X[:n]), leaves[:n])
+            if expected is not None:
+                assert_equal(cm.decision_function(X[:n]), expected[:n])
+            else:
+                assert_equal(cm.predict(X[:n]), ref.predict(X[:n]))
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty kernel cache, and no kernel loaded yet in this process."""
+    pristine()  # loaded from the user's cache before the test changes where it looks
+    monkeypatch.setenv("TREECOMP_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(kernel, "_library", None)
+    return tmp_path
+
+
+def pristine() -> Path:
+    """The kernel this process loaded first (built in the user's cache, or found there)."""
+    kernel.load_kernel()
+    assert kernel.loaded_from is not None
+    return kernel.loaded_from
+
+
+def check(cm: Any) -> None:
+    model, X_test = fitted("xgboost_binary")
+    assert_equal(cm.apply(X_test), np.asarray(model.apply(X_test)))
+
+
+def test_a_damaged_kernel_is_built_again_never_loaded(private_cache: Path) -> None:
+    original = kernel.loaded_from
+    assert original is not None
+    built = private_cache / original.name
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    built.write_bytes(bytes(data))
+    model, _ = fitted("xgboost_binary")
+    with pytest.warns(RuntimeWarning, match="is corrupt"):
+        cm = treecomp.convert(model, "kernel")
+    check(cm)
+    (rebuilt,) = private_cache.glob("walk-*.so")
+    assert rebuilt.name.endswith(f"-{kernel._sha256(rebuilt)}.so")
+
+
+def test_a_sound_kernel_is_loaded_as_it_is(private_cache: Path) -> None:
+    """A cached kernel whose bytes match its name is used, and partial files of killed
+    builds are never read."""
+    original = kernel.loaded_from
+    assert original is not None
+    (private_cache / original.name).write_bytes(original.read_bytes())
+    (private_cache / f"{original.name[5:37]}.123.456.partial.so").write_bytes(b"\x7fELF")
+    model, _ = fitted("xgboost_binary")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check(treecomp.convert(model, "kernel"))
+    assert sorted(p.name for p in private_cache.glob("walk-*.so")) == [original.name]
+
+
+def test_no_compiler_is_said_clearly(
+    private_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    model, _ = fitted("xgboost_binary")
+    with pytest.raises(kernel.KernelUnavailable, match="needs a C compiler"):
+        treecomp.convert(model, "kernel")
+
+
+def test_options_the_kernel_does_not_take_are_refused() -> None:
+    model, _ = fitted("xgboost_binary")
+    with pytest.raises(TypeError, match="takes no options"):
+        treecomp.convert(model, "kernel", strategy="gemm")
+    with pytest.raises(ValueError, match="CPU only"):
+        treecomp.convert(model, "kernel", device="cuda")
+    assert "kernel (C" in treecomp.convert(model, "kernel").strategy

@@ -1,0 +1,396 @@
+"""The ``"kernel"`` backend: folded forests walked by one C kernel compiled once per machine.
+
+The kernel (``kernel.c`` beside this module) takes every forest as arrays: a model costs no
+compile, only its layout (:func:`lay_out`, well under a second), so it scores fast from its
+first batch. The kernel itself is compiled with the machine's C compiler for its own
+instruction set (``cc -O3 -march=native``) the first time any process asks for it, in about
+a second, and kept in the kernel cache (:func:`kernel_dir`) under a name holding the
+SHA-256 of its bytes, which every load checks: a corrupt or half-written library is built
+again, never loaded.
+
+Only forests of numerical splits fold (:func:`treecomp.passes.fold_missing`): categorical
+and zero-as-missing forests raise :class:`KernelUnsupported` and keep the other backends.
+Needs NumPy and a C compiler; without one, :class:`KernelUnavailable` says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from treecomp import reference
+from treecomp.inputs import Precision, check_positive
+from treecomp.ir import Forest, Tree, tree_depths
+from treecomp.passes import float32_thresholds, fold_missing
+
+SOURCE = Path(__file__).with_name("kernel.c")
+# The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
+ABI = 1
+# Perfect (heap-ordered) levels of a tree may pad it to at most this many slots per real
+# node, and are at most MAX_PERFECT_LEVELS: deeper levels walk child pointers. XGBoost's
+# depth-8 trees stay perfect; LightGBM's leaf-wise trees (255 leaves, up to 38 levels)
+# keep their top 10 levels perfect.
+PADDING = 4
+MAX_PERFECT_LEVELS = 12
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+
+
+class KernelUnavailable(RuntimeError):
+    """The kernel cannot be built here (no working C compiler)."""
+
+
+class KernelUnsupported(ValueError):
+    """The forest does not fold (categorical or zero-as-missing splits)."""
+
+
+def kernel_dir() -> Path:
+    """Where built kernels are kept: ``TREECOMP_KERNEL_DIR``, else ``treecomp/kernels`` in
+    the user's cache directory (``XDG_CACHE_HOME``, by default ``~/.cache``)."""
+    explicit = os.environ.get("TREECOMP_KERNEL_DIR")
+    if explicit:
+        return Path(explicit)
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "treecomp" / "kernels"
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    raise KernelUnavailable(
+        "the kernel backend compiles a small C kernel once per machine and needs a C "
+        "compiler (cc, gcc or clang, or the one named by CC); none was found"
+    )
+
+
+def _cpu() -> str:
+    """What -march=native compiles for: the CPU's model and instruction sets."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(lines[:2])
+
+
+def _key(compiler: str) -> str:
+    """What a built kernel depends on: its source, the compiler and flags, the CPU."""
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KernelUnavailable(f"the C compiler {compiler!r} does not run: {exc}") from None
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for fact in (version, " ".join(FLAGS), _cpu(), platform.machine()):
+        digest.update(fact.encode())
+    return digest.hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(compiler: str, directory: Path, key: str) -> Path:
+    """Compile the kernel into ``directory`` (atomically); returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.so"
+    try:
+        for openmp in (("-fopenmp",), ()):  # a compiler without OpenMP: one thread
+            command = [compiler, *FLAGS, *openmp, "-o", str(partial), str(SOURCE), "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                break
+        else:
+            raise KernelUnavailable(
+                f"the C compiler {compiler!r} could not build the kernel: "
+                f"{(done.stderr.strip().splitlines() or [''])[-1]:.300}"
+            )
+        path = directory / f"walk-{key}-{_sha256(partial)}.so"
+        os.replace(partial, path)
+        return path
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _find(directory: Path, key: str) -> Path | None:
+    """The cached kernel of ``key`` whose bytes match the SHA-256 in its name; others of
+    that key are deleted (with a warning)."""
+    for path in sorted(directory.glob(f"walk-{key}-*.so")):
+        if path.name.removesuffix(".so").rpartition("-")[2] == _sha256(path):
+            return path
+        warnings.warn(
+            f"treecomp: the cached kernel {path} is corrupt (its bytes do not match the "
+            "SHA-256 in its name): deleted, built again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        path.unlink(missing_ok=True)
+    return None
+
+
+_library: ctypes.CDLL | None = None
+loaded_from: Path | None = None  # the file _library was loaded from
+_lock = threading.Lock()
+
+
+def load_kernel() -> ctypes.CDLL:
+    """The kernel library, built on first use in this machine's kernel cache (or, where that
+    cannot be written, in a temporary directory for this process)."""
+    global _library, loaded_from
+    with _lock:
+        if _library is not None:
+            return _library
+        compiler = _compiler()
+        key = _key(compiler)
+        directory = kernel_dir()
+        path = _find(directory, key) if directory.is_dir() else None
+        if path is None:
+            try:
+                path = _build(compiler, directory, key)
+            except OSError:  # a read-only cache
+                path = _build(compiler, Path(tempfile.mkdtemp(prefix="treecomp-kernel-")), key)
+        library = ctypes.CDLL(str(path))
+        if library.treecomp_kernel_abi() != ABI:
+            raise KernelUnavailable(f"the kernel at {path} speaks another calling convention")
+        _declare(library)
+        _library, loaded_from = library, path
+        return library
+
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    for cmp in ("f32", "f64"):
+        for acc in ("f32", "f64"):
+            function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
+            function.restype = ctypes.c_int
+            function.argtypes = [
+                _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
+                _P, _P, _P, _P, _P, _I64, _P, _P, _P, ctypes.c_int,
+            ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A folded forest as the kernel's arrays (see ``kernel.c`` for their meaning).
+
+    Attributes:
+        compare, accumulate: NumPy dtypes of the tests and of the sums.
+        node_base: Each tree's first global node id (to map back to its own node ids).
+    """
+
+    compare: type[np.floating[Any]]
+    accumulate: type[np.floating[Any]]
+    used_column: npt.NDArray[np.int32]
+    used_kind: npt.NDArray[np.int8]
+    perfect_levels: npt.NDArray[np.int32]
+    rest_levels: npt.NDArray[np.int32]
+    perfect_base: npt.NDArray[np.int64]
+    entry_base: npt.NDArray[np.int64]
+    out_index: npt.NDArray[np.int32]
+    width: npt.NDArray[np.int32]
+    pfeature: npt.NDArray[np.int32]
+    pthreshold: npt.NDArray[Any]
+    entry: npt.NDArray[np.int32]
+    nfeature: npt.NDArray[np.int32]
+    nthreshold: npt.NDArray[Any]
+    child: npt.NDArray[np.int32]
+    value_base: npt.NDArray[np.int64]
+    values: npt.NDArray[Any]
+    node_base: npt.NDArray[np.int64]
+
+
+def perfect_levels(tree: Tree, depth: int) -> int:
+    """Top levels of ``tree`` laid out perfect: as many as pad it to at most ``PADDING``
+    slots per node (and ``MAX_PERFECT_LEVELS``)."""
+    levels = min(depth, MAX_PERFECT_LEVELS)
+    while levels > 1 and (1 << levels) - 1 > PADDING * tree.n_nodes:
+        levels -= 1
+    return levels
+
+
+def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision) -> Layout:
+    """The kernel's arrays of ``trees``, ``forest``'s trees folded with ``columns`` input
+    columns per feature (:func:`treecomp.passes.fold_missing`), tested in ``compare``."""
+    cmp_type = np.float32 if compare == "float32" else np.float64
+    acc_type = np.float32 if forest.accumulation == "float32" else np.float64
+    sizes = np.array([t.n_nodes for t in trees], dtype=np.int64)
+    node_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    internal = np.concatenate([t.left_child >= 0 for t in trees])
+    folded = np.concatenate([t.feature for t in trees]).astype(np.int64)
+    used, compact = np.unique(np.where(internal, folded, -1), return_inverse=True)
+    compact = compact - (1 if used.size and used[0] == -1 else 0)
+    used = used[used >= 0]
+    nfeature = np.where(internal, compact, 0).astype(np.int32)
+    nthreshold = np.concatenate([t.threshold for t in trees]).astype(cmp_type)
+    nthreshold[~internal] = 0
+    ids = np.arange(int(sizes.sum()), dtype=np.int32)
+    left = np.concatenate([t.left_child + b for t, b in zip(trees, node_base)]).astype(np.int32)
+    right = np.concatenate([t.right_child + b for t, b in zip(trees, node_base)]).astype(np.int32)
+    child = np.stack([np.where(internal, left, ids), np.where(internal, right, ids)], 1)
+    widths = np.array([t.leaf_width for t in trees], dtype=np.int32)
+    node_widths = np.repeat(widths, sizes)
+    value_base = np.concatenate([[0], np.cumsum(node_widths)[:-1]]).astype(np.int64)
+    values = np.concatenate([t.value.reshape(-1) for t in trees]).astype(acc_type)
+    depths = tree_depths(forest.trees)
+    levels = np.array([perfect_levels(t, int(d)) for t, d in zip(trees, depths)], np.int32)
+    pfeature, pthreshold, entry = [], [], []
+    perfect_base, entry_base = [], []
+    p_at = e_at = 0
+    for t in range(len(trees)):
+        base = int(node_base[t])
+        level = np.array([base])  # global ids of the slots of the current level
+        for _ in range(int(levels[t])):
+            pfeature.append(nfeature[level])
+            pthreshold.append(nthreshold[level])
+            leaf = ~internal[level]  # a leaf is copied into both children
+            level = np.stack(
+                [np.where(leaf, level, left[level]), np.where(leaf, level, right[level])], 1
+            ).reshape(-1)
+        perfect_base.append(p_at)
+        entry_base.append(e_at)
+        p_at += (1 << int(levels[t])) - 1
+        e_at += level.size
+        entry.append(level.astype(np.int32))
+    empty_i32 = np.zeros(0, np.int32)
+    return Layout(
+        compare=cmp_type,
+        accumulate=acc_type,
+        used_column=(used // columns).astype(np.int32),
+        used_kind=(used % columns).astype(np.int8),
+        perfect_levels=levels,
+        rest_levels=(depths - levels).astype(np.int32),
+        perfect_base=np.array(perfect_base, np.int64),
+        entry_base=np.array(entry_base, np.int64),
+        out_index=np.array([t.output_index for t in trees], np.int32),
+        width=widths,
+        pfeature=np.concatenate(pfeature).astype(np.int32) if pfeature else empty_i32,
+        pthreshold=np.concatenate(pthreshold).astype(cmp_type)
+        if pthreshold
+        else np.zeros(0, cmp_type),
+        entry=np.concatenate(entry),
+        nfeature=nfeature,
+        nthreshold=nthreshold,
+        child=np.ascontiguousarray(child.reshape(-1), dtype=np.int32),
+        value_base=value_base,
+        values=values,
+        node_base=node_base,
+    )
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _address(array: npt.NDArray[Any]) -> int:
+    return int(array.ctypes.data)
+
+
+class KernelEngine:
+    """A forest laid out for the kernel, scoring NumPy rows (see :mod:`treecomp.kernel`).
+
+    Attributes:
+        strategy: What runs, for ``cm.strategy``.
+    """
+
+    def __init__(
+        self, forest: Forest, *, precision: Precision, n_threads: int | None = None
+    ) -> None:
+        check_positive("n_threads", n_threads)
+        self.forest = forest
+        self.precision = precision
+        self.n_threads = n_threads
+        lowered = float32_thresholds(forest) if precision == "float32" else forest
+        fold = fold_missing(lowered.trees, less_equal=forest.comparison == "<=", dtype=precision)
+        if fold is None:
+            raise KernelUnsupported(
+                "the kernel backend walks forests of numerical splits only; this one has "
+                "categorical or zero-as-missing splits (use backend='torch' or 'onnx')"
+            )
+        trees, columns = fold
+        self.layout = lay_out(forest, trees, columns, precision)
+        self.library = load_kernel()
+        cmp = "f32" if precision == "float32" else "f64"
+        acc = "f32" if forest.accumulation == "float32" else "f64"
+        self._walk = getattr(self.library, f"treecomp_walk_{cmp}_{acc}")
+        average = forest.aggregation == "average"
+        self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
+            self.layout.accumulate
+        )
+        L = self.layout
+        # The arguments after the rows, their addresses taken once (2 to 3 us each).
+        self._tables = (
+            L.used_column.size, _address(L.used_column), _address(L.used_kind),
+            L.out_index.size, _address(L.perfect_levels), _address(L.rest_levels),
+            _address(L.perfect_base), _address(L.entry_base), _address(L.out_index),
+            _address(L.width), _address(L.pfeature), _address(L.pthreshold),
+            _address(L.entry), _address(L.nfeature), _address(L.nthreshold),
+            _address(L.child), _address(L.value_base), _address(L.values), forest.n_outputs,
+            _address(self._base),
+        )  # fmt: skip
+        self._threads = n_threads or _cpus()
+        depth = int(tree_depths(forest.trees).max())
+        perfect = int(self.layout.perfect_levels.max(initial=0))
+        self.strategy = f"kernel (C, folded trees, top {perfect} of {depth} levels perfect)"
+
+    def _run(self, X: npt.NDArray[Any], out: Any, leaves: Any) -> None:
+        X = np.ascontiguousarray(X, dtype=self.layout.compare)
+        failed = self._walk(
+            X.ctypes.data, X.shape[0], X.shape[1], *self._tables, out, leaves, self._threads
+        )
+        if failed:
+            raise MemoryError("the kernel could not allocate its row block buffers")
+
+    def scores(
+        self, X: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        forest = self.forest
+        raw = np.empty((X.shape[0], forest.n_outputs), dtype=self.layout.accumulate)
+        self._run(X, _address(raw), None)
+        if forest.aggregation == "average":  # as the reference does, after the sums
+            raw /= forest.trees_per_output().astype(raw.dtype)
+            raw += forest.base_score.astype(raw.dtype)
+        transformed = reference.transform(forest.post_transform, raw)
+        return raw.astype(np.float64), np.asarray(transformed, dtype=np.float64)
+
+    def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
+        nodes = np.empty((X.shape[0], self.forest.n_trees), dtype=np.int32)
+        self._run(X, None, _address(nodes))
+        local = nodes.astype(np.int64) - self.layout.node_base
+        return reference.native_leaf_ids(self.forest, local)
+
+
+def make_engine(
+    forest: Forest,
+    *,
+    precision: Precision,
+    device: Any = None,
+    n_threads: int | None = None,
+    **options: Any,
+) -> KernelEngine:
+    """The ``"kernel"`` backend's engine (see :func:`treecomp.backends.get_backend`)."""
+    if device not in (None, "cpu"):
+        raise ValueError(f"the kernel backend runs on the CPU only, not {device!r}")
+    unexpected = sorted(k for k, v in options.items() if v is not None)
+    if unexpected:
+        raise TypeError(f"the kernel backend takes no options {unexpected} (only n_threads)")
+    return KernelEngine(forest, precision=precision, n_threads=n_threads)
