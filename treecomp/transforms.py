@@ -302,13 +302,14 @@ def is_missing(value: Any) -> bool:
 
 
 def _is_dataframe(X: Any) -> bool:
-    return hasattr(X, "columns") and hasattr(X, "dtypes") and hasattr(X, "iloc")
+    # Not hasattr(X, "dtypes"): a DataFrame builds a Series for it (15 us a call).
+    return hasattr(X, "columns") and hasattr(X, "iloc")
 
 
-def _column_values(transforms: Transforms, X: Any, column: int) -> npt.NDArray[Any]:
-    """The values of input column ``column`` of ``X``: by name in a DataFrame fitted with
-    names, else by position."""
-    if _is_dataframe(X):
+def _column_values(transforms: Transforms, X: Any, column: int, frame: bool) -> npt.NDArray[Any]:
+    """The values of input column ``column`` of ``X`` (a DataFrame where ``frame``): by
+    name in a DataFrame fitted with names, else by position."""
+    if frame:
         if transforms.named:
             name = transforms.columns[column]
             if name not in X.columns:
@@ -362,8 +363,12 @@ def encode(transforms: Transforms, X: Any) -> npt.NDArray[np.float64]:
     # allowed and infinity refused; a column passed through untouched is the forest's to
     # check (prepare does).
     stepped = {f.source for f in transforms.features if f.ops}
+    frame = _is_dataframe(X)
+    columns: dict[int, npt.NDArray[Any]] = {}  # each column read once, whatever reads it
     for s, source in enumerate(transforms.sources):
-        values = _column_values(transforms, X, source.column)
+        values = columns.get(source.column)
+        if values is None:
+            values = columns[source.column] = _column_values(transforms, X, source.column, frame)
         if source.categories is None:
             out[:, s] = _numbers(transforms, values, source.column)
             if s in stepped and np.isinf(out[:, s]).any():
