@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from treecomp.names import for_target
+
 BACKENDS = ("torch", "torchscript", "onnx", "numpy")
-STRATEGIES = ("auto", "gemm", "tree_traversal", "perfect_tree_traversal")
+# The strategies of every target (tree_ensemble, ONNX's alone, is added for onnx below).
+STRATEGIES = ("auto", *for_target("torch"))
 # The systems treecomp is compared with: a cell's ratio is the fastest peer's median over its own.
 PEERS = ("native", "onnxml", "hummingbird", "lleaves", "tl2cgen")
 DEFAULT_SYSTEMS = (
