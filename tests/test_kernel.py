@@ -55,16 +55,17 @@ def test_the_kernel_is_exact_on_the_zoo(name: str) -> None:
 @pytest.mark.parametrize("name", ["xgboost_binary", "sklearn_hgb_nan", "lightgbm_multiclass"])
 def test_every_block_shape_and_thread_count_gives_the_same_bits(name: str) -> None:
     """Blocks of 64 rows walk level by level, fewer than 4 rows one by one, a last block
-    repeats its last row: every split of the rows must give the reference's bits."""
+    repeats its last row, and 512 rows or more split over the threads: every split of the
+    rows must give the reference's bits."""
     model, X_test = fitted(name)
     X = np.asarray(X_test, dtype=np.float64)
-    X = with_missing(np.concatenate([X] * (1 + 300 // len(X)))[:300], fraction=0.2, seed=1)
+    X = with_missing(np.concatenate([X] * (1 + 700 // len(X)))[:700], fraction=0.2, seed=1)
     ref = treecomp.convert(model, "numpy")
     expected = ref.decision_function(X) if hasattr(ref, "decision_function") else None
     leaves = ref.apply(X) if hasattr(ref, "apply") else None
     for threads in (1, 2):
         cm = treecomp.convert(model, "kernel", n_threads=threads)
-        for n in (1, 2, 3, 4, 7, 8, 63, 64, 65, 129, 300):
+        for n in (1, 2, 3, 4, 7, 8, 63, 64, 65, 129, 300, 700):
             if leaves is not None:
                 assert_equal(cm.apply(X[:n]), leaves[:n])
             if expected is not None:

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from treecomp.passes import float32_thresholds, fold_missing
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 1
+ABI = 2
 # Perfect (heap-ordered) levels of a tree may pad it to at most this many slots per real
 # node, and are at most MAX_PERFECT_LEVELS: deeper levels walk child pointers. XGBoost's
 # depth-8 trees stay perfect; LightGBM's leaf-wise trees (255 leaves, up to 38 levels)
@@ -46,6 +47,9 @@ ABI = 1
 PADDING = 4
 MAX_PERFECT_LEVELS = 12
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+# A batch is split over threads in slices of at least this many rows (4 blocks of the kernel):
+# below it a thread's start costs more than it saves.
+MIN_THREAD_ROWS = 256
 
 
 class KernelUnavailable(RuntimeError):
@@ -109,12 +113,9 @@ def _build(compiler: str, directory: Path, key: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.so"
     try:
-        for openmp in (("-fopenmp",), ()):  # a compiler without OpenMP: one thread
-            command = [compiler, *FLAGS, *openmp, "-o", str(partial), str(SOURCE), "-lm"]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            if done.returncode == 0:
-                break
-        else:
+        command = [compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
             raise KernelUnavailable(
                 f"the C compiler {compiler!r} could not build the kernel: "
                 f"{(done.stderr.strip().splitlines() or [''])[-1]:.300}"
@@ -182,7 +183,7 @@ def _declare(library: ctypes.CDLL) -> None:
             function.restype = ctypes.c_int
             function.argtypes = [
                 _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
-                _P, _P, _P, _P, _P, _I64, _P, _P, _P, ctypes.c_int,
+                _P, _P, _P, _P, _P, _I64, _P, _P, _P,
             ]  # fmt: skip
 
 
@@ -294,6 +295,24 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
     )
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_pid = os.getpid()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads shared by every engine of this process; a forked child
+    (Dask, Spark workers) starts its own, as the parent's threads did not come along."""
+    global _pools_pid
+    with _lock:
+        if _pools_pid != os.getpid():
+            _pools.clear()
+            _pools_pid = os.getpid()
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, "treecomp-kernel")
+        return pool
+
+
 def _cpus() -> int:
     """The CPUs this process may run on (its affinity, where the OS tells it)."""
     if hasattr(os, "sched_getaffinity"):
@@ -352,11 +371,36 @@ class KernelEngine:
         perfect = int(self.layout.perfect_levels.max(initial=0))
         self.strategy = f"kernel (C, folded trees, top {perfect} of {depth} levels perfect)"
 
-    def _run(self, X: npt.NDArray[Any], out: Any, leaves: Any) -> None:
+    def _run(
+        self, X: npt.NDArray[Any], out: npt.NDArray[Any] | None, leaves: npt.NDArray[Any] | None
+    ) -> None:
+        """The kernel over ``X`` into ``out`` (sums) or ``leaves`` (nodes reached), in
+        slices of rows side by side on up to ``n_threads`` threads (ctypes lets go of the
+        GIL for the call)."""
         X = np.ascontiguousarray(X, dtype=self.layout.compare)
-        failed = self._walk(
-            X.ctypes.data, X.shape[0], X.shape[1], *self._tables, out, leaves, self._threads
-        )
+        n = X.shape[0]
+        slices = max(1, min(self._threads, n // MIN_THREAD_ROWS))
+        bounds = np.linspace(0, n, slices + 1).astype(np.int64) // 64 * 64
+        bounds[-1] = n
+
+        def walk(i: int) -> int:
+            first, last = int(bounds[i]), int(bounds[i + 1])
+            return int(
+                self._walk(
+                    X.ctypes.data + first * X.strides[0],
+                    last - first,
+                    X.shape[1],
+                    *self._tables,
+                    None if out is None else out.ctypes.data + first * out.strides[0],
+                    None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
+                )
+            )
+
+        if slices == 1:
+            failed = walk(0)
+        else:
+            failed = max(_pool(slices - 1).map(walk, range(1, slices)), default=0)
+            failed = max(failed, walk(0))
         if failed:
             raise MemoryError("the kernel could not allocate its row block buffers")
 
@@ -365,7 +409,7 @@ class KernelEngine:
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         forest = self.forest
         raw = np.empty((X.shape[0], forest.n_outputs), dtype=self.layout.accumulate)
-        self._run(X, _address(raw), None)
+        self._run(X, raw, None)
         if forest.aggregation == "average":  # as the reference does, after the sums
             raw /= forest.trees_per_output().astype(raw.dtype)
             raw += forest.base_score.astype(raw.dtype)
@@ -374,7 +418,7 @@ class KernelEngine:
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         nodes = np.empty((X.shape[0], self.forest.n_trees), dtype=np.int32)
-        self._run(X, None, _address(nodes))
+        self._run(X, None, nodes)
         local = nodes.astype(np.int64) - self.layout.node_base
         return reference.native_leaf_ids(self.forest, local)
 
