@@ -511,3 +511,55 @@ def test_triton_repository_of_a_pipeline(tmp_path) -> None:
     types = [line.split()[-1] for line in inputs.splitlines() if "data_type:" in line]
     assert names == ["a", "b", "c", "color", "size"]
     assert types == ["TYPE_FP64"] * 3 + ["TYPE_STRING"] * 2
+
+
+def ordinal_then_numbers() -> ColumnTransformer:
+    """Ordinal codes first (columns 0 and 1), numbers after: the layout a forest with
+    categorical features of its own reads."""
+    # Categories listed in fit, "green" never seen: codes 0 and 2 are HistGradientBoosting's
+    # categories 0 and 1 (a value that is not its own position), and 1 one it never saw.
+    codes = OrdinalEncoder(
+        categories=[["blue", "green", "red"], ["L", "M", "S"]],
+        handle_unknown="use_encoded_value",
+        unknown_value=np.nan,
+    )
+    return ColumnTransformer(
+        [
+            ("codes", codes, ["color", "size"]),
+            ("numbers", SimpleImputer(), ["a", "b"]),
+        ]
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["hist_gradient_boosting", "lightgbm"])
+def test_forest_with_categorical_features(family: str, backend: str) -> None:
+    """HistGradientBoosting(categorical_features=...) maps the codes to its own known
+    categories (unseen and missing ones to missing); LightGBM reads them as categories."""
+    if backend != "numpy":
+        pytest.importorskip("torch")
+    if backend == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+    if family == "lightgbm":
+        lightgbm = pytest.importorskip("lightgbm")
+        model = lightgbm.LGBMClassifier(
+            n_estimators=8, num_leaves=8, min_child_samples=5, verbose=-1, n_jobs=1
+        )
+        params = {"model__categorical_feature": [0, 1]}
+    else:
+        model = HistGradientBoostingClassifier(
+            max_iter=8, categorical_features=[0, 1], random_state=0
+        )
+        params = {}
+    pipeline = Pipeline([("pre", ordinal_then_numbers()), ("model", model)])
+    seen = (TRAIN["color"] != "green").to_numpy()
+    pipeline.fit(TRAIN[seen], LABELS[seen], **params)
+    cm = treecomp.convert(pipeline, backend)
+    assert any(tree.is_categorical.any() for tree in cm.forest.trees)
+    assert_equal(cm.predict(TEST), pipeline.predict(TEST))
+    assert_close(cm.predict_proba(TEST), pipeline.predict_proba(TEST), "float64")
+    if backend == "onnx":
+        session = ort.InferenceSession(cm.to_onnx().SerializeToString())
+        label, proba = session.run(["label", "probabilities"], onnx_feeds(session, TEST))
+        assert_equal(label, pipeline.predict(TEST))
+        assert_close(proba, pipeline.predict_proba(TEST), "float64")

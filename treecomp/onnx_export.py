@@ -522,6 +522,8 @@ def build_with_plan(
         X, graph_inputs = emit_transforms(
             g, transforms, forest, precision, exported=engine_outputs is None
         )
+        if forest.categories is not None and forest.category_encoding == "always":
+            X = _emit_encoding(g, forest, X)  # HistGradientBoosting's, on the features
     else:
         g = GraphBuilder(precision, "input")
         # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.

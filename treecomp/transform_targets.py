@@ -120,10 +120,34 @@ class PipelineModule(torch.nn.Module):
         self.forest = forest_module
         self.native = torch.float32 if forest.input_dtype == "float32" else torch.float64
         self.dtype = dtype
+        # HistGradientBoosting's categorical features ("always" encoded), with their lists.
+        lists = forest.categories if forest.category_encoding == "always" else None
+        listed = [j for j, k in enumerate(lists or ()) if k is not None]
+        known = [k for k in lists or () if k is not None]
+        width = max((len(k) for k in known), default=0)
+        table = np.full((len(listed), width), np.nan)  # NaN pads: it matches no value
+        for row, values in enumerate(known):
+            table[row, : len(values)] = np.asarray(values, dtype=np.float64)
+        self.register_buffer("listed", torch.tensor(listed, dtype=torch.int64) if listed else None)
+        self.register_buffer("known", torch.from_numpy(table).to(dtype).unsqueeze(0))
 
     def features(self, X: Any) -> Any:
         """The rows the forest reads, in the type its module compares in."""
-        return self.front(X).to(self.native).to(self.dtype)
+        features = self.front(X).to(self.native).to(self.dtype)
+        if self.listed is not None:
+            features = self._positions(features)
+        return features
+
+    def _positions(self, features: Any) -> Any:
+        """HistGradientBoosting's encoding: a listed feature's value becomes its position
+        among the forest's known categories, NaN where it is none of them."""
+        values = features.index_select(1, self.listed)
+        matches = values.unsqueeze(2) == self.known  # (rows, listed, categories)
+        position = matches.to(torch.int8).argmax(dim=2).to(features.dtype)
+        nan = torch.full_like(position, float("nan"))
+        out = features.clone()
+        out[:, self.listed] = torch.where(matches.any(dim=2), position, nan)
+        return out
 
     def forward(self, X: Any) -> Any:
         return self.forest(self.features(X))

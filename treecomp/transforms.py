@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from treecomp.engine import Engine
 from treecomp.errors import UnsupportedModelError
-from treecomp.inputs import Precision, check_values
+from treecomp.inputs import Precision, check_values, to_matrix
 from treecomp.ir import Forest
 
 OpKind = Literal[
@@ -439,13 +439,17 @@ class FeaturesEngine:
 
     def __init__(self, transforms: Transforms, forest: Forest, engine: Engine, dtype: str):
         self.transforms = transforms
+        self.forest = forest
+        self.encodes = forest.categories is not None and forest.category_encoding == "always"
         self.native = forest.input_dtype
         self.dtype = dtype
         self.engine = engine
 
     def _features(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-        features = apply(self.transforms, np.asarray(X, np.float64))
-        return features.astype(self.native).astype(self.dtype)
+        features = apply(self.transforms, np.asarray(X, np.float64)).astype(self.native)
+        if self.encodes:  # HistGradientBoosting's values to positions among its categories
+            features = to_matrix(self.forest, features)
+        return features.astype(self.dtype)
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         return self.engine.leaf_ids(self._features(X))

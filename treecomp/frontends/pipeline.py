@@ -93,12 +93,9 @@ def parse_pipeline(pipeline: Any) -> tuple[Transforms, Forest]:
             f"the transforms give {len(matrix.columns)} features but "
             f"{type(final).__qualname__} reads {forest.n_features}"
         )
-    if forest.categories is not None or any(t.is_categorical.any() for t in forest.trees):
-        raise UnsupportedModelError(
-            f"{type(final).__qualname__} has categorical features of its own: after a "
-            "Pipeline's transforms, only forests with numeric splits are supported (encode the "
-            "categories in the Pipeline, with OneHotEncoder or OrdinalEncoder)"
-        )
+    # Categorical splits read the transforms' numbers: as codes (LightGBM, XGBoost), or,
+    # for HistGradientBoosting, as values it maps to its known categories (every target
+    # does after the transforms: treecomp.transform_targets, onnx_export, FeaturesEngine).
     if not math.isnan(forest.missing_value):
         raise UnsupportedModelError(
             f"{type(final).__qualname__} has missing={forest.missing_value}: after a "
