@@ -36,11 +36,11 @@ import numpy as np
 
 from treecomp.batching import output_names
 from treecomp.container import CompiledModel, load
+from treecomp.ir import METHODS
 
 # Rows per batch by default: 64 Ki rows of 100 float64 features are 50 MiB, and the
 # backends' own chunking bounds their scratch memory.
 BATCH_ROWS = 1 << 16
-METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 # What follows ``.<destination>.`` in a partial file's name: ``<host>.<pid>.<token>``, or a
 # bare ``<pid>`` as written before host and token were added.
