@@ -88,6 +88,7 @@ def test_32_threads_of_single_rows_get_their_own_answers(xgb: Any) -> None:
     assert stats.requests == stats.rows == 2 * 32 * rows_per_thread
     assert stats.batches < stats.requests  # requests were gathered
     assert stats.rows / stats.batches <= 16
+    assert serving._batcher._inflight_rows == 0  # every caller that returned was counted out
 
 
 def test_mixed_methods_in_one_batch(gb: Any) -> None:
@@ -208,6 +209,7 @@ def test_a_cancelled_coroutine_is_skipped(xgb: Any) -> None:
         tasks.append(asyncio.ensure_future(serving.apredict(X[3])))  # the batch is full
         answers = await asyncio.gather(*tasks, return_exceptions=True)
         await serving.aclose()
+        assert serving._batcher._inflight_rows == 0  # the cancelled one too
         return list(answers), serving.stats
 
     answers, stats = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
@@ -418,6 +420,7 @@ def test_an_interrupted_caller_leaves_the_others_answered(xgb: Any) -> None:
     serving.close()
     assert answers == {k: cm.predict(X[k : k + 1])[0] for k in (0, 1, 3)}
     assert serving.stats.rows == 3  # the interrupted request was not scored
+    assert serving._batcher._inflight_rows == 0
 
 
 def test_the_thread_whose_request_fills_a_batch_scores_it(
@@ -476,6 +479,7 @@ def test_an_interrupted_scoring_caller_hands_its_batch_back(
     serving.close()
     assert answers == {k: cm.predict(X[k : k + 1])[0] for k in range(3)}
     assert serving.stats.rows == 3  # the interrupted caller's row was not scored
+    assert serving._batcher._inflight_rows == 0
 
 
 def test_a_stalled_wake_up_chain_recovers(xgb: Any) -> None:

@@ -84,7 +84,7 @@ class Serving:
     lately kept in flight at once (one half is scored while the other comes back: a batch
     of all of them would leave the engine idle while they come back, and a wait for more
     would wait for callers that do not exist), or once its oldest request has waited
-    ``max_wait_ms``. Until it has answered 8 batches, a batch waits for
+    ``max_wait_ms``; it holds no more than that (more queued make the next batch). Until it has answered 8 batches, a batch waits for
     ``max_batch_size`` rows. Serving pays where many callers send requests at once; a
     single caller gains nothing (its requests are scored one by one, as it sends them).
 
@@ -216,23 +216,33 @@ class Serving:
             # where the worker would have to be woken (under load, a wake-up waits for a
             # core: see Serving's notes).
             batch = batcher.submit(request, lead=True)
+        except BaseException:  # closed, or interrupted before it was queued
+            request.abandoned = True
+            raise
+        try:
             while batch is not None:
                 if request in batch:
                     request.awake = True  # answered here: the wake-up chain passes it over
                     batcher.run(batch, lead=True)
-                    return _answer(request, *request.result(), single)
+                    break
                 batcher.run(batch, lead=True)  # a batch of older requests, then its own
                 batch = batcher.lead()
-            answer = request.wait()
+            answer = request.result() if batch is not None else request.wait()
         except BaseException:  # KeyboardInterrupt while waiting: out of the batch and chain
             request.abandoned = True
             raise
+        finally:
+            batcher.returned(request)
         return _answer(request, *answer, single)
 
     async def _acall(self, X: Any, methods: tuple[str, ...]) -> dict[str, npt.NDArray[Any]]:
         request, single = self._request(X, methods, asyncio.get_running_loop())
-        self._batcher.submit(request, lead=False)
-        return _answer(request, *(await request.wait_async()), single)
+        self._batcher.submit(request, lead=False)  # never scored here: it would block the loop
+        try:
+            answer = await request.wait_async()
+        finally:
+            self._batcher.returned(request)
+        return _answer(request, *answer, single)
 
     def _check(self, methods: Sequence[str]) -> tuple[str, ...]:
         if isinstance(methods, str):

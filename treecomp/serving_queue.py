@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # the model is handed in: the queue sits below the container
 
 # The float types of the single rows that are prepared with their batch (Batcher._score_raw).
 RAW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Their names: NumPy 2 computes dtype.name in Python, 1 to 6 us a call.
+_NAMES = {dtype: dtype.name for dtype in RAW_DTYPES}
 _names = itertools.count(1)
 # Every live batcher, for a forked child to reset (see Batcher._reset).
 _batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -190,14 +192,12 @@ class Chain:
             return True
 
 
-def wake(requests: Sequence[Request]) -> Chain | None:
+def wake(requests: Sequence[Request]) -> None:
     """Wake the callers of answered requests: threads through a :class:`Chain`, coroutines
     with one call into each event loop (each call writes to the loop's self-pipe)."""
     threads = [r for r in requests if r.loop is None]
-    chain = None
     if threads:
-        chain = Chain(threads)
-        chain.wake_next()  # the first wakes the next, and so on
+        Chain(threads).wake_next()  # the first wakes the next, and so on
     futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
     for request in requests:
         if request.loop is not None:
@@ -207,7 +207,6 @@ def wake(requests: Sequence[Request]) -> Chain | None:
             loop.call_soon_threadsafe(_resolve, waiting)
         except RuntimeError:  # the loop is closed: nobody waits there any more
             pass
-    return chain
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:
@@ -217,14 +216,13 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
 
 
 class _Tally:
-    """What one batch's scoring did: requests answered, rows scored, engine calls, and the
-    wake-up chains it started (added to the batcher's under its lock)."""
+    """What one batch's scoring did: requests answered, rows scored, engine calls (added to
+    the batcher's stats under its lock)."""
 
-    __slots__ = ("batches", "chains", "requests", "rows")
+    __slots__ = ("batches", "requests", "rows")
 
     def __init__(self) -> None:
         self.requests = self.rows = self.batches = 0
-        self.chains: list[Chain] = []
 
 
 class Batcher:
@@ -257,11 +255,8 @@ class Batcher:
         self._idle = threading.Condition(self._lock)  # close() waits on it
         self._pending: deque[Request] = deque()
         self._pending_rows = 0
-        self._scoring_rows = 0  # in batches taken and not yet answered
         self._scoring = 0
-        # The wake-up chains of the last batches answered: their threads not yet woken are
-        # in flight too (see _note_load).
-        self._chains: deque[Chain] = deque(maxlen=4)
+        self._inflight_rows = 0  # of requests queued whose callers have not returned
         self._sleeping = False  # the worker waits for a first request, with no deadline
         self._thread: threading.Thread | None = None
 
@@ -279,6 +274,7 @@ class Batcher:
                 self._thread.start()
             self._pending.append(request)
             self._pending_rows += request.n
+            self._inflight_rows += request.n
             if self._pending_rows >= self._full:
                 if lead:
                     return self._take()
@@ -287,6 +283,11 @@ class Batcher:
                 self._sleeping = False
                 self._ready.notify()
         return None
+
+    def returned(self, request: Request) -> None:
+        """``request``'s caller has its answer (or left): its rows are no longer in flight."""
+        with self._lock:
+            self._inflight_rows -= request.n
 
     def lead(self) -> list[Request] | None:
         """A full batch for the caller's thread to score, if one is waiting (for a caller
@@ -342,18 +343,18 @@ class Batcher:
             self.run(batch, lead=False)
 
     def _note_load(self) -> None:
-        """Note the rows in flight as a batch is answered (waiting, in batches not yet
-        answered, or answered and not yet woken), with the lock held.
+        """Note the rows in flight as a batch is answered, with the lock held: those of
+        every request whose caller has not yet returned (queued, being scored, or answered
+        and not yet woken or resumed).
 
         Half the rows the callers keep in flight is a full batch: one half is scored while
         the other comes back. A batch of all of them would leave the engine idle while they
-        come back, and a wait for more would wait for callers that do not exist. Rows of
-        threads not yet woken count: under load their wake-ups are slow, and without them
-        the estimate shrank batch after batch to one or two rows.
+        come back, and a wait for more would wait for callers that do not exist. Callers
+        answered but not yet back count: under load their wake-ups are slow, and an
+        estimate without them (rows queued or being scored) shrank batch after batch to one
+        or two rows.
         """
-        load = self._pending_rows + self._scoring_rows
-        for chain in self._chains:
-            load += sum(r.n for r in chain.requests[chain.position :])
+        load = self._inflight_rows
         if load > self._load[1]:
             self._load[1] = load
         self._epoch_batches += 1
@@ -362,16 +363,17 @@ class Batcher:
             self._full = min(self.max_rows, max(1, -(-max(self._load) // 2)))
 
     def _take(self) -> list[Request]:
-        """The oldest requests that fit in one batch (the oldest alone if it does not fit),
-        taken out of the queue, with the lock held."""
+        """The oldest requests that fit in one full batch (the oldest alone if it does not
+        fit), taken out of the queue, with the lock held. Never more: where more have
+        queued (coroutines that resume together, a worker back late), the rest is the next
+        batch, scored while this one's callers come back."""
         first = self._pending.popleft()
         batch, rows = [first], first.n
-        while self._pending and rows + self._pending[0].n <= self.max_rows:
+        while self._pending and rows + self._pending[0].n <= self._full:
             request = self._pending.popleft()
             batch.append(request)
             rows += request.n
         self._pending_rows -= rows
-        self._scoring_rows += rows
         self._scoring += 1
         return batch
 
@@ -401,8 +403,6 @@ class Batcher:
                 self.requests += tally.requests
                 self.rows += tally.rows
                 self.batches += tally.batches
-                self._chains.extend(tally.chains)
-                self._scoring_rows -= sum(r.n for r in batch)
                 self._note_load()
                 self._scoring -= 1
                 if not self._scoring:
@@ -456,8 +456,8 @@ class Batcher:
                 X = np.concatenate([r.rows for r in requests])
         tally.batches += 1
         try:
-            # rows prepared by the callers: the engine model._prepare picks for their dtype
-            engine = self.model._engine_for(X.dtype.name)
+            # prepared rows: the engine model._prepare picks for their dtype
+            engine = self.model._engine_for(_NAMES.get(X.dtype) or X.dtype.name)
             results = self.model._outputs(engine, X, methods)
         except Exception as exc:
             if len(requests) == 1:
@@ -476,6 +476,4 @@ class Batcher:
         for request in requests:  # each caller slices its own rows out, in its own thread
             request.answer = (results, start)
             start += request.n
-        chain = wake(requests)
-        if chain is not None:
-            tally.chains.append(chain)
+        wake(requests)
