@@ -563,3 +563,18 @@ def test_forest_with_categorical_features(family: str, backend: str) -> None:
         label, proba = session.run(["label", "probabilities"], onnx_feeds(session, TEST))
         assert_equal(label, pipeline.predict(TEST))
         assert_close(proba, pipeline.predict_proba(TEST), "float64")
+
+
+def test_cli_converts_a_pipeline_file(tmp_path) -> None:
+    """``treecomp convert pipeline.skops --to onnx``: the transforms come with the forest."""
+    skops_io = pytest.importorskip("skops.io", reason="the CLI reads .skops files with skops")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from treecomp.cli import main
+
+    pipeline = fitted("random_forest")
+    skops_io.dump(pipeline, tmp_path / "pipeline.skops")
+    out = tmp_path / "pipeline.onnx"
+    assert main(["convert", str(tmp_path / "pipeline.skops"), "--to", "onnx", "-o", str(out)]) == 0
+    session = ort.InferenceSession(str(out))
+    assert_equal(session.run(["label"], onnx_feeds(session, TEST))[0], pipeline.predict(TEST))

@@ -49,7 +49,7 @@ def _model(args: argparse.Namespace, **options: Any) -> Any:
         return compiled, kind
     if compiled is not None:
         return treecomp.load(args.model, **options), kind
-    if forest is not None and forest.task == "classifier" and classes is None:
+    if isinstance(forest, Forest) and forest.task == "classifier" and classes is None:
         if kind.startswith(("XGBoost", "LightGBM")):
             args.notes.append(
                 f"note: {args.model} holds no class labels: the classes are the native "
@@ -65,6 +65,10 @@ def _forest_of(path: Path, args: argparse.Namespace) -> tuple[Forest, str]:
         return Forest.from_json(path.read_bytes()), "treecomp Forest JSON"
     classes = args.classes.split(",") if args.classes else None
     forest, compiled, kind = read_forest(path, classes=classes, trust_pickle=args.trust_pickle)
+    if forest is not None and not isinstance(forest, Forest):  # a Pipeline: its forest
+        from treecomp.frontends.pipeline import parse_pipeline
+
+        return parse_pipeline(forest)[1], f"{kind}, the forest after its transforms"
     return (compiled.forest if forest is None else forest), kind
 
 

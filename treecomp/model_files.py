@@ -64,10 +64,11 @@ class ModelFileError(ValueError):
 
 def read_forest(
     path: Path, *, classes: list[str] | None = None, trust_pickle: bool = False
-) -> tuple[Forest | None, Any, str]:
+) -> tuple[Any, Any, str]:
     """``(forest, artifact model or None, description)`` of the model in ``path``.
 
-    Returns a parsed forest for native model files, or a rebuilt CompiledModel for a
+    Returns a parsed forest for native model files (a scikit-learn Pipeline from a pickle
+    or skops file as it is, for :func:`treecomp.convert`), or a rebuilt CompiledModel for a
     treecomp artifact (as the second element, the first being None).
 
     Raises:
@@ -166,7 +167,7 @@ def _library_output_silenced() -> Iterator[None]:
 # Pickle, joblib and skops
 
 
-def _pickle(path: Path, trust_pickle: bool) -> tuple[Forest, None, str]:
+def _pickle(path: Path, trust_pickle: bool) -> tuple[Any, None, str]:
     if not trust_pickle:
         raise ModelFileError(
             f"{path}: pickle/joblib files run arbitrary code when loaded; save the model "
@@ -193,10 +194,10 @@ def _pickle(path: Path, trust_pickle: bool) -> tuple[Forest, None, str]:
             f"{path}: not a readable {path.suffix.lower()[1:]} file "
             f"({type(exc).__name__}: {first_line(exc)})"
         ) from exc
-    return treecomp.parse(model), None, f"pickled {type(model).__qualname__}"
+    return _parsed(model), None, f"pickled {type(model).__qualname__}"
 
 
-def _skops(path: Path) -> tuple[Forest, None, str]:
+def _skops(path: Path) -> tuple[Any, None, str]:
     try:
         import skops.io
     except ImportError as exc:
@@ -221,7 +222,15 @@ def _skops(path: Path) -> tuple[Forest, None, str]:
         raise ModelFileError(
             f"{path}: not a readable skops file ({type(exc).__name__}: {first_line(exc)})"
         ) from exc
-    return treecomp.parse(model), None, f"scikit-learn {type(model).__qualname__} (skops)"
+    return _parsed(model), None, f"scikit-learn {type(model).__qualname__} (skops)"
+
+
+def _parsed(model: Any) -> Any:
+    """The forest of a model, or a scikit-learn Pipeline as it is: its transforms and forest
+    are compiled together (treecomp.convert), never the forest alone."""
+    from treecomp.frontends.pipeline import is_pipeline
+
+    return model if is_pipeline(model) else treecomp.parse(model)
 
 
 # -------------------------------------------------------------------------------------------
