@@ -272,13 +272,18 @@ def test_default_backend_tiers_up_to_the_compiled_package(
 
 
 def test_compiled_tier_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Which conversions tier up: the default backend only, forests with enough tree
-    levels and none too deep, not with TREECOMP_BACKGROUND_COMPILE=0; a tier that cannot
-    compile leaves the operator serving and says why (checked before a build process starts)."""
+    """Which conversions tier up to the compiled package: the default backend only, forests
+    the kernel does not walk (here: no kernel), with enough tree levels and none too deep,
+    not with TREECOMP_BACKGROUND_COMPILE=0; a tier that cannot compile leaves the operator
+    serving and says why (checked before a build process starts)."""
     import treecomp.torch_backend as torch_backend
     from tests.test_ir import small_forest
-    from treecomp import tiered
+    from treecomp import kernel, tiered
 
+    def no_kernel() -> None:
+        raise kernel.KernelUnavailable("no C compiler here")
+
+    monkeypatch.setattr(kernel, "load_kernel", no_kernel)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing cached
     model, X_test = fitted("xgboost_binary")
     forest = treecomp.convert(model, "numpy").forest

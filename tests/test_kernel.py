@@ -141,3 +141,40 @@ def test_options_the_kernel_does_not_take_are_refused() -> None:
     with pytest.raises(ValueError, match="CPU only"):
         treecomp.convert(model, "kernel", device="cuda")
     assert "kernel (C" in treecomp.convert(model, "kernel").strategy
+
+
+def test_the_default_backend_scores_large_batches_in_the_kernel() -> None:
+    """backend="auto" keeps single rows on the tree operator and gives batches of
+    COMPILED_FROM_ROWS rows or more to the kernel from the first (no build to wait for),
+    racing the operator for TRIALS batches before it commits; either way exactly."""
+    from treecomp import tiered
+
+    model, X_test = fitted("xgboost_binary")
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)[: tiered.COMPILED_FROM_ROWS]
+    cm = treecomp.convert(model, n_threads=2)
+    tier = cm._engine_for("float32").tier
+    assert isinstance(tier, tiered.KernelTier) and tier.state == "ready" and cm.tier_up(0)
+    assert "batches of 256+ rows: kernel (C" in cm.strategy
+    for _ in range(2 * tiered.TRIALS + 1):
+        compare_native(model, cm, X)
+    assert tier.winner is not None
+    assert all(len(times) == tiered.TRIALS for times in tier.trials.values())
+
+
+@pytest.mark.parametrize("perfect", [0, 2])
+@pytest.mark.parametrize("name", ["xgboost_multiclass", "sklearn_hgb_nan", "lightgbm_binary_nan"])
+def test_child_pointer_walks_are_exact(
+    name: str, perfect: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below its perfect levels a tree walks child pointers, only the rows still moving
+    (leaf-wise trees); here with no perfect level, or two, on every input of the zoo."""
+    monkeypatch.setattr(kernel, "MAX_PERFECT_LEVELS", perfect)
+    model, X_test = fitted(name)
+    forest = treecomp.parse(model)
+    cm = treecomp.convert(model, "kernel")
+    assert f"top {perfect} of" in cm.strategy
+    ref = treecomp.convert(model, "numpy")
+    for X in inputs(model, X_test, forest):
+        compare_reference(cm, ref, X)
+    X = with_missing(np.concatenate([np.asarray(X_test, np.float64)] * 5), fraction=0.2, seed=2)
+    compare_reference(cm, ref, X)

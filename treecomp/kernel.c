@@ -133,16 +133,24 @@
             }                                                                                 \
             const int32_t *e = entry + entry_base[t] - ((1 << levels) - 1);                   \
             for (int64_t r = 0; r < mb; r++) at[r] = e[at[r]];                             \
-            for (int d = 0; d < rest_levels[t]; d++) {                                        \
-              int moved = 0;                                                                  \
-              for (int64_t r = 0; r < mb; r++) {                                           \
-                int32_t i = at[r];                                                            \
-                int32_t next =                                                                \
-                    child[2 * (int64_t)i + !(xt[(int64_t)nfeature[i] * BLOCK + r] < nthreshold[i])]; \
-                moved |= next != i;                                                           \
-                at[r] = next;                                                                 \
+            if (rest_levels[t] > 0) {                                                         \
+              /* child pointers: only rows still moving step on (rows of leaf-wise trees   \
+                 stop at very different depths), kept in order in `live` */                \
+              int32_t live[BLOCK];                                                            \
+              int64_t n_live = 0;                                                             \
+              for (int64_t r = 0; r < mb; r++) live[n_live++] = (int32_t)r;                   \
+              for (int d = 0; d < rest_levels[t] && n_live > 0; d++) {                        \
+                int64_t kept = 0;                                                             \
+                for (int64_t j = 0; j < n_live; j++) {                                        \
+                  int32_t r = live[j], i = at[r];                                             \
+                  int32_t next =                                                              \
+                      child[2 * (int64_t)i + !(xt[(int64_t)nfeature[i] * BLOCK + r] < nthreshold[i])]; \
+                  at[r] = next;                                                               \
+                  live[kept] = r;                                                             \
+                  kept += next != i;                                                          \
+                }                                                                             \
+                n_live = kept;                                                                \
               }                                                                               \
-              if (!moved) break; /* every row is at its leaf */                               \
             }                                                                                 \
             if (leaves != NULL) {                                                             \
               for (int64_t r = 0; r < m; r++) leaves[(first + r) * n_trees + t] = at[r];      \

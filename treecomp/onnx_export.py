@@ -691,17 +691,16 @@ class OnnxEngine:
         self._score_outputs = (["raw"], [k]) if identity else (["raw", "transformed"], [k, k])
         self.providers = providers
         self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
-        # backend="auto": large batches move to the compiled torch package once it is loaded
-        # (treecomp.tiered), for the forests that profit.
+        # backend="auto": large batches move to the kernel, or to the compiled torch package
+        # once it is loaded, for the forests that profit (treecomp.tiered).
         self.tier: Any = None
         self.tier_rows = 0
         if compiled_tier and kind == "cpu" and transforms is None:
             from treecomp import tiered
 
             self.tier_rows = tiered.COMPILED_FROM_ROWS
-            if tiered.enabled() and tiered.worth_compiling(forest):
-                options = {"batch_size": batch_size, "n_threads": n_threads}
-                self.tier = tiered.CompiledTier(forest, precision=precision, options=options)
+            options = {"batch_size": batch_size, "n_threads": n_threads}
+            self.tier = tiered.tier_for(forest, precision=precision, options=options)
         self.session = self._session(self.model)
         # Built on first use: the leaf-id graph, the scores graph planned for calls of
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs),

@@ -1,4 +1,8 @@
-"""The compiled tier of ``backend="auto"``: large batches move to the compiled torch package.
+"""The tier of ``backend="auto"``: large batches move to the kernel, or the compiled package.
+
+Forests of numerical splits go to the kernel backend (:mod:`treecomp.kernel`,
+:class:`KernelTier`) at once: it builds no more than a layout. The others may move to the
+compiled torch package, as follows.
 
 The default backend on the CPU starts on ONNX Runtime's tree operator, which builds in about a
 second. The compiled torch package (``compile=True``) is faster on large batches of most
@@ -240,6 +244,43 @@ class CompiledTier:
                 lines = log.read().decode(errors="replace").strip().splitlines()
                 tail = lines[-1] if lines else ""
                 raise RuntimeError(f"the build process exited with {code}: {tail[:300]}")
+
+
+class KernelTier(CompiledTier):
+    """The kernel backend (:mod:`treecomp.kernel`) as the tier of large batches: ready from
+    the start, as a forest's layout is all it builds (the kernel itself is compiled once per
+    machine); it still races the operator before it commits (:meth:`CompiledTier.choose`).
+    """
+
+    def __init__(self, forest: Forest, *, precision: Precision, engine: Any) -> None:
+        super().__init__(forest, precision=precision, options={})
+        self.engine = engine
+        self.state = "ready"
+
+    def note(self, seconds: float) -> None:
+        """Nothing to look for or build."""
+
+    def tier_up(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def tier_for(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> Any:
+    """The tier of large batches for the default backend: the kernel where it walks the
+    forest (numerical splits, a C compiler), else the compiled package where it profits
+    (:func:`worth_compiling`) and background builds are on (:func:`enabled`), else None."""
+    from treecomp import kernel
+
+    try:
+        engine = kernel.KernelEngine(
+            forest, precision=precision, n_threads=options.get("n_threads")
+        )
+    except (kernel.KernelUnsupported, kernel.KernelUnavailable) as exc:
+        logger.info("treecomp: no kernel tier (%s)", exc)
+    else:
+        return KernelTier(forest, precision=precision, engine=engine)
+    if enabled() and worth_compiling(forest):
+        return CompiledTier(forest, precision=precision, options=options)
+    return None
 
 
 @atexit.register
