@@ -1,4 +1,4 @@
-"""The row transforms (:mod:`treecomp.transforms`) on each target: torch, ONNX, NumPy engines.
+"""The row transforms (:mod:`treecomp.transforms`) as a torch module and as ONNX nodes.
 
 Every target evaluates the one description of the chains, :func:`treecomp.transforms.
 evaluate`, through its own primitives: :class:`TorchPrimitives` inside
@@ -6,7 +6,10 @@ evaluate`, through its own primitives: :class:`TorchPrimitives` inside
 scores the encoded rows), :class:`OnnxPrimitives` in the graph the onnx backend runs and
 exports (:func:`emit_transforms`). The features are computed in float64, then cast to the
 forest's input type (float32 for XGBoost and scikit-learn trees), then to the precision
-the engine compares in: the native path of a pipeline's rows.
+the engine compares in: the native path of a pipeline's rows. A HistGradientBoosting
+forest's categorical features then become positions among its known categories, as its
+own preprocessing does (the NumPy evaluation, :class:`treecomp.transforms.FeaturesEngine`,
+does the same with :func:`treecomp.inputs.to_matrix`).
 
 The exported ONNX file of a pipeline takes one input per column the pipeline reads, named
 after it, shape ``(N, 1)``: ``tensor(double)`` for numeric columns and for categories that
