@@ -698,9 +698,9 @@ class OnnxEngine:
         if compiled_tier and kind == "cpu" and transforms is None:
             from treecomp import tiered
 
-            self.tier_rows = tiered.COMPILED_FROM_ROWS
             options = {"batch_size": batch_size, "n_threads": n_threads}
             self.tier = tiered.tier_for(forest, precision=precision, options=options)
+            self.tier_rows = 0 if self.tier is None else self.tier.from_rows
         self.session = self._session(self.model)
         # Built on first use: the leaf-id graph, the scores graph planned for calls of
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs),

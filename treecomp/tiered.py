@@ -48,6 +48,12 @@ logger = logging.getLogger(__name__)
 # operator is as fast or faster (XGBoost, 500 trees of depth 8, 1 000 rows, 2 threads:
 # 7.7 ms in the operator, 3.9 ms compiled; 1 row: 19 us against 86 us).
 COMPILED_FROM_ROWS = 256
+# The kernel tier takes batches from this many rows: it pays no graph call, and its row
+# blocks share each tree's top levels. XGBoost, 500 trees of depth 8, one thread, us of
+# CPU a row, operator / kernel: 4 rows 31.5 / 41.2, 8 rows 26.4 / 19.5, 16 rows 23.3 / 11.5,
+# 32 rows 21.9 / 8.4 (AMD EPYC Zen 4, other work running). treecomp.Serving's batches are
+# of this size (half the callers in flight).
+KERNEL_FROM_ROWS = 8
 # Forests deeper than this stay on the operator. 10 000 rows, 2 threads, operator /
 # compiled, ms: LightGBM 300 trees up to 38 levels 74 / 130; HistGradientBoosting 200 trees
 # up to 16 levels 27.5 / 24.5; XGBoost 500 trees of depth 8 75 / 34.
@@ -101,6 +107,11 @@ class CompiledTier:
         self.winner: str | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    @property
+    def from_rows(self) -> int:
+        """The rows from which a batch goes to this tier."""
+        return COMPILED_FROM_ROWS
 
     def choose(self) -> str:
         """Which side scores the next large batch once the package is loaded: each side
@@ -256,6 +267,10 @@ class KernelTier(CompiledTier):
         super().__init__(forest, precision=precision, options={})
         self.engine = engine
         self.state = "ready"
+
+    @property
+    def from_rows(self) -> int:
+        return KERNEL_FROM_ROWS
 
     def note(self, seconds: float) -> None:
         """Nothing to look for or build."""
