@@ -238,7 +238,7 @@ def test_the_default_backend_is_the_fastest_exact_path_installed(
 ) -> None:
     model, X_test = fitted("lightgbm_binary_nan")
     cm = treecomp.convert(model)
-    assert (cm.backend, cm.strategy) == ("onnx", "tree_ensemble")
+    assert cm.backend == "onnx" and cm.strategy.startswith("tree_ensemble")
     compare_native(model, cm, X_test)
     assert treecomp.backends.choose_backend({"device": "cuda"}) == "torch"
     assert treecomp.backends.choose_backend({"compile": True}) == "torch"
