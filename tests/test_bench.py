@@ -102,6 +102,9 @@ def test_system_names() -> None:
     )
     assert bench.parse_system("treecomp-onnx").strategy == "auto"
     assert bench.parse_system("treecomp-numpy").strategy is None
+    assert bench.parse_system("treecomp-kernel").strategy is None
+    with pytest.raises(ValueError, match="no strategies"):
+        bench.parse_system("treecomp-kernel-gemm")
     assert bench.parse_system("onnxml").peer
     # The defaults of treecomp.convert: no backend, no strategy, tiered up before timing.
     assert bench.parse_system("treecomp") == bench.System("treecomp", "treecomp")

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from treecomp.names import for_target
 
-BACKENDS = ("torch", "torchscript", "onnx", "numpy")
+BACKENDS = ("torch", "torchscript", "onnx", "kernel", "numpy")
+# Backends with no strategies to choose from.
+PLAIN_BACKENDS = ("kernel", "numpy")
 # The strategies of every target (tree_ensemble, ONNX's alone, is added for onnx below).
 STRATEGIES = ("auto", *for_target("torch"))
 # The systems treecomp is compared with: a cell's ratio is the fastest peer's median over its own.
@@ -23,13 +25,21 @@ DEFAULT_SYSTEMS = (
     "treecomp-torch-auto-compiled",
     "treecomp-torchscript-auto",
     "treecomp-onnx-auto",
+    "treecomp-kernel",
 )
 # lleaves 1.3 (the latest) compiles with llvmlite's PassManagerBuilder, which llvmlite 0.45 removed.
 LLEAVES_INSTALL = "pip install lleaves 'llvmlite<0.45'"
 TL2CGEN_INSTALL = "pip install tl2cgen treelite"
 # --quick leaves out compile=True, lleaves and tl2cgen, whose compile times alone would exceed
 # the quick budget.
-QUICK_SYSTEMS = ("native", "onnxml", "hummingbird", "treecomp-torch-auto", "treecomp-onnx-auto")
+QUICK_SYSTEMS = (
+    "native",
+    "onnxml",
+    "hummingbird",
+    "treecomp-torch-auto",
+    "treecomp-onnx-auto",
+    "treecomp-kernel",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +50,8 @@ class System:
         name: As written in ``--systems``.
         kind: One of :data:`PEERS` or ``"treecomp"``.
         backend: treecomp's backend; ``None`` for its defaults (``backend="auto"``).
-        strategy: treecomp's strategy; ``None`` for the numpy backend, which has none.
+        strategy: treecomp's strategy; ``None`` for the kernel and numpy backends, which
+            have none.
         compiled: Whether to pass ``compile=True``.
     """
 
@@ -83,7 +94,9 @@ def parse_system(name: str) -> System:
     backend, _, strategy = rest.removesuffix("-compiled").partition("-")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} in system {name!r}; use one of {BACKENDS}")
-    if not strategy and backend != "numpy":
+    if strategy and backend in PLAIN_BACKENDS:
+        raise ValueError(f"the {backend} backend has no strategies: use treecomp-{backend}")
+    if not strategy and backend not in PLAIN_BACKENDS:
         strategy = "auto"
     return System(name, "treecomp", backend, strategy or None, compiled)
 
@@ -95,7 +108,7 @@ def all_systems() -> tuple[str, ...]:
         names += [f"treecomp-{backend}-{s}" for s in STRATEGIES]
     names.append("treecomp-onnx-tree_ensemble")  # ONNX Runtime's tree operator: onnx only
     names += [f"treecomp-torch-{s}-compiled" for s in STRATEGIES]
-    return (*names, "treecomp-numpy")
+    return (*names, "treecomp-kernel", "treecomp-numpy")
 
 
 def resolve_systems(text: str | None, *, quick: bool) -> list[System]:
