@@ -4,12 +4,13 @@ A server calls its model once per request, from many threads or coroutines, and 
 pays fixed costs (Python's checks, the runtime's call, on ONNX Runtime a row's trees split
 over threads) that a batch pays once: the benchmark's 500-tree XGBoost model on the default
 backend spends 90 to 140 us of CPU on a one-row call and about 11 us a row in calls of 16
-rows, which its kernel tier scores (``python benchmarks/serving.py``, 2 shared cores). :class:`Serving` does what
-Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests wait in a queue
-(:mod:`treecomp.serving_queue`), and whatever has gathered is scored in one call (at most
-``max_batch_size`` rows, waiting at most ``max_wait_ms``, see :class:`Serving`), then each
-caller gets its own rows. The thread whose request fills a batch scores it; a worker
-thread scores the batches that time out, and those that coroutines fill.
+rows, which its kernel tier scores (``python benchmarks/serving.py``, 2 shared cores).
+:class:`Serving` does what Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests
+wait in a queue (:mod:`treecomp.serving_queue`), and whatever has gathered is scored in one
+call (at most ``max_batch_size`` rows, waiting at most ``max_wait_ms``, see
+:class:`Serving`), then each caller gets its own rows. The thread whose request fills a
+batch scores it; a worker thread scores the batches that time out, and those that
+coroutines fill.
 
 Each request is checked on its own by the code ``cm.predict`` runs
 (:func:`treecomp.inputs.prepare`): a bad request (wrong width, NaN where the model refuses
@@ -84,9 +85,10 @@ class Serving:
     lately kept in flight at once (one half is scored while the other comes back: a batch
     of all of them would leave the engine idle while they come back, and a wait for more
     would wait for callers that do not exist), or once its oldest request has waited
-    ``max_wait_ms``; it holds no more than that (more queued make the next batch). Until it has answered 8 batches, a batch waits for
-    ``max_batch_size`` rows. Serving pays where many callers send requests at once; a
-    single caller gains nothing (its requests are scored one by one, as it sends them).
+    ``max_wait_ms``; it holds no more than that (more queued make the next batch). Until
+    8 batches were answered, a batch waits for ``max_batch_size`` rows. Serving pays where
+    many callers send requests at once; a single caller gains nothing (its requests are
+    scored one by one, as it sends them).
 
     Example::
 
