@@ -34,11 +34,12 @@ median divided by its own, so a ratio above 1 means faster than every peer.
 The modules, each using only those before it: :mod:`~treecomp.bench.systems` (the names),
 :mod:`~treecomp.bench.models` (data and estimators), :mod:`~treecomp.bench.timing` (the
 timing loop and the deviation), :mod:`~treecomp.bench.runners` (each system's conversion, the
-one module that imports treecomp), :mod:`~treecomp.bench.worker` (the worker process),
-:mod:`~treecomp.bench.spawn` (the parent's side of it), :mod:`~treecomp.bench.report`
-(records, tables, plot, machine) and :mod:`~treecomp.bench.cli` (the command line). Only
-the worker's modules import treecomp: this package, its command line and the timing loop
-(which ``treecomp demo`` uses) stand below it.
+one module that calls ``treecomp.convert``), :mod:`~treecomp.bench.worker` (the worker
+process), :mod:`~treecomp.bench.spawn` (the parent's side of it),
+:mod:`~treecomp.bench.report` (records, tables, plot, machine) and :mod:`~treecomp.bench.cli`
+(the command line). Only the runners and the worker import the ``treecomp`` package itself
+(``systems`` reads the strategy names from ``treecomp.names``), so this package, its command
+line and the timing loop (which ``treecomp demo`` uses) stand below it in the imports.
 """
 
 from treecomp.bench.cli import DEFAULT_BATCH_SIZES, QUICK_BATCH_SIZES, build_parser, main, run
