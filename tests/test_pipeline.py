@@ -129,13 +129,26 @@ def fitted(family: str) -> Pipeline:
     return _FITTED[family]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def kernel_missing() -> str:
+    """Why the C kernel backend cannot run here ("" where it can)."""
+    from treecomp import kernel
+
+    try:
+        kernel.load_kernel()
+    except kernel.KernelUnavailable as exc:  # pragma: no cover - machines without cc
+        return str(exc)
+    return ""
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "kernel"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pipeline_matches_native(family: str, backend: str) -> None:
-    if backend != "numpy":
+    if backend in ("torch", "onnx"):
         pytest.importorskip("torch")
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
+    if backend == "kernel" and kernel_missing():
+        pytest.skip(f"no kernel here: {kernel_missing()}")
     pipeline = fitted(family)
     cm = treecomp.convert(pipeline, backend)
     assert_equal(cm.predict(TEST), pipeline.predict(TEST))

@@ -464,6 +464,11 @@ class FeaturesEngine:
             features = to_matrix(self.forest, features)
         return features.astype(self.dtype)
 
+    @property
+    def strategy(self) -> str:
+        """The forest engine's plan, after the transforms in NumPy."""
+        return f"transforms in NumPy, then {getattr(self.engine, 'strategy', 'reference')}"
+
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         return self.engine.leaf_ids(self._features(X))
 
@@ -484,13 +489,14 @@ def make_engine(
 ) -> Engine:
     """An engine of ``forest`` on ``backend`` that scores the encoded matrix of
     ``transforms``: the transforms lowered into the torch module or the ONNX graph, or
-    evaluated in NumPy before the reference evaluator."""
+    evaluated in NumPy before an engine with no graph to hold them (the reference
+    evaluator, the C kernel)."""
     if options.pop("compile", False) is not False:
         raise UnsupportedModelError(
             "compile=True is not supported for Pipelines yet: convert the Pipeline without "
             "compile=, or convert its final model alone"
         )
-    if backend == "numpy":
+    if backend in ("numpy", "kernel"):
         engine = factory(forest, precision=precision, **options)
         return FeaturesEngine(transforms, forest, engine, precision)
     if backend == "torch":
@@ -500,6 +506,7 @@ def make_engine(
         return wrap_torch_engine(engine, transforms, forest, precision)
     if backend == "onnx":
         return factory(forest, precision=precision, transforms=transforms, **options)
+    # torchscript: its scripted module is what users save, and it would lack the transforms.
     raise UnsupportedModelError(
-        f"backend {backend!r} does not run Pipelines; use 'torch', 'onnx' or 'numpy'"
+        f"backend {backend!r} does not run Pipelines yet; use 'torch', 'onnx', 'kernel' or 'numpy'"
     )
