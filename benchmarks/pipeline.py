@@ -91,7 +91,7 @@ def main() -> None:
         f"{'native':7s}  10 000 rows {best_ms(pipeline.predict_proba, rows, 3):8.2f}   "
         f"1 row {best_ms(pipeline.predict_proba, one, 50):7.3f}"
     )
-    for backend in ("onnx", "torch", "numpy"):
+    for backend in ("onnx", "torch", "kernel", "numpy"):
         cm = treecomp.convert(pipeline, backend)
         assert (cm.predict(rows) == pipeline.predict(rows)).all(), backend
         print(
