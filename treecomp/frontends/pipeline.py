@@ -216,7 +216,8 @@ def _min_max_scaler(step: Any, matrix: _Matrix) -> _Matrix:
 
 
 def _simple_imputer(step: Any, matrix: _Matrix) -> _Matrix:
-    if not is_missing(step.missing_values) and step.missing_values is not np.nan:
+    # np.nan only: scikit-learn's pd.NA (or None) leaves NaN unimputed, which codes cannot tell
+    if not (isinstance(step.missing_values, float) and math.isnan(step.missing_values)):
         raise UnsupportedModelError(
             f"SimpleImputer(missing_values={step.missing_values!r}): only np.nan is supported"
         )
