@@ -158,6 +158,7 @@ def test_pipeline_matches_native(family: str, backend: str) -> None:
     assert list(cm.feature_names_in_) == list(pipeline.feature_names_in_)
     assert cm.n_features_in_ == 5
     assert not hasattr(cm, "apply")  # a Pipeline has no apply()
+    assert repr(cm).startswith("CompiledModel(pipeline='ColumnTransformer -> ")
 
 
 def onnx_feeds(session, X: pd.DataFrame) -> dict[str, np.ndarray]:

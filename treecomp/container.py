@@ -126,8 +126,12 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         f = self.forest
+        steps = ""
+        if self.transforms is not None:  # a Pipeline: its columns and steps come first
+            t = self.transforms
+            steps = f"pipeline={' -> '.join(t.steps)!r}, columns={len(t.columns)}, "
         return (
-            f"CompiledModel(task={f.task!r}, trees={f.n_trees}, features={f.n_features}, "
+            f"CompiledModel({steps}task={f.task!r}, trees={f.n_trees}, features={f.n_features}, "
             f"outputs={f.n_outputs}, backend={self.backend!r}, precision={self.precision!r})"
         )
 
