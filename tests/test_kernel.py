@@ -146,11 +146,12 @@ def test_options_the_kernel_does_not_take_are_refused() -> None:
 def test_the_default_backend_scores_large_batches_in_the_kernel() -> None:
     """backend="auto" keeps single rows on the tree operator and gives batches of
     KERNEL_FROM_ROWS rows or more to the kernel from the first (no build to wait for),
-    racing the operator for TRIALS batches before it commits; either way exactly."""
+    racing the operator for TRIALS batches (here of 256 rows, past TRIAL_ROWS) before it
+    commits; either way exactly."""
     from treecomp import tiered
 
     model, X_test = fitted("xgboost_binary")
-    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)[: tiered.KERNEL_FROM_ROWS]
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)[: tiered.COMPILED_FROM_ROWS]
     cm = treecomp.convert(model, n_threads=2)
     tier = cm._engine_for("float32").tier
     assert isinstance(tier, tiered.KernelTier) and tier.state == "ready" and cm.tier_up(0)

@@ -68,6 +68,11 @@ MIN_COMPILED_LEVELS = 200
 # Large batches timed on each side, once the package is loaded, before the faster side
 # serves the rest (CompiledTier.choose).
 TRIALS = 3
+# Rows each side scores in those trials at least: a side's first calls on small batches find
+# its tables cold, and with three calls of 16 rows the kernel could lose a race it wins
+# twice over once warm (XGBoost, 500 trees of depth 8, 16-row calls, us a row over the
+# kernel's first ten: 48 23 18 15 17 15 16 14 14 12; the operator's from its second: 22-27).
+TRIAL_ROWS = 512
 
 _children: list[subprocess.Popen[bytes]] = []
 _exiting = False
@@ -104,6 +109,7 @@ class CompiledTier:
         # Seconds per row of large batches on each side, once the package is loaded: the
         # first TRIALS of each decide which serves from then on (see choose()).
         self.trials: dict[str, list[float]] = {"compiled": [], "operator": []}
+        self.trial_rows = {"compiled": 0, "operator": 0}
         self.winner: str | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -125,7 +131,7 @@ class CompiledTier:
         if self.winner is not None:
             return self.winner
         compiled, operator = self.trials["compiled"], self.trials["operator"]
-        if min(len(compiled), len(operator)) < TRIALS:
+        if not (self._tried("compiled") and self._tried("operator")):
             return "compiled" if len(compiled) <= len(operator) else "operator"
         with self._lock:
             if self.winner is None:
@@ -135,11 +141,16 @@ class CompiledTier:
                     logger.info("treecomp: the compiled tier measured slower: %s", self.verdict)
         return self.winner
 
+    def _tried(self, side: str) -> bool:
+        return len(self.trials[side]) >= TRIALS and self.trial_rows[side] >= TRIAL_ROWS
+
     def record(self, side: str, seconds: float, rows: int) -> None:
         """A large batch of ``rows`` took ``seconds`` on ``side`` (while choose() tries:
-        at most TRIALS timings a side are kept, so a long-running server holds a few)."""
-        if self.winner is None and len(self.trials[side]) < TRIALS:
+        timings are kept until a side has TRIALS of them and TRIAL_ROWS rows, so a
+        long-running server holds a few)."""
+        if self.winner is None and not self._tried(side):
             self.trials[side].append(seconds / max(rows, 1))
+            self.trial_rows[side] += rows
 
     @property
     def verdict(self) -> str:
