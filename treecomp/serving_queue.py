@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the model is handed in: the queue sits below the container
 # The float types of the single rows that are prepared with their batch (Batcher._score_raw).
 RAW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Their names: NumPy 2 computes dtype.name in Python, 1 to 6 us a call.
-_NAMES = {dtype: dtype.name for dtype in RAW_DTYPES}
+_DTYPE_NAMES = {dtype: dtype.name for dtype in RAW_DTYPES}
 _names = itertools.count(1)
 # Every live batcher, for a forked child to reset (see Batcher._reset).
 _batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -298,13 +298,13 @@ class Batcher:
         return None
 
     def close(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._closing = True
             self._ready.notify()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:  # batches that callers' threads score
                 while self._scoring and (deadline is None or time.monotonic() < deadline):
@@ -457,7 +457,7 @@ class Batcher:
         tally.batches += 1
         try:
             # prepared rows: the engine model._prepare picks for their dtype
-            engine = self.model._engine_for(_NAMES.get(X.dtype) or X.dtype.name)
+            engine = self.model._engine_for(_DTYPE_NAMES.get(X.dtype) or X.dtype.name)
             results = self.model._outputs(engine, X, methods)
         except Exception as exc:
             if len(requests) == 1:
