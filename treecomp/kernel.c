@@ -11,7 +11,9 @@
  * pfeature/pthreshold; a position reached below them names a node of the forest through
  * entry[entry_base[t] + position]; from there rest_levels[t] levels walk child pointers
  * (child[2 node + right], leaves pointing to themselves). A leaf's values sit at
- * values[value_base[node]], width[t] of them, added to outputs out_index[t]... in tree order.
+ * values[value_base[node]], width[t] of them, added to outputs out_index[t]... in tree order;
+ * a tree perfect throughout (slot_base[t] >= 0) has them by slot instead, width[t] a slot
+ * from slot_values[slot_base[t]], which saves two dependent loads a row and tree.
  *
  * One call walks its rows on the calling thread (treecomp/kernel.py splits a large batch
  * over threads, calling in parallel: the kernel keeps no state). Rows are walked BLOCK at a time, level by level across the block's rows: the rows'
@@ -48,7 +50,8 @@
            const int32_t *width, const int32_t *pfeature, const CMP *pthreshold,              \
            const int32_t *entry, const int32_t *nfeature, const CMP *nthreshold,              \
            const int32_t *child, const int64_t *value_base, const ACC *values,                \
-           int64_t n_outputs, const ACC *base, ACC *out, int32_t *leaves) {                   \
+           int64_t n_outputs, const ACC *base, ACC *out, int32_t *leaves,                     \
+           const int64_t *slot_base, const ACC *slot_values) {                                \
     int64_t n_blocks = (n + BLOCK - 1) / BLOCK;                                               \
     int failed = 0;                                                                           \
     {                                                                                         \
@@ -131,6 +134,18 @@
                 }                                                                             \
               }                                                                               \
             }                                                                                 \
+            if (slot_base[t] >= 0 && leaves == NULL) {                                        \
+              /* a tree perfect throughout: its leaves' values by slot, no node in between */ \
+              const ACC *sv = slot_values + slot_base[t] - ((int64_t)(1 << levels) - 1) * width[t]; \
+              ACC *a = acc + (int64_t)out_index[t] * BLOCK;                                   \
+              if (width[t] == 1)                                                              \
+                for (int64_t r = 0; r < mb; r++) a[r] += sv[at[r]];                           \
+              else                                                                            \
+                for (int32_t w = 0; w < width[t]; w++)                                        \
+                  for (int64_t r = 0; r < mb; r++)                                            \
+                    a[w * BLOCK + r] += sv[(int64_t)at[r] * width[t] + w];                    \
+              continue;                                                                       \
+            }                                                                                 \
             const int32_t *e = entry + entry_base[t] - ((1 << levels) - 1);                   \
             for (int64_t r = 0; r < mb; r++) at[r] = e[at[r]];                             \
             if (rest_levels[t] > 0) {                                                         \
@@ -180,4 +195,4 @@ DEFINE_WALK(treecomp_walk_f64_f32, double, float)
 DEFINE_WALK(treecomp_walk_f64_f64, double, double)
 
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 2; }
+int treecomp_kernel_abi(void) { return 3; }

@@ -39,7 +39,7 @@ from treecomp.passes import float32_thresholds, fold_missing
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 2
+ABI = 3
 # A tree is perfect (heap-ordered) throughout where that pads it to at most PADDING slots a
 # node and MAX_PERFECT_LEVELS levels; see perfect_levels.
 PADDING = 4
@@ -181,7 +181,7 @@ def _declare(library: ctypes.CDLL) -> None:
             function.restype = ctypes.c_int
             function.argtypes = [
                 _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
-                _P, _P, _P, _P, _P, _I64, _P, _P, _P,
+                _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P,
             ]  # fmt: skip
 
 
@@ -213,6 +213,8 @@ class Layout:
     value_base: npt.NDArray[np.int64]
     values: npt.NDArray[Any]
     node_base: npt.NDArray[np.int64]
+    slot_base: npt.NDArray[np.int64]
+    slot_values: npt.NDArray[Any]
 
 
 def perfect_levels(tree: Tree, depth: int) -> int:
@@ -283,6 +285,14 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
         p_at += (1 << int(levels[t])) - 1
         e_at += level.size
         entry.append(level.astype(np.int32))
+    # Trees perfect throughout: their leaves' values by the slot of the last level.
+    slot_base, slot_values, at = np.full(len(trees), -1, np.int64), [], 0
+    for t, tree in enumerate(trees):
+        if depths[t] == levels[t]:
+            slot_base[t] = at
+            local = entry[t] - node_base[t]
+            slot_values.append(tree.value[local].reshape(-1).astype(acc_type))
+            at += slot_values[-1].size
     empty_i32 = np.zeros(0, np.int32)
     return Layout(
         compare=cmp_type,
@@ -306,6 +316,8 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
         value_base=value_base,
         values=values,
         node_base=node_base,
+        slot_base=slot_base,
+        slot_values=np.concatenate(slot_values) if slot_values else np.zeros(1, acc_type),
     )
 
 
@@ -380,6 +392,7 @@ class KernelEngine:
             _address(L.child), _address(L.value_base), _address(L.values), forest.n_outputs,
             _address(self._base),
         )  # fmt: skip
+        self._slots = (_address(L.slot_base), _address(L.slot_values))
         self._threads = n_threads or _cpus()
         depth = int(tree_depths(forest.trees).max())
         perfect = int(self.layout.perfect_levels.max(initial=0))
@@ -407,6 +420,7 @@ class KernelEngine:
                     *self._tables,
                     None if out is None else out.ctypes.data + first * out.strides[0],
                     None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
+                    *self._slots,
                 )
             )
 
