@@ -248,14 +248,17 @@ def test_one_build_per_worker_process(client: Any, cm: treecomp.CompiledModel) -
 
 
 def test_one_backend_thread_per_task(client: Any, cm: treecomp.CompiledModel) -> None:
-    """Workers run ONNX Runtime single-threaded (Dask's threads are the parallelism) unless
-    asked otherwise."""
+    """Workers run the kernel, where the model's own large batches do (partitions are large
+    batches), single-threaded (Dask's threads are the parallelism) unless asked otherwise."""
+    assert cm.batch_backend == "kernel"
     rows = dd.from_pandas(small_frame(cm), npartitions=4)
     gathered(client, tcdask.predict(cm, rows))
     gathered(client, tcdask.predict(cm, rows, n_threads=None))
 
     def threads() -> set[Any]:
-        return {m.options.get("n_threads") for m in tcdask._models.values() if m.backend == "onnx"}
+        return {
+            m.options.get("n_threads") for m in tcdask._models.values() if m.backend == "kernel"
+        }
 
     assert set().union(*client.run(threads).values()) == {1, None}
 

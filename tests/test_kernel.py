@@ -179,3 +179,27 @@ def test_child_pointer_walks_are_exact(
         compare_reference(cm, ref, X)
     X = with_missing(np.concatenate([np.asarray(X_test, np.float64)] * 5), fraction=0.2, seed=2)
     compare_reference(cm, ref, X)
+
+
+def test_a_worker_without_a_compiler_runs_the_saved_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dask and Spark tasks rebuild the model on cm.batch_backend (the kernel, where the
+    model's own large batches run it); a worker that cannot build the kernel warns and runs
+    the backend the model was saved with, exactly."""
+    from treecomp.container import loads_for_batches
+
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model)
+    assert cm.backend == "onnx" and cm.batch_backend == "kernel"
+    assert loads_for_batches(cm.dumps(), cm.batch_backend).backend == "kernel"
+
+    def no_kernel() -> None:
+        raise kernel.KernelUnavailable("no C compiler on this worker")
+
+    monkeypatch.setattr(kernel, "load_kernel", no_kernel)
+    with pytest.warns(RuntimeWarning, match="cannot run the kernel"):
+        copy = loads_for_batches(cm.dumps(), "kernel")
+    assert copy.backend == "onnx"
+    compare_native(model, copy, np.asarray(X_test, dtype=np.float32))
+    assert treecomp.convert(model, "onnx").batch_backend == "onnx"  # an explicit backend

@@ -261,6 +261,20 @@ class CompiledModel:
         results = [bool(tier.tier_up(timeout)) for tier in tiers if tier is not None]
         return bool(results) and all(results)
 
+    @property
+    def batch_backend(self) -> str:
+        """The backend a copy of this model scoring large batches elsewhere runs (a Dask or
+        Spark task, whose partitions are large batches): ``"kernel"`` where this model's own
+        large batches go to the kernel (the default backend's tier, unless the operator
+        measured faster), else :attr:`backend`."""
+        from treecomp.tiered import KernelTier
+
+        for engine in list(self._engines.values()):
+            tier = getattr(engine, "tier", None)
+            if isinstance(tier, KernelTier) and tier.winner != "operator":
+                return "kernel"
+        return self.backend
+
     def to(self, device: Any) -> CompiledModel:
         """Move a torch-backed model to ``device``; returns ``self``."""
         if not hasattr(self._engine, "to"):
@@ -547,3 +561,24 @@ def loads(data: bytes, backend: str | None = None, **options: Any) -> CompiledMo
     from treecomp.artifact import loads as parse_artifact
 
     return _rebuild(*parse_artifact(data), backend=backend, **options)
+
+
+def loads_for_batches(data: bytes, backend: str | None = None, **options: Any) -> CompiledModel:
+    """:func:`loads` in a task that scores large batches (a Dask or Spark worker), on
+    ``backend`` as :attr:`CompiledModel.batch_backend` chose it where the model was
+    converted: a worker that cannot build the kernel (no C compiler there) runs the backend
+    the model was saved with instead, with a warning, rather than failing the task."""
+    if backend != "kernel":
+        return loads(data, backend, **options)
+    from treecomp.kernel import KernelUnavailable
+
+    try:
+        return loads(data, backend, **options)
+    except KernelUnavailable as exc:
+        warnings.warn(
+            f"treecomp: this worker cannot run the kernel ({exc}); it runs the backend the "
+            "model was saved with",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return loads(data, None, **options)

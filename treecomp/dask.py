@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.batching import output_names
-from treecomp.container import CompiledModel
+from treecomp.container import CompiledModel, loads_for_batches
 from treecomp.ir import METHODS
 
 # Models kept per process. A worker that scores many models in turn rebuilds the oldest
@@ -98,7 +98,8 @@ def predict(
             2-D dask Array of ``cm.n_features_in_`` columns.
         method: ``"predict"``, ``"predict_proba"``, ``"decision_function"``,
             ``"score_samples"`` or ``"apply"``.
-        backend: The backend the workers run (default: ``cm.backend``).
+        backend: The backend the workers run (default: ``cm.batch_backend``: the kernel
+            where the model's own large batches run it, else ``cm.backend``).
         **options: Options for :func:`treecomp.loads` on the workers. Workers run on the
             CPU unless ``device=`` says otherwise, and with one backend thread per task
             (Dask's parallelism is its worker threads) unless ``n_threads=`` or the
@@ -129,6 +130,7 @@ def predict(
 
     artifact = cm.dumps()
     checked = backend is None and not options  # nothing new to check by building it here
+    backend = backend or cm.batch_backend
     run_options = _worker_options(cm, backend, options)
     key = _cache_key(artifact, backend, run_options)
     # The model the metadata is inferred with: the caller's, or the workers' configuration
@@ -264,12 +266,10 @@ def _model(
     artifact: bytes, key: str, backend: str | None, options: dict[str, Any]
 ) -> CompiledModel:
     """The model of ``artifact`` in this process, built on first use."""
-    import treecomp
-
     with _lock:
         model = _models.get(key)
         if model is None:
-            model = treecomp.loads(artifact, backend, **options)
+            model = loads_for_batches(artifact, backend, **options)
             _models[key] = model
             _builds[key] += 1
             while len(_models) > CACHE_SIZE:

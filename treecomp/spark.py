@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.container import CompiledModel
+from treecomp.container import CompiledModel, loads_for_batches
 from treecomp.ir import METHODS, Forest
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ def predict_udf(
             ``"score_samples"`` or ``"apply"``: one the native model has.
         spark: The session whose SparkContext broadcasts the model; by default the active one.
         backend: Rebuild the model on the executors with this backend instead of
-            ``cm.backend`` (say ``"numpy"`` where executors lack ONNX Runtime).
+            ``cm.batch_backend`` (the kernel where the model's own large batches run it,
+            else ``cm.backend``; say ``"numpy"`` where executors lack ONNX Runtime).
         **options: Run options for the executors' rebuild, as :func:`treecomp.loads` takes
             them (``n_threads``, ``batch_size``, ``device``, ...); an unknown or invalid one
             fails on the first batch, with the message :func:`treecomp.convert` gives.
@@ -148,6 +149,7 @@ def predict_udf(
         from treecomp.backends import get_backend
 
         get_backend(backend)  # an unknown name fails here, not on every executor
+    backend = backend or cm.batch_backend
     session = spark if spark is not None else SparkSession.getActiveSession()
     if session is None:
         raise ValueError("no active SparkSession: start one, or pass spark=")
@@ -285,9 +287,7 @@ def _model(key: str, broadcast: Any, backend: str | None, options: dict[str, Any
     """This worker's model for ``key``, rebuilt from the broadcast artifact on first use."""
     model = _MODELS.get(key)
     if model is None:
-        import treecomp
-
-        model = treecomp.loads(broadcast.value, backend, **options)
+        model = loads_for_batches(broadcast.value, backend, **options)
         rebuilds[key] += 1
         _MODELS[key] = model
         while len(_MODELS) > _MODELS_KEPT:
