@@ -427,8 +427,9 @@ class KernelEngine:
         if slices == 1:
             failed = walk(0)
         else:
-            failed = max(_pool(slices - 1).map(walk, range(1, slices)), default=0)
-            failed = max(failed, walk(0))
+            # The others' slices start first; this thread walks the first meanwhile.
+            others = [_pool(slices - 1).submit(walk, i) for i in range(1, slices)]
+            failed = max(walk(0), *(future.result() for future in others))
         if failed:
             raise MemoryError("the kernel could not allocate its row block buffers")
 
