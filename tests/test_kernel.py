@@ -4,6 +4,7 @@ never loaded; a forest it cannot walk, or a machine without a compiler, is told 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,17 @@ def test_a_worker_without_a_compiler_runs_the_saved_backend(
     assert copy.backend == "onnx"
     compare_native(model, copy, np.asarray(X_test, dtype=np.float32))
     assert treecomp.convert(model, "onnx").batch_backend == "onnx"  # an explicit backend
+
+
+def test_sound_bytes_that_do_not_load_are_built_again(private_cache: Path) -> None:
+    """A file named by its own SHA-256 passes the check, yet may be no library at all:
+    deleted with a warning and built again."""
+    original = kernel.loaded_from
+    assert original is not None
+    junk = b"not a shared library"
+    name = original.name.rpartition("-")[0] + f"-{hashlib.sha256(junk).hexdigest()}.so"
+    (private_cache / name).write_bytes(junk)
+    model, _ = fitted("xgboost_binary")
+    with pytest.warns(RuntimeWarning, match="does not load"):
+        check(treecomp.convert(model, "kernel"))
+    assert not (private_cache / name).exists()

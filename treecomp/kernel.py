@@ -112,7 +112,10 @@ def _build(compiler: str, directory: Path, key: str) -> Path:
     partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.so"
     try:
         command = [compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:  # killed, hung, not runnable
+            raise KernelUnavailable(f"the C compiler {compiler!r} did not run: {exc}") from None
         if done.returncode != 0:
             raise KernelUnavailable(
                 f"the C compiler {compiler!r} could not build the kernel: "
@@ -157,12 +160,29 @@ def load_kernel() -> ctypes.CDLL:
         key = _key(compiler)
         directory = kernel_dir()
         path = _find(directory, key) if directory.is_dir() else None
-        if path is None:
+        library = None
+        if path is not None:
+            try:
+                library = ctypes.CDLL(str(path))
+            except OSError as exc:  # sound bytes that are no library: built again
+                warnings.warn(
+                    f"treecomp: the cached kernel {path} does not load ({exc}): deleted, "
+                    "built again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                path.unlink(missing_ok=True)
+        if library is None:
             try:
                 path = _build(compiler, directory, key)
             except OSError:  # a read-only cache
                 path = _build(compiler, Path(tempfile.mkdtemp(prefix="treecomp-kernel-")), key)
-        library = ctypes.CDLL(str(path))
+            try:
+                library = ctypes.CDLL(str(path))
+            except OSError as exc:  # a broken toolchain
+                raise KernelUnavailable(
+                    f"the kernel built at {path} does not load: {exc}"
+                ) from None
         if library.treecomp_kernel_abi() != ABI:
             raise KernelUnavailable(f"the kernel at {path} speaks another calling convention")
         _declare(library)
