@@ -497,7 +497,7 @@ def _convert_pipeline(
     """:func:`convert` of a scikit-learn Pipeline (parsed by :mod:`treecomp.frontends.
     pipeline`, or read from an artifact): its transforms lowered in front of its forest, in
     one engine of the forest's precision."""
-    from treecomp.transforms import make_engine
+    from treecomp.transform_engines import make_engine
 
     if backend == "auto":
         backend = choose_backend(options)  # without the compiled tier: it scores forests

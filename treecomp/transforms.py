@@ -32,8 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.engine import Engine
-from treecomp.errors import UnsupportedModelError
-from treecomp.inputs import Precision, check_values, to_matrix
+from treecomp.inputs import check_values, to_matrix
 from treecomp.ir import Forest
 
 OpKind = Literal[
@@ -476,37 +475,3 @@ class FeaturesEngine:
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         return self.engine.scores(self._features(X))
-
-
-def make_engine(
-    backend: str,
-    factory: Callable[..., Engine],
-    forest: Forest,
-    transforms: Transforms,
-    *,
-    precision: Precision,
-    **options: Any,
-) -> Engine:
-    """An engine of ``forest`` on ``backend`` that scores the encoded matrix of
-    ``transforms``: the transforms lowered into the torch module or the ONNX graph, or
-    evaluated in NumPy before an engine with no graph to hold them (the reference
-    evaluator, the C kernel)."""
-    if options.pop("compile", False) is not False:
-        raise UnsupportedModelError(
-            "compile=True is not supported for Pipelines yet: convert the Pipeline without "
-            "compile=, or convert its final model alone"
-        )
-    if backend in ("numpy", "kernel"):
-        engine = factory(forest, precision=precision, **options)
-        return FeaturesEngine(transforms, forest, engine, precision)
-    if backend == "torch":
-        from treecomp.transform_targets import wrap_torch_engine
-
-        engine = factory(forest, precision=precision, **options)
-        return wrap_torch_engine(engine, transforms, forest, precision)
-    if backend == "onnx":
-        return factory(forest, precision=precision, transforms=transforms, **options)
-    # torchscript: its scripted module is what users save, and it would lack the transforms.
-    raise UnsupportedModelError(
-        f"backend {backend!r} does not run Pipelines yet; use 'torch', 'onnx', 'kernel' or 'numpy'"
-    )
