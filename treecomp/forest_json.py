@@ -44,11 +44,11 @@ def _encode_labels(classes: npt.NDArray[Any] | None) -> dict[str, Any] | None:
     if classes is None:
         return None
     if classes.dtype == object:
-        return {"dtype": "object", "values": [_plain(v) for v in classes.tolist()]}
-    return {"dtype": classes.dtype.str, "values": [_plain(v) for v in classes.tolist()]}
+        return {"dtype": "object", "values": [plain_scalar(v) for v in classes.tolist()]}
+    return {"dtype": classes.dtype.str, "values": [plain_scalar(v) for v in classes.tolist()]}
 
 
-def _plain(value: Any) -> Any:
+def plain_scalar(value: Any) -> Any:
     """A JSON-safe scalar; floats travel as hex so that they keep every bit."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -86,7 +86,7 @@ def write(forest: Forest) -> dict[str, Any]:
         "ignored_columns": list(forest.ignored_columns),
         "categories": None
         if forest.categories is None
-        else [None if c is None else [_plain(v) for v in c] for c in forest.categories],
+        else [None if c is None else [plain_scalar(v) for v in c] for c in forest.categories],
         "category_encoding": forest.category_encoding,
         "category_domain": forest.category_domain,
         "label_rule": forest.label_rule,

@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, NoReturn, get_args
 
-import numpy as np
-
-from treecomp.errors import InvalidArtifactError
+from treecomp.errors import InvalidArtifactError, InvalidForestError
+from treecomp.forest_json import plain_scalar
 from treecomp.transforms import Feature, Op, OpKind, Source, Transforms
 
 _KINDS: tuple[str, ...] = get_args(OpKind)
@@ -48,15 +47,13 @@ def write(transforms: Transforms) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return {"float": float(value).hex()}
-    if isinstance(value, str):
-        return value
-    raise InvalidArtifactError(f"cannot save category {value!r} of type {type(value).__name__}")
+    """:func:`treecomp.forest_json.plain_scalar`, its refusal told as the artifact's."""
+    try:
+        return plain_scalar(value)
+    except InvalidForestError:
+        raise InvalidArtifactError(
+            f"cannot save category {value!r} of type {type(value).__name__}"
+        ) from None
 
 
 def _malformed(where: str, expected: str, value: Any) -> NoReturn:
