@@ -218,3 +218,31 @@ def test_sound_bytes_that_do_not_load_are_built_again(private_cache: Path) -> No
     with pytest.warns(RuntimeWarning, match="does not load"):
         check(treecomp.convert(model, "kernel"))
     assert not (private_cache / name).exists()
+
+
+def test_the_race_on_large_batches_times_the_operator_on_a_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the kernel races the operator, a batch of 2 * TRIAL_ROWS rows or more is
+    scored by the kernel whole, the operator timed on TRIAL_ROWS of its rows only: a fresh
+    process's large batches never wait for the slower side, and the answers stay exact."""
+    from tests.helpers import assert_close
+    from treecomp import tiered
+
+    model, X_test = fitted("xgboost_binary")
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 40)[: 2 * tiered.TRIAL_ROWS]
+    cm = treecomp.convert(model, n_threads=1)
+    engine = cm._engine_for("float32")
+    rows: list[int] = []
+    run = engine._run
+
+    def counted(*args: Any) -> Any:
+        rows.append(args[-2].shape[0])
+        return run(*args)
+
+    monkeypatch.setattr(engine, "_run", counted)
+    expected = model.predict_proba(X)
+    for _ in range(2 * tiered.TRIALS + 1):
+        assert_close(cm.predict_proba(X), expected, "xgboost_float32")
+    assert engine.tier.winner is not None
+    assert rows == [tiered.TRIAL_ROWS] * tiered.TRIALS  # the operator saw slices alone

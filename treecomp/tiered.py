@@ -141,6 +141,13 @@ class CompiledTier:
                     logger.info("treecomp: the compiled tier measured slower: %s", self.verdict)
         return self.winner
 
+    def trial_slice(self, rows: int) -> int:
+        """Rows of a batch of ``rows`` the operator is timed on while the race is on, the
+        tier scoring the whole batch: TRIAL_ROWS of batches of twice that or more (a fresh
+        process's large batches then never wait for the slower side), else 0 (the batch is
+        the operator's trial)."""
+        return TRIAL_ROWS if self.winner is None and rows >= 2 * TRIAL_ROWS else 0
+
     def _tried(self, side: str) -> bool:
         return len(self.trials[side]) >= TRIALS and self.trial_rows[side] >= TRIAL_ROWS
 
