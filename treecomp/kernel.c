@@ -50,8 +50,8 @@
            const int32_t *width, const int32_t *pfeature, const CMP *pthreshold,              \
            const int32_t *entry, const int32_t *nfeature, const CMP *nthreshold,              \
            const int32_t *child, const int64_t *value_base, const ACC *values,                \
-           int64_t n_outputs, const ACC *base, ACC *out, int32_t *leaves,                     \
-           const int64_t *slot_base, const ACC *slot_values) {                                \
+           int64_t n_outputs, const ACC *base, const int64_t *slot_base,                      \
+           const ACC *slot_values, ACC *out, int32_t *leaves) {                               \
     int64_t n_blocks = (n + BLOCK - 1) / BLOCK;                                               \
     int failed = 0;                                                                           \
     {                                                                                         \
@@ -195,4 +195,4 @@ DEFINE_WALK(treecomp_walk_f64_f32, double, float)
 DEFINE_WALK(treecomp_walk_f64_f64, double, double)
 
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 3; }
+int treecomp_kernel_abi(void) { return 4; }

@@ -39,7 +39,7 @@ from treecomp.passes import float32_thresholds, fold_missing
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 3
+ABI = 4
 # A tree is perfect (heap-ordered) throughout where that pads it to at most PADDING slots a
 # node and MAX_PERFECT_LEVELS levels; see perfect_levels.
 PADDING = 4
@@ -199,6 +199,8 @@ def _declare(library: ctypes.CDLL) -> None:
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
             function.restype = ctypes.c_int
+            # The rows, their shape, the layout (Layout's arrays, in kernel.c's order), the
+            # outputs and base scores, then where sums or leaves go.
             function.argtypes = [
                 _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
                 _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P,
@@ -401,6 +403,12 @@ class KernelEngine:
         self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
             self.layout.accumulate
         )
+        # What averaging forests divide their sums by, then add, as the reference does.
+        self._average = (
+            (forest.trees_per_output().astype(self.layout.accumulate),
+             forest.base_score.astype(self.layout.accumulate))
+            if average else None
+        )  # fmt: skip
         L = self.layout
         # The arguments after the rows, their addresses taken once (2 to 3 us each).
         self._tables = (
@@ -410,9 +418,8 @@ class KernelEngine:
             _address(L.width), _address(L.pfeature), _address(L.pthreshold),
             _address(L.entry), _address(L.nfeature), _address(L.nthreshold),
             _address(L.child), _address(L.value_base), _address(L.values), forest.n_outputs,
-            _address(self._base),
+            _address(self._base), _address(L.slot_base), _address(L.slot_values),
         )  # fmt: skip
-        self._slots = (_address(L.slot_base), _address(L.slot_values))
         self._threads = n_threads or _cpus()
         depth = int(tree_depths(forest.trees).max())
         perfect = int(self.layout.perfect_levels.max(initial=0))
@@ -440,7 +447,6 @@ class KernelEngine:
                     *self._tables,
                     None if out is None else out.ctypes.data + first * out.strides[0],
                     None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
-                    *self._slots,
                 )
             )
 
@@ -459,9 +465,10 @@ class KernelEngine:
         forest = self.forest
         raw = np.empty((X.shape[0], forest.n_outputs), dtype=self.layout.accumulate)
         self._run(X, raw, None)
-        if forest.aggregation == "average":  # as the reference does, after the sums
-            raw /= forest.trees_per_output().astype(raw.dtype)
-            raw += forest.base_score.astype(raw.dtype)
+        if self._average is not None:  # as the reference does, after the sums
+            divisor, base = self._average
+            raw /= divisor
+            raw += base
         transformed = reference.transform(forest.post_transform, raw)
         return raw.astype(np.float64), np.asarray(transformed, dtype=np.float64)
 
