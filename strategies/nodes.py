@@ -514,7 +514,7 @@ class TreeGroup(torch.nn.Module):
 
     # ---------------------------------------------------------------------------------
     # ONNX: the same computation, emitted through a graph builder ``g`` (see
-    # ``treecomp.onnx_export.GraphBuilder``: ``g.op``, ``g.const``, ``g.scalar``). NaN is
+    # ``treecomp.onnx.graph.GraphBuilder``: ``g.op``, ``g.const``, ``g.scalar``). NaN is
     # always handled: a graph has no data-dependent fast path. Never called by forward, so
     # TorchScript does not compile these methods.
 

@@ -7,7 +7,7 @@ tree reached. The leaf's weight is either its row in the leaf table (:meth:`emit
 native leaf ids and vector leaves: exact while the float type counts the rows) or, for
 scalar leaves, its value in the accumulation type (:meth:`emit_values`: ``0 + v`` is ``v``,
 and no gather follows). The native summation order and precision, the link and the labels
-stay in the standard-operator graph that every strategy shares (``treecomp.onnx_export``), so
+stay in the standard-operator graph that every strategy shares (``treecomp.onnx.graph``), so
 this lowering is exact wherever the others are: ONNX Runtime's own sum over trees splits the
 trees between threads, an order no native library uses.
 
@@ -309,7 +309,7 @@ class TreeEnsemble(TreeGroup):
 
     def emit_values(self, g: Any, X: str, table: npt.NDArray[np.floating]) -> str | None:
         """Every tree's leaf value ``(N, n_trees)`` from ``table`` (this group's leaf table,
-        perhaps with base scores added; see ``treecomp.onnx_export``), or None where the
+        perhaps with base scores added; see ``treecomp.onnx.graph``), or None where the
         operator cannot return them: vector leaves (a leaf has one weight), and sums in
         another type than the tests. The weights take the input's type, and double tests of
         float32 inputs were slower than a gather after float32 positions (50 trees, 10 000
@@ -335,7 +335,7 @@ class TreeEnsemble(TreeGroup):
         in their order, which it does on one thread (and for batches of up to 50 rows): on
         more threads it splits the trees between them and adds the partial sums. So only
         the ``onnx`` backend uses this, in sessions of one thread each that it runs side by
-        side on slices of the rows (:class:`treecomp.onnx_export.OnnxEngine`); exported
+        side on slices of the rows (:class:`treecomp.onnx.engine.OnnxEngine`); exported
         graphs add the trees in standard operators, exact with any session options.
         """
         if table.shape[1] != 1:

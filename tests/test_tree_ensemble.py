@@ -221,7 +221,7 @@ def test_one_thread_sessions_walk_vector_leaves_in_small_nodes(
     assert operators(engine.model) == -(-cm.forest.n_trees // 5)
     assert engine.session_options.intra_op_num_threads == 1
     X = np.asarray(X_test, dtype=np.float64)
-    rows = 2 * treecomp.onnx_export.PARALLEL_WALKS // cm.forest.n_trees
+    rows = 2 * treecomp.onnx.engine.PARALLEL_WALKS // cm.forest.n_trees
     large = np.tile(X, (-(-rows // len(X)), 1))
     assert engine._parts(len(large)) == 2
     for n in range(1, 3 * engine._rows_per_part):  # the inline check is _parts' rule
@@ -279,7 +279,7 @@ def test_the_backend_adds_trees_in_the_operator_in_native_order(kind: str) -> No
     cm = treecomp.convert(model, "onnx", n_threads=2)
     nodes = [n.op_type for n in cm._engine.model.graph.node]
     assert nodes[-1:] == ["TreeEnsemble"] and set(nodes) <= {"Cast", "TreeEnsemble"}, nodes
-    X = np.tile(X_test, (-(-2 * treecomp.onnx_export.PARALLEL_WALKS // len(X_test)), 1))
+    X = np.tile(X_test, (-(-2 * treecomp.onnx.engine.PARALLEL_WALKS // len(X_test)), 1))
     assert cm._engine._parts(len(X)) == 2
     X[::5, 2] = np.nan
     native = model.predict(X, output_margin=True) if kind == "xgboost" else model.predict(X)
@@ -337,14 +337,14 @@ def test_single_rows_walk_the_trees_on_every_thread(
     """A single row goes to a session of several threads (ONNX Runtime then splits the
     trees between them) whose graph adds the trees in standard operators: row by row, the
     same sums, bit for bit, as the one-thread sessions give the whole batch."""
-    import treecomp.onnx_export as onnx_export
     from treecomp.inputs import prepare
+    from treecomp.onnx import engine as onnx_engine
 
     if name.startswith("many_trees"):
         model, X_test = many_trees(name)
-        assert treecomp.convert(model, "numpy").forest.n_trees >= onnx_export.PARALLEL_TREES
+        assert treecomp.convert(model, "numpy").forest.n_trees >= onnx_engine.PARALLEL_TREES
     else:
-        monkeypatch.setattr(onnx_export, "PARALLEL_TREES", 1)
+        monkeypatch.setattr(onnx_engine, "PARALLEL_TREES", 1)
         model, X_test = fitted(name)
     cm = treecomp.convert(model, "onnx", n_threads=2)
     engine = cm._engine

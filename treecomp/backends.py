@@ -183,7 +183,7 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
 
 @register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
-    from treecomp.onnx_export import make_engine
+    from treecomp.onnx.engine import make_engine
 
     _no_compile("onnx", options)
     return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]

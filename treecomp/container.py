@@ -291,7 +291,7 @@ class CompiledModel:
 
     # ------------------------------------------------------------------------------------
     def to_onnx(self, *, leaf_indices: bool = False, strategy: str | None = None) -> Any:
-        """The model as an ``onnx.ModelProto`` (see :mod:`treecomp.onnx_export`).
+        """The model as an ``onnx.ModelProto`` (see :mod:`treecomp.onnx.export`).
 
         Works from any backend: the graph uses this model's precision and, unless
         ``strategy`` is given, its strategy option. The strategy the graph holds is recorded
@@ -304,7 +304,7 @@ class CompiledModel:
                 ``"tree_traversal"``, ``"perfect_tree_traversal"``), for runtimes without
                 the ONNX-ML domain.
         """
-        from treecomp.onnx_export import build
+        from treecomp.onnx.export import build
 
         if strategy is None:
             strategy = str(self.options.get("strategy") or "auto")

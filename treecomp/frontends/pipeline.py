@@ -95,7 +95,7 @@ def parse_pipeline(pipeline: Any) -> tuple[Transforms, Forest]:
         )
     # Categorical splits read the transforms' numbers: as codes (LightGBM, XGBoost), or,
     # for HistGradientBoosting, as values it maps to its known categories (every target
-    # does after the transforms: treecomp.transform_targets, onnx_export, FeaturesEngine).
+    # does after the transforms: treecomp.transform_targets, treecomp.onnx, FeaturesEngine).
     if not math.isnan(forest.missing_value):
         raise UnsupportedModelError(
             f"{type(final).__qualname__} has missing={forest.missing_value}: after a "

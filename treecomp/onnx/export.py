@@ -1,0 +1,273 @@
+"""ONNX export: the model of a forest, its inputs, outputs and opsets, checked.
+
+The graph is emitted directly with ``onnx.helper`` from the lowered strategies (see
+:mod:`treecomp.onnx.graph`); this module adds the input casts, the category encoding and the
+named outputs. We do not trace the torch module with ``torch.onnx.export``: torch 2.13's
+exporter goes through ``torch.export`` and onnxscript, whose output depends on the
+exporter's version, and it cannot follow the module's data-dependent NaN fast path.
+Emitting the graph ourselves gives standard operators only, a fixed opset, a dynamic batch
+axis and a graph we test, whatever the torch version.
+
+Graph inputs and outputs:
+
+* ``input``: ``(N, n_features)`` float (``precision="float32"``) or double; numbers as the
+  native model sees them (pandas categorical columns as their category codes).
+* classifiers: ``label`` ``(N,)`` (the class labels' type) and ``probabilities`` ``(N, C)``;
+  regressors and rankers: ``scores`` ``(N,)`` or ``(N, K)``; outlier detectors: ``label``
+  (``-1``/``1``), ``scores`` (``score_samples``) and ``decision`` (``decision_function``);
+  ``leaf_indices`` ``(N, n_trees)`` int64 on request (the native leaf numbers).
+
+Traversal strategies are unrolled one level per step (a graph has no data-dependent loop
+here): a forest of very deep trees (hundreds of levels) makes a large graph that ONNX Runtime
+is slow to load; GEMM or a shallower model suits ONNX serving better there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper
+
+import strategies
+from treecomp.errors import UnsupportedModelError
+from treecomp.inputs import Precision
+from treecomp.ir import Forest, tree_depths
+from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module
+from treecomp.passes import float32_thresholds
+
+OPSET = 17
+# IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
+IR_VERSION = 8
+# Graphs with ONNX-ML's TreeEnsemble (ai.onnx.ml opset 5, onnx 1.16 and ONNX Runtime 1.19 on)
+# declare the IR version that shipped with it.
+ML_DOMAIN, ML_OPSET, ML_IR_VERSION = "ai.onnx.ml", 5, 10
+
+
+def _emit_inputs(g: GraphBuilder, forest: Forest, X: str, *, encode: bool) -> str:
+    """Native casts, optional category encoding, the ``missing=`` value."""
+    native = "float32" if forest.input_dtype == "float32" else "float64"
+    if encode and forest.categories is not None and forest.category_encoding == "always":
+        X = _emit_encoding(g, forest, X)
+    if native != g.float_type:
+        X = g.op("Cast", X, to=native)
+    if not math.isnan(forest.missing_value):
+        missing = g.const(np.array(forest.missing_value, dtype=native))
+        nan = g.const(np.array(np.nan, dtype=native))
+        X = g.op("Where", g.op("Equal", X, missing), nan, X)
+    if native != g.float_type:
+        X = g.op("Cast", X, to=g.float_type)
+    return X
+
+
+def _emit_encoding(g: GraphBuilder, forest: Forest, X: str) -> str:
+    """HistGradientBoosting's OrdinalEncoder: a value's position among the known categories."""
+    assert forest.categories is not None  # checked by the caller
+    columns = []
+    nan = g.scalar(float("nan"))
+    for j, known in enumerate(forest.categories):
+        column = g.op("Gather", X, g.ints([j]), axis=1)
+        if known is None:
+            columns.append(column)
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in known):
+            raise UnsupportedModelError(
+                f"feature {j} has non-numeric categories {list(known)[:5]}: an ONNX graph takes "
+                "numbers; encode this column before the graph or export without encoding"
+            )
+        matches = g.op(
+            "Cast",
+            g.op("Equal", column, g.const(np.array([known], dtype=g.float_type))),
+            to=g.float_type,
+        )
+        position = g.op("Cast", g.op("ArgMax", matches, axis=1, keepdims=1), to=g.float_type)
+        found = g.op("Cast", g.op("ReduceMax", matches, axes=[1], keepdims=1), to="bool")
+        columns.append(g.op("Where", found, position, nan))
+    return g.op("Concat", *columns, axis=1)
+
+
+def _label_index(g: GraphBuilder, forest: Forest, raw: str, proba: str) -> str:
+    if forest.label_rule == "argmax_proba" or forest.n_outputs > 1:
+        source = proba if forest.label_rule == "argmax_proba" else raw
+        return g.op("ArgMax", source, axis=1, keepdims=0)
+    margin = g.op("Squeeze", raw, g.ints([1]))
+    zero = g.const(np.array(0.0, dtype=np.float64))
+    positive = g.op(
+        "GreaterOrEqual" if forest.label_rule == "margin_ge_zero" else "Greater", margin, zero
+    )
+    return g.op("Cast", positive, to="int64")
+
+
+def _class_constant(classes: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], int]:
+    if classes.dtype.kind in "USO":
+        return np.array([str(c) for c in classes], dtype=object), TensorProto.STRING
+    if classes.dtype.kind == "b":
+        return classes.astype(bool), TensorProto.BOOL
+    if classes.dtype.kind in "iu":
+        return classes.astype(np.int64), TensorProto.INT64
+    if classes.dtype.kind == "f":
+        return classes.astype(classes.dtype), helper.np_dtype_to_tensor_dtype(classes.dtype)
+    raise UnsupportedModelError(f"class labels of dtype {classes.dtype} have no ONNX type")
+
+
+def build(forest: Forest, **options: Any) -> onnx.ModelProto:
+    """The ONNX model of ``forest``; the options are those of :func:`build_with_plan`."""
+    return build_with_plan(forest, **options)[0]
+
+
+def build_with_plan(
+    forest: Forest,
+    *,
+    precision: Precision = "float32",
+    strategy: str = "auto",
+    batch_size: int = 10_000,
+    leaf_indices: bool = False,
+    engine_outputs: str | None = None,
+    device: str = "cpu",
+    one_thread: bool = False,
+    transforms: Any = None,
+) -> tuple[onnx.ModelProto, str]:
+    """The ONNX model of ``forest`` and a description of the strategies it uses.
+
+    Args:
+        forest: A validated forest.
+        precision: Float type of the input and of the node tests.
+        strategy: As for :func:`strategies.lower`, plus ``"tree_ensemble"``.
+        batch_size: Expected rows per call, for the strategy selector.
+        leaf_indices: Add the ``leaf_indices`` output.
+        engine_outputs: ``"scores"`` (outputs ``raw`` and ``transformed``) or ``"leaf_ids"``
+            (output ``leaf_ids``) instead of the serving outputs, with no category encoding:
+            the graphs the ``onnx`` backend runs on inputs already prepared by treecomp.
+        device: Device the selector plans for.
+        one_thread: An engine graph for sessions of one thread (:class:`OnnxEngine`): the
+            tree operator adds the trees where it can, exact only there.
+        transforms: A Pipeline's row transforms (:mod:`treecomp.transforms`), emitted in
+            front of the forest (inputs: see :mod:`treecomp.transform_targets`).
+    """
+    import torch
+
+    if engine_outputs not in (None, "scores", "leaf_ids"):
+        raise ValueError(
+            f"engine_outputs must be None, 'scores' or 'leaf_ids', not {engine_outputs!r}"
+        )
+    if one_thread and engine_outputs is None:
+        raise ValueError("one_thread graphs are the onnx backend's; exported graphs are not")
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    lowered = float32_thresholds(forest) if precision == "float32" else forest
+    module, plan = strategies.lower(
+        lowered,
+        strategy,
+        dtype=dtype,
+        batch_size=batch_size,
+        device=device,
+        target="onnx",
+        one_thread=one_thread,
+    )
+    graph_inputs = [
+        helper.make_tensor_value_info("input", ELEMENT[precision], ["N", forest.n_features])
+    ]
+    if transforms is not None:
+        from treecomp.transform_targets import emit_transforms, input_names
+
+        g = GraphBuilder(precision, "input" if engine_outputs else input_names(transforms)[0])
+        X, graph_inputs = emit_transforms(
+            g, transforms, forest, precision, exported=engine_outputs is None
+        )
+        if forest.categories is not None and forest.category_encoding == "always":
+            X = _emit_encoding(g, forest, X)  # HistGradientBoosting's, on the features
+    else:
+        g = GraphBuilder(precision, "input")
+        # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
+        X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
+    raw, transformed, leaf_ids = emit_module(
+        g,
+        module,
+        forest,
+        X,
+        scores=engine_outputs != "leaf_ids",
+        leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
+        widen=engine_outputs is None,  # the onnx backend widens float32 sums itself
+        operator_sums=one_thread,
+    )
+    k, n = forest.n_outputs, forest.n_trees
+    outputs: list[onnx.ValueInfoProto] = []
+    named: dict[str, str] = {}  # value -> the output name it was given
+
+    def output(name: str, source: str | None, element: int, shape: list[Any]) -> None:
+        """Name the node that makes ``source`` after the output (an Identity node costs a
+        kernel call, which counts at one row); a value given out twice is copied."""
+        assert source is not None  # emitted above for every output asked for
+        producer = next((node for node in g.nodes if source in node.output), None)
+        if source in named or producer is None:
+            g.nodes.append(helper.make_node("Identity", [named.get(source, source)], [name]))
+        else:
+            for node in g.nodes:
+                node.output[:] = [name if v == source else v for v in node.output]
+                node.input[:] = [name if v == source else v for v in node.input]
+            named[source] = name
+        outputs.append(helper.make_tensor_value_info(name, element, shape))
+
+    if engine_outputs == "scores":
+        sums = TensorProto.FLOAT if forest.accumulation == "float32" else TensorProto.DOUBLE
+        output("raw", raw, sums, ["N", k])
+        if transformed != raw:  # an identity link: the backend reads raw twice
+            output("transformed", transformed, sums, ["N", k])
+    elif engine_outputs == "leaf_ids":
+        output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
+    elif forest.task == "classifier":
+        assert forest.classes is not None and raw is not None and transformed is not None
+        proba = transformed
+        if forest.proba_columns == 2 and k == 1:
+            proba = g.op(
+                "Concat", g.op("Sub", g.const(np.array(1.0)), transformed), transformed, axis=1
+            )
+        labels, element = _class_constant(forest.classes)
+        index = _label_index(g, forest, raw, proba)
+        output("label", g.op("Gather", g.const(labels), index), element, ["N"])
+        output("probabilities", proba, TensorProto.DOUBLE, ["N", forest.proba_columns])
+    elif forest.task == "outlier":
+        assert transformed is not None
+        scores = g.op("Squeeze", transformed, g.ints([1]))
+        decision = g.op("Sub", scores, g.const(np.array(forest.decision_offset)))
+        inlier = g.op("Less", decision, g.const(np.array(0.0)))
+        label = g.op(
+            "Where", inlier, g.const(np.array(-1, np.int64)), g.const(np.array(1, np.int64))
+        )
+        output("label", label, TensorProto.INT64, ["N"])
+        output("scores", scores, TensorProto.DOUBLE, ["N"])
+        output("decision", decision, TensorProto.DOUBLE, ["N"])
+    else:
+        assert transformed is not None
+        scores = g.op("Squeeze", transformed, g.ints([1])) if k == 1 else transformed
+        output("scores", scores, TensorProto.DOUBLE, ["N"] if k == 1 else ["N", k])
+    if leaf_indices and engine_outputs is None:
+        output("leaf_indices", leaf_ids, TensorProto.INT64, ["N", n])
+
+    graph = helper.make_graph(
+        g.nodes,
+        "treecomp",
+        graph_inputs,
+        outputs,
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", OPSET)]
+    if any(node.domain == ML_DOMAIN for node in g.nodes):
+        opsets.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="treecomp",
+        ir_version=IR_VERSION if len(opsets) == 1 else ML_IR_VERSION,
+    )
+    depths = tree_depths(forest.trees)  # 25 ms for 300 trees of 255 leaves: once
+    description = strategies.describe(plan, depths)
+    model.doc_string = (
+        f"{forest.task} of {forest.n_trees} trees; input: {forest.n_features} features as "
+        f"{precision}; depth {int(depths.max())}; strategy {description}"
+    )
+    helper.set_model_props(model, {"treecomp.strategy": description})
+    onnx.checker.check_model(model, full_check=True)
+    return model, description

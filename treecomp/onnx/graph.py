@@ -1,0 +1,354 @@
+"""The ONNX graph of a lowered forest: a builder of nodes and constants, and the forest's nodes.
+
+Each strategy's group emits its own nodes through :class:`GraphBuilder` (``emit_onnx``,
+mirroring its torch ``forward``); :func:`emit_module` adds what every strategy shares: the
+folded-missing input, the exact sum in the native order and type (or the tree operator's own
+sum where it is exact), the post-transform. :mod:`treecomp.onnx.export` wraps these in a
+model with its inputs and named outputs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from treecomp.errors import UnsupportedModelError
+
+try:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError as exc:  # pragma: no cover - exercised only without onnx
+    raise ImportError(
+        "ONNX export needs the onnx package (and onnxruntime for backend='onnx'): "
+        "pip install 'treecomp[onnx]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    import strategies
+    from treecomp.ir import Forest
+
+# ONNX element types of the graph's tensors, by NumPy name.
+ELEMENT = {
+    "float32": TensorProto.FLOAT,
+    "float64": TensorProto.DOUBLE,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "bool": TensorProto.BOOL,
+}
+
+
+class GraphBuilder:
+    """Accumulates ONNX nodes and constants; names are generated.
+
+    ``op(type, *inputs, **attributes)`` returns the output name; ``const(array)`` adds an
+    initializer (torch tensors accepted); ``scalar(value)`` is a 0-d constant of the graph's
+    float type; ``rows_by(*dims)`` is the int64 shape ``[N, *dims]`` for Expand;
+    ``reshape(x, *dims)`` reshapes to ``[N, *dims]`` with a constant shape (Reshape's 0 copies
+    the batch axis), so it costs no shape computation per call: at one row, every node counts.
+    """
+
+    def __init__(self, float_type: str, X: str) -> None:
+        self.float_type = float_type
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._cache: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self._X = X
+        self._batch: str | None = None
+        # Values whose shape past the batch axis is known: a reshape to it is no node.
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, **attributes: Any) -> str:
+        if op_type == "Cast":
+            attributes["to"] = ELEMENT[attributes["to"]]
+        output = self._name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
+        return output
+
+    def const(self, value: Any) -> str:
+        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        array = np.array(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
+        key = (array.dtype.str, array.tobytes(), array.shape)
+        if key not in self._cache:
+            name = self._name("const")
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._cache[key] = name
+        return self._cache[key]
+
+    def ints(self, values: list[int]) -> str:
+        return self.const(np.array(values, dtype=np.int64))
+
+    def scalar(self, value: float) -> str:
+        return self.const(np.array(value, dtype=self.float_type))
+
+    def rows_by(self, *dims: int) -> str:
+        if self._batch is None:
+            shape = self.op("Shape", self._X)
+            self._batch = self.op("Slice", shape, self.ints([0]), self.ints([1]))
+        return self.op("Concat", self._batch, self.ints(list(dims)), axis=0)
+
+    def reshape(self, x: str, *dims: int) -> str:
+        if self.shapes.get(x) == dims:
+            return x
+        out = self.op("Reshape", x, self.ints([0, *dims]))
+        self.shapes[out] = dims
+        return out
+
+
+def emit_module(
+    g: GraphBuilder,
+    module: strategies.ForestModule,
+    forest: Forest,
+    X: str,
+    *,
+    scores: bool = True,
+    leaf_ids: bool = False,
+    widen: bool = True,
+    operator_sums: bool = False,
+) -> tuple[str | None, str | None, str | None]:
+    """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids).
+
+    ``widen``: float32 sums come out as double (the serving outputs); else they stay float32.
+    ``operator_sums``: let the tree operator add the trees where it can
+    (:func:`_emit_operator_sums`: exact on one thread only).
+
+    Only what is asked for is emitted: ONNX Runtime runs every node of a graph, whichever
+    outputs a call fetches.
+    """
+    groups: list[Any] = list(module.groups)
+    if module.folded:  # the extended input of strategies.nodes.fold_missing
+        axis = g.ints([2])
+        parts = [X, g.op("Neg", X)]
+        if module.fold_columns == 3:
+            parts.append(g.op("Where", g.op("IsNaN", X), X, g.scalar(0.0)))
+        stacked = g.op("Concat", *[g.op("Unsqueeze", p, axis) for p in parts], axis=2)
+        X = g.reshape(stacked, module.fold_columns * forest.n_features)
+    # Back to forest order: the inverse of the groups' concatenated tree order.
+    inverse = np.argsort(np.concatenate([group.columns.numpy() for group in groups]))
+    identity = bool(np.array_equal(inverse, np.arange(inverse.size)))
+
+    def in_forest_order(parts: list[str]) -> str:
+        joined = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
+        return joined if identity else g.op("Gather", joined, g.const(inverse), axis=1)
+
+    rows: dict[int, str] = {}  # each group's leaf rows, emitted once
+
+    def leaf_rows(i: int) -> str:
+        if i not in rows:
+            rows[i] = groups[i].emit_onnx(g, X)
+        return rows[i]
+
+    ids = None
+    if leaf_ids:
+        ids = in_forest_order(
+            [g.op("Gather", g.const(group.leaf_id), leaf_rows(i)) for i, group in enumerate(groups)]
+        )
+    if not scores:
+        return None, None, ids
+    tables = [group.leaf_value.numpy() for group in groups]
+    folded = _fold_base_score(module, groups, tables)
+    raw = None
+    if operator_sums:
+        raw = _emit_operator_sums(g, module, forest, X, groups, tables, base_folded=folded)
+    if raw is None:
+        values = []
+        for i, group in enumerate(groups):
+            direct = group.emit_values(g, X, tables[i]) if hasattr(group, "emit_values") else None
+            if direct is None:
+                direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
+                g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
+            values.append(direct)
+        raw = _emit_sum(g, module, forest, in_forest_order(values), base_folded=folded)
+    transformed = _emit_transform(g, forest, raw)
+    if forest.accumulation == "float32" and widen:
+        raw, transformed = g.op("Cast", raw, to="float64"), g.op("Cast", transformed, to="float64")
+    return raw, transformed, ids
+
+
+def _fold_base_score(
+    module: strategies.ForestModule, groups: list[Any], tables: list[np.ndarray]
+) -> bool:
+    """Add each output's base score to the leaves of its first contributing tree, in place.
+
+    The native sum starts ``base + v0``; rounding that once into the leaf values of the first
+    tree (in the accumulation type) leaves every later partial sum unchanged and saves
+    materialising a base-score column per row. Only for groups that say where a tree's leaf
+    rows are (``tree_rows``); returns False, changing nothing, when any group cannot.
+    """
+    if module.average:
+        return False
+    width = module.leaf_width
+    first = module.steps[0].numpy()  # step 0 of each output: the flat tree * width + w column
+    if (first >= module.n_trees * width).any():  # an output without trees
+        return False
+    where = {}  # forest tree -> (group, local index)
+    for i, group in enumerate(groups):
+        for local, tree in enumerate(group.columns.tolist()):
+            where[tree] = (i, local)
+    plans = []
+    for output, column in enumerate(first.tolist()):
+        i, local = where[column // width]
+        rows = groups[i].tree_rows(local) if hasattr(groups[i], "tree_rows") else None
+        if rows is None:
+            return False
+        plans.append((i, rows, column % width, module.base_score[output, 0].item()))
+    for i in {i for i, *_ in plans}:
+        tables[i] = tables[i].copy()
+    for i, rows, w, base in plans:
+        table = tables[i]
+        table[rows, w] = table.dtype.type(base) + table[rows, w]
+    return True
+
+
+def _emit_sum(
+    g: GraphBuilder,
+    module: strategies.ForestModule,
+    forest: Forest,
+    values: str,
+    *,
+    base_folded: bool = False,
+) -> str:
+    """Base score plus every ``(N, trees, width)`` leaf value, in the native order and type.
+
+    The terms are laid out ``(N, steps, outputs)`` and scanned along the steps: ONNX Runtime's
+    CumSum adds in the tensor's type, one step after another, so float32 accumulation is
+    XGBoost's sequential float32 sum. Scanning axis 1 needs no transpose for multi-output
+    forests, whose steps are stored step-major (10 classes x 100 rounds, 10 000 rows: the
+    transpose to ``(N, outputs, steps)`` took 25 ms of 220).
+    """
+    acc = np.float32 if forest.accumulation == "float32" else np.float64
+    k = forest.n_outputs
+    order = module.steps.contiguous()  # (steps, outputs)
+    n_terms = int(order.shape[0])
+    axis = g.const(np.array(1, np.int64))
+
+    def scan_last(terms: str) -> str:
+        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
+
+    def gathered(first: str | None) -> str:
+        """The terms by ``order`` (a zero pads shorter outputs), ``first`` as step 0."""
+        flat = _pad_zero(g, g.reshape(values, forest.n_trees * module.leaf_width), acc)
+        if first is None:
+            return g.op("Gather", flat, g.const(order), axis=1)
+        steps = np.concatenate([np.zeros((1, k), np.int64), order + 1])
+        return g.op("Gather", g.op("Concat", first, flat, axis=1), g.const(steps), axis=1)
+
+    # In order, step m of output j is column m * k + j of the values: a reshape, no gather.
+    if module.average:
+        terms = g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None)
+        return _emit_mean(g, module, scan_last(terms))
+    if base_folded:
+        return scan_last(g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None))
+    start = g.op("Expand", g.const(module.base_score.reshape(1, -1)), g.rows_by(k))
+    if module.steps_in_order:
+        flat = g.reshape(values, forest.n_trees * module.leaf_width)
+        terms = g.reshape(g.op("Concat", start, flat, axis=1), n_terms + 1, k)
+    else:
+        terms = gathered(start)
+    return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms)), axis=1)
+
+
+def _emit_operator_sums(
+    g: GraphBuilder,
+    module: strategies.ForestModule,
+    forest: Forest,
+    X: str,
+    groups: list[Any],
+    tables: list[np.ndarray],
+    *,
+    base_folded: bool,
+) -> str | None:
+    """The raw sums added by one tree-operator node, each output a target, or None where the
+    forest does not allow it (see ``TreeEnsemble.emit_sums``).
+
+    The operator starts each target at zero and adds its trees' leaves in tree order, in
+    the input's type, when it runs on one thread: the native sum, provided the base score
+    went into the first tree's leaves (or is zero) and each tree adds one value to one
+    output. Averages divide the sum afterwards, as :func:`_emit_sum` does.
+    """
+    if len(groups) != 1 or not hasattr(groups[0], "emit_sums") or module.leaf_width != 1:
+        return None
+    group = groups[0]
+    if not np.array_equal(group.columns.numpy(), np.arange(forest.n_trees)):
+        return None
+    if not (module.average or base_folded or not module.base_score.any()):
+        return None
+    targets = np.array([tree.output_index for tree in forest.trees], dtype=np.int64)
+    sums = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
+    if sums is None or not module.average:
+        return sums
+    return _emit_mean(g, module, sums)
+
+
+def _emit_mean(g: GraphBuilder, module: strategies.ForestModule, total: str) -> str:
+    """An averaging forest's output from the sum of its trees: divided, plus the base."""
+    mean = g.op("Div", total, g.const(module.divisor.reshape(1, -1)))
+    if not module.base_score.any():  # + 0.0 changes nothing but the sign of a zero
+        return mean
+    return g.op("Add", mean, g.const(module.base_score.reshape(1, -1)))
+
+
+def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
+    """``flat`` with a zero column appended (the pad of shorter contribution lists)."""
+    zero = g.op(
+        "ConstantOfShape", g.rows_by(1), value=numpy_helper.from_array(np.zeros(1, dtype=acc))
+    )
+    return g.op("Concat", flat, zero, axis=1)
+
+
+def _emit_transform(g: GraphBuilder, forest: Forest, raw: str) -> str:
+    kind, scale = forest.post_transform.kind, float(forest.post_transform.scale)
+    acc = np.float32 if forest.accumulation == "float32" else np.float64
+
+    def double(value: float) -> str:
+        return g.const(np.array(value, dtype=acc))
+
+    if kind == "identity":
+        return raw
+    if acc == np.float32 and kind in ("sigmoid", "softmax", "exp"):
+        return _emit_xgboost_float32_link(g, kind, scale, raw)
+    if kind == "sigmoid":
+        # 1 / (1 + exp(-x)), as scipy's expit and LightGBM compute it: ONNX Runtime's
+        # Sigmoid kernel loses the relative precision of tiny probabilities (1.11e-15 for
+        # LightGBM's 1.0e-15 at a margin of -34.5).
+        scaled = raw if scale == 1.0 else g.op("Mul", raw, double(scale))
+        return g.op("Div", double(1.0), g.op("Add", double(1.0), g.op("Exp", g.op("Neg", scaled))))
+    if kind == "softmax":
+        return g.op("Softmax", raw, axis=1)
+    if kind == "exp":
+        return g.op("Exp", raw)
+    if kind == "softplus":
+        return g.op("Log", g.op("Add", g.op("Exp", raw), double(1.0)))
+    if kind == "signed_square":
+        return g.op("Mul", g.op("Sign", raw), g.op("Mul", raw, raw))
+    if kind == "isolation":
+        if scale == 0.0:  # a one-sample fit: scikit-learn scores every row 2**-1
+            return g.op("Sub", g.op("Mul", raw, double(0.0)), double(0.5))
+        return g.op("Neg", g.op("Pow", double(2.0), g.op("Neg", g.op("Div", raw, double(scale)))))
+    raise UnsupportedModelError(f"post-transform {kind!r} has no ONNX lowering")
+
+
+def _emit_xgboost_float32_link(g: GraphBuilder, kind: str, scale: float, raw: str) -> str:
+    """XGBoost's float32 links (see ``treecomp.reference``): exp in double, rounded once."""
+
+    def expf(x: str) -> str:
+        return g.op("Cast", g.op("Exp", g.op("Cast", x, to="float64")), to="float32")
+
+    def f32(value: float) -> str:
+        return g.const(np.array(value, dtype=np.float32))
+
+    if kind == "sigmoid":
+        scaled = raw if scale == 1.0 else g.op("Mul", raw, f32(scale))
+        clamped = g.op("Min", g.op("Neg", scaled), f32(88.7))
+        return g.op("Div", f32(1.0), g.op("Add", expf(clamped), f32(1.0)))
+    if kind == "exp":
+        return expf(raw)
+    e = expf(g.op("Sub", raw, g.op("ReduceMax", raw, axes=[1], keepdims=1)))
+    total = g.op("CumSum", g.op("Cast", e, to="float64"), g.const(np.array(1, np.int64)))
+    last = g.op("Gather", total, g.const(np.array([-1], np.int64)), axis=1)
+    return g.op("Div", e, g.op("Cast", last, to="float32"))
