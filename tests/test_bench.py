@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +200,131 @@ def test_compiling_peers_give_native_outputs(system: str, library: str, toleranc
     assert_close(runner.scores(X), model.predict_proba(X), tolerance)
     assert runner.labels is not None
     np.testing.assert_array_equal(runner.labels(X), model.predict(X))
+
+
+FRESH_SYSTEMS = ("native", "treecomp")
+
+
+@pytest.fixture(scope="module")
+def fresh_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """``--fresh`` on the tiny model: two processes a system, two batches each, warm caches."""
+    out = tmp_path_factory.mktemp("fresh")
+    argv = ["--models", "tiny", "--batch-sizes", str(BATCH), "--systems", ",".join(FRESH_SYSTEMS)]
+    argv += ["--fresh", "--fresh-processes", "2", "--fresh-batches", "2", "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert bench.main(argv) == 0
+    return printed.getvalue(), json.loads((out / bench.RESULTS_FILE).read_text())
+
+
+def test_fresh_results_hold_each_process_s_first_batches(
+    fresh_run: tuple[str, dict[str, Any]],
+) -> None:
+    _, doc = fresh_run
+    assert doc["mode"] == "fresh" and doc["complete"]
+    assert doc["settings"]["fresh"] == {"processes": 2, "batches": 2, "cold_caches": False}
+    assert doc["settings"]["caches"].startswith("warm, as a user's second job finds them")
+    assert {"cpu_model", "isa", "threads"} <= doc["machine"].keys()
+    assert doc["fields"].keys() == bench.FRESH_RECORD_FIELDS.keys()
+    assert [(r["system"], r["batch"]) for r in doc["results"]] == [
+        (s, BATCH) for s in FRESH_SYSTEMS
+    ]
+    native, treecomp = doc["results"]
+    for record in (native, treecomp):
+        assert doc["fields"].keys() <= record.keys()
+        assert record["status"] == "ok" and record["error"] is None
+        assert record["processes"] == 2 and [len(b) for b in record["batch_s"]] == [2, 2]
+        assert all(t > 0 for times in record["batch_s"] for t in times)
+        assert record["label_mismatches"] == 0 and record["load_s"] > 0
+    assert native["convert_s"] is None and native["kernel_built"] == [None, None]
+    assert treecomp["convert_s"] > 0 and "kernel" in treecomp["strategy"]
+    # Warm caches: the priming process built whatever kernel was missing, the timed ones none.
+    assert treecomp["kernel_built"] == [False, False]
+    assert treecomp["max_abs_dev"] <= TOLERANCES["float32_link"].atol
+
+
+def test_fresh_ratios_are_native_s_first_batch_over_each_median(
+    fresh_run: tuple[str, dict[str, Any]],
+) -> None:
+    _, doc = fresh_run
+    native, treecomp = doc["results"]
+    for record in (native, treecomp):
+        firsts = [times[0] for times in record["batch_s"]]
+        rests = [t for times in record["batch_s"] for t in times[1:]]
+        assert record["first_s"] == statistics.median(firsts)
+        assert record["rest_s"] == statistics.median(rests)
+        assert record["first_ratio_to_native"] == pytest.approx(
+            native["first_s"] / record["first_s"]
+        )
+        assert record["rest_ratio_to_native"] == pytest.approx(native["first_s"] / record["rest_s"])
+    assert native["first_ratio_to_native"] == 1.0
+
+
+def test_fresh_report_says_what_its_numbers_mean(fresh_run: tuple[str, dict[str, Any]]) -> None:
+    printed, doc = fresh_run
+    machine = doc["machine"]
+    assert f"{machine['cpu_model']} ({machine['isa'] or 'ISA unknown'})" in printed
+    assert f"{machine['threads']} threads" in printed
+    assert "no warm-up" in printed and "native's first-batch median / this median" in printed
+    assert "Caches: warm" in printed
+    treecomp = doc["results"][1]
+    ratio = f"x{treecomp['first_ratio_to_native']:.2f}"
+    if treecomp["first_ratio_to_native"] >= 10:
+        ratio = f"x{treecomp['first_ratio_to_native']:.3g}"
+    assert f"{bench.format_seconds(treecomp['first_s'])} {ratio}" in printed
+
+
+def test_fresh_cold_caches_build_the_kernel_in_each_process(tmp_path: Path) -> None:
+    argv = ["--models", "tiny", "--batch-sizes", str(BATCH), "--systems", "treecomp-kernel"]
+    argv += ["--fresh", "--fresh-processes", "1", "--fresh-batches", "1", "--cold-caches"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert bench.main([*argv, "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / bench.RESULTS_FILE).read_text())
+    assert doc["settings"]["caches"].startswith("cold")
+    (record,) = doc["results"]
+    assert record["status"] == "ok" and record["kernel_built"] == [True]
+    assert record["rest_s"] is None and record["first_ratio_to_native"] is None  # no native
+
+
+def test_fresh_options_need_fresh(capsys: pytest.CaptureFixture[str]) -> None:
+    for option in (["--cold-caches"], ["--fresh-batches", "2"], ["--fresh-processes", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["--models", "tiny", *option])
+        assert exit_info.value.code == 2
+        assert "go with --fresh" in capsys.readouterr().err
+
+
+def test_fresh_records_leave_out_priming_and_failed_processes() -> None:
+    def process(system: str, times: list[float], status: str = "ok", **extra: Any) -> Any:
+        return {
+            "model": "m",
+            "system": system,
+            "batch": 10,
+            "status": status,
+            "error": None if status == "ok" else "boom",
+            "batch_s": times,
+            "load_s": 0.5,
+            "convert_s": None if system == "native" else 1.0,
+            "max_abs_dev": 0.0,
+            "label_mismatches": None,
+            "kernel_built": None,
+            "strategy": None,
+            **extra,
+        }
+
+    records = bench.build_fresh_records(
+        [
+            process("treecomp", [9.0], prime=True),
+            process("native", [4.0, 2.0]),
+            process("treecomp", [1.0, 0.5]),
+            process("native", [6.0, 3.0]),
+            process("treecomp", [3.0, 1.5]),
+            process("treecomp", [], status="error"),
+        ]
+    )
+    native, treecomp = records
+    assert (native["first_s"], native["rest_s"]) == (5.0, 2.5)
+    assert (treecomp["first_s"], treecomp["rest_s"]) == (2.0, 1.0)
+    assert (treecomp["first_ratio_to_native"], treecomp["rest_ratio_to_native"]) == (2.5, 5.0)
+    assert treecomp["status"] == "error" and treecomp["processes"] == 2
+    assert treecomp["error"] == "boom"

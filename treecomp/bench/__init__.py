@@ -55,9 +55,11 @@ from treecomp.bench.models import (
     resolve_models,
 )
 from treecomp.bench.report import (
+    FRESH_RECORD_FIELDS,
     PLOT_FILE,
     RESULTS_FILE,
     BenchRun,
+    build_fresh_records,
     build_records,
     format_seconds,
     format_tables,
@@ -78,12 +80,19 @@ from treecomp.bench.systems import (
     parse_system,
     resolve_systems,
 )
-from treecomp.bench.timing import TimingSettings, TooSlowError, max_abs_deviation, time_calls
+from treecomp.bench.timing import (
+    FreshSettings,
+    TimingSettings,
+    TooSlowError,
+    max_abs_deviation,
+    time_calls,
+)
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_SYSTEMS",
+    "FRESH_RECORD_FIELDS",
     "MODELS",
     "MODEL_SPECS",
     "PEERS",
@@ -94,12 +103,14 @@ __all__ = [
     "STRATEGIES",
     "TINY",
     "BenchRun",
+    "FreshSettings",
     "ModelSpec",
     "PreparedModel",
     "System",
     "TimingSettings",
     "TooSlowError",
     "all_systems",
+    "build_fresh_records",
     "build_parser",
     "build_records",
     "format_seconds",

@@ -17,12 +17,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from treecomp.bench.models import MODELS, TINY, ModelSpec, prepare_model, resolve_models
+from treecomp.bench.models import (
+    MODELS,
+    TINY,
+    ModelSpec,
+    PreparedModel,
+    prepare_model,
+    resolve_models,
+)
 from treecomp.bench.report import (
     PLOT_FILE,
     RESULTS_FILE,
     BenchRun,
+    build_fresh_records,
     build_records,
+    describe_caches,
+    format_fresh_table,
+    format_seconds,
     format_tables,
     load_average,
     log,
@@ -30,7 +41,7 @@ from treecomp.bench.report import (
     write_json,
     write_results,
 )
-from treecomp.bench.spawn import run_system
+from treecomp.bench.spawn import run_fresh_process, run_system
 from treecomp.bench.systems import (
     BACKENDS,
     DEFAULT_SYSTEMS,
@@ -42,7 +53,7 @@ from treecomp.bench.systems import (
     System,
     resolve_systems,
 )
-from treecomp.bench.timing import TimingSettings
+from treecomp.bench.timing import FreshSettings, TimingSettings
 
 DEFAULT_BATCH_SIZES = (1, 1_000, 10_000, 100_000)
 QUICK_BATCH_SIZES = (1, 1_000, 10_000)
@@ -88,10 +99,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             f"  {LLEAVES_INSTALL}; {TL2CGEN_INSTALL}\n\n"
             "Cell ratios are the fastest peer's median over the cell's median: above 1, the\n"
             "system is faster than every peer in the run.\n\n"
+            "--fresh: per model, system and batch size, N new processes (--fresh-processes,\n"
+            "systems taking turns) load the pickled model, convert it (treecomp: convert's\n"
+            "defaults, no tier_up()) and time their first K batches (--fresh-batches) of\n"
+            "distinct rows, no warm-up. The report gives the median of the first batches and\n"
+            "of the later ones, each as native's first-batch median over it (x >= 1: at least\n"
+            "as fast as a fresh native process's first batch, which pays its own warm-up).\n"
+            "The kernel and package caches are warm, as a user's second job finds them (an\n"
+            "untimed process per model and treecomp system fills them first), unless\n"
+            "--cold-caches gives each process empty ones.\n\n"
             "examples:\n"
             "  treecomp bench --quick --out /tmp/bench\n"
             "  treecomp bench --models xgb-binary --systems native,treecomp-torch-auto,onnxml\n"
-            "  treecomp bench --systems all --batch-sizes 1,1000"
+            "  treecomp bench --systems all --batch-sizes 1,1000\n"
+            "  treecomp bench --models xgb-binary --systems native,treecomp --batch-sizes 10000 "
+            "--fresh"
         ),
     )
     parser.add_argument(
@@ -176,11 +198,40 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="largest batch for the numpy backend (default 1000)",
     )
     parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="time fresh processes' first batches instead of warm calls (see below; "
+        "--warmup, --min-runs, --budget and --max-call-s do not apply)",
+    )
+    parser.add_argument(
+        "--fresh-processes",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help=f"with --fresh: processes per model, system and batch size (default "
+        f"{FreshSettings().processes})",
+    )
+    parser.add_argument(
+        "--fresh-batches",
+        type=_positive(int),
+        default=None,
+        metavar="K",
+        help=f"with --fresh: batches each process times, from its first (default "
+        f"{FreshSettings().batches})",
+    )
+    parser.add_argument(
+        "--cold-caches",
+        action="store_true",
+        help="with --fresh: empty kernel and package caches for each process, as on a "
+        "machine's very first run (default: warm, as a user's second job finds them)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive(float),
         default=None,
         metavar="SECONDS",
-        help="seconds one worker (one system on one model) may run (default 1200; --quick 120)",
+        help="seconds one worker (one system on one model, or one --fresh process) may run "
+        "(default 1200; --quick 120)",
     )
     return parser
 
@@ -208,6 +259,13 @@ def run(args: argparse.Namespace) -> BenchRun:
         numpy_max_batch=args.numpy_max_batch,
     )
     timeout_s = args.timeout or (120.0 if quick else 1200.0)
+    fresh = None
+    if args.fresh:
+        fresh = FreshSettings(
+            processes=args.fresh_processes or FreshSettings().processes,
+            batches=args.fresh_batches or FreshSettings().batches,
+            cold_caches=args.cold_caches,
+        )
     bench = BenchRun(
         settings={
             **asdict(settings),
@@ -216,9 +274,11 @@ def run(args: argparse.Namespace) -> BenchRun:
             "batch_sizes": batch_sizes,
             "systems": [s.name for s in systems],
             "worker_timeout_s": timeout_s,
+            "fresh": asdict(fresh) if fresh else None,
         },
         machine=machine_info(args.threads),
         models=[],
+        mode="fresh" if fresh else "warm",
     )
     results: list[dict[str, Any]] = []
     try:
@@ -235,19 +295,37 @@ def run(args: argparse.Namespace) -> BenchRun:
                 timeout_s=timeout_s,
                 out=args.out,
                 dtype=args.dtype,
+                fresh=fresh,
             )
         bench.complete = True
     except KeyboardInterrupt:
         log("\ninterrupted: reporting the cells measured so far")
     bench.machine["load_average_end"] = load_average()
-    _gather(bench, results, systems)
+    _gather(bench, results, systems, fresh)
     return bench
 
 
-def _gather(bench: BenchRun, results: list[dict[str, Any]], systems: Sequence[System]) -> None:
-    bench.records = build_records(results, systems)
-    models = list(dict.fromkeys(r["model"] for r in bench.records))
-    bench.table = format_tables(bench.records, models, [s.name for s in systems])
+def _gather(
+    bench: BenchRun,
+    results: list[dict[str, Any]],
+    systems: Sequence[System],
+    fresh: FreshSettings | None,
+) -> None:
+    if fresh is None:
+        bench.records = build_records(results, systems)
+        models = list(dict.fromkeys(r["model"] for r in bench.records))
+        bench.table = format_tables(bench.records, models, [s.name for s in systems])
+        return
+    primes = [r for r in results if r.get("prime")]
+    bench.settings["caches"] = describe_caches(fresh, primes)
+    bench.records = build_fresh_records(results)
+    bench.table = format_fresh_table(
+        bench.records,
+        fresh,
+        threads=bench.settings["threads"],
+        caches=bench.settings["caches"],
+        primes=primes,
+    )
 
 
 def _run_models(
@@ -263,14 +341,17 @@ def _run_models(
     timeout_s: float,
     out: Path | None,
     dtype: str,
+    fresh: FreshSettings | None = None,
 ) -> None:
     total = len(specs) * len(systems)
+    # --fresh times distinct rows in each of a process's batches.
+    n_test = max(batch_sizes) * (fresh.batches if fresh else 1)
     for spec in specs:
         log(f"fitting {spec.name}: {spec.description} ...")
         # One thread to fit: fitting is not measured, and on a shared machine OpenMP's
         # spinning barriers made two-thread fits of the quick models take 60 s, not 2.
         prepared = prepare_model(
-            spec, directory, quick=quick, threads=1, n_test=max(batch_sizes), dtype=dtype
+            spec, directory, quick=quick, threads=1, n_test=n_test, dtype=dtype
         )
         bench.models.append(
             {
@@ -283,6 +364,20 @@ def _run_models(
                 "fit_s": prepared.fit_s,
             }
         )
+        if fresh is not None:
+            _run_fresh(
+                bench,
+                prepared,
+                systems,
+                batch_sizes,
+                settings,
+                fresh,
+                results,
+                directory=directory,
+                timeout_s=timeout_s,
+                out=out,
+            )
+            continue
         for system in systems:
             log(f"  [{len(results) + 1}/{total}] {spec.name} / {system.name}", end=" ")
             start = time.perf_counter()
@@ -294,6 +389,79 @@ def _run_models(
             if out is not None:
                 bench.records = build_records(results, systems)
                 write_json(bench, out)
+
+
+def _run_fresh(
+    bench: BenchRun,
+    prepared: PreparedModel,
+    systems: Sequence[System],
+    batch_sizes: Sequence[int],
+    settings: TimingSettings,
+    fresh: FreshSettings,
+    results: list[dict[str, Any]],
+    *,
+    directory: Path,
+    timeout_s: float,
+    out: Path | None,
+) -> None:
+    """``--fresh`` on one model: prime the caches (unless cold), then the timed processes.
+
+    The systems take turns, process after process, so that a change in the machine's load
+    falls on all of them alike.
+    """
+    name = prepared.spec.name
+
+    def record(result: dict[str, Any]) -> None:
+        results.append(result)
+        if out is not None:
+            bench.records = build_fresh_records(results)
+            write_json(bench, out)
+
+    if not fresh.cold_caches:
+        for system in (s for s in systems if s.kind == "treecomp"):
+            log(f"  priming the caches: {name} / {system.name}", end=" ")
+            start = time.perf_counter()
+            result = run_fresh_process(
+                prepared,
+                system,
+                max(batch_sizes),
+                settings,
+                fresh,
+                prime=True,
+                directory=directory,
+                timeout_s=timeout_s,
+            )
+            log(f"{result['status']} ({time.perf_counter() - start:.1f}s)")
+            record({**result, "prime": True})
+    skipped: set[str] = set()  # a system that cannot run here is asked once
+    total = fresh.processes * len(batch_sizes) * len(systems)
+    done = 0
+    for i in range(fresh.processes):
+        for batch in batch_sizes:
+            for system in systems:
+                done += 1
+                if system.name in skipped:
+                    continue
+                log(
+                    f"  [{done}/{total}] {name} / {system.name} / {batch} rows, process {i + 1}",
+                    end=" ",
+                )
+                start = time.perf_counter()
+                result = run_fresh_process(
+                    prepared,
+                    system,
+                    batch,
+                    settings,
+                    fresh,
+                    prime=False,
+                    directory=directory,
+                    timeout_s=timeout_s,
+                )
+                firsts = " ".join(format_seconds(t) for t in result["batch_s"])
+                log(f"{result['status']} ({time.perf_counter() - start:.1f}s) {firsts}")
+                if result["status"] == "skipped":
+                    skipped.add(system.name)
+                record(result)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -314,6 +482,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         resolve_models(args.models)
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.fresh and (args.fresh_processes or args.fresh_batches or args.cold_caches):
+        parser.error("--fresh-processes, --fresh-batches and --cold-caches go with --fresh")
     start = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops it as Ctrl-C does
     try:
@@ -324,7 +494,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     print(
         f"treecomp bench, {m['date']}: {m['cpu_model']} ({m['isa'] or 'ISA unknown'}), "
         f"{m['cpus_available']} CPUs, {m['threads']} threads, torch {m['versions']['torch']}, "
-        f"{args.dtype} rows" + (" (--quick)" if args.quick else "")
+        f"{args.dtype} rows"
+        + (" (--quick)" if args.quick else "")
+        + (", fresh processes (--fresh)" if args.fresh else "")
     )
     load = m["load_average"]
     if load and load[0] > 0.5:

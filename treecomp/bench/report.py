@@ -4,6 +4,7 @@
 size, with the ratios to the fastest peer and to native; :func:`format_tables` renders them for
 the terminal, :func:`plot` as a PNG, and :func:`write_results` writes both with the machine's
 description (:func:`machine_info`: CPU model and ISA, threads, library versions, date).
+:func:`build_fresh_records` and :func:`format_fresh_table` do the same for ``--fresh``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from treecomp.bench.systems import PEERS, System
+from treecomp.bench.timing import FreshSettings
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "bench.png"
@@ -333,6 +336,183 @@ def plot(records: Sequence[Mapping[str, Any]], models: Sequence[str], path: Path
 
 
 # ---------------------------------------------------------------------------------------------
+# --fresh: a fresh process's first batches
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _worst(values: Sequence[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def build_fresh_records(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model, system and batch size from its fresh processes' results.
+
+    ``first_s`` is the median of the processes' first batches, ``rest_s`` that of all their
+    later batches; both ratios divide native's ``first_s`` (native's first call pays its own
+    warm-up, as a fresh native process does) by this record's. The caches' priming processes
+    (``"prime"`` in their result) make no record.
+    """
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for result in results:
+        if not result.get("prime"):
+            key = (result["model"], result["system"], result["batch"])
+            groups.setdefault(key, []).append(result)
+    records: list[dict[str, Any]] = []
+    for (model, system, batch), runs in groups.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        failed = [r for r in runs if r["status"] != "ok"]
+        first = [r["batch_s"][0] for r in ok]
+        rest = [t for r in ok for t in r["batch_s"][1:]]
+        records.append(
+            {
+                "model": model,
+                "system": system,
+                "batch": batch,
+                "status": failed[0]["status"] if failed else "ok",
+                "processes": len(ok),
+                "first_s": _median(first),
+                "rest_s": _median(rest),
+                "first_ratio_to_native": None,
+                "rest_ratio_to_native": None,
+                "batch_s": [r["batch_s"] for r in ok],
+                "load_s": _median([r["load_s"] for r in ok]),
+                "convert_s": _median([r["convert_s"] for r in ok]),
+                "max_abs_dev": _worst([r["max_abs_dev"] for r in ok]),
+                "label_mismatches": _worst([r["label_mismatches"] for r in ok]),
+                "kernel_built": [r["kernel_built"] for r in ok],
+                "strategy": ok[-1]["strategy"] if ok else None,
+                "error": failed[0]["error"] if failed else None,
+            }
+        )
+    native = {
+        (r["model"], r["batch"]): r["first_s"]
+        for r in records
+        if r["system"] == "native" and r["first_s"]
+    }
+    for r in records:
+        base = native.get((r["model"], r["batch"]))
+        if base is not None:
+            for name in ("first", "rest"):
+                if r[f"{name}_s"]:
+                    r[f"{name}_ratio_to_native"] = base / r[f"{name}_s"]
+    return records
+
+
+def describe_caches(fresh: FreshSettings, primes: Sequence[Mapping[str, Any]]) -> str:
+    """What the fresh processes found in the kernel and package caches, in one sentence."""
+    if fresh.cold_caches:
+        return (
+            "cold: each process got empty kernel and package caches (TREECOMP_KERNEL_DIR, "
+            "TORCHINDUCTOR_CACHE_DIR in a new temporary directory), as on a machine's very "
+            "first run: treecomp's convert compiles the kernel (and a first batch of a "
+            "non-kernel forest finds no compiled package)"
+        )
+    paths = next((p["caches"] for p in primes if p.get("caches")), None)
+    where = f" (kernels: {paths['kernels']}; packages: {paths['packages']})" if paths else ""
+    return (
+        "warm, as a user's second job finds them: before the timed processes, one untimed "
+        "process per model and treecomp system converted the model, called tier_up() and "
+        f"scored a batch, building what was missing{where}"
+    )
+
+
+FRESH_RECORD_FIELDS = {
+    "status": "ok, error (see error; some processes may have run) or skipped",
+    "processes": "fresh processes measured",
+    "batch_s": "each process's timed calls, in order: its first K batches of distinct rows, "
+    "no warm-up, after loading and converting the model",
+    "first_s": "median over the processes of their first batch's seconds",
+    "rest_s": "median of the processes' later batches (2 to K), pooled",
+    "first_ratio_to_native": "native first_s / this first_s; >= 1: a fresh process's first "
+    "batch at least as fast as a fresh native process's (which pays its own warm-up)",
+    "rest_ratio_to_native": "native first_s / this rest_s",
+    "load_s": "median seconds to unpickle the model (with the imports that brings)",
+    "convert_s": "median seconds to convert (treecomp: treecomp.convert's defaults with "
+    "n_threads, no tier_up()); null for native",
+    "max_abs_dev": "max |output - native output| over every timed batch of every process",
+    "label_mismatches": "rows of the timed batches whose label differs from native's (the "
+    "worst process), classifiers only",
+    "kernel_built": "per process, whether it compiled the kernel into the kernel cache "
+    "(null: not a treecomp system)",
+    "strategy": "what treecomp chose (cm.strategy)",
+}
+
+
+def format_fresh_table(
+    records: Sequence[Mapping[str, Any]],
+    fresh: FreshSettings,
+    *,
+    threads: int,
+    caches: str,
+    primes: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The ``--fresh`` report: what the numbers mean, then one row per model, batch and system.
+
+    Args:
+        records: :func:`build_fresh_records`' output.
+        fresh: The processes and batches measured, and the caches' state.
+        threads: Threads every system got.
+        caches: :func:`describe_caches`' sentence.
+        primes: The priming processes' results; those that failed are listed.
+    """
+    rest = f"batches 2-{fresh.batches}" if fresh.batches > 2 else "batch 2"
+    lines = [
+        f"Fresh processes: per model, system and batch size, {fresh.processes} new processes "
+        "(systems taking turns), each loading the pickled model, converting it (treecomp: "
+        f"treecomp.convert's defaults, n_threads={threads}, no tier_up()) and timing its "
+        + (f"first {fresh.batches} batches" if fresh.batches > 1 else "first batch")
+        + f" of distinct rows with no warm-up; {threads} "
+        "threads per system.",
+        "first: median of the processes' first batches"
+        + (f"; rest: median of their {rest}." if fresh.batches > 1 else "."),
+        "xR = native's first-batch median / this median (native's first call pays its own "
+        "warm-up): R >= 1 means at least as fast as a fresh native process's first batch.",
+        "load: unpickling the model (with the imports it brings; treecomp's own import, "
+        "about 0.15 s, comes before: the worker is part of it); convert: before the first "
+        "batch, not in it; kernel built: processes that compiled treecomp's C kernel.",
+        f"Caches: {caches}.",
+        "",
+        f"{'model':<20}{'batch':>7}  {'system':<30}{'load':>9}{'convert':>9}"
+        f"{'first':>17}{'rest':>17}{'max |Δ|':>10}{'labels≠':>9}{'kernel built':>14}  "
+        "strategy / error",
+    ]
+
+    def timed(seconds: float | None, ratio: float | None) -> str:
+        if ratio is None:
+            return format_seconds(seconds)
+        # Two decimals where the 1.0x bar is in reach; the issue's bar is "at least 1.0x".
+        return format_seconds(seconds) + (f" x{ratio:.2f}" if ratio < 10 else f" x{ratio:.3g}")
+
+    for r in records:
+        built = [b for b in r["kernel_built"] if b is not None]
+        detail = r["strategy"] or ""
+        if r["error"]:
+            detail = r["error"] if not r["processes"] else f"{detail} ({r['error']})"
+        if len(detail) > 100:
+            detail = detail[:99] + "…"
+        dev, mismatches = r["max_abs_dev"], r["label_mismatches"]
+        lines.append(
+            f"{r['model']:<20}{r['batch']:>7}  {r['system']:<30}"
+            f"{format_seconds(r['load_s']):>9}{format_seconds(r['convert_s']):>9}"
+            f"{timed(r['first_s'], r['first_ratio_to_native']):>17}"
+            f"{timed(r['rest_s'], r['rest_ratio_to_native']):>17}"
+            f"{(f'{dev:.1e}' if dev is not None else '-'):>10}"
+            f"{(str(mismatches) if mismatches is not None else '-'):>9}"
+            f"{(f'{sum(built)}/{len(built)}' if built else '-'):>14}  {detail}"
+        )
+    failed = [p for p in primes if p["status"] == "error"]
+    if failed:
+        lines += ["", "Priming processes that failed (the caches may be cold for these):"]
+        lines += [f"  {p['model']} / {p['system']}: {str(p['error'])[:160]}" for p in failed]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # results.json
 
 
@@ -346,6 +526,7 @@ class BenchRun:
     records: list[dict[str, Any]] = field(default_factory=list)
     table: str = ""
     complete: bool = False
+    mode: str = "warm"  # or "fresh" (--fresh: build_fresh_records' records, no plot)
 
 
 def write_json(bench: BenchRun, out: Path) -> Path:
@@ -357,7 +538,8 @@ def write_json(bench: BenchRun, out: Path) -> Path:
         "machine": bench.machine,
         "settings": bench.settings,
         "models": bench.models,
-        "fields": RECORD_FIELDS,
+        "mode": bench.mode,
+        "fields": FRESH_RECORD_FIELDS if bench.mode == "fresh" else RECORD_FIELDS,
         "results": bench.records,
     }
     partial = path.with_suffix(".json.partial")
@@ -367,8 +549,11 @@ def write_json(bench: BenchRun, out: Path) -> Path:
 
 
 def write_results(bench: BenchRun, out: Path) -> list[Path]:
-    """Write ``results.json`` and, where matplotlib is installed, the plot; return the paths."""
+    """Write ``results.json`` and, where matplotlib is installed, the plot (not for
+    ``--fresh``); return the paths."""
     written = [write_json(bench, out)]
+    if bench.mode == "fresh":  # a handful of numbers per cell: the table says them
+        return written
     try:
         models = list(dict.fromkeys(r["model"] for r in bench.records))
         plot(bench.records, models, out / PLOT_FILE)

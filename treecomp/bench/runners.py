@@ -69,7 +69,9 @@ def _native_runner(model: Any, classifier: bool, threads: int) -> Runner:
     return Runner(model.predict, None)
 
 
-def _treecomp_runner(model: Any, system: System, classifier: bool, threads: int) -> Runner:
+def _treecomp_runner(
+    model: Any, system: System, classifier: bool, threads: int, tier_up: bool
+) -> Runner:
     import treecomp
 
     options: dict[str, Any] = {}
@@ -79,11 +81,14 @@ def _treecomp_runner(model: Any, system: System, classifier: bool, threads: int)
         options["strategy"] = system.strategy
     if system.compiled:
         options["compile"] = True
-    if system.backend in ("torch", "torchscript", None):
+    # The defaults import torch only for a compiled tier: a fresh process's convert does not
+    # import it here (its OMP_NUM_THREADS holds the threads, should the tier need torch).
+    if system.backend in ("torch", "torchscript") or (system.backend is None and tier_up):
         _set_torch_threads(threads)
-    if system.backend is None:  # the defaults, as a long-running process has them
+    if system.backend is None:
         cm = treecomp.convert(model, **options)
-        cm.tier_up()
+        if tier_up:  # the defaults as a long-running process has them
+            cm.tier_up()
     else:
         cm = treecomp.convert(model, system.backend, **options)
     if classifier:
@@ -246,16 +251,32 @@ def _tl2cgen_runner(model: Any, classifier: bool, threads: int) -> Runner:
 
 
 def make_runner(
-    model: Any, system: System, *, classifier: bool, threads: int, n_features: int
+    model: Any,
+    system: System,
+    *,
+    classifier: bool,
+    threads: int,
+    n_features: int,
+    tier_up: bool = True,
 ) -> Runner:
     """Convert ``model`` for ``system`` (the part of the work that ``convert_s`` times).
+
+    Args:
+        model: The fitted model.
+        system: How to run it.
+        classifier: Whether the model is a classifier.
+        threads: Threads the system gets.
+        n_features: Input features (for the ONNX converters' input type).
+        tier_up: For the ``treecomp`` system (the defaults of ``treecomp.convert``), call
+            ``cm.tier_up()`` as a long-running process would; False converts only, as a
+            fresh process does before its first batch (``--fresh``).
 
     Raises:
         SkippedError: the system cannot run here (a peer is not installed, or does not take
             this model).
     """
     if system.kind == "treecomp":
-        return _treecomp_runner(model, system, classifier, threads)
+        return _treecomp_runner(model, system, classifier, threads, tier_up)
     if system.kind == "onnxml":
         return _onnxml_runner(model, classifier, threads, n_features)
     peers = {

@@ -39,6 +39,22 @@ class TimingSettings:
     numpy_max_batch: int = 1_000
 
 
+@dataclass(frozen=True, slots=True)
+class FreshSettings:
+    """How ``--fresh`` times a fresh process's first batches (see :func:`treecomp.bench.cli.run`).
+
+    Attributes:
+        processes: Fresh processes per model, system and batch size.
+        batches: Batches each process times, from its first, of distinct rows, no warm-up.
+        cold_caches: Give each process empty kernel and package caches (a machine's very
+            first run); otherwise the caches are warm, as a user's second job finds them.
+    """
+
+    processes: int = 3
+    batches: int = 3
+    cold_caches: bool = False
+
+
 class TooSlowError(Exception):
     """One call took longer than ``max_call_s``."""
 
