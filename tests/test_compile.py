@@ -234,14 +234,14 @@ def test_default_backend_tiers_up_to_the_compiled_package(
     (BUILD_AFTER_S, here 0) a child process builds it, and large batches then run it,
     exactly. The next convert of the forest finds it in the cache."""
     from tests.test_ir import small_forest
-    from treecomp import tiered
+    from treecomp import compiled_tier
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
+    monkeypatch.setattr(compiled_tier, "MIN_COMPILED_LEVELS", 1)
     # No build before the lookup is seen to miss: a lookup done while the batch is still
     # scored (quick once torch._inductor is imported) would let a later note start it.
-    monkeypatch.setattr(tiered, "BUILD_AFTER_S", float("inf"))
-    monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
+    monkeypatch.setattr(compiled_tier, "BUILD_AFTER_S", float("inf"))
+    monkeypatch.setattr(compiled_tier, "COMPILED_FROM_ROWS", 50)
     forest = small_forest()  # a numerical and a categorical split
     rng = np.random.default_rng(0)
     X = np.stack([rng.normal(0.5, 1, 300), rng.integers(-1, 5, 300)], axis=1)
@@ -257,7 +257,7 @@ def test_default_backend_tiers_up_to_the_compiled_package(
     operator = cm.predict(X)
     tier._join(120)
     assert tier.state == "missing"
-    monkeypatch.setattr(tiered, "BUILD_AFTER_S", 0.0)
+    monkeypatch.setattr(compiled_tier, "BUILD_AFTER_S", 0.0)
     cm.predict(X)  # busy for BUILD_AFTER_S: the build starts
     tier._join(600)
     assert tier.state == "ready", tier.state
@@ -278,7 +278,7 @@ def test_compiled_tier_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     serving and says why (checked before a build process starts)."""
     import treecomp.torch_backend as torch_backend
     from tests.test_ir import small_forest
-    from treecomp import kernel, tiered
+    from treecomp import compiled_tier, kernel, tiered
 
     def no_kernel() -> None:
         raise kernel.KernelUnavailable("no C compiler here")
@@ -287,16 +287,17 @@ def test_compiled_tier_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing cached
     model, X_test = fitted("xgboost_binary")
     forest = treecomp.convert(model, "numpy").forest
-    assert not tiered.worth_compiling(forest)  # 20 trees of depth 4: too few levels
-    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
-    assert tiered.worth_compiling(forest)
-    monkeypatch.setattr(tiered, "MAX_COMPILED_DEPTH", 3)
-    assert not tiered.worth_compiling(forest)  # too deep
-    monkeypatch.setattr(tiered, "MAX_COMPILED_DEPTH", 16)
-    assert treecomp.convert(model, "onnx")._engine.tier is None  # an explicit backend
-    assert treecomp.convert(small_forest())._engine.tier is not None
+    assert not compiled_tier.worth_compiling(forest)  # 20 trees of depth 4: too few levels
+    monkeypatch.setattr(compiled_tier, "MIN_COMPILED_LEVELS", 1)
+    assert compiled_tier.worth_compiling(forest)
+    monkeypatch.setattr(compiled_tier, "MAX_COMPILED_DEPTH", 3)
+    assert not compiled_tier.worth_compiling(forest)  # too deep
+    monkeypatch.setattr(compiled_tier, "MAX_COMPILED_DEPTH", 16)
+    Tiered = tiered.TieredEngine
+    assert not isinstance(treecomp.convert(model, "onnx")._engine, Tiered)  # explicit backend
+    assert isinstance(treecomp.convert(small_forest())._engine, Tiered)
     monkeypatch.setenv("TREECOMP_BACKGROUND_COMPILE", "0")
-    assert treecomp.convert(model)._engine.tier is None
+    assert not isinstance(treecomp.convert(model)._engine, Tiered)
     monkeypatch.delenv("TREECOMP_BACKGROUND_COMPILE")
 
     def no_compiler(device: Any) -> None:
@@ -334,33 +335,39 @@ def test_compiled_tier_serves_only_where_it_measured_faster(
     for TRIALS batches each; then the faster per row serves, and cm.strategy says which
     (the depth rules come from one CPU: on another the kernel can lose)."""
     from tests.test_ir import small_forest
-    from treecomp import tiered
+    from treecomp import compiled_tier, tiered
 
-    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
-    monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
+    monkeypatch.setattr(compiled_tier, "MIN_COMPILED_LEVELS", 1)
+    monkeypatch.setattr(compiled_tier, "COMPILED_FROM_ROWS", 50)
     forest = small_forest()
     X = np.stack([np.linspace(-2, 3, 300), np.arange(300) % 5 - 1.0], axis=1)
     for delay, winner in ((0.05, "operator"), (0.0, "compiled")):
         cm = treecomp.convert(forest, n_threads=1)
-        tier = cm._engine.tier
+        tier, race, operator = cm._engine.tier, cm._engine.race, cm._engine.operator
         if winner == "compiled":  # an operator slower than the kernel
-            run = cm._engine._run
+            run = operator._run
 
             def slow(*args: Any, run: Any = run) -> Any:
                 time.sleep(0.05)
                 return run(*args)
 
-            monkeypatch.setattr(cm._engine, "_run", slow)
+            monkeypatch.setattr(operator, "_run", slow)
         expected = cm.predict(X[:10])  # small: the operator, never the tier
         plain = treecomp.convert(forest, "onnx", n_threads=1)._engine  # no tier of its own
         kernel = Kernel(plain.scores, delay)
         tier.engine, tier.state = kernel, "ready"
         for _ in range(2 * tiered.TRIALS + 3):
             assert_equal(cm.predict(X)[:10], expected)
-        assert tier.winner == winner
-        assert all(len(times) == tiered.TRIALS for times in tier.trials.values())  # bounded
+        assert race.winner == winner
+        assert all(len(times) == tiered.TRIALS for times in race.trials.values())  # bounded
         if winner == "operator":
             assert kernel.calls == tiered.TRIALS
-            assert "compiled tier measured slower" in cm.strategy
+            # Which tier lost, by how much (its best time a row over the operator's), and both.
+            ratio = min(race.trials["compiled"]) / min(race.trials["operator"])
+            assert ratio > 1.0
+            assert f"(compiled tier measured slower, {ratio:.2f}x the operator's time: " in (
+                cm.strategy
+            )
+            assert cm._engine.large_batches == "operator"
         else:
             assert kernel.calls > tiered.TRIALS and cm.strategy.endswith("[compiled]")

@@ -135,10 +135,10 @@ def test_the_default_backend_never_tiers_up_to_a_damaged_package(
     cached: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The compiled tier's lookup discards the damaged package; its build replaces it."""
-    from treecomp import tiered
+    from treecomp import compiled_tier
 
-    monkeypatch.setattr(tiered, "MIN_COMPILED_LEVELS", 1)
-    monkeypatch.setattr(tiered, "COMPILED_FROM_ROWS", 50)
+    monkeypatch.setattr(compiled_tier, "MIN_COMPILED_LEVELS", 1)
+    monkeypatch.setattr(compiled_tier, "COMPILED_FROM_ROWS", 50)
     pristine = cached.read_bytes()
     built: list[bool] = []
 
@@ -146,7 +146,7 @@ def test_the_default_backend_never_tiers_up_to_a_damaged_package(
         built.append(True)
         cached.write_bytes(pristine)
 
-    monkeypatch.setattr(tiered.CompiledTier, "_build", build)
+    monkeypatch.setattr(compiled_tier.CompiledTier, "_build", build)
     flip_a_byte(cached)
     cm = treecomp.convert(small_forest())
     with pytest.warns(RuntimeWarning, match=rf"{re.escape(str(cached))} is corrupt"):
@@ -196,15 +196,15 @@ PARENT = textwrap.dedent(
     """
     import sys, time
     import treecomp
-    from treecomp import tiered
+    from treecomp import compiled_tier
     from tests.test_ir import small_forest
 
-    tier = tiered.CompiledTier(small_forest(), precision="float32", options={})
+    tier = compiled_tier.CompiledTier(small_forest(), precision="float32", options={})
     tier.state = "missing"  # not in the cache: build it
     tier._start("building", tier._build_and_load, after="missing")
-    while not tiered._children:
+    while not compiled_tier._children:
         time.sleep(0.05)
-    print("child", tiered._children[0].pid, flush=True)
+    print("child", compiled_tier._children[0].pid, flush=True)
     time.sleep(600)
     """
 )

@@ -5,6 +5,7 @@ never loaded; a forest it cannot walk, or a machine without a compiler, is told 
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -149,18 +150,51 @@ def test_the_default_backend_scores_large_batches_in_the_kernel() -> None:
     KERNEL_FROM_ROWS rows or more to the kernel from the first (no build to wait for),
     racing the operator for TRIALS batches (here of 256 rows, past TRIAL_ROWS) before it
     commits; either way exactly."""
-    from treecomp import tiered
+    from treecomp import compiled_tier, tiered
 
     model, X_test = fitted("xgboost_binary")
-    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)[: tiered.COMPILED_FROM_ROWS]
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)
+    X = X[: compiled_tier.COMPILED_FROM_ROWS]
     cm = treecomp.convert(model, n_threads=2)
-    tier = cm._engine_for("float32").tier
+    engine = cm._engine_for("float32")
+    assert isinstance(engine, tiered.TieredEngine)
+    tier, race = engine.tier, engine.race
     assert isinstance(tier, tiered.KernelTier) and tier.state == "ready" and cm.tier_up(0)
     assert f"batches of {tiered.KERNEL_FROM_ROWS}+ rows: kernel (C" in cm.strategy
     for _ in range(2 * tiered.TRIALS + 1):
         compare_native(model, cm, X)
-    assert tier.winner is not None
-    assert all(len(times) == tiered.TRIALS for times in tier.trials.values())
+    assert race.winner is not None
+    assert all(len(times) == tiered.TRIALS for times in race.trials.values())
+
+
+def test_a_kernel_that_loses_the_race_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel slower than the operator (here made so) loses the race: the operator then
+    scores large batches, cm.strategy names the kernel tier as the loser with its factor and
+    both times (not the compiled tier), and Dask or Spark copies run the operator too."""
+    from treecomp import tiered
+
+    model, X_test = fitted("xgboost_binary")
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 10)[: tiered.TRIAL_ROWS]
+    cm = treecomp.convert(model, n_threads=1)
+    engine = cm._engine_for("float32")
+    assert isinstance(engine, tiered.TieredEngine) and cm.batch_backend == "kernel"
+    kernel_scores = engine.tier.engine.scores
+
+    def slow(rows: np.ndarray) -> Any:
+        time.sleep(0.05)
+        return kernel_scores(rows)
+
+    monkeypatch.setattr(engine.tier.engine, "scores", slow)
+    for _ in range(2 * tiered.TRIALS + 1):
+        compare_native(model, cm, X)
+    race = engine.race
+    assert race.winner == "operator" and engine.large_batches == "operator"
+    ratio = min(race.trials["kernel"]) / min(race.trials["operator"])
+    assert ratio > 1.0
+    assert f"(kernel tier measured slower, {ratio:.2f}x the operator's time: kernel " in (
+        cm.strategy
+    )
+    assert "compiled" not in cm.strategy and cm.batch_backend == "onnx"
 
 
 @pytest.mark.parametrize("perfect", [0, 2])
@@ -234,15 +268,15 @@ def test_the_race_on_large_batches_times_the_operator_on_a_slice(
     cm = treecomp.convert(model, n_threads=1)
     engine = cm._engine_for("float32")
     rows: list[int] = []
-    run = engine._run
+    run = engine.operator._run
 
     def counted(*args: Any) -> Any:
         rows.append(args[-2].shape[0])
         return run(*args)
 
-    monkeypatch.setattr(engine, "_run", counted)
+    monkeypatch.setattr(engine.operator, "_run", counted)
     expected = model.predict_proba(X)
     for _ in range(2 * tiered.TRIALS + 1):
         assert_close(cm.predict_proba(X), expected, "xgboost_float32")
-    assert engine.tier.winner is not None
+    assert engine.race.winner is not None
     assert rows == [tiered.TRIAL_ROWS] * tiered.TRIALS  # the operator saw slices alone

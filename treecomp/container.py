@@ -257,8 +257,10 @@ class CompiledModel:
             that stay on the operator (deep leaf-wise trees, small forests), or a build
             that failed (``cm.strategy`` then says why) or outlasted ``timeout``.
         """
-        tiers = [getattr(e, "tier", None) for e in list(self._engines.values())]
-        results = [bool(tier.tier_up(timeout)) for tier in tiers if tier is not None]
+        from treecomp.tiered import TieredEngine
+
+        engines = [e for e in list(self._engines.values()) if isinstance(e, TieredEngine)]
+        results = [engine.tier_up(timeout) for engine in engines]
         return bool(results) and all(results)
 
     @property
@@ -267,11 +269,10 @@ class CompiledModel:
         Spark task, whose partitions are large batches): ``"kernel"`` where this model's own
         large batches go to the kernel (the default backend's tier, unless the operator
         measured faster), else :attr:`backend`."""
-        from treecomp.tiered import KernelTier
+        from treecomp.tiered import TieredEngine
 
         for engine in list(self._engines.values()):
-            tier = getattr(engine, "tier", None)
-            if isinstance(tier, KernelTier) and tier.winner != "operator":
+            if isinstance(engine, TieredEngine) and engine.large_batches == "kernel":
                 return "kernel"
         return self.backend
 
@@ -468,12 +469,16 @@ def convert(
     if is_pipeline(model):
         return _convert_pipeline(*parse_pipeline(model), backend, precision_, options)
     forest = parse(model)
-    engine_options = options
+    tiering = backend == "auto"
     if backend == "auto":
         backend = choose_backend(options)
-        if backend == "onnx":  # large batches tier up to the compiled package (tiered)
-            engine_options = {**options, "compiled_tier": True}
     factory = get_backend(backend)
+    if tiering and backend == "onnx":
+        # The default backend on the CPU: the tree operator, large batches to the kernel or
+        # the compiled package (treecomp.tiered), composed here, above both engines.
+        from treecomp import tiered
+
+        factory = functools.partial(tiered.make_engine, operator=factory)
 
     def build(precision: Precision) -> Engine:
         if precision_ == "auto" and precision != forest.input_dtype:
@@ -481,8 +486,8 @@ def convert(
             # the lowering's warning about float64 codes rounded to float32 does not apply.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="this model lists categories up to")
-                return factory(forest, precision=precision, **engine_options)
-        return factory(forest, precision=precision, **engine_options)
+                return factory(forest, precision=precision, **options)
+        return factory(forest, precision=precision, **options)
 
     return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)
 

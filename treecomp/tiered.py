@@ -1,72 +1,47 @@
-"""The tier of ``backend="auto"``: large batches move to the kernel, or the compiled package.
+"""The default backend on the CPU: the tree operator and a tier of large batches, composed.
 
-Forests of numerical splits go to the kernel backend (:mod:`treecomp.kernel`,
-:class:`KernelTier`) at once: it builds no more than a layout. The others may move to the
-compiled torch package, as follows.
+``backend="auto"`` on the CPU scores with ONNX Runtime's tree operator
+(:class:`treecomp.onnx.engine.OnnxEngine`), the fastest engine at one row, and gives large
+batches to a *tier*, a sibling engine that is faster there:
 
-The default backend on the CPU starts on ONNX Runtime's tree operator, which builds in about a
-second. The compiled torch package (``compile=True``) is faster on large batches of most
-forests (1.1-6x native predict at 10 000 rows, against 0.4-2.3x for the operator) but takes
-10-60 s to build the first time; later processes load it from the package cache in
-milliseconds. So, as a JIT compiler tiers up hot code, the default engine:
+- the kernel (:class:`KernelTier`, :mod:`treecomp.kernel`) for forests of numerical splits,
+  from :data:`KERNEL_FROM_ROWS` rows on, ready at once: a forest costs only its layout;
+- else the compiled torch package (:class:`treecomp.compiled_tier.CompiledTier`), from
+  ``COMPILED_FROM_ROWS`` rows on, once found in the package cache or built in the background,
+  for the forests that profit.
 
-1. at its first large batch, looks for the forest's package in the cache, in a thread (the
-   lowering and its digest: about a second): found, large batches use it from then on;
-2. else, once it has spent ``BUILD_AFTER_S`` seconds scoring large batches (a process that
-   will profit from it), builds it in a child process (niced, and ended with this process
-   however this one ends), in a thread that waits for it, and uses it once written. The
-   next process finds it at once.
-
-``CompiledModel.tier_up()`` does both now and waits (a server warming up). Only forests
-that profit take this path (:func:`worth_compiling`), only with the default backend, and
-not where ``TREECOMP_BACKGROUND_COMPILE=0`` is set when a model is converted.
+:class:`TieredEngine` is that composition: two engines side by side, neither owning the
+other, and a :class:`Race` between them that times both on the first large batches before the
+faster one serves the rest (the rules above come from one CPU; on another the tier can lose).
+:func:`make_engine` builds it for :func:`treecomp.convert`.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from typing import IO, Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
 
+from treecomp import compiled_tier
+from treecomp.engine import Engine
 from treecomp.inputs import Precision
-from treecomp.ir import Forest, tree_depths
+from treecomp.ir import Forest
 
 logger = logging.getLogger(__name__)
 
-# Batches of at least this many rows go to the package once it is loaded: below it the
-# operator is as fast or faster (XGBoost, 500 trees of depth 8, 1 000 rows, 2 threads:
-# 7.7 ms in the operator, 3.9 ms compiled; 1 row: 19 us against 86 us).
-COMPILED_FROM_ROWS = 256
 # The kernel tier takes batches from this many rows: it pays no graph call, and its row
 # blocks share each tree's top levels. XGBoost, 500 trees of depth 8, one thread, us of
 # CPU a row, operator / kernel: 4 rows 31.5 / 41.2, 8 rows 26.4 / 19.5, 16 rows 23.3 / 11.5,
 # 32 rows 21.9 / 8.4 (AMD EPYC Zen 4, other work running). treecomp.Serving's batches are
 # of this size (half the callers in flight).
 KERNEL_FROM_ROWS = 8
-# Forests deeper than this stay on the operator. 10 000 rows, 2 threads, operator /
-# compiled, ms: LightGBM 300 trees up to 38 levels 74 / 130; HistGradientBoosting 200 trees
-# up to 16 levels 27.5 / 24.5; XGBoost 500 trees of depth 8 75 / 34.
-MAX_COMPILED_DEPTH = 16
-# Seconds of scoring large batches in the operator after which the package is built.
-BUILD_AFTER_S = 5.0
-# Forests with fewer tree levels (trees x depth) than this stay on the operator, and do not
-# even look for a package: the lookup (a lowering and its digest, in a thread) would cost
-# more than the package saves a process that scores little (BUILD_AFTER_S guards the
-# build itself). The test suite's forests (at most 25 trees of depth 3 to 8) stay below.
-MIN_COMPILED_LEVELS = 200
-# Large batches timed on each side, once the package is loaded, before the faster side
-# serves the rest (CompiledTier.choose).
+# Large batches timed on each side, once the tier is ready, before the faster side serves
+# the rest (Race.choose).
 TRIALS = 3
 # Rows each side scores in those trials at least: a side's first calls on small batches find
 # its tables cold, and with three calls of 16 rows the kernel could lose a race it wins
@@ -74,71 +49,81 @@ TRIALS = 3
 # kernel's first ten: 48 23 18 15 17 15 16 14 14 12; the operator's from its second: 22-27).
 TRIAL_ROWS = 512
 
-_children: list[subprocess.Popen[bytes]] = []
-_exiting = False
 
-
-def worth_compiling(forest: Forest) -> bool:
-    """Whether the compiled package is expected to beat the tree operator on large batches."""
-    depths = tree_depths(forest.trees)
-    return int(depths.max()) <= MAX_COMPILED_DEPTH and int(depths.sum()) >= MIN_COMPILED_LEVELS
-
-
-def enabled() -> bool:
-    """Background builds are on unless ``TREECOMP_BACKGROUND_COMPILE=0`` (read per convert)."""
-    return os.environ.get("TREECOMP_BACKGROUND_COMPILE", "1") != "0"
-
-
-class CompiledTier:
-    """The compiled torch engine of a forest, found or built in the background.
+class Tier(Protocol):
+    """What :class:`TieredEngine` asks of its tier of large batches.
 
     Attributes:
-        engine: The compiled :class:`treecomp.torch_backend.TorchEngine` once its package is
-            loaded, else None.
-        state: ``"idle"``, ``"looking"``, ``"missing"`` (not cached, not yet worth a build),
-            ``"building"``, ``"ready"`` or ``"failed: <reason>"``.
+        name: ``"kernel"`` or ``"compiled"``: how ``cm.strategy`` and the race name it.
+        engine: The tier's engine once ready, else None (the operator scores meanwhile).
+        state: ``"ready"``, or the tier's way there; ``"failed: <reason>"`` if it cannot.
     """
 
-    def __init__(self, forest: Forest, *, precision: Precision, options: dict[str, Any]) -> None:
-        self.forest = forest
-        self.precision = precision
-        self.options = {k: v for k, v in options.items() if k in ("batch_size", "n_threads")}
-        self.engine: Any = None
-        self.state = "idle"
-        self.busy_s = 0.0  # spent scoring large batches in the operator
-        # Seconds per row of large batches on each side, once the package is loaded: the
-        # first TRIALS of each decide which serves from then on (see choose()).
-        self.trials: dict[str, list[float]] = {"compiled": [], "operator": []}
-        self.trial_rows = {"compiled": 0, "operator": 0}
-        self.winner: str | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+    name: str
+    engine: Any
+    state: str
 
     @property
     def from_rows(self) -> int:
-        """The rows from which a batch goes to this tier."""
-        return COMPILED_FROM_ROWS
+        """The rows from which a batch goes to the tier."""
+        ...
+
+    def note(self, seconds: float) -> None:
+        """A large batch took ``seconds`` in the operator (a tier may build on that)."""
+        ...
+
+    def tier_up(self, timeout: float | None = None) -> bool:
+        """Make the engine ready now, waiting at most ``timeout`` seconds; whether it is."""
+        ...
+
+
+class Operator(Engine, Protocol):
+    """The operator's engine as the tiered engine uses it (:class:`~treecomp.onnx.engine.
+    OnnxEngine`): what it ran, and a slice of a large batch scored as large batches are."""
+
+    strategy: str
+
+    def scores(
+        self, X: npt.NDArray[np.floating], *, large_plan: bool = False
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
+
+class Race:
+    """Which side scores large batches: the tier (named ``tier``) or ``"operator"``.
+
+    Each side in turn until both have TRIALS timings of TRIAL_ROWS rows in all, then the one
+    faster per row (the best of each, which a first call's warm-up does not skew). The
+    rules that pick a tier come from one CPU; on another the tier can lose (the compiled
+    HistGradientBoosting package, 200 trees of depth 7 to 15, on an AMD EPYC: 37-47 ms
+    against 31-36 ms in the operator at 10 000 rows), so the engine measures before it
+    commits.
+
+    Attributes:
+        tier: The tier's name (``"kernel"`` or ``"compiled"``).
+        trials: Seconds per row of each side's large batches, until it has tried.
+        winner: The side that serves from now on, once both have tried; else None.
+    """
+
+    def __init__(self, tier: str) -> None:
+        self.tier = tier
+        self.trials: dict[str, list[float]] = {tier: [], "operator": []}
+        self.trial_rows = {tier: 0, "operator": 0}
+        self.winner: str | None = None
+        self._lock = threading.Lock()
 
     def choose(self) -> str:
-        """Which side scores the next large batch once the package is loaded: each side
-        in turn until both have TRIALS timings, then the one faster per row (the best of
-        each, which a first call's warm-up does not skew).
-
-        The rules of worth_compiling come from one CPU; on another the compiled kernel
-        can lose to the operator (HistGradientBoosting, 200 trees of depth 7 to 15, on an
-        AMD EPYC: 37-47 ms compiled against 31-36 ms in the operator at 10 000 rows), so
-        the tier measures before it commits."""
+        """The side that scores the next large batch."""
         if self.winner is not None:
             return self.winner
-        compiled, operator = self.trials["compiled"], self.trials["operator"]
-        if not (self._tried("compiled") and self._tried("operator")):
-            return "compiled" if len(compiled) <= len(operator) else "operator"
+        tier, operator = self.trials[self.tier], self.trials["operator"]
+        if not (self._tried(self.tier) and self._tried("operator")):
+            return self.tier if len(tier) <= len(operator) else "operator"
         with self._lock:
             if self.winner is None:
-                fast = min(compiled) <= min(operator)
-                self.winner = "compiled" if fast else "operator"
+                fast = min(tier) <= min(operator)
+                self.winner = self.tier if fast else "operator"
                 if not fast:
-                    logger.info("treecomp: the compiled tier measured slower: %s", self.verdict)
+                    logger.info("treecomp: %s", self.loss)
         return self.winner
 
     def trial_slice(self, rows: int) -> int:
@@ -152,143 +137,36 @@ class CompiledTier:
         return len(self.trials[side]) >= TRIALS and self.trial_rows[side] >= TRIAL_ROWS
 
     def record(self, side: str, seconds: float, rows: int) -> None:
-        """A large batch of ``rows`` took ``seconds`` on ``side`` (while choose() tries:
-        timings are kept until a side has TRIALS of them and TRIAL_ROWS rows, so a
-        long-running server holds a few)."""
+        """A large batch of ``rows`` took ``seconds`` on ``side`` (kept until the side has
+        tried, so a long-running server holds a few)."""
         if self.winner is None and not self._tried(side):
             self.trials[side].append(seconds / max(rows, 1))
             self.trial_rows[side] += rows
 
     @property
     def verdict(self) -> str:
-        """The measured per-row times, as ``cm.strategy`` shows them."""
+        """The best measured time a row of each side, as ``cm.strategy`` shows them."""
         us = {k: min(v) * 1e6 for k, v in self.trials.items() if v}
         return ", ".join(f"{k} {v:.2f} us/row" for k, v in sorted(us.items()))
 
-    def note(self, seconds: float) -> None:
-        """A large batch took ``seconds`` in the operator: look for the package at the first,
-        build it once they add up to ``BUILD_AFTER_S``."""
-        self.busy_s += seconds
-        self._start("looking", self._look, after="idle")
-        if self.busy_s >= BUILD_AFTER_S:
-            self._start("building", self._build_and_load, after="missing")
-
-    def tier_up(self, timeout: float | None = None) -> bool:
-        """Look for or build the package now and wait for it (at most ``timeout`` seconds
-        in all); whether large batches now use it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for state, work, after in (
-            ("looking", self._look, "idle"),
-            ("building", self._build_and_load, "missing"),
-        ):
-            self._start(state, work, after=after)
-            self._join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return self.engine is not None
-
-    def _start(self, state: str, work: Any, *, after: str) -> None:
-        """Run ``work`` in a thread, in ``state``, if the tier is in ``after`` and idle."""
-        with self._lock:
-            if self.state != after:
-                return
-            if _exiting or (self._thread is not None and self._thread.is_alive()):
-                return
-            self.state = state
-            self._thread = threading.Thread(target=self._guard, args=(work,), daemon=True)
-            self._thread.start()
-
-    def _join(self, timeout: float | None) -> None:
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-
-    def _guard(self, work: Any) -> None:
-        try:
-            work()
-        except Exception as exc:  # the operator keeps serving; say why once
-            self.state = f"failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
-            logger.info("treecomp: no compiled tier for this forest (%s)", self.state)
-
-    def _look(self) -> None:
-        engine = self._cached()
-        self.engine = engine
-        self.state = "missing" if engine is None else "ready"
-
-    def _build_and_load(self) -> None:
-        self._build()
-        engine = self._cached()
-        if engine is None:
-            raise RuntimeError("the build wrote no package")
-        self.engine = engine
-        self.state = "ready"
-
-    def _cached(self) -> Any:
-        from treecomp.torch_backend import TorchEngine
-
-        engine = TorchEngine(
-            self.forest,
-            precision=self.precision,
-            script=False,
-            compile=True,
-            build=False,
-            **self.options,
-        )
-        return engine if engine.package_loaded else None
-
-    def _build(self) -> None:
-        """Build the package in a child process, lower priority, and wait for it."""
-        import torch
-
-        from treecomp.torch_backend import check_compiler
-
-        check_compiler(torch.device("cpu"))  # no child for a build that cannot run
-        spec = {"precision": self.precision, **self.options}
-        command = [sys.executable, "-m", "treecomp.tiered", json.dumps(spec)]
-        # The child imports treecomp from where this process did.
-        paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-        # Its log in a file with no name (deleted when closed, or when this process dies):
-        # nothing is left behind however either process ends.
-        with tempfile.TemporaryFile() as log:
-            child = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.PIPE,  # the forest, then held open: see _watch_parent
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its compiler workers end with it (_end_children)
-            )
-            _children.append(child)
-            stdin = cast(IO[bytes], child.stdin)
-            try:
-                with contextlib.suppress(BrokenPipeError):  # it ended: its log says why
-                    stdin.write(json.dumps(self.forest.to_dict()).encode() + b"\n")
-                    stdin.flush()
-                code = child.wait()
-            finally:
-                _children.remove(child)
-                with contextlib.suppress(OSError):
-                    stdin.close()
-            if code != 0:
-                log.seek(0)
-                lines = log.read().decode(errors="replace").strip().splitlines()
-                tail = lines[-1] if lines else ""
-                raise RuntimeError(f"the build process exited with {code}: {tail[:300]}")
+    @property
+    def loss(self) -> str:
+        """What ``cm.strategy`` says of a tier that lost: which, by how much, both times."""
+        ratio = min(self.trials[self.tier]) / min(self.trials["operator"])
+        return f"{self.tier} tier measured slower, {ratio:.2f}x the operator's time: {self.verdict}"
 
 
-class KernelTier(CompiledTier):
+class KernelTier:
     """The kernel backend (:mod:`treecomp.kernel`) as the tier of large batches: ready from
     the start, as a forest's layout is all it builds (the kernel itself is compiled once per
-    machine); it still races the operator before it commits (:meth:`CompiledTier.choose`).
-    """
+    machine). Nothing to look for or build; the race still times it."""
 
-    def __init__(self, forest: Forest, *, precision: Precision, engine: Any) -> None:
-        super().__init__(forest, precision=precision, options={})
+    name = "kernel"
+    state = "ready"
+    from_rows = KERNEL_FROM_ROWS
+
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.state = "ready"
-
-    @property
-    def from_rows(self) -> int:
-        return KERNEL_FROM_ROWS
 
     def note(self, seconds: float) -> None:
         """Nothing to look for or build."""
@@ -297,10 +175,85 @@ class KernelTier(CompiledTier):
         return True
 
 
-def tier_for(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> Any:
+class TieredEngine:
+    """The operator and a tier of large batches, side by side (see the module's notes).
+
+    Batches under ``tier.from_rows`` rows, and every batch until the tier's engine is ready,
+    go to the operator; large batches then race (:class:`Race`), and the winner serves them.
+    Leaf ids come from the operator.
+
+    Attributes:
+        operator: The tree operator's engine.
+        tier: The tier of large batches (:class:`KernelTier` or ``CompiledTier``).
+        race: Their race on large batches.
+    """
+
+    def __init__(self, operator: Operator, tier: Tier) -> None:
+        self.operator = operator
+        self.tier = tier
+        self.race = Race(tier.name)
+
+    @property
+    def strategy(self) -> str:
+        """The operator's plan, and the tier's once it serves large batches (or why not)."""
+        plan, tier = self.operator.strategy, self.tier
+        if tier.state.startswith("failed"):
+            return f"{plan} (no {tier.name} tier: {tier.state.removeprefix('failed: ')})"
+        if tier.engine is None:
+            return plan
+        if self.race.winner == "operator":
+            return f"{plan} ({self.race.loss})"
+        return f"{plan}; batches of {tier.from_rows}+ rows: {tier.engine.strategy}"
+
+    @property
+    def large_batches(self) -> str:
+        """Which side scores large batches now: the tier's name, or ``"operator"``."""
+        if self.tier.engine is None or self.race.winner == "operator":
+            return "operator"
+        return self.tier.name
+
+    def tier_up(self, timeout: float | None = None) -> bool:
+        """The tier's :meth:`Tier.tier_up`: whether large batches now go to the tier."""
+        return self.tier.tier_up(timeout)
+
+    def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
+        return self.operator.leaf_ids(X)
+
+    def scores(
+        self, X: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        rows, tier, race = X.shape[0], self.tier, self.race
+        if rows < tier.from_rows:
+            return self.operator.scores(X)
+        engine = tier.engine
+        if engine is not None:
+            side = race.choose()
+            trial = race.trial_slice(rows) if side == "operator" else 0
+            if trial:  # racing on a large batch: the operator times a slice, the tier scores
+                # The slice in the large batches' graph (a graph for small ones would be built).
+                start = time.perf_counter()
+                self.operator.scores(X[:trial], large_plan=True)
+                race.record("operator", time.perf_counter() - start, trial)
+                side = tier.name
+            if side == tier.name:
+                start = time.perf_counter()
+                out = engine.scores(X)
+                race.record(side, time.perf_counter() - start, rows)
+                return out
+        start = time.perf_counter()
+        out = self.operator.scores(X)
+        elapsed = time.perf_counter() - start
+        tier.note(elapsed)  # the operator's time on large batches decides when a tier builds
+        if engine is not None:  # timed against a ready tier only
+            race.record("operator", elapsed, rows)
+        return out
+
+
+def tier_for(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> Tier | None:
     """The tier of large batches for the default backend: the kernel where it walks the
     forest (numerical splits, a C compiler), else the compiled package where it profits
-    (:func:`worth_compiling`) and background builds are on (:func:`enabled`), else None."""
+    (:func:`~treecomp.compiled_tier.worth_compiling`) and background builds are on
+    (:func:`~treecomp.compiled_tier.enabled`), else None."""
     from treecomp import kernel
 
     try:
@@ -310,76 +263,21 @@ def tier_for(forest: Forest, *, precision: Precision, options: dict[str, Any]) -
     except (kernel.KernelUnsupported, kernel.KernelUnavailable) as exc:
         logger.info("treecomp: no kernel tier (%s)", exc)
     else:
-        return KernelTier(forest, precision=precision, engine=engine)
-    if enabled() and worth_compiling(forest):
-        return CompiledTier(forest, precision=precision, options=options)
+        return KernelTier(engine)
+    if compiled_tier.enabled() and compiled_tier.worth_compiling(forest):
+        return compiled_tier.CompiledTier(forest, precision=precision, options=options)
     return None
 
 
-@atexit.register
-def _end_children() -> None:
-    """Builds still running when the interpreter exits end with it (no orphans); none
-    starts after. A process killed outright (SIGKILL, or SIGTERM without a handler, as
-    Docker and Kubernetes stop containers) runs no atexit: its builds see the end of
-    their input instead (:func:`_watch_parent`)."""
-    global _exiting
-    _exiting = True
-
-    for child in list(_children):
-        if child.poll() is None:
-            try:
-                if hasattr(os, "killpg"):  # its own session: the compiler workers too
-                    os.killpg(child.pid, signal.SIGTERM)
-                else:
-                    child.terminate()
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _watch_parent(fd: int) -> None:
-    """End this build, its compiler processes with it, once the pipe ``fd`` reads from
-    (which the parent never writes to again) closes: the kernel closes it when the parent
-    ends, however it ends.
-
-    A pipe, not Linux's ``prctl(PR_SET_PDEATHSIG)``: it works on every OS, and the signal
-    follows the parent's *thread* that started the child, not the process."""
-
-    def watch() -> None:
-        # os.read, not sys.stdin: a daemon thread blocked in a buffered reader holds its
-        # lock, and the interpreter aborts when it cannot take it at exit.
-        while os.read(fd, 1 << 16):
-            pass
-        # The end of the input: the parent is gone.
-        backend = sys.modules.get("treecomp.torch_backend")
-        if backend is not None:  # the package it may be writing (else trim_packages)
-            with contextlib.suppress(Exception):
-                for path in backend.package_dir().glob(f"*.{os.getpid()}.*.partial.pt2"):
-                    path.unlink(missing_ok=True)
-        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own session
-            # SIGTERM: the compilers delete their temporary files as they end.
-            os.killpg(os.getpid(), signal.SIGTERM)  # this process and its compiler workers
-        os._exit(1)
-
-    threading.Thread(target=watch, name="treecomp-parent-watch", daemon=True).start()
-
-
-def _main(argv: list[str]) -> int:
-    """Build the package of the forest read from standard input, with the options in
-    ``argv[0]``; end when standard input closes (the parent is gone)."""
-    source = sys.stdin.buffer.readline()  # all there is: the parent writes one line
-    _watch_parent(sys.stdin.fileno())
-    try:
-        os.nice(10)  # the serving process keeps its cores first
-    except (AttributeError, OSError):  # no nice() (Windows), or not allowed
-        pass
-    from treecomp.torch_backend import TorchEngine
-
-    forest = Forest.from_dict(json.loads(source))
-    spec = json.loads(argv[0])
-    TorchEngine(forest, script=False, compile=True, **spec)
-    return 0
-
-
-if __name__ == "__main__":
-    np.seterr(all="ignore")
-    sys.exit(_main(sys.argv[1:]))
+def make_engine(
+    forest: Forest,
+    operator: Callable[..., Engine],
+    *,
+    precision: Precision,
+    **options: Any,
+) -> Engine:
+    """The default backend's engine on the CPU: the engine ``operator`` (the onnx backend's
+    factory) builds, composed with the forest's tier of large batches where it has one."""
+    engine = operator(forest, precision=precision, **options)
+    tier = tier_for(forest, precision=precision, options=options)
+    return engine if tier is None else TieredEngine(cast(Operator, engine), tier)

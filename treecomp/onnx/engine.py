@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,6 @@ class OnnxEngine:
         batch_size: int | None = None,
         n_threads: int | None = None,
         progress: bool = False,
-        compiled_tier: bool = False,
         transforms: Any = None,
     ) -> None:
         try:
@@ -103,16 +101,6 @@ class OnnxEngine:
         self._score_outputs = (["raw"], [k]) if identity else (["raw", "transformed"], [k, k])
         self.providers = providers
         self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
-        # backend="auto": large batches move to the kernel, or to the compiled torch package
-        # once it is loaded, for the forests that profit (treecomp.tiered).
-        self.tier: Any = None
-        self.tier_rows = 0
-        if compiled_tier and kind == "cpu" and transforms is None:
-            from treecomp import tiered
-
-            options = {"batch_size": batch_size, "n_threads": n_threads}
-            self.tier = tiered.tier_for(forest, precision=precision, options=options)
-            self.tier_rows = 0 if self.tier is None else self.tier.from_rows
         self.session = self._session(self.model)
         # Built on first use: the leaf-id graph, the scores graph planned for calls of
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs),
@@ -133,14 +121,8 @@ class OnnxEngine:
 
     @property
     def strategy(self) -> str:
-        """The plan of the graph, and the compiled tier's, once it serves large batches."""
-        if self.tier is not None and self.tier.state.startswith("failed"):
-            return f"{self.plan} (no compiled tier: {self.tier.state.removeprefix('failed: ')})"
-        if self.tier is None or self.tier.engine is None:
-            return self.plan
-        if self.tier.winner == "operator":
-            return f"{self.plan} (compiled tier measured slower: {self.tier.verdict})"
-        return f"{self.plan}; batches of {self.tier_rows}+ rows: {self.tier.engine.strategy}"
+        """The plan of the graph (as :func:`strategies.describe` words it)."""
+        return self.plan
 
     def _session(self, model: onnx.ModelProto) -> Any:
         import onnxruntime as ort
@@ -237,24 +219,14 @@ class OnnxEngine:
         return self._run(lambda rows: self._leaf_session, ["leaf_ids"], [n_trees], X, np.int64)[0]
 
     def scores(
-        self, X: npt.NDArray[np.floating]
+        self, X: npt.NDArray[np.floating], *, large_plan: bool = False
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        large = self.tier is not None and X.shape[0] >= self.tier_rows
-        side = "operator"
-        if large and self.tier.engine is not None:
-            side = self.tier.choose()  # measured against the operator before it commits
-            trial = self.tier.trial_slice(X.shape[0]) if side == "operator" else 0
-            if trial:  # racing on a large batch: the operator times a slice, the tier scores
-                # The slice in the large batches' session (the small one would be built).
-                start = time.perf_counter()
-                self._run(lambda rows: self.session, *self._score_outputs, X[:trial], np.float64)
-                self.tier.record(side, time.perf_counter() - start, trial)
-                side = "compiled"
-            if side == "compiled":
-                start = time.perf_counter()
-                out = self.tier.engine.scores(X)
-                self.tier.record(side, time.perf_counter() - start, X.shape[0])
-                return out
+        """Raw and transformed scores; with ``large_plan``, in the graph planned for the
+        expected batch size whatever the rows (a race times a slice of a large batch there,
+        and builds no graph for small batches: :class:`treecomp.tiered.TieredEngine`)."""
+        if large_plan:
+            outputs = self._run(lambda rows: self.session, *self._score_outputs, X, np.float64)
+            return outputs[0], outputs[-1]
         # float32 sums come out float32 and are widened (exactly) as they are copied out:
         # cheaper than in the graph.
         if X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:
@@ -262,13 +234,7 @@ class OnnxEngine:
             outputs = self._call(self._scores_session(1), self._score_outputs[0], X)
             raw = outputs[0].astype(np.float64, copy=False)
             return raw, raw if len(outputs) == 1 else outputs[1].astype(np.float64, copy=False)
-        start = time.perf_counter()
         outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
-        if large:  # the operator's time on large batches decides when the tier builds
-            elapsed = time.perf_counter() - start
-            self.tier.note(elapsed)
-            if self.tier.engine is not None:  # timed against the loaded package only
-                self.tier.record(side, elapsed, X.shape[0])
         return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
 
 
