@@ -5,6 +5,7 @@ never loaded; a forest it cannot walk, or a machine without a compiler, is told 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -195,6 +196,46 @@ def test_a_kernel_that_loses_the_race_says_so(monkeypatch: pytest.MonkeyPatch) -
         cm.strategy
     )
     assert "compiled" not in cm.strategy and cm.batch_backend == "onnx"
+
+
+def test_an_engine_built_at_a_call_defers_its_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Float32 rows of a double library (precision="auto") get their engine at their first
+    call: that call builds the kernel's layout alone, and the kernel scores it; the
+    operator's graphs are built in a thread meanwhile, the kernel scoring every batch (a
+    single row too) until they are ready; then single rows go to the operator and large
+    batches race. Exact throughout."""
+    from treecomp import tiered
+    from treecomp.onnx import engine as onnx_engine
+
+    model, X_test = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model, n_threads=2)
+    assert isinstance(cm._engine, tiered.TieredEngine) and cm._engine.operator is not None
+    gate = threading.Event()
+    build = onnx_engine.OnnxEngine.__init__
+
+    def held(self: Any, *args: Any, **kwargs: Any) -> None:
+        assert gate.wait(120)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_engine.OnnxEngine, "__init__", held)
+    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 4)
+    compare_native(model, cm, X)  # the first float32 call: its engine is built
+    engine = cm._engine_for("float32")
+    assert isinstance(engine, tiered.TieredEngine)
+    assert engine.operator is None and engine.operator_state == "building"
+    assert "every batch (the tree operator's graph is being built)" in cm.strategy
+    compare_native(model, cm, X[:1])  # a single row: the kernel's, with no wait
+    assert engine.large_batches == "kernel" and cm.batch_backend == "kernel"
+    assert engine.race.trials == {"kernel": [], "operator": []}  # no race without both
+    gate.set()
+    assert cm.tier_up(120) and engine.operator_state == "ready"
+    operator = engine.operator
+    assert operator is not None and operator._small_session is not None  # warmed
+    compare_native(model, cm, X[:1])
+    for _ in range(2 * tiered.TRIALS + 1):
+        compare_native(model, cm, X)
+    assert engine.race.winner is not None
+    assert engine.strategy.startswith("tree_ensemble")  # the operator, raced either way
 
 
 @pytest.mark.parametrize("perfect", [0, 2])

@@ -250,7 +250,8 @@ class CompiledModel:
         exists: looked up in the package cache at the first large batch, built in the
         background once large batches have kept the process busy for a few seconds. This
         does both now (a server warming up before it takes requests): a cached package
-        loads in about a second, a build takes 10-60 s.
+        loads in about a second, a build takes 10-60 s. It also builds now the operator's
+        graphs that an engine built at a call defers (:func:`treecomp.tiered.make_engine`).
 
         Returns:
             Whether large batches now run compiled: False for other backends, forests
@@ -473,20 +474,24 @@ def convert(
     if backend == "auto":
         backend = choose_backend(options)
     factory = get_backend(backend)
+    at_call = options  # the options of an engine built at a call, not at convert
     if tiering and backend == "onnx":
         # The default backend on the CPU: the tree operator, large batches to the kernel or
-        # the compiled package (treecomp.tiered), composed here, above both engines.
+        # the compiled package (treecomp.tiered), composed here, above both engines. An
+        # engine built at a call defers its operator's graph (tiered.make_engine).
         from treecomp import tiered
 
         factory = functools.partial(tiered.make_engine, operator=factory)
+        at_call = {**options, "defer_operator": True}
 
     def build(precision: Precision) -> Engine:
         if precision_ == "auto" and precision != forest.input_dtype:
-            # The engine of float32 rows of a double library: they reach it unrounded, so
-            # the lowering's warning about float64 codes rounded to float32 does not apply.
+            # The engine of float32 rows of a double library, built at their first call:
+            # they reach it unrounded, so the lowering's warning about float64 codes
+            # rounded to float32 does not apply.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="this model lists categories up to")
-                return factory(forest, precision=precision, **options)
+                return factory(forest, precision=precision, **at_call)
         return factory(forest, precision=precision, **options)
 
     return CompiledModel(forest, build, backend=backend, precision=precision_, options=options)

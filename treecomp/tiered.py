@@ -79,13 +79,18 @@ class Tier(Protocol):
 
 class Operator(Engine, Protocol):
     """The operator's engine as the tiered engine uses it (:class:`~treecomp.onnx.engine.
-    OnnxEngine`): what it ran, and a slice of a large batch scored as large batches are."""
+    OnnxEngine`): what it ran, a slice of a large batch scored as large batches are, and
+    its graphs for small calls built ahead of them."""
 
     strategy: str
 
     def scores(
         self, X: npt.NDArray[np.floating], *, large_plan: bool = False
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
+    def warm(self) -> None:
+        """Build what small calls would otherwise build at their first."""
+        ...
 
 
 class Race:
@@ -182,21 +187,49 @@ class TieredEngine:
     go to the operator; large batches then race (:class:`Race`), and the winner serves them.
     Leaf ids come from the operator.
 
+    An engine built at a call rather than at convert (float32 rows of a double library under
+    ``precision="auto"``) may defer its operator where the tier is ready at once (the
+    kernel): that call then pays the kernel's layout alone, and the kernel scores every batch
+    until the operator's graph, built in a thread started once that first call is scored, is
+    ready. So no call waits for the graph (see :func:`make_engine` for what each call pays).
+
     Attributes:
-        operator: The tree operator's engine.
+        operator: The tree operator's engine; None while deferred.
+        operator_state: ``"deferred"``, ``"building"``, ``"ready"`` or ``"failed: <reason>"``.
         tier: The tier of large batches (:class:`KernelTier` or ``CompiledTier``).
-        race: Their race on large batches.
+        race: Their race on large batches, from the time both are ready.
     """
 
-    def __init__(self, operator: Operator, tier: Tier) -> None:
-        self.operator = operator
+    def __init__(
+        self,
+        operator: Operator | None,
+        tier: Tier,
+        *,
+        build_operator: Callable[[], Operator] | None = None,
+    ) -> None:
+        if operator is None and (build_operator is None or tier.engine is None):
+            raise ValueError("a deferred operator needs its builder and a tier ready at once")
         self.tier = tier
         self.race = Race(tier.name)
+        self.operator = operator
+        self.operator_state = "deferred" if operator is None else "ready"
+        self._build_operator = build_operator
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     @property
     def strategy(self) -> str:
         """The operator's plan, and the tier's once it serves large batches (or why not)."""
-        plan, tier = self.operator.strategy, self.tier
+        operator, tier = self.operator, self.tier
+        if operator is None:
+            state = self.operator_state
+            if state.startswith("failed: "):
+                why = f"no tree operator: {state.removeprefix('failed: ')}"
+            else:
+                doing = "being built" if state == "building" else "built after the first call"
+                why = f"the tree operator's graph is {doing}"
+            return f"{tier.engine.strategy}, every batch ({why})"
+        plan = operator.strategy
         if tier.state.startswith("failed"):
             return f"{plan} (no {tier.name} tier: {tier.state.removeprefix('failed: ')})"
         if tier.engine is None:
@@ -213,18 +246,57 @@ class TieredEngine:
         return self.tier.name
 
     def tier_up(self, timeout: float | None = None) -> bool:
-        """The tier's :meth:`Tier.tier_up`: whether large batches now go to the tier."""
-        return self.tier.tier_up(timeout)
+        """Build a deferred operator now (a server warming up wants no build left to run
+        beside its calls), then the tier's :meth:`Tier.tier_up`, waiting at most
+        ``timeout`` seconds in all: whether large batches now go to the tier."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._start_operator()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.tier.tier_up(
+            None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
+
+    def _start_operator(self) -> None:
+        """Build the deferred operator in a thread, once."""
+        with self._lock:
+            if self.operator_state != "deferred":
+                return
+            self.operator_state = "building"
+            self._thread = threading.Thread(
+                target=self._operator_in_thread, name="treecomp-operator", daemon=True
+            )
+            self._thread.start()
+
+    def _operator_in_thread(self) -> None:
+        assert self._build_operator is not None  # checked in __init__
+        try:
+            operator = self._build_operator()
+            operator.warm()  # its small calls' graphs too: then no call waits for a graph
+            self.operator, self.operator_state = operator, "ready"
+        except Exception as exc:  # the kernel keeps scoring every batch; say why once
+            self.operator_state = f"failed: {type(exc).__name__}: {str(exc).strip()[:300]}"
+            logger.info("treecomp: no tree operator for this engine (%s)", self.operator_state)
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-        return self.operator.leaf_ids(X)
+        operator = self.operator
+        if operator is None:  # deferred: the tier's (the kernel's) leaves, as exact
+            ids: npt.NDArray[np.int64] = self.tier.engine.leaf_ids(X)
+            self._start_operator()
+            return ids
+        return operator.leaf_ids(X)
 
     def scores(
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        rows, tier, race = X.shape[0], self.tier, self.race
+        rows, tier, race, operator = X.shape[0], self.tier, self.race, self.operator
+        if operator is None:  # deferred: the kernel scores every batch meanwhile
+            out: tuple[Any, Any] = tier.engine.scores(X)
+            self._start_operator()  # once this batch is scored: it does not slow this one
+            return out
         if rows < tier.from_rows:
-            return self.operator.scores(X)
+            return operator.scores(X)
         engine = tier.engine
         if engine is not None:
             side = race.choose()
@@ -232,7 +304,7 @@ class TieredEngine:
             if trial:  # racing on a large batch: the operator times a slice, the tier scores
                 # The slice in the large batches' graph (a graph for small ones would be built).
                 start = time.perf_counter()
-                self.operator.scores(X[:trial], large_plan=True)
+                operator.scores(X[:trial], large_plan=True)
                 race.record("operator", time.perf_counter() - start, trial)
                 side = tier.name
             if side == tier.name:
@@ -241,7 +313,7 @@ class TieredEngine:
                 race.record(side, time.perf_counter() - start, rows)
                 return out
         start = time.perf_counter()
-        out = self.operator.scores(X)
+        out = operator.scores(X)
         elapsed = time.perf_counter() - start
         tier.note(elapsed)  # the operator's time on large batches decides when a tier builds
         if engine is not None:  # timed against a ready tier only
@@ -274,10 +346,33 @@ def make_engine(
     operator: Callable[..., Engine],
     *,
     precision: Precision,
+    defer_operator: bool = False,
     **options: Any,
 ) -> Engine:
     """The default backend's engine on the CPU: the engine ``operator`` (the onnx backend's
-    factory) builds, composed with the forest's tier of large batches where it has one."""
-    engine = operator(forest, precision=precision, **options)
+    factory) builds, composed with the forest's tier of large batches where it has one.
+
+    Who pays what. The engine built at convert builds the operator at once: convert pays it,
+    and the first single row is the operator's. An engine built at a call
+    (``defer_operator``: float32 rows of a double library under ``precision="auto"``) with
+    the kernel as its tier builds only the kernel's layout: that first call pays the layout
+    (LightGBM 300 trees x 255 leaves: ~0.1 s; the operator's graph is ~0.4 s more), and
+    the kernel scores it. The operator's graphs (its large batches', then its single rows'
+    and small batches', which an operator built at convert builds at their first call) are
+    built in a thread started once that call is scored; the kernel scores every batch until
+    they are ready, small ones included (exact, a few us slower below KERNEL_FROM_ROWS
+    rows), so no later call waits for a graph either. While they build, the caller's thread
+    shares the GIL (a call's Python parts may wait up to the switch interval, 5 ms) and a
+    core with them. ``cm.tier_up()`` builds them now and waits.
+    """
+
+    def build_operator() -> Operator:
+        return cast(Operator, operator(forest, precision=precision, **options))
+
+    engine = None if defer_operator else build_operator()  # first: it checks the options
     tier = tier_for(forest, precision=precision, options=options)
-    return engine if tier is None else TieredEngine(cast(Operator, engine), tier)
+    if tier is None:
+        return engine if engine is not None else build_operator()
+    if engine is None and tier.engine is None:  # no tier ready to score while it builds
+        engine = build_operator()
+    return TieredEngine(engine, tier, build_operator=build_operator)
