@@ -40,11 +40,21 @@ from treecomp.passes import float32_thresholds, fold_missing
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
 ABI = 4
-# A tree is perfect (heap-ordered) throughout where that pads it to at most PADDING slots a
-# node and MAX_PERFECT_LEVELS levels; see perfect_levels.
+# A tree is perfect (heap-ordered) throughout where it has at most DENSE_LEVELS levels, or
+# where that pads it to at most PADDING slots a node and MAX_PERFECT_LEVELS levels; see
+# perfect_levels.
+DENSE_LEVELS = 10
 PADDING = 4
 MAX_PERFECT_LEVELS = 12
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off")
+# -mprefer-vector-width=256: the loops the compiler vectorises itself use 256-bit vectors
+# even where AVX-512 is there (kernel.c's own AVX-512 steps keep 512 bits). On Zen 4, whose
+# 512-bit gathers are split in two, 10 000 rows, 1 thread, ms, 512 / 256 bits: RandomForest
+# 31-46 / 24-27, HistGradientBoosting 26-27 / 18.5-19, XGBoost 500 trees 27-28 / 27.5-30.
+# It is gcc's default for Intel's AVX-512 targets already.
+FLAGS = (
+    "-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off",
+    *(("-mprefer-vector-width=256",) if platform.machine() in ("x86_64", "AMD64") else ()),
+)  # fmt: skip
 # A batch is split over threads in slices of at least this many rows (4 blocks of the kernel):
 # below it a thread's start costs more than it saves.
 MIN_THREAD_ROWS = 256
@@ -244,15 +254,20 @@ def perfect_levels(tree: Tree, depth: int) -> int:
 
     A perfect level is one vectorised step for every row of a block; a pointer level costs
     more a row (the child is loaded too) but only rows still walking take it. Trees of at
-    most ``MAX_PERFECT_LEVELS`` whose padding stays within ``PADDING`` slots per node are
-    perfect throughout; deeper or sparser trees (leaf-wise growth) keep perfect the top
-    levels that are at least half full. 10 000 rows, 1 thread, ms: LightGBM's 300 trees of
-    255 leaves (up to 37 levels) 438 with 10 perfect levels and no compaction, 233 with 10
-    and compaction, 150 to 156 with 4 to 6, 196 with none; XGBoost's depth-8 trees 60 all
+    most ``DENSE_LEVELS`` levels are perfect throughout however sparse (their tables stay
+    within 12 KiB); so are trees of at most ``MAX_PERFECT_LEVELS`` whose padding stays within
+    ``PADDING`` slots per node; deeper or sparser trees (leaf-wise growth) keep perfect the
+    top levels that are at least half full. 10 000 rows, 1 thread, ms: LightGBM's 300 trees
+    of 255 leaves (up to 37 levels) 438 with 10 perfect levels and no compaction, 233 with
+    10 and compaction, 150 to 156 with 4 to 6, 196 with none; XGBoost's depth-8 trees 60 all
     perfect, 63 with 6, 101 with none; RandomForest's depth-12 trees 87 all perfect, 117
-    with 6; HistGradientBoosting's 31-leaf trees 24 to 28 with 4 to 8.
+    with 6; HistGradientBoosting's 31-leaf trees 24 to 28 with 4 to 8. With the permuted
+    top levels of kernel.c: XGBoost's 500 trees of depth 8, of which 141 are sparse (at most
+    63 nodes), 38.5 with the padding rule alone, 27.6 all perfect; HistGradientBoosting's
+    trees of 7 to 15 levels 22.8 and 18.7 with DENSE_LEVELS 10.
     """
-    if depth <= MAX_PERFECT_LEVELS and (1 << depth) - 1 <= PADDING * tree.n_nodes:
+    dense = depth <= DENSE_LEVELS or (1 << depth) - 1 <= PADDING * tree.n_nodes
+    if depth <= MAX_PERFECT_LEVELS and dense:
         return depth
     level, levels = np.array([0]), 0
     while levels < min(depth, MAX_PERFECT_LEVELS):
