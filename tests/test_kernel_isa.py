@@ -55,7 +55,9 @@ def built_for(
     flags = tuple(march if f == "-march=native" else f for f in kernel.FLAGS)
     monkeypatch.setattr(kernel, "FLAGS", flags)
     monkeypatch.setenv("TREECOMP_KERNEL_DIR", str(tmp_path))
+    # both restored after the test: the process goes on with its own kernel
     monkeypatch.setattr(kernel, "_library", None)
+    monkeypatch.setattr(kernel, "loaded_from", None)
     kernel.load_kernel()
     assert kernel.loaded_from is not None and kernel.loaded_from.parent == tmp_path
     return march
