@@ -28,6 +28,7 @@ from strategies.nodes import (
 )
 from strategies.registry import register_strategy
 from treecomp.ir import Tree, tree_depths
+from treecomp.ir_shapes import heap_levels
 
 # Pad to complete trees up to this many node slots (about 1 GiB of node parameters) ...
 MAX_PADDED_NODES = 1 << 27
@@ -70,15 +71,7 @@ class PerfectTreeTraversal(TreeGroup):
         left = np.concatenate([t.left_child + o for t, o in zip(trees, offsets)])
         right = np.concatenate([t.right_child + o for t, o in zip(trees, offsets)])
         # Level by level, the global node id at each slot; a leaf is copied into both children.
-        level = offsets.reshape(n_trees, 1)
-        levels = []
-        for _ in range(depth):
-            levels.append(level)
-            is_leaf = leaf[level]
-            level = np.stack(
-                [np.where(is_leaf, level, left[level]), np.where(is_leaf, level, right[level])],
-                axis=2,
-            ).reshape(n_trees, -1)
+        *levels, level = heap_levels(offsets, left, right, leaf, depth)
         slots = (
             np.concatenate([lv.reshape(-1) for lv in levels]) if levels else np.zeros(0, np.int64)
         )

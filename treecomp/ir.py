@@ -52,6 +52,7 @@ from treecomp.ir_schema import (
     FloatType,
     Task,
 )
+from treecomp.ir_shapes import node_depths, tree_depths
 
 # LightGBM's kZeroThreshold: a float literal (1e-35f) widened to double.
 ZERO_THRESHOLD = float(np.float32(1e-35))
@@ -219,61 +220,6 @@ class Tree:
             ).astype(np.int64),
             output_index=int(output_index),
         )
-
-
-def node_depths(trees: tuple[Tree, ...] | list[Tree]) -> npt.NDArray[np.int64]:
-    """Depth of every node of every tree, concatenated (-1 for unreachable nodes).
-
-    All trees are walked together, one level per step, so the cost is a few NumPy calls
-    per level of the deepest tree, not per tree.
-
-    Raises:
-        InvalidForestError: naming the first tree where a child index is out of range or a
-            node is reached twice (a cycle or a shared child).
-    """
-    sizes = np.array([t.n_nodes for t in trees], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    owner = np.repeat(np.arange(len(trees)), sizes)
-    local_left = np.concatenate([t.left_child for t in trees]).astype(np.int64)
-    local_right = np.concatenate([t.right_child for t in trees]).astype(np.int64)
-    internal = local_left >= 0
-    bad = internal & (
-        (local_left < 1)
-        | (local_left >= sizes[owner])
-        | (local_right < 1)
-        | (local_right >= sizes[owner])
-    )
-    if np.any(bad):
-        raise InvalidForestError(f"tree {owner[np.argmax(bad)]}: child index out of range")
-    left = np.where(internal, local_left + offsets[owner], -1)
-    right = np.where(internal, local_right + offsets[owner], -1)
-    depth = np.full(int(sizes.sum()), -1, dtype=np.int64)
-    depth[offsets] = 0
-    frontier = offsets
-    level = 0
-    while frontier.size:
-        parents = frontier[left[frontier] >= 0]
-        children = np.concatenate([left[parents], right[parents]])
-        revisited = depth[children] >= 0
-        if np.any(revisited) or np.unique(children).size != children.size:
-            if not np.any(revisited):
-                values, counts = np.unique(children, return_counts=True)
-                revisited = np.isin(children, values[counts > 1])
-            tree = owner[children[np.argmax(revisited)]]
-            raise InvalidForestError(
-                f"tree {tree}: a node is reached twice (cycle or shared child)"
-            )
-        level += 1
-        depth[children] = level
-        frontier = children
-    return depth
-
-
-def tree_depths(trees: tuple[Tree, ...] | list[Tree]) -> npt.NDArray[np.int64]:
-    """Depth of each tree (0 for a single leaf)."""
-    depth = node_depths(trees)
-    sizes = np.array([t.n_nodes for t in trees], dtype=np.int64)
-    return np.maximum.reduceat(depth, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

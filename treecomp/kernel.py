@@ -35,6 +35,7 @@ import numpy.typing as npt
 from treecomp import reference
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir import Forest, Tree, tree_depths
+from treecomp.ir_shapes import heap_levels
 from treecomp.passes import float32_thresholds, fold_missing
 
 SOURCE = Path(__file__).with_name("kernel.c")
@@ -308,20 +309,16 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
     perfect_base, entry_base = [], []
     p_at = e_at = 0
     for t in range(len(trees)):
-        base = int(node_base[t])
-        level = np.array([base])  # global ids of the slots of the current level
-        for _ in range(int(levels[t])):
-            pfeature.append(nfeature[level])
-            pthreshold.append(nthreshold[level])
-            leaf = ~internal[level]  # a leaf is copied into both children
-            level = np.stack(
-                [np.where(leaf, level, left[level]), np.where(leaf, level, right[level])], 1
-            ).reshape(-1)
+        # global ids of the slots of each perfect level, and of the level below them
+        *perfect, below = heap_levels(node_base[t : t + 1], left, right, ~internal, int(levels[t]))
+        slots = np.concatenate([level.reshape(-1) for level in perfect] or [np.zeros(0, np.int64)])
+        pfeature.append(nfeature[slots])
+        pthreshold.append(nthreshold[slots])
         perfect_base.append(p_at)
         entry_base.append(e_at)
         p_at += (1 << int(levels[t])) - 1
-        e_at += level.size
-        entry.append(level.astype(np.int32))
+        e_at += below.size
+        entry.append(below.reshape(-1).astype(np.int32))
     # Trees perfect throughout: their leaves' values by the slot of the last level.
     slot_base, slot_values, at = np.full(len(trees), -1, np.int64), [], 0
     for t, tree in enumerate(trees):
