@@ -16,7 +16,7 @@ import strategies.tree_ensemble as tree_ensemble
 import treecomp
 from tests.helpers import assert_close, assert_equal, lowering_tolerance, probe_rows
 from tests.test_ir import small_forest, small_tree
-from tests.zoo import compare_native, compare_reference, fitted, inputs, pd, torch
+from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs, pd, torch
 from treecomp.ir import ZERO_THRESHOLD
 
 onnx = pytest.importorskip("onnx")
@@ -358,3 +358,166 @@ def test_single_rows_walk_the_trees_on_every_thread(
     assert engine._row_session is not None
     for i in range(3):
         compare_native(model, cm, X[i : i + 1])
+
+
+def reference_copies(trees: list[Any]) -> dict[tuple[int, bool, bool], int]:
+    """The operator column of each input variant, in the order of its first node."""
+    copies: dict[tuple[int, bool, bool], int] = {}
+    for tree in trees:
+        for n in range(tree.n_nodes):
+            key = (
+                int(tree.feature[n]),
+                bool(tree.zero_is_missing[n]),
+                bool(tree.is_categorical[n]),
+            )
+            if tree.left_child[n] >= 0 and (key[1] or key[2]):
+                copies.setdefault(key, len(copies))
+    return copies
+
+
+def reference_attributes(
+    group: tree_ensemble.TreeEnsemble,
+    lo: int,
+    hi: int,
+    weights: np.ndarray,
+    targets: np.ndarray | None = None,
+    n_targets: int = 0,
+) -> dict[str, Any]:
+    """The operator attributes of trees ``lo:hi`` written node by node, as the module
+    docstring states the mapping: the oracle of the vectorised :meth:`attributes`."""
+    precision = np.float32 if group.dtype == torch.float32 else np.float64
+    copies = reference_copies(group.trees)
+    rows: list[tuple[int, int, float, int, int, int, int, int]] = []
+    leaf_targets: list[int] = []
+    roots: list[int] = []
+    members: list[float] = []
+    for t in range(lo, hi):
+        tree = group.trees[t]
+        internal = [n for n in range(tree.n_nodes) if tree.left_child[n] >= 0]
+        leaves = [n for n in range(tree.n_nodes) if tree.left_child[n] < 0]
+        node_at = {n: len(rows) + i for i, n in enumerate(internal or [0])}
+        leaf_at = {n: len(leaf_targets) + i for i, n in enumerate(leaves)}
+
+        def child(n: int) -> tuple[int, int]:
+            return (leaf_at[n], 1) if n in leaf_at else (node_at[n], 0)  # noqa: B023
+
+        roots.append(len(rows))
+        leaf_targets += [t - lo if targets is None else int(targets[t])] * len(leaves)
+        if not internal:  # one node whose both branches reach the single leaf
+            rows.append((tree_ensemble.BRANCH_LEQ, 0, 0.0, 0, *child(0), *child(0)))
+            continue
+        for n in internal:
+            zero, categorical = bool(tree.zero_is_missing[n]), bool(tree.is_categorical[n])
+            feature = int(tree.feature[n])
+            column = copies[(feature, zero, categorical)] if zero or categorical else None
+            column = len(copies) + feature if column is None else column
+            mode = tree_ensemble.BRANCH_LEQ if group.less_equal else tree_ensemble.BRANCH_LT
+            split = float(tree.threshold[n])
+            if categorical:
+                codes = [int(c) for c in tree.categories(n) if int(precision(c)) == c]
+                mode, split = (
+                    (tree_ensemble.BRANCH_MEMBER, 0.0)
+                    if codes
+                    else (tree_ensemble.BRANCH_LT, -np.inf)
+                )
+                members += [*map(float, codes), np.nan] if codes else []
+            branches = (*child(int(tree.left_child[n])), *child(int(tree.right_child[n])))
+            rows.append((mode, column, split, int(tree.default_left[n]), *branches))
+    modes, features, splits, tracks, true, true_leaf, false, false_leaf = map(list, zip(*rows))
+    first = int(group.offsets[lo])
+    last = int(group.offsets[hi]) if hi < len(group.trees) else weights.size
+    expected: dict[str, Any] = {
+        "n_targets": hi - lo if targets is None else n_targets,
+        "aggregate_function": 1,
+        "post_transform": 0,
+        "tree_roots": roots,
+        "nodes_modes": np.array(modes, dtype=np.uint8),
+        "nodes_featureids": features,
+        "nodes_splits": np.array(splits, dtype=weights.dtype),
+        "nodes_truenodeids": true,
+        "nodes_trueleafs": true_leaf,
+        "nodes_falsenodeids": false,
+        "nodes_falseleafs": false_leaf,
+        "nodes_missing_value_tracks_true": tracks,
+        "leaf_targetids": leaf_targets,
+        "leaf_weights": weights[first:last],
+    }
+    if members:
+        expected["membership_values"] = np.array(members[:-1], dtype=weights.dtype)
+    return expected
+
+
+def reference_forests() -> dict[str, treecomp.Forest]:
+    """Every zoo forest, and the edges the zoo does not fit: single-leaf trees (one with a
+    default direction), empty category sets, codes past float32, a categorical node that
+    also reads zero as missing, a strict comparison."""
+    forests = {name: treecomp.parse(fitted(name)[0]) for name in ZOO}
+    stump = small_tree(
+        left_child=[-1],
+        right_child=[-1],
+        feature=[0],
+        threshold=[0.0],
+        value=[4.0],
+        categories={},
+        default_left=[True],
+    )
+    trees = (
+        stump,
+        small_tree(categories={2: [1, 2**24 + 1, 2**30, 2**31 - 1]}),
+        small_tree(categories={2: []}),
+        small_tree(zero_is_missing=[True, False, True, False, False]),
+        stump,
+    )
+    forests["edges"] = small_forest(trees=trees, leaf_shape=(5,))
+    forests["edges_strict"] = small_forest(trees=trees, leaf_shape=(5,), comparison="<")
+    return forests
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_attributes_match_the_node_by_node_mapping(precision: str) -> None:
+    """The vectorised attributes equal the per-node oracle on every zoo forest, in both
+    weight types, for every slice of trees the operator nodes take and for summed targets."""
+    from onnx import numpy_helper
+
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    covered = {"single": False, "zero": False, "member": False, "empty": False, "vector": False}
+    for name, forest in reference_forests().items():
+        if dtype == torch.float32:
+            forest = treecomp.passes.float32_thresholds(forest)
+        trees = list(forest.trees)
+        options = strategies.nodes.GroupOptions(
+            less_equal=forest.comparison == "<=",
+            dtype=dtype,
+            leaf_width=max(t.leaf_width for t in trees),
+            nonnegative_categories=forest.category_domain == "nonnegative",
+        )
+        group = tree_ensemble.TreeEnsemble(trees, list(range(len(trees))), options)
+        assert list(group.copies.items()) == list(reference_copies(trees).items()), name
+        slices = [(lo, min(lo + 3, len(trees))) for lo in range(0, len(trees), 3)]
+        for weights in (
+            (np.arange(group.leaf_id.numel()) * 0.25 - 7).astype(np.float32),
+            np.arange(group.leaf_id.numel(), dtype=np.float64),
+        ):
+            targets = np.array([t.output_index for t in trees])
+            calls = [(lo, hi, None, 0) for lo, hi in [(0, len(trees)), *slices]]
+            calls.append((0, len(trees), targets, forest.n_outputs))
+            for lo, hi, tree_targets, n_targets in calls:
+                actual = group.attributes(lo, hi, weights, tree_targets, n_targets)
+                expected = reference_attributes(group, lo, hi, weights, tree_targets, n_targets)
+                assert actual.keys() == expected.keys(), name
+                for key, value in expected.items():
+                    if isinstance(value, np.ndarray):  # bit for bit, NaN separators included
+                        got = numpy_helper.to_array(actual[key])
+                        assert got.dtype == value.dtype, (name, key)
+                        assert got.tobytes() == value.tobytes(), (name, key)
+                    else:
+                        assert actual[key] == value, (name, key)
+                modes = numpy_helper.to_array(actual["nodes_modes"])
+                covered["single"] |= any(t.n_nodes == 1 for t in trees[lo:hi])
+                covered["zero"] |= any(bool(t.zero_is_missing.any()) for t in trees[lo:hi])
+                covered["member"] |= bool((modes == tree_ensemble.BRANCH_MEMBER).any())
+                covered["empty"] |= bool(
+                    np.isneginf(numpy_helper.to_array(actual["nodes_splits"])).any()
+                )
+                covered["vector"] |= group.leaf_width > 1
+    assert all(covered.values()), covered
