@@ -30,7 +30,14 @@ import torch
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
 from treecomp.ir import Forest
-from treecomp.transforms import USES_NONE, USES_OTHER, Transforms, blocks, evaluate
+from treecomp.transforms import (
+    USES_NONE,
+    USES_OTHER,
+    OperatorPrimitives,
+    Transforms,
+    blocks,
+    evaluate,
+)
 
 
 def wrap_torch_engine(engine: Any, transforms: Transforms, forest: Forest, dtype: str) -> Any:
@@ -46,32 +53,15 @@ def wrap_torch_engine(engine: Any, transforms: Transforms, forest: Forest, dtype
 # torch
 
 
-class TorchPrimitives:
-    """The primitives of :func:`treecomp.transforms.evaluate` in torch."""
+class TorchPrimitives(OperatorPrimitives):
+    """The primitives of :func:`treecomp.transforms.evaluate` in torch (the comparisons and
+    the arithmetic are Python's operators, shared with NumPy)."""
 
     def where(self, condition: Any, a: Any, b: Any) -> Any:
         return torch.where(condition, a, b)
 
     def isnan(self, x: Any) -> Any:
         return torch.isnan(x)
-
-    def equal(self, x: Any, c: Any) -> Any:
-        return x == c
-
-    def less(self, x: Any, c: Any) -> Any:
-        return x < c
-
-    def greater(self, x: Any, c: Any) -> Any:
-        return x > c
-
-    def arithmetic(self, kind: str, x: Any, c: Any) -> Any:
-        if kind == "subtract":
-            return x - c
-        if kind == "divide":  # a true division, as scikit-learn's, never by a reciprocal
-            return x / c
-        if kind == "multiply":
-            return x * c
-        return x + c
 
     def as_float(self, condition: Any) -> Any:
         return condition.to(torch.float64)

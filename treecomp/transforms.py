@@ -241,14 +241,10 @@ def evaluate(
     return out if plan[1] is None else P.columns(out, plan[1])
 
 
-class NumpyPrimitives:
-    """The primitives in NumPy: the reference evaluation of the transforms."""
-
-    def where(self, condition: Any, a: Any, b: Any) -> Any:
-        return np.where(condition, a, b)
-
-    def isnan(self, x: Any) -> Any:
-        return np.isnan(x)
+class OperatorPrimitives:
+    """The primitives that Python's operators give alike on NumPy arrays and torch tensors:
+    the comparisons and the arithmetic, written once for both (:class:`NumpyPrimitives`,
+    ``treecomp.transform_targets.TorchPrimitives``)."""
 
     def equal(self, x: Any, c: Any) -> Any:
         return x == c
@@ -262,6 +258,16 @@ class NumpyPrimitives:
     def arithmetic(self, kind: str, x: Any, c: Any) -> Any:
         return _ARITHMETIC[kind](x, c)
 
+
+class NumpyPrimitives(OperatorPrimitives):
+    """The primitives in NumPy: the reference evaluation of the transforms."""
+
+    def where(self, condition: Any, a: Any, b: Any) -> Any:
+        return np.where(condition, a, b)
+
+    def isnan(self, x: Any) -> Any:
+        return np.isnan(x)
+
     def as_float(self, condition: Any) -> Any:
         return condition.astype(np.float64)
 
@@ -272,6 +278,7 @@ class NumpyPrimitives:
         return np.concatenate(parts, axis=1)
 
 
+# A true division, as scikit-learn's, never a product by a reciprocal.
 _ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
     "subtract": lambda x, c: x - c,
     "divide": lambda x, c: x / c,
