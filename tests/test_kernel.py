@@ -198,6 +198,37 @@ def test_a_kernel_that_loses_the_race_says_so(monkeypatch: pytest.MonkeyPatch) -
     assert "compiled" not in cm.strategy and cm.batch_backend == "onnx"
 
 
+@pytest.mark.parametrize("slow_side", ["kernel", "operator"])
+def test_small_batches_race_the_kernel_against_the_operator(
+    slow_side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches under KERNEL_FROM_ROWS rows race too: the side made slow here loses, the
+    other serves single rows from then on, cm.strategy says so only where the kernel won,
+    and every answer on the way is native's."""
+    from treecomp import tiered
+
+    model, X_test = fitted("xgboost_binary")
+    X = np.asarray(X_test, dtype=np.float32)
+    cm = treecomp.convert(model, n_threads=1)
+    engine = cm._engine_for("float32")
+    assert isinstance(engine, tiered.TieredEngine)
+    slow_engine = engine.tier.engine if slow_side == "kernel" else engine.operator
+    scores = slow_engine.scores
+
+    def slow(rows: np.ndarray, **options: Any) -> Any:
+        time.sleep(0.002)
+        return scores(rows, **options)
+
+    monkeypatch.setattr(slow_engine, "scores", slow)
+    for i in range(2 * tiered.SMALL_TRIALS + 1):
+        compare_native(model, cm, X[i % len(X) : i % len(X) + 1])
+    winner = "operator" if slow_side == "kernel" else "kernel"
+    assert engine.small_race.winner == winner
+    assert engine.race.winner is None  # large batches have their own race
+    said = "batches under 8 rows: the kernel (measured faster)" in cm.strategy
+    assert said == (winner == "kernel")
+
+
 def test_an_engine_built_at_a_call_defers_its_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     """Float32 rows of a double library (precision="auto") get their engine at their first
     call: that call builds the kernel's layout alone, and the kernel scores it; the

@@ -31,6 +31,7 @@ from treecomp.inputs import (
     call_precision,
     check_precision,
     default_precision,
+    dtype_name,
     prepare,
 )
 from treecomp.ir import METHODS, Forest
@@ -208,7 +209,7 @@ class CompiledModel:
             return self._engine, prepare_rows(self.transforms, self.forest, X)
         if type(X) is np.ndarray:  # the common case, first: at one row every check counts
             prepared = prepare(self.forest, X, self.precision)
-            return self._engine_for(prepared.dtype.name), prepared
+            return self._engine_for(dtype_name(prepared.dtype)), prepared
         f = self.forest
         host_encoding = f.categories is not None and f.category_encoding == "always"
         if _is_tensor(X) and hasattr(self._engine, "prepare_tensor") and not host_encoding:
@@ -216,7 +217,7 @@ class CompiledModel:
             engine = self._engine_for(call_precision(f, self.precision, dtype))
             return engine, engine.prepare_tensor(X)  # type: ignore[attr-defined]
         prepared = prepare(f, X, self.precision)
-        return self._engine_for(prepared.dtype.name), prepared
+        return self._engine_for(dtype_name(prepared.dtype)), prepared
 
     @property
     def strategy(self) -> str:

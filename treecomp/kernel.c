@@ -164,7 +164,7 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
     const ACC *values, *base;                                                                \
     const int64_t *slot_base;                                                                \
     const ACC *slot_values;                                                                  \
-  } NAME##_forest;                                                                           \
+  } NAME##_forest; /* the layout's tables, in treecomp/kernel.py's Tables order */           \
                                                                                              \
   /* The used columns of rows x[0..m) into xt, column by column; rows m..mb repeat the last \
      (walked, never written out). */                                                         \
@@ -296,19 +296,12 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
       for (int32_t r = 0; r < mb; r++) a[w * BLOCK + r] += f->values[f->value_base[at[r]] + w]; \
   }                                                                                          \
                                                                                              \
-  int NAME(const CMP *x, int64_t n, int64_t n_features, int64_t n_used,                      \
-           const int32_t *used_column, const int8_t *used_kind, int64_t n_trees,             \
-           const int32_t *perfect_levels, const int32_t *rest_levels,                        \
-           const int64_t *perfect_base, const int64_t *entry_base, const int32_t *out_index, \
-           const int32_t *width, const int32_t *pfeature, const CMP *pthreshold,             \
-           const int32_t *entry, const int32_t *nfeature, const CMP *nthreshold,             \
-           const int32_t *child, const int64_t *value_base, const ACC *values,               \
-           int64_t n_outputs, const ACC *base, const int64_t *slot_base,                     \
-           const ACC *slot_values, ACC *out, int32_t *leaves) {                              \
-    NAME##_forest f = {n_features, n_used, n_trees, n_outputs, used_column, used_kind,       \
-                       perfect_levels, rest_levels, perfect_base, entry_base, out_index,     \
-                       width, pfeature, pthreshold, entry, nfeature, nthreshold, child,      \
-                       value_base, values, base, slot_base, slot_values};                    \
+  /* Rows x (n of them, row-major) through the forest's tables f: their sums into out     \
+     (n_outputs a row), or the nodes reached into leaves (n_trees a row). 0, or 1 where the \
+     row block buffers could not be allocated. */                                            \
+  int NAME(const CMP *x, int64_t n, const NAME##_forest *f, ACC *out, int32_t *leaves) {    \
+    int64_t n_features = f->n_features, n_used = f->n_used, n_trees = f->n_trees;            \
+    int64_t n_outputs = f->n_outputs;                                                        \
     int64_t used = n_used > 0 ? n_used : 1, outputs = n_outputs > 0 ? n_outputs : 1;         \
     int64_t rows_at_once = (int64_t)BLOCK * SUPER_BLOCKS;                                    \
     CMP *xt = (CMP *)malloc(sizeof(CMP) * (size_t)(used * rows_at_once));                    \
@@ -325,17 +318,17 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
         int64_t m = rows - b * BLOCK < BLOCK ? rows - b * BLOCK : BLOCK;                     \
         /* rows walked: m rounded up to a vector's lanes */                                  \
         int32_t mb = m < BLOCK ? (int32_t)((m + 7) / 8 * 8) : BLOCK;                         \
-        NAME##_columns(&f, x + (first + b * BLOCK) * n_features, m, mb, xt + b * used * BLOCK); \
+        NAME##_columns(f, x + (first + b * BLOCK) * n_features, m, mb, xt + b * used * BLOCK); \
         for (int64_t k = 0; k < n_outputs; k++)                                              \
-          for (int32_t r = 0; r < BLOCK; r++) acc[(b * outputs + k) * BLOCK + r] = base[k];  \
+          for (int32_t r = 0; r < BLOCK; r++) acc[(b * outputs + k) * BLOCK + r] = f->base[k];  \
       }                                                                                      \
       /* trees t0..t1 (about CHUNK_BYTES of tables) over every block, then the next ones: \
          each row still adds its trees in order */                                           \
       for (int64_t t0 = 0, t1; t0 < n_trees; t0 = t1) {                                      \
         int64_t bytes = 0;                                                                   \
         for (t1 = t0; t1 < n_trees && (t1 == t0 || bytes < CHUNK_BYTES); t1++)              \
-          bytes += ((int64_t)1 << perfect_levels[t1]) *                                      \
-                   (int64_t)(4 + sizeof(CMP) + sizeof(ACC) * (size_t)width[t1]);             \
+          bytes += ((int64_t)1 << f->perfect_levels[t1]) *                                      \
+                   (int64_t)(4 + sizeof(CMP) + sizeof(ACC) * (size_t)f->width[t1]);             \
         for (int64_t b = 0; b < blocks; b++) {                                               \
           int64_t m = rows - b * BLOCK < BLOCK ? rows - b * BLOCK : BLOCK;                   \
           int32_t mb = m < BLOCK ? (int32_t)((m + 7) / 8 * 8) : BLOCK;                       \
@@ -343,9 +336,9 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
           ACC *sums = acc + b * outputs * BLOCK;                                             \
           int32_t *reached = leaves == NULL ? NULL : leaves + (first + b * BLOCK) * n_trees; \
           if (m < SCALAR_ROWS)                                                               \
-            for (int32_t r = 0; r < m; r++) NAME##_row(&f, t0, t1, columns, r, sums, reached); \
+            for (int32_t r = 0; r < m; r++) NAME##_row(f, t0, t1, columns, r, sums, reached); \
           else                                                                               \
-            for (int64_t t = t0; t < t1; t++) NAME##_tree(&f, t, columns, mb, m, sums, reached); \
+            for (int64_t t = t0; t < t1; t++) NAME##_tree(f, t, columns, mb, m, sums, reached); \
         }                                                                                    \
       }                                                                                      \
       if (out != NULL)                                                                       \
@@ -365,4 +358,4 @@ DEFINE_WALK(treecomp_walk_f64_f32, double, float, step_f64)
 DEFINE_WALK(treecomp_walk_f64_f64, double, double, step_f64)
 
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 4; }
+int treecomp_kernel_abi(void) { return 5; }

@@ -40,7 +40,7 @@ from treecomp.passes import float32_thresholds, fold_missing
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 4
+ABI = 5
 # A tree is perfect (heap-ordered) throughout where it has at most DENSE_LEVELS levels, or
 # where that pads it to at most PADDING slots a node and MAX_PERFECT_LEVELS levels; see
 # perfect_levels.
@@ -205,17 +205,33 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 
 
+class Tables(ctypes.Structure):
+    """A layout's arrays as kernel.c's ``forest`` struct: their counts, then their addresses.
+
+    One pointer to it is the call's whole description of the forest: ctypes converts each
+    argument of a call, and 22 of them took about 5 us of a one-row call."""
+
+    _fields_ = [
+        *((name, _I64) for name in ("n_features", "n_used", "n_trees", "n_outputs")),
+        *(
+            (name, _P)
+            for name in (
+                "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base",
+                "entry_base", "out_index", "width", "pfeature", "pthreshold", "entry",
+                "nfeature", "nthreshold", "child", "value_base", "values", "base",
+                "slot_base", "slot_values",
+            )
+        ),
+    ]  # fmt: skip
+
+
 def _declare(library: ctypes.CDLL) -> None:
     for cmp in ("f32", "f64"):
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
             function.restype = ctypes.c_int
-            # The rows, their shape, the layout (Layout's arrays, in kernel.c's order), the
-            # outputs and base scores, then where sums or leaves go.
-            function.argtypes = [
-                _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P,
-                _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _P,
-            ]  # fmt: skip
+            # The rows and their count, the tables, then where sums or leaves go.
+            function.argtypes = [_P, _I64, ctypes.POINTER(Tables), _P, _P]
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,16 +438,14 @@ class KernelEngine:
             if average else None
         )  # fmt: skip
         L = self.layout
-        # The arguments after the rows, their addresses taken once (2 to 3 us each).
-        self._tables = (
-            L.used_column.size, _address(L.used_column), _address(L.used_kind),
-            L.out_index.size, _address(L.perfect_levels), _address(L.rest_levels),
-            _address(L.perfect_base), _address(L.entry_base), _address(L.out_index),
-            _address(L.width), _address(L.pfeature), _address(L.pthreshold),
-            _address(L.entry), _address(L.nfeature), _address(L.nthreshold),
-            _address(L.child), _address(L.value_base), _address(L.values), forest.n_outputs,
-            _address(self._base), _address(L.slot_base), _address(L.slot_values),
+        names = [field[0] for field in Tables._fields_[4:] if field[0] != "base"]
+        arrays = {name: getattr(L, name) for name in names}
+        self._tables = Tables(
+            forest.n_features, L.used_column.size, L.out_index.size, forest.n_outputs,
+            **{name: _address(array) for name, array in arrays.items()},
+            base=_address(self._base),
         )  # fmt: skip
+        self._tables_pointer = ctypes.pointer(self._tables)
         self._threads = n_threads or _cpus()
         depth = int(tree_depths(forest.trees).max())
         perfect = int(self.layout.perfect_levels.max(initial=0))
@@ -445,26 +459,33 @@ class KernelEngine:
         GIL for the call)."""
         X = np.ascontiguousarray(X, dtype=self.layout.compare)
         n = X.shape[0]
+        if X.ndim != 2 or X.shape[1] != self._tables.n_features:  # the kernel reads them all
+            raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
         slices = max(1, min(self._threads, n // MIN_THREAD_ROWS))
-        bounds = np.linspace(0, n, slices + 1).astype(np.int64) // 64 * 64
-        bounds[-1] = n
-
-        def walk(i: int) -> int:
-            first, last = int(bounds[i]), int(bounds[i + 1])
-            return int(
-                self._walk(
-                    X.ctypes.data + first * X.strides[0],
-                    last - first,
-                    X.shape[1],
-                    *self._tables,
-                    None if out is None else out.ctypes.data + first * out.strides[0],
-                    None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
-                )
+        if slices == 1:  # at one row every call counts: no bounds, no pool
+            failed = self._walk(
+                X.ctypes.data,
+                n,
+                self._tables_pointer,
+                None if out is None else out.ctypes.data,
+                None if leaves is None else leaves.ctypes.data,
             )
-
-        if slices == 1:
-            failed = walk(0)
         else:
+            bounds = np.linspace(0, n, slices + 1).astype(np.int64) // 64 * 64
+            bounds[-1] = n
+
+            def walk(i: int) -> int:
+                first, last = int(bounds[i]), int(bounds[i + 1])
+                return int(
+                    self._walk(
+                        X.ctypes.data + first * X.strides[0],
+                        last - first,
+                        self._tables_pointer,
+                        None if out is None else out.ctypes.data + first * out.strides[0],
+                        None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
+                    )
+                )
+
             # The others' slices start first; this thread walks the first meanwhile.
             others = [_pool(slices - 1).submit(walk, i) for i in range(1, slices)]
             failed = max(walk(0), *(future.result() for future in others))

@@ -48,6 +48,9 @@ TRIALS = 3
 # twice over once warm (XGBoost, 500 trees of depth 8, 16-row calls, us a row over the
 # kernel's first ten: 48 23 18 15 17 15 16 14 14 12; the operator's from its second: 22-27).
 TRIAL_ROWS = 512
+# Calls of fewer than KERNEL_FROM_ROWS rows each side makes before the faster serves them
+# (the best of each: one row's time varies with what the caches hold).
+SMALL_TRIALS = 32
 
 
 class Tier(Protocol):
@@ -109,8 +112,9 @@ class Race:
         winner: The side that serves from now on, once both have tried; else None.
     """
 
-    def __init__(self, tier: str) -> None:
+    def __init__(self, tier: str, *, trials: int = TRIALS, trial_rows: int = TRIAL_ROWS) -> None:
         self.tier = tier
+        self.n_trials, self.min_rows = trials, trial_rows
         self.trials: dict[str, list[float]] = {tier: [], "operator": []}
         self.trial_rows = {tier: 0, "operator": 0}
         self.winner: str | None = None
@@ -136,10 +140,10 @@ class Race:
         tier scoring the whole batch: TRIAL_ROWS of batches of twice that or more (a fresh
         process's large batches then never wait for the slower side), else 0 (the batch is
         the operator's trial)."""
-        return TRIAL_ROWS if self.winner is None and rows >= 2 * TRIAL_ROWS else 0
+        return self.min_rows if self.winner is None and rows >= 2 * self.min_rows else 0
 
     def _tried(self, side: str) -> bool:
-        return len(self.trials[side]) >= TRIALS and self.trial_rows[side] >= TRIAL_ROWS
+        return len(self.trials[side]) >= self.n_trials and self.trial_rows[side] >= self.min_rows
 
     def record(self, side: str, seconds: float, rows: int) -> None:
         """A large batch of ``rows`` took ``seconds`` on ``side`` (kept until the side has
@@ -211,6 +215,11 @@ class TieredEngine:
             raise ValueError("a deferred operator needs its builder and a tier ready at once")
         self.tier = tier
         self.race = Race(tier.name)
+        # The kernel's calls cost no graph run: on some forests it beats the operator on
+        # small batches too, on others (large tables, tiny forests) it loses. One row, us,
+        # operator / kernel (AMD EPYC Zen 4, load 4): XGBoost 10 classes 101 / 43, LightGBM
+        # 51 / 72, RandomForest 41 / 94, XGBoost 500 trees 33 / 31. So small batches race too.
+        self.small_race = Race(tier.name, trials=SMALL_TRIALS, trial_rows=SMALL_TRIALS)
         self.operator = operator
         self.operator_state = "deferred" if operator is None else "ready"
         self._build_operator = build_operator
@@ -234,9 +243,12 @@ class TieredEngine:
             return f"{plan} (no {tier.name} tier: {tier.state.removeprefix('failed: ')})"
         if tier.engine is None:
             return plan
+        small = ""
+        if self.small_race.winner == tier.name:
+            small = f"; batches under {tier.from_rows} rows: the {tier.name} (measured faster)"
         if self.race.winner == "operator":
-            return f"{plan} ({self.race.loss})"
-        return f"{plan}; batches of {tier.from_rows}+ rows: {tier.engine.strategy}"
+            return f"{plan} ({self.race.loss}){small}"
+        return f"{plan}; batches of {tier.from_rows}+ rows: {tier.engine.strategy}{small}"
 
     @property
     def large_batches(self) -> str:
@@ -295,9 +307,16 @@ class TieredEngine:
             out: tuple[Any, Any] = tier.engine.scores(X)
             self._start_operator()  # once this batch is scored: it does not slow this one
             return out
-        if rows < tier.from_rows:
-            return operator.scores(X)
         engine = tier.engine
+        if rows < tier.from_rows:
+            if engine is None or tier.name != "kernel":
+                return operator.scores(X)
+            small = self.small_race
+            side = small.choose()
+            start = time.perf_counter()
+            out = (engine if side == tier.name else operator).scores(X)
+            small.record(side, time.perf_counter() - start, rows)
+            return out
         if engine is not None:
             side = race.choose()
             trial = race.trial_slice(rows) if side == "operator" else 0
