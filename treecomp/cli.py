@@ -38,7 +38,7 @@ def _model(args: argparse.Namespace, **options: Any) -> Any:
     """The CompiledModel of ``args.model`` (any file treecomp.model_files reads)."""
     import numpy as np
 
-    import treecomp
+    from treecomp.container import convert, load
     from treecomp.model_files import read_forest
 
     classes = args.classes.split(",") if getattr(args, "classes", None) else None
@@ -48,14 +48,14 @@ def _model(args: argparse.Namespace, **options: Any) -> Any:
     if compiled is not None and not options:
         return compiled, kind
     if compiled is not None:
-        return treecomp.load(args.model, **options), kind
+        return load(args.model, **options), kind
     if isinstance(forest, Forest) and forest.task == "classifier" and classes is None:
         if kind.startswith(("XGBoost", "LightGBM")):
             args.notes.append(
                 f"note: {args.model} holds no class labels: the classes are the native "
                 f"numbers {np.asarray(forest.classes).tolist()} (set them with --classes)"
             )
-    return treecomp.convert(forest, **options), kind
+    return convert(forest, **options), kind
 
 
 def _forest_of(path: Path, args: argparse.Namespace) -> tuple[Forest, str]:
@@ -167,11 +167,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import treecomp
+    from treecomp.scoring import score
 
     options = {} if args.backend is None else {"backend": args.backend}
     model, _ = _model(args, **options)
-    rows = treecomp.score(
+    rows = score(
         model,
         args.data,
         args.out,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-import treecomp
 from treecomp.bench import TimingSettings, time_calls
+from treecomp.container import convert
 
 
 def _models() -> list[tuple[str, Callable[[], Any]]]:
@@ -83,7 +83,7 @@ def main() -> int:
             model.set_params(n_jobs=threads)
         start = time.perf_counter()
         # The fastest exact backend installed, strategy by cost.
-        cm = treecomp.convert(model, n_threads=threads)
+        cm = convert(model, n_threads=threads)
         elapsed = time.perf_counter() - start
         labels_equal = np.array_equal(cm.predict(X_eval), model.predict(X_eval))
         leaves = "n/a"

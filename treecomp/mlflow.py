@@ -227,7 +227,7 @@ class _PyfuncModel:
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> _PyfuncModel:
     """MLflow's loader hook: rebuild the model from the artifact at ``data_path``."""
-    import treecomp
+    from treecomp.container import load
 
     options = dict(model_config or {})
     unknown = sorted(set(options) - set(_LOAD_OPTIONS))
@@ -241,7 +241,7 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         path = path / _ARTIFACT
     backend = options.pop("backend", None)
     chosen = {key: value for key, value in options.items() if value is not None}
-    return _PyfuncModel(treecomp.load(path, backend=backend, **chosen))
+    return _PyfuncModel(load(path, backend=backend, **chosen))
 
 
 def _model_config(cm: CompiledModel, backend: str | None) -> dict[str, Any]:
@@ -264,9 +264,9 @@ def _requirements(
         return {"pip_requirements": requirements, "extra_pip_requirements": extra}
     from importlib.metadata import PackageNotFoundError, version
 
-    import treecomp
+    from treecomp._version import __version__
 
-    pinned = [f"treecomp=={treecomp.__version__}"]
+    pinned = [f"treecomp=={__version__}"]
     # The packages the backend imports, pinned in the model's requirements.
     for package in ("numpy", "pandas", *BACKENDS[backend]):
         try:

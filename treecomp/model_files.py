@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-import treecomp
+from treecomp.container import load
 from treecomp.errors import InvalidForestError, UnsupportedModelError
 from treecomp.file_checks import FileCheckError, check_lightgbm, check_xgboost, first_line
+from treecomp.frontends import parse
 from treecomp.ir import Forest
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -87,7 +88,7 @@ def read_forest(
         raise ModelFileError(f"{path}: the file is empty")
     suffix = path.suffix.lower()
     if _json_format(raw) == "treecomp.model" or suffix == ".tc" or _looks_like_artifact(raw):
-        return None, treecomp.load(path), "treecomp artifact"
+        return None, load(path), "treecomp artifact"
     if suffix in PICKLE_SUFFIXES:
         return _pickle(path, trust_pickle)
     if suffix == ".skops":
@@ -230,7 +231,7 @@ def _parsed(model: Any) -> Any:
     are compiled together (treecomp.convert), never the forest alone."""
     from treecomp.frontends.pipeline import is_pipeline
 
-    return model if is_pipeline(model) else treecomp.parse(model)
+    return model if is_pipeline(model) else parse(model)
 
 
 # -------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def _xgboost(path: Path, raw: bytes, classes: list[str] | None) -> tuple[Forest,
         with _library_output_silenced():
             # From memory: the bytes checked above are the bytes XGBoost parses.
             estimator.load_model(bytearray(raw))
-            forest = treecomp.parse(estimator)
+            forest = parse(estimator)
     except _OWN_ERRORS:
         raise
     except (xgboost.core.XGBoostError, *_READ_ERRORS) as exc:
@@ -295,7 +296,7 @@ def _lightgbm(path: Path, raw: bytes, classes: list[str] | None) -> tuple[Forest
                 kind = f"LightGBM classifier ({objective})"
                 forest = _with_classes(forest, classes, path)
             else:
-                forest, kind = treecomp.parse(booster), f"LightGBM Booster ({objective})"
+                forest, kind = parse(booster), f"LightGBM Booster ({objective})"
     except (*_OWN_ERRORS, ModelFileError):
         raise
     except (lightgbm.basic.LightGBMError, *_READ_ERRORS) as exc:

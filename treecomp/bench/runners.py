@@ -72,7 +72,7 @@ def _native_runner(model: Any, classifier: bool, threads: int) -> Runner:
 def _treecomp_runner(
     model: Any, system: System, classifier: bool, threads: int, tier_up: bool
 ) -> Runner:
-    import treecomp
+    from treecomp.container import convert
 
     options: dict[str, Any] = {}
     if system.backend != "numpy":
@@ -86,11 +86,11 @@ def _treecomp_runner(
     if system.backend in ("torch", "torchscript") or (system.backend is None and tier_up):
         _set_torch_threads(threads)
     if system.backend is None:
-        cm = treecomp.convert(model, **options)
+        cm = convert(model, **options)
         if tier_up:  # the defaults as a long-running process has them
             cm.tier_up()
     else:
-        cm = treecomp.convert(model, system.backend, **options)
+        cm = convert(model, system.backend, **options)
     if classifier:
         return Runner(cm.predict_proba, cm.predict, cm.strategy)
     return Runner(cm.predict, None, cm.strategy)
