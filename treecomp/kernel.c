@@ -209,11 +209,17 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
           if (d < levels[k]) i[k] = 2 * i[k] + 1 + !(xt[pf[k][i[k]] * BLOCK + r] < pt[k][i[k]]); \
       for (int k = 0; k < n; k++)                                                            \
         i[k] = f->entry[f->entry_base[g + k] + i[k] - ((1 << levels[k]) - 1)];               \
-      /* a leaf's children are itself: stepping a tree past its leaf changes nothing */      \
-      for (int d = 0; d < rest; d++)                                                         \
-        for (int k = 0; k < n; k++)                                                          \
-          i[k] = f->child[2 * (int64_t)i[k] +                                                \
-                          !(xt[f->nfeature[i[k]] * BLOCK + r] < f->nthreshold[i[k]])];       \
+      /* a leaf's children are itself: stepping a tree past its leaf changes nothing, and  \
+         the group stops once none moved (the row's paths, not the trees' depth) */          \
+      for (int d = 0, moved = 1; d < rest && moved; d++) {                                   \
+        moved = 0;                                                                           \
+        for (int k = 0; k < n; k++) {                                                        \
+          int32_t next = f->child[2 * (int64_t)i[k] +                                        \
+                                  !(xt[f->nfeature[i[k]] * BLOCK + r] < f->nthreshold[i[k]])]; \
+          moved |= next != i[k];                                                             \
+          i[k] = next;                                                                       \
+        }                                                                                    \
+      }                                                                                      \
       for (int k = 0; k < n; k++) {                                                          \
         if (leaves != NULL) {                                                                \
           leaves[r * f->n_trees + g + k] = i[k];                                             \
