@@ -242,7 +242,7 @@ def main() -> int:
                     after = serving.stats
                     r["batch"] = (after.rows - before.rows) / max(1, after.batches - before.batches)
                 results[way].append(r)
-                print(_line(f"{round_}: {way}", r))
+                print(f"{_line(f'{round_}: {way}', r)}  load {_load()}")
     wrong = sum(r["wrong"] for rs in results.values() for r in rs)
     medians = {
         way: {key: statistics.median(r[key] for r in rs) for key in rs[0]}

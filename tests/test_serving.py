@@ -423,6 +423,44 @@ def test_an_interrupted_caller_leaves_the_others_answered(xgb: Any) -> None:
     assert serving._batcher._inflight_rows == 0
 
 
+def test_half_a_batch_is_full_once_no_caller_is_on_its_way_back(xgb: Any) -> None:
+    """A batch waits for the callers on their way back (answered, not yet returned) up to
+    as many rows as were lately in flight; once every caller in flight is queued, half of
+    that is a full batch (callers gone to work of their own are not waited for)."""
+    cm, X = xgb
+    batcher = serving_queue.Batcher(cm, 8, 600.0)  # a wait of ten minutes: never reached
+
+    def request(k: int) -> serving_queue.Request:
+        return serving_queue.Request(X[k], ("predict",), raw=True)
+
+    first = [request(k) for k in range(8)]
+    taken = [batcher.submit(r, lead=True) for r in first]
+    assert taken[:7] == [None] * 7 and taken[7] == first  # max_rows, before any epoch
+    batcher.run(first, lead=True)
+    batcher._most, batcher._half = 8, 4  # as eight callers in flight teach it
+    second = [request(k) for k in range(8, 12)]
+    # Half a batch queued, the first eight callers on their way back: not full.
+    assert [batcher.submit(r, lead=True) for r in second] == [None] * 4
+    for r in first[:7]:
+        batcher.returned(r)  # seven came back and left
+    assert batcher.lead() is None  # one is still on its way back
+    batcher.returned(first[7])  # it left too: nobody is on the way
+    assert batcher.lead() == second
+    batcher.run(second, lead=True)
+    # Callers on their way back who come back fill a batch of all of them.
+    third = [request(k) for k in range(12, 20)]
+    taken = [batcher.submit(r, lead=True) for r in third]
+    assert taken[:7] == [None] * 7 and taken[7] == third
+    batcher.run(third, lead=True)
+    for r in [*second, *third]:
+        batcher.returned(r)
+    batcher.close(TIMEOUT_S)
+    assert batcher._inflight_rows == 0 and (batcher.requests, batcher.batches) == (20, 3)
+    labels = [r.result() for r in [*first, *second, *third]]
+    for k, (results, start) in enumerate(labels):
+        assert results["predict"][start] == cm.predict(X[k : k + 1])[0]
+
+
 def test_the_thread_whose_request_fills_a_batch_scores_it(
     xgb: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

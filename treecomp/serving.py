@@ -81,14 +81,13 @@ class Serving:
     Use it as a context manager, or call :meth:`close`: both wait for the requests already
     taken to be answered. Methods the model lacks raise ``AttributeError``, as on the model.
 
-    A batch is scored once it holds ``max_batch_size`` rows, or half the rows the callers
-    lately kept in flight at once (one half is scored while the other comes back: a batch
-    of all of them would leave the engine idle while they come back, and a wait for more
-    would wait for callers that do not exist), or once its oldest request has waited
-    ``max_wait_ms``; it holds no more than that (more queued make the next batch). Until
-    8 batches were answered, a batch waits for ``max_batch_size`` rows. Serving pays where
-    many callers send requests at once; a single caller gains nothing (its requests are
-    scored one by one, as it sends them).
+    A batch is scored once it holds ``max_batch_size`` rows or as many as the callers
+    lately kept in flight at once, or half that many once no caller is on its way back
+    with an answer (callers gone to work of their own are not waited for), or once its
+    oldest request has waited ``max_wait_ms``; it holds no more than that (more queued
+    make the next batch). Until 8 batches were answered, a batch waits for
+    ``max_batch_size`` rows. Serving pays where many callers send requests at once; a
+    single caller gains nothing (its requests are scored one by one, as it sends them).
 
     Example::
 

@@ -238,9 +238,10 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.name = f"treecomp-serving-{next(_names)}"
         self.requests = self.rows = self.batches = 0  # written under the lock
-        # Rows that make a full batch: at most max_rows, and half the rows lately in flight
-        # at once (see _note_load); until _EPOCH batches were answered, max_rows.
-        self._full = max_rows
+        # Rows that make a full batch (see _full_now and _note_load): `_most`, at most
+        # max_rows and the rows lately in flight at once, or `_half` of those once no caller
+        # is on its way back; until _EPOCH batches were answered, max_rows both.
+        self._most = self._half = max_rows
         self._load = [2 * max_rows, 0]  # the peak of the last epoch, and of this one
         self._epoch_batches = 0
         self._closing = False
@@ -275,7 +276,7 @@ class Batcher:
             self._pending.append(request)
             self._pending_rows += request.n
             self._inflight_rows += request.n
-            if self._pending_rows >= self._full:
+            if self._full_now():
                 if lead:
                     return self._take()
                 self._ready.notify()
@@ -293,7 +294,7 @@ class Batcher:
         """A full batch for the caller's thread to score, if one is waiting (for a caller
         whose request did not fit in the batch it took)."""
         with self._lock:
-            if self._pending and self._pending_rows >= self._full:
+            if self._pending and self._full_now():
                 return self._take()
         return None
 
@@ -330,7 +331,7 @@ class Batcher:
                         self._ready.wait()
                         self._sleeping = False
                         continue
-                    if self._closing or self._pending_rows >= self._full:
+                    if self._closing or self._full_now():
                         break
                     # Wait until the oldest request has waited max_wait_s, unless a caller
                     # fills a batch first and scores it; a worker back from a long batch
@@ -342,17 +343,35 @@ class Batcher:
                 batch = self._take()
             self.run(batch, lead=False)
 
+    def _full_now(self) -> bool:
+        """Whether the queued rows make a full batch, with the lock held: as many as the
+        callers lately kept in flight at once (at most ``max_rows``), or half that many once
+        no caller is on its way back (every request in flight is queued).
+
+        Callers on their way back (answered, or in a batch being scored) come back within
+        microseconds where they send their next request at once, and a batch of all of them
+        pays its fixed costs (the engine call, the checks, the wake-ups) once for twice the
+        rows. Callers gone to work of their own may not come back soon: waiting for them
+        (until ``max_wait_ms``) cost throughput and latency, so once none is on its way
+        back, half of them is a full batch (the rule before this one, always). 32 threads
+        of single-row requests (the clients of ``benchmarks/serving.py``, both rules in one
+        process, alternating rounds), requests a second, half / this rule: back to back,
+        ``--quick`` 44 100 / 48 400 (22 / 19 us of CPU a request; median of 12 paired 1 s
+        rounds 1.15x), the 500-tree model 40 100 / 45 200 (1.09x), load 6.7 to 8.2; with a
+        sleep of 0 to 0.4 ms between requests (``--quick``), 17 700 / 20 800, p50 1.18 /
+        1.01 ms, and of 0 to 2 ms, 16 600 / 16 900, p50 0.68 / 0.73 ms, where waiting for
+        all of them gave 14 500 and 1.05 ms (load 6.4 to 7).
+        """
+        rows = self._pending_rows
+        return rows >= self._most or (rows >= self._half and rows == self._inflight_rows)
+
     def _note_load(self) -> None:
         """Note the rows in flight as a batch is answered, with the lock held: those of
         every request whose caller has not yet returned (queued, being scored, or answered
-        and not yet woken or resumed).
-
-        Half the rows the callers keep in flight is a full batch: one half is scored while
-        the other comes back. A batch of all of them would leave the engine idle while they
-        come back, and a wait for more would wait for callers that do not exist. Callers
-        answered but not yet back count: under load their wake-ups are slow, and an
-        estimate without them (rows queued or being scored) shrank batch after batch to one
-        or two rows.
+        and not yet woken or resumed); their peak over the last epochs sizes the batches
+        (:meth:`_full_now`). Callers answered but not yet back count: under load their
+        wake-ups are slow, and an estimate without them (rows queued or being scored)
+        shrank batch after batch to one or two rows.
         """
         load = self._inflight_rows
         if load > self._load[1]:
@@ -360,7 +379,9 @@ class Batcher:
         self._epoch_batches += 1
         if self._epoch_batches == _EPOCH:
             self._load, self._epoch_batches = [self._load[1], 0], 0
-            self._full = min(self.max_rows, max(1, -(-max(self._load) // 2)))
+            peak = max(1, *self._load)
+            self._most = min(self.max_rows, peak)
+            self._half = min(self.max_rows, -(-peak // 2))
 
     def _take(self) -> list[Request]:
         """The oldest requests that fit in one full batch (the oldest alone if it does not
@@ -369,7 +390,7 @@ class Batcher:
         batch, scored while this one's callers come back."""
         first = self._pending.popleft()
         batch, rows = [first], first.n
-        while self._pending and rows + self._pending[0].n <= self._full:
+        while self._pending and rows + self._pending[0].n <= self._most:
             request = self._pending.popleft()
             batch.append(request)
             rows += request.n
