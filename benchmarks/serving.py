@@ -243,6 +243,9 @@ def main() -> int:
                     r["batch"] = (after.rows - before.rows) / max(1, after.batches - before.batches)
                 results[way].append(r)
                 print(f"{_line(f'{round_}: {way}', r)}  load {_load()}")
+    # Which side scored each batch size, once the tiers' races were run during the rounds
+    # (one-row calls race too: where the two sides are close, either may win in a process).
+    print(f"after the rounds: {cm.strategy}")
     wrong = sum(r["wrong"] for rs in results.values() for r in rs)
     medians = {
         way: {key: statistics.median(r[key] for r in rs) for key in rs[0]}

@@ -3,8 +3,9 @@
 A server calls its model once per request, from many threads or coroutines, and every call
 pays fixed costs (Python's checks, the runtime's call, on ONNX Runtime a row's trees split
 over threads) that a batch pays once: the benchmark's 500-tree XGBoost model on the default
-backend spends 90 to 140 us of CPU on a one-row call and about 11 us a row in calls of 16
-rows, which its kernel tier scores (``python benchmarks/serving.py``, 2 shared cores).
+backend spends 55 to 130 us of CPU on a one-row call from 32 threads and 5 to 12 us a row
+in calls of 32 rows, which its kernel tier scores (``python benchmarks/serving.py``, 2
+shared cores).
 :class:`Serving` does what Triton's dynamic batcher and Elixir's ``Nx.Serving`` do: requests
 wait in a queue (:mod:`treecomp.serving_queue`), and whatever has gathered is scored in one
 call (at most ``max_batch_size`` rows, waiting at most ``max_wait_ms``, see
