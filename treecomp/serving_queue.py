@@ -24,15 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.inputs import prepare
+from treecomp.inputs import dtype_name, prepare
 
 if TYPE_CHECKING:  # the model is handed in: the queue sits below the container
     from treecomp.container import CompiledModel
 
 # The float types of the single rows that are prepared with their batch (Batcher._score_raw).
 RAW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# Their names: NumPy 2 computes dtype.name in Python, 1 to 6 us a call.
-_DTYPE_NAMES = {dtype: dtype.name for dtype in RAW_DTYPES}
 _names = itertools.count(1)
 # Every live batcher, for a forked child to reset (see Batcher._reset).
 _batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
@@ -478,7 +476,7 @@ class Batcher:
         tally.batches += 1
         try:
             # prepared rows: the engine model._prepare picks for their dtype
-            engine = self.model._engine_for(_DTYPE_NAMES.get(X.dtype) or X.dtype.name)
+            engine = self.model._engine_for(dtype_name(X.dtype))
             results = self.model._outputs(engine, X, methods)
         except Exception as exc:
             if len(requests) == 1:
