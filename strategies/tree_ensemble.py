@@ -9,7 +9,8 @@ scalar leaves, its value in the accumulation type (:meth:`emit_values`: ``0 + v`
 and no gather follows). The native summation order and precision, the link and the labels
 stay in the standard-operator graph that every strategy shares (``treecomp.onnx.graph``), so
 this lowering is exact wherever the others are: ONNX Runtime's own sum over trees splits the
-trees between threads, an order no native library uses.
+trees between threads, an order no native library uses. Exported graphs score large batches
+with one node per tree (:meth:`emit_tree_values`), whose values the graph adds in order.
 
 How the IR's decision rule maps onto the operator (``true`` is the left child):
 
@@ -106,9 +107,8 @@ class TreeEnsemble(TreeGroup):
         super().__init__(trees, columns, None, options)
         self.dtype = options.dtype
         self.trees = trees
-        split = ONE_THREAD_TREES_PER_NODE if options.one_thread else TREES_PER_NODE
-        large = options.batch_size >= SPLIT_FROM_ROWS
-        self.trees_per_node = split if large else max(1, len(trees))
+        self.split = ONE_THREAD_TREES_PER_NODE if options.one_thread else TREES_PER_NODE
+        self.plan_rows(options.batch_size)
         leaves = [np.flatnonzero(t.left_child < 0) for t in trees]
         counts = np.array([leaf.size for leaf in leaves])
         # A tree's leaf rows are its leaf positions plus its offset in the group's table.
@@ -140,6 +140,12 @@ class TreeEnsemble(TreeGroup):
         self.copy_keys = keys  # sorted, for searchsorted
         self.copy_columns = np.empty(keys.size, dtype=np.int64)
         self.copy_columns[order] = np.arange(keys.size)
+
+    def plan_rows(self, rows: int) -> None:
+        """Size the operator nodes for batches of ``rows`` rows: an exported graph's branch
+        for small batches plans again for them (``treecomp.onnx.graph.emit_module``)."""
+        large = rows >= SPLIT_FROM_ROWS
+        self.trees_per_node = self.split if large else max(1, len(self.trees))
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         raise RuntimeError(
@@ -297,13 +303,7 @@ class TreeEnsemble(TreeGroup):
     ) -> str:
         """Every tree's leaf weight, ``(N, n_trees)`` in the weights' float type; with
         ``targets``, their sums per target, ``(N, n_targets)``, from one operator node."""
-        float_type = weights.dtype
-        if float_type != (np.float32 if self.dtype == torch.float32 else np.float64):
-            X = g.op("Cast", X, to="float64")  # exact: float32 inputs and splits, widened
-        source = X
-        if self.copies:
-            copies = [self.emit_copy(g, X, *key, float_type) for key in self.copies]
-            source = g.op("Concat", *copies, X, axis=1)
+        source = self._source(g, X, weights.dtype)
         step = self.trees_per_node if targets is None else len(self.trees)
         parts = [
             g.op(
@@ -317,20 +317,60 @@ class TreeEnsemble(TreeGroup):
         ]
         return parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
 
+    def _source(self, g: Any, X: str, float_type: Any) -> str:
+        """The operator's input ``[copies..., X]`` for weights of ``float_type``."""
+        if float_type != (np.float32 if self.dtype == torch.float32 else np.float64):
+            X = g.op("Cast", X, to="float64")  # exact: float32 inputs and splits, widened
+        if not self.copies:
+            return X
+        copies = [self.emit_copy(g, X, *key, float_type) for key in self.copies]
+        return g.op("Concat", *copies, X, axis=1)
+
+    def emit_tree_values(self, g: Any, X: str, table: npt.NDArray[np.floating]) -> list[str]:
+        """Each tree's leaf row of ``table``, ``(N, width)`` per tree in the group's order,
+        from one operator node per tree (for :func:`treecomp.onnx.graph` to add in order).
+
+        A node of one tree and one target returns that tree's leaf weight as it is (``0 + v``)
+        on any number of threads: no split of the trees between threads applies to it. Scalar
+        leaves in the tests' type are the weights; other tables are gathered at the tree's
+        leaf position (exact in the positions' type, see :meth:`emit_onnx`).
+        """
+        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        direct = table.shape[1] == 1 and table.dtype == precision
+        weights = np.ascontiguousarray(table[:, 0]) if direct else self._leaf_rows(local=True)
+        source = self._source(g, X, weights.dtype)
+        one = np.zeros(len(self.trees), dtype=np.int64)  # every tree: target 0 of 1
+        values = []
+        for t in range(len(self.trees)):
+            attributes = self.attributes(t, t + 1, weights, one, 1)
+            found = g.op("TreeEnsemble", source, domain=ML_DOMAIN, **attributes)
+            if not direct:
+                position = g.op("Squeeze", g.op("Cast", found, to="int64"), g.ints([1]))
+                found = g.op("Gather", g.const(table[self.tree_rows(t)]), position, axis=0)
+            values.append(found)
+        return values
+
     def tree_rows(self, local: int) -> slice:
         """The rows of the leaf table that hold tree ``local``'s leaves."""
         end = int(self.offsets[local + 1]) if local + 1 < len(self.trees) else self.leaf_id.numel()
         return slice(int(self.offsets[local]), end)
 
-    def emit_onnx(self, g: Any, X: str) -> str:
+    def _leaf_rows(self, *, local: bool) -> npt.NDArray[np.floating]:
+        """Each leaf's row in the group's table, or (``local``) in its tree's rows, as leaf
+        weights: in the tests' float type, or in double past its exact count."""
         float_type = np.float32 if self.dtype == torch.float32 else np.float64
         widest = max(int((t.left_child < 0).sum()) for t in self.trees)
         if widest > EXACT_COUNT[self.dtype]:  # positions past float32's count: in double
             float_type = np.float64
         rows = np.arange(self.leaf_id.numel())
-        if not self.global_rows:
+        if local:
             rows = rows - np.repeat(self.offsets, np.diff(np.append(self.offsets, rows.size)))
-        found = g.op("Cast", self._emit(g, X, rows.astype(float_type)), to="int64")
+        return rows.astype(float_type)
+
+    def emit_onnx(self, g: Any, X: str) -> str:
+        found = g.op(
+            "Cast", self._emit(g, X, self._leaf_rows(local=not self.global_rows)), to="int64"
+        )
         if not self.global_rows:
             found = g.op("Add", found, g.const(self.offsets.reshape(1, -1)))
         return found

@@ -42,16 +42,24 @@ def serving_input(model: Any, cm: treecomp.CompiledModel, X: Any) -> np.ndarray:
     return np.asarray(X, dtype=np.float64)
 
 
-def run_serving(proto: Any, X: np.ndarray, precision: str) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+def run_serving(
+    proto: Any, X: np.ndarray, precision: str, options: Any = None
+) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
     outputs = session.run(None, {"input": X.astype(precision)})
     return {o.name: value for o, value in zip(session.get_outputs(), outputs, strict=True)}
 
 
-def check_serving(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
-    """The exported graph's named outputs equal the native model's answers."""
-    proto = cm.to_onnx(leaf_indices=True)
-    out = run_serving(proto, serving_input(model, cm, X), cm.export_dtype)
+def check_serving(
+    model: Any, cm: treecomp.CompiledModel, X: Any, proto: Any = None, options: Any = None
+) -> dict[str, np.ndarray]:
+    """The exported graph's named outputs (``cm.to_onnx(leaf_indices=True)`` unless given)
+    equal the native model's answers; returns them."""
+    if proto is None:
+        proto = cm.to_onnx(leaf_indices=True)
+    out = run_serving(proto, serving_input(model, cm, X), cm.export_dtype, options)
     forest = cm.forest
     if forest.task == "classifier":
         assert_equal(out["label"], model.predict(X))
@@ -65,6 +73,7 @@ def check_serving(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
     if hasattr(cm, "apply"):
         expected = native_apply(model, X).reshape(len(out["leaf_indices"]), -1)
         assert_equal(out["leaf_indices"], expected)
+    return out
 
 
 @pytest.mark.parametrize("strategy", ONNX_STRATEGIES)
@@ -79,6 +88,54 @@ def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
             continue
         compare_native(model, cm, X)
         check_serving(model, cm, X)
+
+
+# Below the default LARGE_BATCH_ROWS, so that the zoo's batches take both branches.
+LARGE_ROWS = 40
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_large_batches_are_exact_under_any_session_options(name: str, precision: str) -> None:
+    """From ``large_batch_rows`` rows on, the exported graph adds one tree operator node per
+    tree in a chain of Adds; under it, it scans the operator's values. Either way the
+    answers are the native model's, bit for bit the same on 1, 2 or 4 threads with the
+    graph optimised or not, and the same as the graph without the large-batch branch."""
+    from treecomp.onnx.export import build
+
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "numpy", precision=precision)
+    options = {
+        "precision": cm.export_dtype,
+        "strategy": "auto",
+        "batch_size": 10_000,
+        "leaf_indices": True,
+        "transforms": cm.transforms,
+    }
+    proto = build(cm.forest, large_batch_rows=LARGE_ROWS, **options)
+    assert "If" in {node.op_type for node in proto.graph.node}  # every zoo forest has it
+    scan_only = build(cm.forest, large_batch_rows=None, **options)
+    sessions = []
+    for threads in (1, 2, 4):
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+            session = ort.SessionOptions()
+            session.intra_op_num_threads = threads
+            session.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+            sessions.append(session)
+    large = 0
+    for X in inputs(model, X_test, cm.forest):
+        if tolerance(model) == "xgboost_float32" and np.isinf(np.asarray(X, dtype=float)).any():
+            continue  # as in test_onnx_backend_and_export_match_native
+        large += len(X) >= LARGE_ROWS
+        for n in sorted({1, LARGE_ROWS - 1, LARGE_ROWS, len(X)} & set(range(1, len(X) + 1))):
+            rows = X.iloc[:n] if isinstance(X, pd.DataFrame) else X[:n]
+            expected = check_serving(model, cm, rows, scan_only, sessions[0])
+            for session in sessions:
+                out = check_serving(model, cm, rows, proto, session)
+                for key, value in expected.items():
+                    assert_equal(out[key], value)
+                    assert out[key].tobytes() == value.tobytes()  # zeros' signs too
+    assert large  # the held-out rows at least
 
 
 @pytest.mark.parametrize("strategy", ["auto", "tree_traversal"])

@@ -37,6 +37,17 @@ def serving(cm: treecomp.CompiledModel, X: np.ndarray) -> dict[str, np.ndarray]:
     return {o.name: v for o, v in zip(session.get_outputs(), values, strict=True)}
 
 
+def batch_branches(proto: Any) -> tuple[Any, Any]:
+    """The exported graph's branches for small and large batches (``LARGE_BATCH_ROWS``)."""
+    (node,) = [n for n in proto.graph.node if n.op_type == "If"]
+    branches = {a.name: a.g for a in node.attribute}
+    return branches["then_branch"], branches["else_branch"]
+
+
+def operator_nodes(graph: Any) -> list[Any]:
+    return [n for n in graph.node if n.op_type == "TreeEnsemble"]
+
+
 def check(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: np.ndarray) -> None:
     """Backend and exported file against the reference: leaves exactly, scores closely."""
     compare_reference(cm, ref, X)
@@ -145,9 +156,12 @@ def test_leaf_rows_beyond_the_float_count(monkeypatch: pytest.MonkeyPatch) -> No
         cm, ref = onnx_models(model, "float32")
         for X in inputs(model, X_test, cm.forest):
             check(cm, ref, np.asarray(X, dtype=np.float64))
-        (node,) = [n for n in cm.to_onnx().graph.node if n.op_type == "TreeEnsemble"]
-        (attribute,) = [a for a in node.attribute if a.name == "nodes_splits"]
-        assert attribute.t.data_type == splits
+        small, large = batch_branches(cm.to_onnx())
+        nodes = operator_nodes(small) + operator_nodes(large)
+        assert len(nodes) == 1 + cm.forest.n_trees  # a node per tree for large batches
+        for node in nodes:
+            (attribute,) = [a for a in node.attribute if a.name == "nodes_splits"]
+            assert attribute.t.data_type == splits
     monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float64, widest - 1)
     with pytest.raises(ValueError, match=f"has {widest} leaves.*double counts"):
         treecomp.convert(model, "onnx", strategy="tree_ensemble", precision="float64")
@@ -161,11 +175,16 @@ def test_trees_split_over_operator_nodes(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(tree_ensemble, "TREES_PER_NODE", 4)
     model, X_test = fitted("xgboost_multiclass")
     cm, ref = onnx_models(model, "float32")
-    nodes = [n for n in cm.to_onnx().graph.node if n.op_type == "TreeEnsemble"]
-    assert len(nodes) == -(-cm.forest.n_trees // 4)
+    proto = cm.to_onnx(leaf_indices=True)
+    # The leaf ids, planned for 10 000 rows; the scores' branch for batches under
+    # LARGE_BATCH_ROWS plans for them (one node), the other has a node per tree.
+    assert len(operator_nodes(proto.graph)) == -(-cm.forest.n_trees // 4)
+    small, large = batch_branches(proto)
+    assert len(operator_nodes(small)) == 1
+    assert len(operator_nodes(large)) == cm.forest.n_trees
     for X in inputs(model, X_test, cm.forest):
         compare_native(model, cm, X)
-        compare_reference(cm, ref, X)
+        check(cm, ref, X)
 
 
 def test_only_the_onnx_target_takes_it() -> None:
@@ -230,7 +249,11 @@ def test_one_thread_sessions_walk_vector_leaves_in_small_nodes(
     assert engine._small_session is None
     compare_reference(cm, ref, X[:1])
     assert operators(engine.small_model) == 1
-    assert operators(cm.to_onnx()) == 1  # planned for 10 000 rows on ONNX Runtime's threads
+    # Planned for 10 000 rows on ONNX Runtime's threads: under LARGE_BATCH_ROWS one node,
+    # from there one node per tree.
+    small, large = batch_branches(cm.to_onnx())
+    assert len(operator_nodes(small)) == 1
+    assert len(operator_nodes(large)) == cm.forest.n_trees
 
 
 def test_the_default_backend_is_the_fastest_exact_path_installed(

@@ -136,7 +136,8 @@ def model_config(model: Any, *, name: str, max_batch_size: int, instances: int =
     graph = model.graph
     props = {p.key: p.value for p in model.metadata_props}
     plan = props.get("treecomp.strategy", "unknown")
-    ml_operator = any(node.domain == "ai.onnx.ml" for node in graph.node)
+    # The ML opset is declared where a node uses it, in If branches too (treecomp.onnx.export).
+    ml_operator = any(opset.domain == "ai.onnx.ml" for opset in model.opset_import)
     batched = max_batch_size > 0
     lines = [
         f"# Written by treecomp from an ONNX graph: {' '.join(model.doc_string.split())}",

@@ -45,6 +45,15 @@ IR_VERSION = 8
 # Graphs with ONNX-ML's TreeEnsemble (ai.onnx.ml opset 5, onnx 1.16 and ONNX Runtime 1.19 on)
 # declare the IR version that shipped with it.
 ML_DOMAIN, ML_OPSET, ML_IR_VERSION = "ai.onnx.ml", 5, 10
+# Exported graphs score batches of this many rows or more with a tree operator node per tree
+# and Adds in tree order (treecomp.onnx.graph._emit_tree_chains), smaller ones with one
+# operator node of per-tree values and one scan, an If on the batch size choosing. Best ms on
+# 2 threads, one node + scan / a node per tree, treecomp.bench.models' xgb-binary (500 trees),
+# lgbm-regression (300 x 255 leaves), rf-classifier: 128 rows 1.95 / 2.92, 2.72 / 5.32,
+# 3.14 / 3.49; 256 rows 6.54 / 6.42, 21.8 / 8.25, 15.9 / 12.6; 1024 rows 26.6 / 19.7,
+# 32.2 / 16.4, 39.3 / 19.3 (load 1.6-6.5). At 10 000 rows against ONNX-ML's graph: 1.09x,
+# 1.19x, 1.50x (today's scan alone: 0.73x, 0.80x, 0.96x; load 2.0).
+LARGE_BATCH_ROWS = 256
 
 
 def _emit_inputs(g: GraphBuilder, forest: Forest, X: str, *, encode: bool) -> str:
@@ -52,6 +61,11 @@ def _emit_inputs(g: GraphBuilder, forest: Forest, X: str, *, encode: bool) -> st
     native = "float32" if forest.input_dtype == "float32" else "float64"
     if encode and forest.categories is not None and forest.category_encoding == "always":
         X = _emit_encoding(g, forest, X)
+    if math.isnan(forest.missing_value) and native == "float64":
+        # float32 inputs read as double and rounded back are unchanged: no casts. (ONNX
+        # Runtime removes such a pair of casts itself, even with optimizations off, and then
+        # the If branches of emit_module that read its output miss their input.)
+        return X
     if native != g.float_type:
         X = g.op("Cast", X, to=native)
     if not math.isnan(forest.missing_value):
@@ -113,6 +127,17 @@ def _class_constant(classes: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], int]:
     raise UnsupportedModelError(f"class labels of dtype {classes.dtype} have no ONNX type")
 
 
+def _domains(nodes: Any) -> set[str]:
+    """The operator domains of ``nodes`` and of their subgraphs (``If`` branches)."""
+    found = set()
+    for node in nodes:
+        found.add(node.domain)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found |= _domains(attribute.g.node)
+    return found
+
+
 def build(forest: Forest, **options: Any) -> onnx.ModelProto:
     """The ONNX model of ``forest``; the options are those of :func:`build_with_plan`."""
     return build_with_plan(forest, **options)[0]
@@ -129,6 +154,7 @@ def build_with_plan(
     device: str = "cpu",
     one_thread: bool = False,
     transforms: Any = None,
+    large_batch_rows: int | None = LARGE_BATCH_ROWS,
 ) -> tuple[onnx.ModelProto, str]:
     """The ONNX model of ``forest`` and a description of the strategies it uses.
 
@@ -146,6 +172,10 @@ def build_with_plan(
             tree operator adds the trees where it can, exact only there.
         transforms: A Pipeline's row transforms (:mod:`treecomp.transforms`), emitted in
             front of the forest (inputs: see :mod:`treecomp.transform_targets`).
+        large_batch_rows: Exported graphs only: from this many rows on, a batch takes one
+            tree operator node per tree (``LARGE_BATCH_ROWS``); None: every batch the
+            graph for small ones. The onnx backend's sessions run its own plans per batch
+            size.
     """
     import torch
 
@@ -191,6 +221,7 @@ def build_with_plan(
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
         widen=engine_outputs is None,  # the onnx backend widens float32 sums itself
         operator_sums=one_thread,
+        large_batch_rows=large_batch_rows if engine_outputs is None else None,
     )
     k, n = forest.n_outputs, forest.n_trees
     outputs: list[onnx.ValueInfoProto] = []
@@ -254,7 +285,7 @@ def build_with_plan(
         initializer=g.initializers,
     )
     opsets = [helper.make_opsetid("", OPSET)]
-    if any(node.domain == ML_DOMAIN for node in g.nodes):
+    if ML_DOMAIN in _domains(g.nodes):
         opsets.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     model = helper.make_model(
         graph,
