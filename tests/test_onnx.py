@@ -138,6 +138,31 @@ def test_large_batches_are_exact_under_any_session_options(name: str, precision:
     assert large  # the held-out rows at least
 
 
+def one_row_nodes(graph: Any) -> int:
+    """The nodes a one-row call runs: each If's first branch is the one for fewer rows."""
+    total = 0
+    for node in graph.node:
+        total += 1
+        if node.op_type == "If":
+            total += one_row_nodes(next(a.g for a in node.attribute if a.name == "then_branch"))
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_one_row_runs_no_more_nodes_than_the_scan(name: str) -> None:
+    """At one row every node counts (microseconds each). Against the graph without the
+    large-batch If: one-output forests run no more nodes (the operator's own sum, exact on
+    one row, replaces the scan); several outputs run the If's three (Shape, Less, If)."""
+    from treecomp.onnx.export import build
+
+    model, _ = fitted(name)
+    cm = treecomp.convert(model, "numpy")
+    options = {"precision": cm.export_dtype, "batch_size": 10_000, "transforms": cm.transforms}
+    scan = one_row_nodes(build(cm.forest, large_batch_rows=None, **options).graph)
+    now = one_row_nodes(cm.to_onnx().graph)
+    assert now <= scan + (0 if cm.forest.n_outputs == 1 else 3), (now, scan)
+
+
 @pytest.mark.parametrize("strategy", ["auto", "tree_traversal"])
 def test_graph_contract(strategy: str) -> None:
     model, X_test = fitted("sklearn_rf")

@@ -544,3 +544,37 @@ def test_attributes_match_the_node_by_node_mapping(precision: str) -> None:
                 )
                 covered["vector"] |= group.leaf_width > 1
     assert all(covered.values()), covered
+
+
+@pytest.mark.parametrize("name", ["many_trees", "many_trees_3_classes"])
+def test_exported_rows_on_any_threads(name: str) -> None:
+    """The exported graph of 150 trees (ONNX Runtime splits one row's trees between threads):
+    a single row takes the operator's own sum where there is one output, the scan where
+    there are several; batches from LARGE_BATCH_ROWS rows a node per tree. On 1, 2 or 4
+    threads, optimised or not, bit for bit the answers of the graph without its If."""
+    from treecomp.onnx.export import LARGE_BATCH_ROWS, build
+
+    model, X_test = many_trees(name)
+    cm = treecomp.convert(model, "numpy", precision="float32")
+    proto = cm.to_onnx()
+    scan = build(cm.forest, precision="float32", batch_size=10_000, large_batch_rows=None)
+    X = np.asarray(X_test, dtype=np.float32)
+    X = np.tile(X, (-(-LARGE_BATCH_ROWS // len(X)), 1))
+
+    def run(graph: Any, rows: np.ndarray, threads: int = 1, level: str = "DISABLE_ALL") -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
+        session = ort.InferenceSession(
+            graph.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"input": rows})
+
+    label, proba = run(scan, X)
+    assert_equal(label, model.predict(X))
+    assert_close(proba, model.predict_proba(X), "xgboost_float32")
+    for threads in (1, 2, 4):
+        for level in ("DISABLE_ALL", "ENABLE_ALL"):
+            for rows in [slice(0, len(X))] + [slice(i, i + 1) for i in range(5)]:
+                for out, expected in zip(run(proto, X[rows], threads, level), (label, proba)):
+                    assert out.tobytes() == expected[rows].tobytes()

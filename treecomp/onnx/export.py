@@ -51,8 +51,10 @@ ML_DOMAIN, ML_OPSET, ML_IR_VERSION = "ai.onnx.ml", 5, 10
 # 2 threads, one node + scan / a node per tree, treecomp.bench.models' xgb-binary (500 trees),
 # lgbm-regression (300 x 255 leaves), rf-classifier: 128 rows 1.95 / 2.92, 2.72 / 5.32,
 # 3.14 / 3.49; 256 rows 6.54 / 6.42, 21.8 / 8.25, 15.9 / 12.6; 1024 rows 26.6 / 19.7,
-# 32.2 / 16.4, 39.3 / 19.3 (load 1.6-6.5). At 10 000 rows against ONNX-ML's graph: 1.09x,
-# 1.19x, 1.50x (today's scan alone: 0.73x, 0.80x, 0.96x; load 2.0).
+# 32.2 / 16.4, 39.3 / 19.3 (load 1.6-6.5). At 10 000 rows against ONNX-ML's graph: 1.14x,
+# 1.34x, 1.37x (the scan alone: 0.76x, 0.83x, 0.97x; load 1.5-2.2). A single row of one
+# output takes the operator's own sum (emit_module): best us, the scan alone / this graph,
+# 29.2 / 27.0, 32.4 / 20.9; several outputs pay the If, rf-classifier 20.0 / 23.7.
 LARGE_BATCH_ROWS = 256
 
 

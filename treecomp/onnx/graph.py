@@ -93,15 +93,18 @@ class GraphBuilder:
             self._batch = self.op("Slice", shape, self.ints([0]), self.ints([1]))
         return self.op("Concat", self._batch, self.ints(list(dims)), axis=0)
 
-    def branch(self, emit: Callable[[], str], element: int) -> onnx.GraphProto:
+    def branch(self, emit: Callable[[], str | None], element: int) -> onnx.GraphProto | None:
         """The nodes that ``emit`` adds, as a subgraph (an ``If`` branch) whose output is the
-        value it returns. Constants stay initializers of the main graph, which a subgraph
-        sees; so do the values made before, but nothing made inside is seen outside."""
+        value it returns (None if it returns None). Constants stay initializers of the main
+        graph, which a subgraph sees; so do the values made before, but nothing made inside
+        is seen outside."""
         start, batch = len(self.nodes), self._batch
         out = emit()
         nodes = self.nodes[start:]
         del self.nodes[start:]
         self._batch = batch
+        if out is None:
+            return None
         if not any(out in node.output for node in nodes):
             copy = self._name("identity")
             nodes.append(helper.make_node("Identity", [out], [copy]))
@@ -191,12 +194,35 @@ def emit_module(
         element = ELEMENT[forest.accumulation]
         if hasattr(groups[0], "plan_rows"):  # the leaf ids above keep the batch size's plan
             groups[0].plan_rows(large_batch_rows - 1)
-        small = g.branch(summed, element)
-        large = g.branch(
-            lambda: _emit_tree_chains(g, module, forest, X, groups[0], tables[0], folded), element
-        )
-        few = g.op("Less", g.op("Shape", X, end=1), g.ints([large_batch_rows]))
-        raw = g.op("If", few, then_branch=small, else_branch=large)
+        n = g.op("Shape", X, end=1)
+
+        def by_size() -> str:
+            small = g.branch(summed, element)
+            large = g.branch(
+                lambda: _emit_tree_chains(g, module, forest, X, groups[0], tables[0], folded),
+                element,
+            )
+            few = g.op("Less", n, g.ints([large_batch_rows]))
+            return g.op("If", few, then_branch=small, else_branch=large)
+
+        # A single row of a one-output forest: the operator's own sum, in fewer nodes than
+        # the scan. Exact there on any number of threads: ONNX Runtime adds one row's trees
+        # in their order, walked on one thread or, from 80 trees, on all of them into a score
+        # per tree (treecomp.onnx.engine.PARALLEL_TREES; several outputs would add per-thread
+        # partial sums). Measured: see LARGE_BATCH_ROWS in treecomp.onnx.export.
+        single = None
+        if forest.n_outputs == 1 and large_batch_rows > 1:
+            single = g.branch(
+                lambda: _emit_operator_sums(
+                    g, module, forest, X, groups, tables, base_folded=folded
+                ),
+                element,
+            )
+        if single is None:
+            raw = by_size()
+        else:
+            one = g.op("Less", n, g.ints([2]))
+            raw = g.op("If", one, then_branch=single, else_branch=g.branch(by_size, element))
     if raw is None:
         raw = summed()
     transformed = _emit_transform(g, forest, raw)
