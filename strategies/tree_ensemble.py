@@ -59,6 +59,9 @@ EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
 # rows of an exported graph too (1 row, in us, nodes of 64 / 128 / one node): 500 trees
 # 35.8 / 30.7 / 24.9, 10 classes x 100 rounds 70.6 / 51.0 / 35.1, RandomForest 100 trees
 # 32.4 / 21.0 / 21.0, LightGBM 300 trees 50.5 / 31.1 / - (10 000 rows within noise of 64).
+# Since exported graphs score batches of 256 rows or more with a node per tree and smaller
+# ones planned for them (treecomp.onnx.export.LARGE_BATCH_ROWS), this split serves their
+# leaf_indices output and the graphs of a forest no If applies to.
 TREES_PER_NODE = 128
 SPLIT_FROM_ROWS = 5_000
 # In sessions of one thread (GroupOptions.one_thread) the operator keeps one score vector per
