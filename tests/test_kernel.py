@@ -5,6 +5,8 @@ never loaded; a forest it cannot walk, or a machine without a compiler, is told 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -267,6 +269,38 @@ def test_an_engine_built_at_a_call_defers_its_operator(monkeypatch: pytest.Monke
         compare_native(model, cm, X)
     assert engine.race.winner is not None
     assert engine.strategy.startswith("tree_ensemble")  # the operator, raced either way
+
+
+def test_a_process_ending_after_its_first_call_finishes_the_operator_build() -> None:
+    """The deferred operator is built in a thread the process waits for at exit: torn down
+    inside ONNX Runtime's session construction, a process that had done its work aborted
+    (exit status -6). Here the build is slowed, and the process ends right after its call."""
+    script = """
+import atexit, time
+import numpy as np
+import treecomp
+from tests.zoo import fitted
+from treecomp.onnx import engine as onnx_engine
+
+model, X = fitted("lightgbm_binary_nan")
+cm = treecomp.convert(model, n_threads=2)
+warm = onnx_engine.OnnxEngine.warm
+
+def slow_warm(self):
+    time.sleep(0.5)  # a large forest's graphs take about a second
+    warm(self)
+
+onnx_engine.OnnxEngine.warm = slow_warm
+cm.predict(np.asarray(X, dtype=np.float32))
+engine = cm._engine_for("float32")
+atexit.register(lambda: print("operator:", engine.operator_state, flush=True))
+"""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "operator: ready" in done.stdout
 
 
 @pytest.mark.parametrize("perfect", [0, 2])

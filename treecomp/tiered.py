@@ -271,13 +271,19 @@ class TieredEngine:
         )
 
     def _start_operator(self) -> None:
-        """Build the deferred operator in a thread, once."""
+        """Build the deferred operator in a thread, once.
+
+        Not a daemon thread: a process that ends right after its first call waits for the
+        build (about a second) rather than being torn down inside ONNX Runtime's session
+        construction, which aborted it ("terminate called without an active exception",
+        exit status -6) after its work was done: 2 of 6 fresh processes scoring three
+        batches of the LightGBM benchmark model."""
         with self._lock:
             if self.operator_state != "deferred":
                 return
             self.operator_state = "building"
             self._thread = threading.Thread(
-                target=self._operator_in_thread, name="treecomp-operator", daemon=True
+                target=self._operator_in_thread, name="treecomp-operator", daemon=False
             )
             self._thread.start()
 
