@@ -127,8 +127,9 @@ def test_float64_precision(name: str) -> None:
     compare_native(model, cm, X)
 
 
-def test_single_leaf_trees() -> None:
-    stump = small_tree(
+def single_leaf_tree() -> treecomp.Tree:
+    """A tree that is one leaf (value 4), with a default direction set."""
+    return small_tree(
         left_child=[-1],
         right_child=[-1],
         feature=[0],
@@ -137,6 +138,10 @@ def test_single_leaf_trees() -> None:
         categories={},
         default_left=[True],
     )
+
+
+def test_single_leaf_trees() -> None:
+    stump = single_leaf_tree()
     forest = small_forest(trees=(small_tree(), stump, small_tree()), leaf_shape=(3,))
     cm, ref = onnx_models(forest, "float32")
     X = np.array([[0.5, 1.0], [np.nan, np.nan], [np.inf, -np.inf], [2.0, 3.0]])
@@ -475,15 +480,7 @@ def reference_forests() -> dict[str, treecomp.Forest]:
     default direction), empty category sets, codes past float32, a categorical node that
     also reads zero as missing, a strict comparison."""
     forests = {name: treecomp.parse(fitted(name)[0]) for name in ZOO}
-    stump = small_tree(
-        left_child=[-1],
-        right_child=[-1],
-        feature=[0],
-        threshold=[0.0],
-        value=[4.0],
-        categories={},
-        default_left=[True],
-    )
+    stump = single_leaf_tree()
     trees = (
         stump,
         small_tree(categories={2: [1, 2**24 + 1, 2**30, 2**31 - 1]}),

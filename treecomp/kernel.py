@@ -36,7 +36,7 @@ from treecomp import reference
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir import Forest, Tree, tree_depths
 from treecomp.ir_shapes import heap_levels
-from treecomp.passes import float32_thresholds, fold_missing
+from treecomp.passes import fold_missing, thresholds_for
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
@@ -414,7 +414,7 @@ class KernelEngine:
         self.forest = forest
         self.precision = precision
         self.n_threads = n_threads
-        lowered = float32_thresholds(forest) if precision == "float32" else forest
+        lowered = thresholds_for(forest, precision)
         fold = fold_missing(lowered.trees, less_equal=forest.comparison == "<=", dtype=precision)
         if fold is None:
             raise KernelUnsupported(
@@ -462,30 +462,27 @@ class KernelEngine:
         if X.ndim != 2 or X.shape[1] != self._tables.n_features:  # the kernel reads them all
             raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
         slices = max(1, min(self._threads, n // MIN_THREAD_ROWS))
-        if slices == 1:  # at one row every call counts: no bounds, no pool
-            failed = self._walk(
-                X.ctypes.data,
-                n,
-                self._tables_pointer,
-                None if out is None else out.ctypes.data,
-                None if leaves is None else leaves.ctypes.data,
-            )
-        else:
+        # Slices of whole blocks; one slice needs no bounds (np.linspace costs microseconds).
+        bounds: Any = (0, n)
+        if slices > 1:
             bounds = np.linspace(0, n, slices + 1).astype(np.int64) // 64 * 64
             bounds[-1] = n
 
-            def walk(i: int) -> int:
-                first, last = int(bounds[i]), int(bounds[i + 1])
-                return int(
-                    self._walk(
-                        X.ctypes.data + first * X.strides[0],
-                        last - first,
-                        self._tables_pointer,
-                        None if out is None else out.ctypes.data + first * out.strides[0],
-                        None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
-                    )
+        def walk(i: int) -> int:
+            first, last = int(bounds[i]), int(bounds[i + 1])
+            return int(
+                self._walk(
+                    X.ctypes.data + first * X.strides[0],
+                    last - first,
+                    self._tables_pointer,
+                    None if out is None else out.ctypes.data + first * out.strides[0],
+                    None if leaves is None else leaves.ctypes.data + first * leaves.strides[0],
                 )
+            )
 
+        if slices == 1:  # at one row every call counts: no pool
+            failed = walk(0)
+        else:
             # The others' slices start first; this thread walks the first meanwhile.
             others = [_pool(slices - 1).submit(walk, i) for i in range(1, slices)]
             failed = max(walk(0), *(future.result() for future in others))

@@ -45,6 +45,13 @@ def float32_thresholds(forest: Forest) -> Forest:
     return dataclasses.replace(forest, trees=trees)
 
 
+def thresholds_for(forest: Forest, precision: str) -> Forest:
+    """``forest`` with the thresholds a comparison in ``precision`` uses: adjusted by
+    :func:`float32_thresholds` for ``"float32"``, as they are for ``"float64"``. Every engine
+    that compares in a chosen precision lowers its forest through here."""
+    return float32_thresholds(forest) if precision == "float32" else forest
+
+
 def fold_missing(
     trees: Sequence[Tree], *, less_equal: bool, dtype: Precision
 ) -> tuple[list[Tree], int] | None:

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from treecomp.inputs import Precision, check_positive, check_shape, check_values, integer_target
 from treecomp.ir import Forest, tree_depths
-from treecomp.passes import float32_thresholds
+from treecomp.passes import thresholds_for
 
 try:
     import torch
@@ -356,7 +356,7 @@ class TorchEngine:
         self.n_threads = n_threads
         self.progress = progress
         dtype = torch.float32 if precision == "float32" else torch.float64
-        lowered = float32_thresholds(forest) if precision == "float32" else forest
+        lowered = thresholds_for(forest, precision)
         module, groups = strategies.lower(
             lowered,
             strategy,

@@ -37,7 +37,7 @@ from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
 from treecomp.ir import Forest, tree_depths
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module
-from treecomp.passes import float32_thresholds
+from treecomp.passes import thresholds_for
 
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
@@ -188,7 +188,7 @@ def build_with_plan(
     if one_thread and engine_outputs is None:
         raise ValueError("one_thread graphs are the onnx backend's; exported graphs are not")
     dtype = torch.float32 if precision == "float32" else torch.float64
-    lowered = float32_thresholds(forest) if precision == "float32" else forest
+    lowered = thresholds_for(forest, precision)
     module, plan = strategies.lower(
         lowered,
         strategy,
