@@ -215,12 +215,15 @@ def _resolve(futures: list[asyncio.Future[None]]) -> None:
 
 class _Tally:
     """What one batch's scoring did: requests answered, rows scored, engine calls (added to
-    the batcher's stats under its lock)."""
+    the batcher's stats under its lock), and the requests whose callers are woken after
+    that, so that a caller reading ``Serving.stats`` once answered finds its request counted.
+    """
 
-    __slots__ = ("batches", "requests", "rows")
+    __slots__ = ("answered", "batches", "requests", "rows")
 
     def __init__(self) -> None:
         self.requests = self.rows = self.batches = 0
+        self.answered: list[Request] = []
 
 
 class Batcher:
@@ -416,13 +419,17 @@ class Batcher:
                 raise
             for request in left:
                 request.error = exc
-            wake(left)
+            tally.answered.extend(left)
         finally:
+            # Counted, then woken, then idle: a caller sees its request in the stats, and a
+            # close that drains returns once every caller of the batch is woken.
             with self._lock:
                 self.requests += tally.requests
                 self.rows += tally.rows
                 self.batches += tally.batches
                 self._note_load()
+            wake(tally.answered)
+            with self._lock:
                 self._scoring -= 1
                 if not self._scoring:
                     self._idle.notify_all()
@@ -459,7 +466,7 @@ class Batcher:
                     request.error = exc
                     failed.append(request)
             tally.requests += len(failed)
-            wake(failed)
+            tally.answered.extend(failed)
             self._score(prepared, tally)
             return
         self._score_group(requests, tally, X)
@@ -482,7 +489,7 @@ class Batcher:
             if len(requests) == 1:
                 tally.requests += 1
                 requests[0].error = exc
-                wake(requests)
+                tally.answered.extend(requests)
                 return
             for i, request in enumerate(requests):  # only the request at fault gets the error
                 if request.raw:
@@ -495,4 +502,4 @@ class Batcher:
         for request in requests:  # each caller slices its own rows out, in its own thread
             request.answer = (results, start)
             start += request.n
-        wake(requests)
+        tally.answered.extend(requests)
