@@ -25,7 +25,7 @@ from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
 from treecomp.names import ALIASES
-from treecomp.passes import fold_missing
+from treecomp.passes import fold_base_score, fold_missing
 
 __all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
 
@@ -65,6 +65,7 @@ def lower(
         The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
     """
     name = ALIASES.get(strategy, strategy)
+    forest = fold_base_score(forest)  # every target's sum then starts at zero
     depths, internal, leaves = tree_shapes(forest.trees)
     if target not in ("torch", "onnx"):
         raise ValueError(f"unknown target {target!r}; use 'torch' or 'onnx'")

@@ -95,6 +95,26 @@ def test_tree_major_compiled_forest_with_vector_leaves(monkeypatch: pytest.Monke
     assert_equal(cm.apply(X_test[:1]), model.apply(X_test[:1]))
 
 
+@pytest.mark.parametrize("start", [False, True])
+def test_compiled_sum_adds_in_order_past_inductors_cascade(start: bool) -> None:
+    """A branch-free sum of more float32 terms than inductor adds one after the other
+    (it cascades a longer reduction in chunks) is still the sequential float32 sum."""
+    from strategies.forest_module import SEQUENTIAL_TERMS, sequential_sum
+    from treecomp.torch_backend import INDUCTOR_OPTIONS
+
+    rng = np.random.default_rng(5)
+    steps = 2 * SEQUENTIAL_TERMS + 300  # three chained reductions
+    scale = 10.0 ** rng.integers(-6, 6, size=(1, steps, 2, 3))
+    terms = (rng.standard_normal((1, steps, 2, 3)) * scale).astype(np.float32)
+    base = rng.standard_normal((1, 2, 3)).astype(np.float32)
+    want = base.copy() if start else np.zeros_like(base)
+    for step in range(steps):
+        want += terms[:, step]
+    run = torch.compile(sequential_sum, options=INDUCTOR_OPTIONS, dynamic=False)
+    got = run(torch.from_numpy(base) if start else None, torch.from_numpy(terms))
+    assert_equal(got.numpy(), want)
+
+
 def test_compile_needs_a_cpp_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """To build a package (a cached one loads without: tests/test_faults.py)."""
     import torch._inductor.config as inductor_config

@@ -402,3 +402,54 @@ def test_eager_blocks_of_vector_leaves_join_on_the_row_axis() -> None:
     cm = treecomp.convert(model, "torch")
     cm.torch_module.block_rows = 5
     assert_close(cm.predict_proba(X_test), model.predict_proba(X_test), "float64")
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_base_scores_fold_into_the_first_trees_bit_for_bit(name: str) -> None:
+    """``passes.fold_base_score`` changes no raw score's bits (the reference evaluator on
+    both forests), and leaves a zero base only where every output has a first tree."""
+    from treecomp import reference
+    from treecomp.passes import fold_base_score
+
+    model, X_test = fitted(name)
+    forest = treecomp.parse(model)
+    folded = fold_base_score(forest)
+    X = treecomp.inputs.prepare(forest, X_test, "float64")
+    nodes = reference.leaf_nodes(forest, X)
+    assert_equal(reference.raw_scores(folded, nodes), reference.raw_scores(forest, nodes))
+    if forest.aggregation == "sum":
+        assert not folded.base_score.any()
+    else:  # the mean comes first: the base is added after it
+        assert_equal(folded.base_score, forest.base_score)
+
+
+@pytest.mark.parametrize("accumulation", ["float32", "float64"])
+def test_base_score_folds_in_the_accumulation_type(accumulation: str) -> None:
+    """The first add, base + leaf, is rounded in the accumulation type: 1 + 2**-30 is 1 in
+    float32 (XGBoost's sum), itself in float64."""
+    from treecomp import reference
+    from treecomp.passes import fold_base_score
+
+    leaf = 2.0**-30
+    tree = treecomp.Tree.build(
+        left_child=[1, -1, -1],
+        right_child=[2, -1, -1],
+        feature=[0, 0, 0],
+        threshold=[0.5, np.nan, np.nan],
+        value=[0.0, leaf, -leaf],
+    )
+    forest = treecomp.Forest(
+        trees=(tree,),
+        n_features=1,
+        n_outputs=1,
+        comparison="<",
+        base_score=np.array([1.0]),
+        accumulation=accumulation,
+    )
+    folded = fold_base_score(forest)
+    acc = np.float32 if accumulation == "float32" else np.float64
+    assert folded.trees[0].value[1, 0] == acc(1.0) + acc(leaf)
+    assert (folded.trees[0].value[1, 0] == 1.0) == (accumulation == "float32")
+    X = np.array([[0.0], [1.0]])
+    nodes = reference.leaf_nodes(forest, X)
+    assert_equal(reference.raw_scores(folded, nodes), reference.raw_scores(forest, nodes))

@@ -52,6 +52,38 @@ def thresholds_for(forest: Forest, precision: str) -> Forest:
     return float32_thresholds(forest) if precision == "float32" else forest
 
 
+def fold_base_score(forest: Forest) -> Forest:
+    """``forest`` with each output's base score added into the leaves of its first tree.
+
+    The native sum of a summing forest starts ``base + v0``: that step, rounded once in the
+    accumulation type, moves into the first tree's leaf values, and every later partial sum
+    is unchanged. The sum then starts at zero (``0 + v`` is ``v``, up to the sign of a zero),
+    so a graph needs no base-score term per row, and a compiled sum is one reduction fused
+    with the walk. Averaging forests (the base comes after the mean), forests of zero base
+    scores and forests with an output that no tree adds to are returned as they are.
+    """
+    if forest.aggregation != "sum" or not np.any(forest.base_score):
+        return forest
+    first: dict[int, tuple[int, int]] = {}  # output -> (tree, leaf column)
+    for t, tree in enumerate(forest.trees):
+        for w in range(tree.leaf_width):
+            first.setdefault(tree.output_index + w, (t, w))
+    if len(first) < forest.n_outputs:
+        return forest
+    acc = np.float32 if forest.accumulation == "float32" else np.float64
+    values: dict[int, npt.NDArray[np.float64]] = {}
+    for output, (t, w) in first.items():
+        tree = forest.trees[t]
+        value = values.setdefault(t, tree.value.copy())
+        leaves = tree.left_child < 0
+        value[leaves, w] = acc(forest.base_score[output]) + value[leaves, w].astype(acc)
+    trees = tuple(
+        dataclasses.replace(tree, value=values[t]) if t in values else tree
+        for t, tree in enumerate(forest.trees)
+    )
+    return dataclasses.replace(forest, trees=trees, base_score=np.zeros_like(forest.base_score))
+
+
 def fold_missing(
     trees: Sequence[Tree], *, less_equal: bool, dtype: Precision
 ) -> tuple[list[Tree], int] | None:

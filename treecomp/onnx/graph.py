@@ -175,7 +175,6 @@ def emit_module(
     if not scores:
         return None, None, ids
     tables = [group.leaf_value.numpy() for group in groups]
-    folded = _fold_base_score(module, groups, tables)
 
     def summed() -> str:
         values = []
@@ -185,11 +184,11 @@ def emit_module(
                 direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
                 g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
             values.append(direct)
-        return _emit_sum(g, module, forest, in_forest_order(values), base_folded=folded)
+        return _emit_sum(g, module, forest, in_forest_order(values))
 
     raw = None
     if operator_sums:
-        raw = _emit_operator_sums(g, module, forest, X, groups, tables, base_folded=folded)
+        raw = _emit_operator_sums(g, module, forest, X, groups, tables)
     elif large_batch_rows is not None and _tree_chain_layout(module, forest, groups) is not None:
         element = ELEMENT[forest.accumulation]
         if hasattr(groups[0], "plan_rows"):  # the leaf ids above keep the batch size's plan
@@ -199,7 +198,7 @@ def emit_module(
         def by_size() -> str:
             small = g.branch(summed, element)
             large = g.branch(
-                lambda: _emit_tree_chains(g, module, forest, X, groups[0], tables[0], folded),
+                lambda: _emit_tree_chains(g, module, forest, X, groups[0], tables[0]),
                 element,
             )
             few = g.op("Less", n, g.ints([large_batch_rows]))
@@ -213,9 +212,7 @@ def emit_module(
         single = None
         if forest.n_outputs == 1 and large_batch_rows > 1:
             single = g.branch(
-                lambda: _emit_operator_sums(
-                    g, module, forest, X, groups, tables, base_folded=folded
-                ),
+                lambda: _emit_operator_sums(g, module, forest, X, groups, tables),
                 element,
             )
         if single is None:
@@ -231,48 +228,11 @@ def emit_module(
     return raw, transformed, ids
 
 
-def _fold_base_score(
-    module: strategies.ForestModule, groups: list[Any], tables: list[np.ndarray]
-) -> bool:
-    """Add each output's base score to the leaves of its first contributing tree, in place.
-
-    The native sum starts ``base + v0``; rounding that once into the leaf values of the first
-    tree (in the accumulation type) leaves every later partial sum unchanged and saves
-    materialising a base-score column per row. Only for groups that say where a tree's leaf
-    rows are (``tree_rows``); returns False, changing nothing, when any group cannot.
-    """
-    if module.average:
-        return False
-    width = module.leaf_width
-    first = module.steps[0].numpy()  # step 0 of each output: the flat tree * width + w column
-    if (first >= module.n_trees * width).any():  # an output without trees
-        return False
-    where = {}  # forest tree -> (group, local index)
-    for i, group in enumerate(groups):
-        for local, tree in enumerate(group.columns.tolist()):
-            where[tree] = (i, local)
-    plans = []
-    for output, column in enumerate(first.tolist()):
-        i, local = where[column // width]
-        rows = groups[i].tree_rows(local) if hasattr(groups[i], "tree_rows") else None
-        if rows is None:
-            return False
-        plans.append((i, rows, column % width, module.base_score[output, 0].item()))
-    for i in {i for i, *_ in plans}:
-        tables[i] = tables[i].copy()
-    for i, rows, w, base in plans:
-        table = tables[i]
-        table[rows, w] = table.dtype.type(base) + table[rows, w]
-    return True
-
-
 def _emit_sum(
     g: GraphBuilder,
     module: strategies.ForestModule,
     forest: Forest,
     values: str,
-    *,
-    base_folded: bool = False,
 ) -> str:
     """Base score plus every ``(N, trees, width)`` leaf value, in the native order and type.
 
@@ -303,7 +263,7 @@ def _emit_sum(
     if module.average:
         terms = g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None)
         return _emit_mean(g, module, scan_last(terms))
-    if base_folded:
+    if module.zero_start:  # the base folded into the first trees' leaves, or zero
         return scan_last(g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None))
     start = g.op("Expand", g.const(module.base_score.reshape(1, -1)), g.rows_by(k))
     if module.steps_in_order:
@@ -340,7 +300,6 @@ def _emit_tree_chains(
     X: str,
     group: Any,
     table: np.ndarray,
-    base_folded: bool,
 ) -> str:
     """The raw sums from one tree operator node per tree, added by a chain of ``Add`` nodes
     per output in tree order, in the table's (the accumulation) type: the native sum, on any
@@ -354,7 +313,7 @@ def _emit_tree_chains(
     """
     values = group.emit_tree_values(g, X, table)
     k = forest.n_outputs
-    base = None if module.average or base_folded else module.base_score.numpy()  # (k, 1)
+    base = None if module.zero_start else module.base_score.numpy()  # (k, 1)
 
     def chain(terms: list[str], start: np.ndarray | None) -> str:
         total = terms[0] if start is None else g.op("Add", g.const(start), terms[0])
@@ -384,8 +343,6 @@ def _emit_operator_sums(
     X: str,
     groups: list[Any],
     tables: list[np.ndarray],
-    *,
-    base_folded: bool,
 ) -> str | None:
     """The raw sums added by one tree-operator node, each output a target, or None where the
     forest does not allow it (see ``TreeEnsemble.emit_sums``).
@@ -400,7 +357,7 @@ def _emit_operator_sums(
     group = groups[0]
     if not np.array_equal(group.columns.numpy(), np.arange(forest.n_trees)):
         return None
-    if not (module.average or base_folded or not module.base_score.any()):
+    if not module.zero_start:
         return None
     targets = np.array([tree.output_index for tree in forest.trees], dtype=np.int64)
     sums = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
