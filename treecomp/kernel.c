@@ -363,5 +363,12 @@ DEFINE_WALK(treecomp_walk_f32_f64, float, double, step_f32)
 DEFINE_WALK(treecomp_walk_f64_f32, double, float, step_f64)
 DEFINE_WALK(treecomp_walk_f64_f64, double, double, step_f64)
 
+/* The C library's exp of each of n doubles: the float64 links' exp as the native libraries
+   call it (treecomp.reference.libm_exp), at C speed. Built without fast-math, so each call
+   stays the library's scalar exp. */
+void treecomp_exp(const double *x, double *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = exp(x[i]);
+}
+
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 5; }
+int treecomp_kernel_abi(void) { return 6; }

@@ -40,7 +40,7 @@ from treecomp.passes import fold_missing, thresholds_for
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 5
+ABI = 6
 # A tree is perfect (heap-ordered) throughout where it has at most DENSE_LEVELS levels, or
 # where that pads it to at most PADDING slots a node and MAX_PERFECT_LEVELS levels; see
 # perfect_levels.
@@ -226,12 +226,30 @@ class Tables(ctypes.Structure):
 
 
 def _declare(library: ctypes.CDLL) -> None:
+    library.treecomp_exp.restype = None
+    library.treecomp_exp.argtypes = [_P, _P, _I64]
     for cmp in ("f32", "f64"):
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
             function.restype = ctypes.c_int
             # The rows and their count, the tables, then where sums or leaves go.
             function.argtypes = [_P, _I64, ctypes.POINTER(Tables), _P, _P]
+
+
+# Below this many values a link's exp runs in Python (reference.libm_exp): a ctypes call
+# costs more.
+C_EXP_VALUES = 64
+
+
+def libm_exp(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """:func:`treecomp.reference.libm_exp` in C, for large arrays: 100 000 values in
+    about 0.5 ms instead of 10."""
+    if x.size < C_EXP_VALUES:
+        return reference.libm_exp(x)
+    values = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(values)
+    load_kernel().treecomp_exp(values.ctypes.data, out.ctypes.data, values.size)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,7 +517,7 @@ class KernelEngine:
             divisor, base = self._average
             raw /= divisor
             raw += base
-        transformed = reference.transform(forest.post_transform, raw)
+        transformed = reference.transform(forest.post_transform, raw, libm_exp)
         return raw.astype(np.float64), np.asarray(transformed, dtype=np.float64)
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:

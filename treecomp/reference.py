@@ -7,6 +7,9 @@ semantics documented in :mod:`treecomp.ir`. Inputs must already be prepared by
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -94,23 +97,31 @@ def raw_scores(forest: Forest, nodes: npt.NDArray[np.int64]) -> npt.NDArray[np.f
     return out
 
 
-def transform(post: PostTransform, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-    """Apply a post-transform to raw scores ``(n_rows, n_outputs)``, in their precision."""
+def transform(
+    post: PostTransform,
+    raw: npt.NDArray[np.floating],
+    exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]] | None = None,
+) -> npt.NDArray[np.floating]:
+    """Apply a post-transform to raw scores ``(n_rows, n_outputs)``, in their precision.
+
+    ``exp``: the C library's double exp over an array (default :func:`libm_exp`; the kernel
+    has a faster one)."""
     kind, scale = post.kind, post.scale
+    exp = exp or libm_exp
     with np.errstate(over="ignore"):
         if kind == "identity":
             return raw
         if raw.dtype == np.float32 and kind in ("sigmoid", "softmax", "exp"):
             return _xgboost_float32_link(kind, scale, raw)
         if kind == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-scale * raw))
+            return _sigmoid(scale * raw, exp)
         if kind == "softmax":
-            shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
+            shifted = exp(raw - raw.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
         if kind == "exp":
-            return np.exp(raw)
+            return exp(raw)
         if kind == "softplus":
-            return np.log1p(np.exp(raw))
+            return np.log1p(exp(raw))
         if kind == "signed_square":
             return np.sign(raw) * raw * raw
         if kind == "isolation":
@@ -119,6 +130,35 @@ def transform(post: PostTransform, raw: npt.NDArray[np.floating]) -> npt.NDArray
             ratio = raw / scale if scale != 0 else np.ones_like(raw)
             return -np.power(2.0, -ratio)
     raise ValueError(f"unknown post-transform {kind!r}")
+
+
+# exp(x) is inf from here on; Python's math.exp raises OverflowError instead.
+EXP_OVERFLOW = math.log(np.finfo(np.float64).max)
+
+
+def libm_exp(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """The C library's double ``exp``, element-wise: what scikit-learn (Cython), SciPy and
+    LightGBM (C++) call for their float64 links. NumPy's own float64 exp is another
+    implementation where it runs its AVX-512 code: there it differs by an ulp on 4.6 % of
+    normal inputs (200 000 measured on an AMD EPYC), enough to move a probability."""
+    flat = np.asarray(x, dtype=np.float64).reshape(-1).tolist()
+    exp, top = math.exp, EXP_OVERFLOW
+    values = [math.inf if v > top else exp(v) for v in flat]  # NaN passes through exp
+    return np.array(values, dtype=np.float64).reshape(np.shape(x))
+
+
+def _sigmoid(
+    z: npt.NDArray[np.floating], exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]]
+) -> npt.NDArray[np.float64]:
+    """``1 / (1 + exp(-z))`` with the C library's exp (SciPy's ``expit``, which
+    scikit-learn's binary links call, computes exactly this, and fast, where it is
+    installed; LightGBM writes the same with ``z = sigmoid * raw``)."""
+    try:
+        from scipy.special import expit
+    except ImportError:
+        return 1.0 / (1.0 + exp(-np.asarray(z, dtype=np.float64)))
+    out: npt.NDArray[np.float64] = expit(np.asarray(z, dtype=np.float64))
+    return out
 
 
 def _expf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from treecomp import reference
 from treecomp.inputs import Precision, check_positive, check_shape, check_values, integer_target
 from treecomp.ir import Forest, tree_depths
 from treecomp.passes import thresholds_for
@@ -510,6 +511,12 @@ class TorchEngine:
     def scores(self, X: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         k = self.forest.n_outputs
         raw, transformed = self._run(X, self._forward, [k, k], np.float64)
+        post = self.forest.post_transform
+        package_cpp = self.compiled and self.device.type == "cpu"
+        if not package_cpp and post.kind != "identity" and self.forest.accumulation == "float64":
+            # torch's double exp (SLEEF, Triton) differs from the C library's, which the
+            # native libraries call, by an ulp; a CPU package's C++ calls the library's own.
+            transformed = reference.transform(post, raw)
         return raw, transformed
 
     def prepare_tensor(self, X: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from treecomp import reference
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir import Forest
@@ -97,8 +98,12 @@ class OnnxEngine:
         if transforms is not None:
             self.options["transforms"] = transforms
         k = forest.n_outputs
+        # float64 links run on the raw sums, after the graph: with the C library's exp, as
+        # the native libraries do theirs (ONNX Runtime's double Exp differs by an ulp).
         identity = forest.post_transform.kind == "identity"
-        self._score_outputs = (["raw"], [k]) if identity else (["raw", "transformed"], [k, k])
+        self._link_after = not identity and forest.accumulation == "float64"
+        raw_only = identity or self._link_after
+        self._score_outputs = (["raw"], [k]) if raw_only else (["raw", "transformed"], [k, k])
         self.providers = providers
         self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
         self.session = self._session(self.model)
@@ -234,15 +239,17 @@ class OnnxEngine:
         and builds no graph for small batches: :class:`treecomp.tiered.TieredEngine`)."""
         if large_plan:
             outputs = self._run(lambda rows: self.session, *self._score_outputs, X, np.float64)
-            return outputs[0], outputs[-1]
-        # float32 sums come out float32 and are widened (exactly) as they are copied out:
-        # cheaper than in the graph.
-        if X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:
-            # One row, as treecomp.inputs.prepare gives it: straight to its session.
+        elif X.shape[0] == 1 and X.dtype == self._dtype and X.flags.c_contiguous:
+            # One row, as treecomp.inputs.prepare gives it: straight to its session. float32
+            # sums come out float32 and are widened (exactly) as they are copied out: cheaper
+            # than in the graph.
             outputs = self._call(self._scores_session(1), self._score_outputs[0], X)
-            raw = outputs[0].astype(np.float64, copy=False)
-            return raw, raw if len(outputs) == 1 else outputs[1].astype(np.float64, copy=False)
-        outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
+            outputs = [out.astype(np.float64, copy=False) for out in outputs]
+        else:
+            outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
+        if self._link_after:
+            linked = reference.transform(self.forest.post_transform, outputs[0])
+            return outputs[0], np.asarray(linked, dtype=np.float64)
         return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
 
 
