@@ -115,6 +115,21 @@ def test_compiled_sum_adds_in_order_past_inductors_cascade(start: bool) -> None:
     assert_equal(got.numpy(), want)
 
 
+def test_scalar_code_only_leaves_inductors_isa_list_as_it_was() -> None:
+    """During our compiles inductor sees no vector ISA (it probes none, and picks the scalar
+    code it would pick anyway); afterwards, even after an error, its own list is back."""
+    from torch._inductor import cpu_vec_isa
+
+    from treecomp.torch_backend import scalar_code_only
+
+    listed = cpu_vec_isa.valid_vec_isa_list
+    with pytest.raises(KeyError), scalar_code_only():
+        assert cpu_vec_isa.valid_vec_isa_list() == []
+        assert not cpu_vec_isa.pick_vec_isa()  # the invalid ISA: scalar code
+        raise KeyError("a failed compile")
+    assert cpu_vec_isa.valid_vec_isa_list is listed
+
+
 def test_compile_needs_a_cpp_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """To build a package (a cached one loads without: tests/test_faults.py)."""
     import torch._inductor.config as inductor_config

@@ -194,6 +194,7 @@ def test_libm_exp_is_the_c_librarys() -> None:
 
     x = np.random.default_rng(0).normal(0, 20, 5000)
     x[:6] = [np.nan, np.inf, -np.inf, 710.0, -750.0, 0.0]
+
     def exp(v: float) -> float:
         try:
             return math.exp(v)

@@ -132,16 +132,11 @@ def check_compiler(device: torch.device) -> None:
 # a reduction's terms in order (strategies.forest_module.sequential_sum): a vectorised one
 # adds lanes of partial sums.
 #
-# First compile of 500 trees of depth 8 in a fresh cache, 20.5 s before the next two: scalar
-# code needs no vector ISA, but inductor probes each one the CPU lists by compiling and
-# loading a test library (6.8 s); vec_isa_ok trusts the CPU's flags instead, and the same
-# scalar code is generated (the probe's answers, cached per process, are dropped afterwards:
-# see _isa_probe_kept). The wrapper, which only calls the kernels, compiles at -O0 (3.6 s
-# instead of 4.3 s). Now 10.8 s, 4 s more where inductor's precompiled header is not built.
+# The wrapper, which only calls the kernels, compiles at -O0: 3.6 s instead of 4.3 s in the
+# first compile of 500 trees of depth 8 (see also scalar_code_only).
 INDUCTOR_OPTIONS: dict[str, Any] = {
     "assert_indirect_indexing": False,
     "cpp.simdlen": 1,
-    "cpp.vec_isa_ok": True,
     "aot_inductor.compile_wrapper_opt_level": "O0",
     "aot_inductor.check_lowerbound": False,
 }
@@ -295,19 +290,24 @@ def checks_always_on() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _isa_probe_kept() -> Iterator[None]:
-    """Leave inductor's per-process list of usable vector ISAs as it was: one computed under
-    ``cpp.vec_isa_ok`` (:data:`INDUCTOR_OPTIONS`) is forgotten, so the process's own
-    ``torch.compile`` calls still probe what the compiler can build."""
+def scalar_code_only() -> Iterator[None]:
+    """Inductor, compiling in this block, is told the CPU has no vector ISA.
+
+    Our code is scalar (``cpp.simdlen`` 1, :data:`INDUCTOR_OPTIONS`), which is what inductor
+    then picks anyway, but it first lists the CPU's ISAs, and the first time in a process
+    it probes each by compiling and loading test libraries: 7.9 s of a 20.5 s first compile
+    of 500 trees in a fresh cache. Its own list (cached per process, for the process's other
+    compiles) is not touched; a compile another thread runs meanwhile gets scalar code too.
+    Entered inside :func:`checks_always_on`, whose lock allows one compile at a time.
+    """
     from torch._inductor import cpu_vec_isa
 
-    listed = getattr(cpu_vec_isa, "valid_vec_isa_list", None)
-    fresh = hasattr(listed, "cache_info") and listed.cache_info().currsize == 0  # type: ignore[union-attr]
+    listed = cpu_vec_isa.valid_vec_isa_list
+    cpu_vec_isa.valid_vec_isa_list = lambda: []  # type: ignore[assignment]
     try:
         yield
     finally:
-        if fresh:
-            listed.cache_clear()  # type: ignore[union-attr]
+        cpu_vec_isa.valid_vec_isa_list = listed
 
 
 def export_package(
@@ -345,7 +345,7 @@ def export_package(
                 exported, (example.to(device),), dynamic_shapes=({0: batch},)
             )
             _log.info("traced in %.1f s; generating and compiling C++", time.perf_counter() - start)
-            with checks_always_on(), _isa_probe_kept():
+            with checks_always_on(), scalar_code_only():
                 torch._inductor.aoti_compile_and_package(
                     program,
                     package_path=str(path),
