@@ -110,8 +110,18 @@ def test_compiled_sum_adds_in_order_past_inductors_cascade(start: bool) -> None:
     want = base.copy() if start else np.zeros_like(base)
     for step in range(steps):
         want += terms[:, step]
-    run = torch.compile(sequential_sum, options=INDUCTOR_OPTIONS, dynamic=False)
-    got = run(torch.from_numpy(base) if start else None, torch.from_numpy(terms))
+    # As in a package: the rows axis dynamic (with static rows 300x fewer than the terms,
+    # inductor would split the reduction between threads), on more threads than cores.
+    terms_t, base_t = torch.from_numpy(terms), torch.from_numpy(base)
+    torch._dynamo.mark_dynamic(terms_t, 3)
+    torch._dynamo.mark_dynamic(base_t, 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        run = torch.compile(sequential_sum, options=INDUCTOR_OPTIONS)
+        got = run(base_t if start else None, terms_t)
+    finally:
+        torch.set_num_threads(threads)
     assert_equal(got.numpy(), want)
 
 
