@@ -204,3 +204,25 @@ def test_libm_exp_is_the_c_librarys() -> None:
     want = np.array([exp(v) for v in x.tolist()])
     assert_equal(reference.libm_exp(x), want)
     assert_equal(kernel.libm_exp(x.reshape(50, 100)), want.reshape(50, 100))
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy", "kernel", "onnx", "torch", "exported"])
+def test_xgboost_binary_probabilities_are_natives_bits(backend: str) -> None:
+    """XGBoost's wrapper gives ``[1 - p, p]`` with ``1 - p`` subtracted in float32: so does
+    every backend and the exported ONNX file (in float64, a quarter of the rows differed)."""
+    model, X_test = fitted("xgboost_binary")
+    X = np.asarray(X_test, dtype=np.float64)
+    rng = np.random.default_rng(12)
+    X = np.concatenate([X + rng.normal(0, 0.05, X.shape) * np.abs(X) for _ in range(6)])
+    want = model.predict_proba(X)
+    if backend == "exported":
+        ort = pytest.importorskip("onnxruntime")
+        graph = treecomp.convert(model).to_onnx().SerializeToString()
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        names = [out.name for out in session.get_outputs()]
+        outputs = session.run(None, {session.get_inputs()[0].name: X.astype(np.float32)})
+        assert_equal(outputs[names.index("probabilities")], want)
+        return
+    cm = treecomp.convert(model, backend)
+    assert_equal(cm.predict_proba(X), want)
+    assert_equal(cm.predict_proba(X[:1]), want[:1])

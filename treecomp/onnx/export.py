@@ -214,6 +214,15 @@ def build_with_plan(
         g = GraphBuilder(precision, "input")
         # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
         X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
+    # A float32 binary classifier's 1 - p is subtracted in float32, as XGBoost's wrapper
+    # does, and the probabilities widened after (no more nodes than widening p first).
+    float32_pair = (
+        engine_outputs is None
+        and forest.task == "classifier"
+        and forest.proba_columns == 2
+        and forest.n_outputs == 1
+        and forest.accumulation == "float32"
+    )
     raw, transformed, leaf_ids = emit_module(
         g,
         module,
@@ -221,7 +230,8 @@ def build_with_plan(
         X,
         scores=engine_outputs != "leaf_ids",
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
-        widen=engine_outputs is None,  # the onnx backend widens float32 sums itself
+        # the onnx backend widens float32 sums itself
+        widen=engine_outputs is None and not float32_pair,
         operator_sums=one_thread,
         large_batch_rows=large_batch_rows if engine_outputs is None else None,
     )
@@ -253,7 +263,12 @@ def build_with_plan(
     elif forest.task == "classifier":
         assert forest.classes is not None and raw is not None and transformed is not None
         proba = transformed
-        if forest.proba_columns == 2 and k == 1:
+        if float32_pair:
+            raw = g.op("Cast", raw, to="float64")
+            one = g.const(np.array(1.0, np.float32))
+            pair = g.op("Concat", g.op("Sub", one, transformed), transformed, axis=1)
+            proba = g.op("Cast", pair, to="float64")
+        elif forest.proba_columns == 2 and k == 1:
             proba = g.op(
                 "Concat", g.op("Sub", g.const(np.array(1.0)), transformed), transformed, axis=1
             )
