@@ -226,3 +226,18 @@ def test_xgboost_binary_probabilities_are_natives_bits(backend: str) -> None:
     cm = treecomp.convert(model, backend)
     assert_equal(cm.predict_proba(X), want)
     assert_equal(cm.predict_proba(X[:1]), want[:1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy", "kernel", "onnx", "torch"])
+def test_random_forest_probabilities_are_natives_bits(backend: str) -> None:
+    """A forest averages ``tree_.value`` as stored (scikit-learn 1.4 on), not re-divided by
+    its sum: fractions that do not add up to exactly 1 would change their last bits."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(3000, 8, n_informative=5, n_classes=5, random_state=0)
+    # Shallow trees: leaves of mixed classes, whose fractions rarely add up to exactly 1.
+    # n_jobs=None: scikit-learn adds the trees in their order (on threads, in any order).
+    model = ensemble.RandomForestClassifier(20, max_depth=4, random_state=0).fit(X[:2000], y[:2000])
+    X = X[2000:]
+    cm = treecomp.convert(model, backend)
+    assert_equal(cm.predict_proba(X), model.predict_proba(X))
