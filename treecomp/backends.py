@@ -136,7 +136,7 @@ class ReferenceEngine:
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         def score(rows: slice) -> list[npt.NDArray[Any]]:
             raw = reference.raw_scores(self.forest, reference.leaf_nodes(self.forest, X[rows]))
-            return [raw, reference.transform(self.forest.post_transform, raw)]
+            return [raw, reference.link(self.forest, raw)]
 
         k = self.forest.n_outputs
         raw, transformed = score_in_chunks(

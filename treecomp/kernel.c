@@ -370,5 +370,11 @@ void treecomp_exp(const double *x, double *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = exp(x[i]);
 }
 
+/* The C library's expf of each of n floats: XGBoost's float32 links call it, and it is not
+   the correctly rounded exp (treecomp.reference.libm_expf). */
+void treecomp_expf(const float *x, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+}
+
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
 int treecomp_kernel_abi(void) { return 6; }

@@ -226,8 +226,9 @@ class Tables(ctypes.Structure):
 
 
 def _declare(library: ctypes.CDLL) -> None:
-    library.treecomp_exp.restype = None
-    library.treecomp_exp.argtypes = [_P, _P, _I64]
+    for name in ("treecomp_exp", "treecomp_expf"):
+        getattr(library, name).restype = None
+        getattr(library, name).argtypes = [_P, _P, _I64]
     for cmp in ("f32", "f64"):
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
@@ -249,6 +250,16 @@ def libm_exp(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     values = np.ascontiguousarray(x, dtype=np.float64)
     out = np.empty_like(values)
     load_kernel().treecomp_exp(values.ctypes.data, out.ctypes.data, values.size)
+    return out
+
+
+def libm_expf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """:func:`treecomp.reference.libm_expf` in C, for large arrays."""
+    if x.size < C_EXP_VALUES:
+        return reference.libm_expf(x)
+    values = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(values)
+    load_kernel().treecomp_expf(values.ctypes.data, out.ctypes.data, values.size)
     return out
 
 
@@ -517,8 +528,8 @@ class KernelEngine:
             divisor, base = self._average
             raw /= divisor
             raw += base
-        transformed = reference.transform(forest.post_transform, raw, libm_exp)
-        return raw.astype(np.float64), np.asarray(transformed, dtype=np.float64)
+        transformed = reference.link(forest, raw, libm_exp, libm_expf)
+        return raw.astype(np.float64), transformed
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         nodes = np.empty((X.shape[0], self.forest.n_trees), dtype=np.int32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -97,22 +98,36 @@ def raw_scores(forest: Forest, nodes: npt.NDArray[np.int64]) -> npt.NDArray[np.f
     return out
 
 
+def link(
+    forest: Forest,
+    raw: npt.NDArray[np.floating],
+    exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]] | None = None,
+    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The forest's post-transform of its raw sums (in the accumulation type, or widened
+    from it), computed in the accumulation type as :func:`transform` does, as float64."""
+    acc = np.float32 if forest.accumulation == "float32" else np.float64
+    out = transform(forest.post_transform, raw.astype(acc, copy=False), exp, expf)
+    return np.asarray(out, dtype=np.float64)
+
+
 def transform(
     post: PostTransform,
     raw: npt.NDArray[np.floating],
     exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]] | None = None,
+    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]] | None = None,
 ) -> npt.NDArray[np.floating]:
     """Apply a post-transform to raw scores ``(n_rows, n_outputs)``, in their precision.
 
-    ``exp``: the C library's double exp over an array (default :func:`libm_exp`; the kernel
-    has a faster one)."""
+    ``exp`` and ``expf``: the C library's double and float exp over an array (default
+    :func:`libm_exp` and :func:`libm_expf`; the kernel has faster ones)."""
     kind, scale = post.kind, post.scale
     exp = exp or libm_exp
     with np.errstate(over="ignore"):
         if kind == "identity":
             return raw
         if raw.dtype == np.float32 and kind in ("sigmoid", "softmax", "exp"):
-            return _xgboost_float32_link(kind, scale, raw)
+            return _xgboost_float32_link(kind, scale, raw, expf or libm_expf)
         if kind == "sigmoid":
             return _sigmoid(scale * raw, exp)
         if kind == "softmax":
@@ -161,27 +176,51 @@ def _sigmoid(
     return out
 
 
-def _expf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    """C's expf, correctly rounded: the float64 exp rounded once to float32.
+_libm: Any = None
 
-    NumPy's own float32 exp is off by an ulp on many inputs, enough to move p == 0.5 ties.
-    """
-    return np.exp(x.astype(np.float64)).astype(np.float32)
+
+def libm_expf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """The C library's float ``expf``, element-wise: what XGBoost's float32 links call.
+
+    It is not the correctly rounded exp (the double exp rounded once to float32): glibc's
+    differs from it on 31 of 30 000 softmax probabilities of a 10-class XGBoost model.
+    NumPy's float32 exp is a third function, off by an ulp on many inputs. One call
+    through ctypes per value; where no C library is found (Windows), the correctly
+    rounded exp."""
+    global _libm
+    if _libm is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("m")
+        _libm = ctypes.CDLL(name) if name else False
+        if _libm:
+            _libm.expf.restype = ctypes.c_float
+            _libm.expf.argtypes = [ctypes.c_float]
+    values = np.asarray(x, dtype=np.float32)
+    if not _libm:
+        return np.exp(values.astype(np.float64)).astype(np.float32)
+    expf = _libm.expf
+    flat = [expf(v) for v in values.reshape(-1).tolist()]
+    return np.array(flat, dtype=np.float32).reshape(values.shape)
 
 
 def _xgboost_float32_link(
-    kind: str, scale: float, raw: npt.NDArray[np.floating]
+    kind: str,
+    scale: float,
+    raw: npt.NDArray[np.floating],
+    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]],
 ) -> npt.NDArray[np.floating]:
     """XGBoost's links, step by step in float32 (src/common/math.h)."""
     one = np.float32(1.0)
     if kind == "sigmoid":  # 1 / (expf(min(-x, 88.7)) + 1)
         clamped = np.minimum(-(raw * np.float32(scale)), np.float32(88.7))
-        out: npt.NDArray[np.floating] = one / (_expf(clamped) + one)
+        out: npt.NDArray[np.floating] = one / (expf(clamped) + one)
         return out
     if kind == "exp":
-        return _expf(raw)
+        return expf(raw)
     # softmax: expf(x - max), summed in double, divided by that sum rounded to float32.
-    e = _expf(raw - raw.max(axis=1, keepdims=True))
+    e = expf(raw - raw.max(axis=1, keepdims=True))
     total = np.cumsum(e.astype(np.float64), axis=1)[:, -1:].astype(np.float32)
     out = e / total
     return out

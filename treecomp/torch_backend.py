@@ -512,11 +512,14 @@ class TorchEngine:
         k = self.forest.n_outputs
         raw, transformed = self._run(X, self._forward, [k, k], np.float64)
         post = self.forest.post_transform
-        package_cpp = self.compiled and self.device.type == "cpu"
-        if not package_cpp and post.kind != "identity" and self.forest.accumulation == "float64":
-            # torch's double exp (SLEEF, Triton) differs from the C library's, which the
-            # native libraries call, by an ulp; a CPU package's C++ calls the library's own.
-            transformed = reference.transform(post, raw)
+        float64_link = self.forest.accumulation == "float64"
+        library_exp = self.compiled and self.device.type == "cpu" and float64_link
+        if post.kind != "identity" and not library_exp:
+            # torch's exp (SLEEF, Triton) differs from the C library's exp and expf, which
+            # the native libraries call, by an ulp, and so does the correctly rounded
+            # float32 exp of XGBoost's links in the module; a CPU package's C++ calls the
+            # library's double exp itself.
+            transformed = reference.link(self.forest, raw)
         return raw, transformed
 
     def prepare_tensor(self, X: torch.Tensor) -> torch.Tensor:

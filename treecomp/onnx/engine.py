@@ -98,12 +98,10 @@ class OnnxEngine:
         if transforms is not None:
             self.options["transforms"] = transforms
         k = forest.n_outputs
-        # float64 links run on the raw sums, after the graph: with the C library's exp, as
-        # the native libraries do theirs (ONNX Runtime's double Exp differs by an ulp).
-        identity = forest.post_transform.kind == "identity"
-        self._link_after = not identity and forest.accumulation == "float64"
-        raw_only = identity or self._link_after
-        self._score_outputs = (["raw"], [k]) if raw_only else (["raw", "transformed"], [k, k])
+        # Links run on the raw sums, after the graph, with the C library's exp and expf as
+        # the native libraries call them (ONNX Runtime's Exp differs by an ulp).
+        self._link_after = forest.post_transform.kind != "identity"
+        self._score_outputs = (["raw"], [k])
         self.providers = providers
         self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
         self.session = self._session(self.model)
@@ -248,8 +246,7 @@ class OnnxEngine:
         else:
             outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
         if self._link_after:
-            linked = reference.transform(self.forest.post_transform, outputs[0])
-            return outputs[0], np.asarray(linked, dtype=np.float64)
+            return outputs[0], reference.link(self.forest, outputs[0])
         return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
 
 
