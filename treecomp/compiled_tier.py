@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,10 +182,24 @@ class CompiledTier:
         command = [sys.executable, "-m", "treecomp.compiled_tier", json.dumps(spec)]
         # The child imports treecomp from where this process did.
         paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        # Its temporary files (inductor's and the compilers') in a folder of its own, which
+        # it removes if this process dies first (_watch_parent), and this process after it.
+        # Inductor's cache (the packages with it) stays where this process has it: by
+        # default it would follow TMPDIR into that folder.
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        scratch = tempfile.mkdtemp(prefix="treecomp-build-")
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+            "TORCHINDUCTOR_CACHE_DIR": cache_dir(),
+            "TMPDIR": scratch,
+            "TREECOMP_BUILD_SCRATCH": scratch,
+        }
         # Its log in a file with no name (deleted when closed, or when this process dies):
         # nothing is left behind however either process ends.
-        with tempfile.TemporaryFile() as log:
+        with contextlib.ExitStack() as cleanup, tempfile.TemporaryFile() as log:
+            cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
             child = subprocess.Popen(
                 command,
                 env=env,
@@ -250,6 +265,11 @@ def _watch_parent(fd: int) -> None:
             with contextlib.suppress(Exception):
                 for path in backend.package_dir().glob(f"*.{os.getpid()}.*.partial.pt2"):
                     path.unlink(missing_ok=True)
+        # Its scratch folder (see CompiledTier._build), before the signal below ends this
+        # process too: a compiler still running finds no folder to write into.
+        scratch = os.environ.get("TREECOMP_BUILD_SCRATCH")
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
         if hasattr(os, "killpg") and os.getpgrp() == os.getpid():  # our own session
             # SIGTERM: the compilers delete their temporary files as they end.
             os.killpg(os.getpid(), signal.SIGTERM)  # this process and its compiler workers
