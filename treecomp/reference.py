@@ -98,36 +98,34 @@ def raw_scores(forest: Forest, nodes: npt.NDArray[np.int64]) -> npt.NDArray[np.f
     return out
 
 
+# The C library's exp over an array, double or float (libm_exp, libm_expf, or the kernel's).
+Exp = Callable[[npt.NDArray[np.floating]], npt.NDArray[Any]]
+
+
 def link(
-    forest: Forest,
-    raw: npt.NDArray[np.floating],
-    exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]] | None = None,
-    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]] | None = None,
+    forest: Forest, raw: npt.NDArray[np.floating], exp: Exp | None = None, expf: Exp | None = None
 ) -> npt.NDArray[np.float64]:
-    """The forest's post-transform of its raw sums (in the accumulation type, or widened
-    from it), computed in the accumulation type as :func:`transform` does, as float64."""
+    """The forest's post-transform of raw scores ``(n_rows, n_outputs)`` (in the
+    accumulation type, or widened from it), computed in the accumulation type, as float64.
+
+    ``exp`` and ``expf``: the double and float exp to call (default :func:`libm_exp` and
+    :func:`libm_expf`; the kernel has faster ones)."""
+    if forest.post_transform.kind == "identity":
+        return np.asarray(raw, dtype=np.float64)
     acc = np.float32 if forest.accumulation == "float32" else np.float64
-    out = transform(forest.post_transform, raw.astype(acc, copy=False), exp, expf)
+    raw = raw.astype(acc, copy=False)
+    out = _transform(forest.post_transform, raw, exp or libm_exp, expf or libm_expf)
     return np.asarray(out, dtype=np.float64)
 
 
-def transform(
-    post: PostTransform,
-    raw: npt.NDArray[np.floating],
-    exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]] | None = None,
-    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]] | None = None,
+def _transform(
+    post: PostTransform, raw: npt.NDArray[np.floating], exp: Exp, expf: Exp
 ) -> npt.NDArray[np.floating]:
-    """Apply a post-transform to raw scores ``(n_rows, n_outputs)``, in their precision.
-
-    ``exp`` and ``expf``: the C library's double and float exp over an array (default
-    :func:`libm_exp` and :func:`libm_expf`; the kernel has faster ones)."""
+    """The post-transform of raw scores, in their precision."""
     kind, scale = post.kind, post.scale
-    exp = exp or libm_exp
     with np.errstate(over="ignore"):
-        if kind == "identity":
-            return raw
         if raw.dtype == np.float32 and kind in ("sigmoid", "softmax", "exp"):
-            return _xgboost_float32_link(kind, scale, raw, expf or libm_expf)
+            return _xgboost_float32_link(kind, scale, raw, expf)
         if kind == "sigmoid":
             return _sigmoid(scale * raw, exp)
         if kind == "softmax":
@@ -162,9 +160,7 @@ def libm_exp(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return np.array(values, dtype=np.float64).reshape(np.shape(x))
 
 
-def _sigmoid(
-    z: npt.NDArray[np.floating], exp: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]]
-) -> npt.NDArray[np.float64]:
+def _sigmoid(z: npt.NDArray[np.floating], exp: Exp) -> npt.NDArray[np.float64]:
     """``1 / (1 + exp(-z))`` with the C library's exp (SciPy's ``expit``, which
     scikit-learn's binary links call, computes exactly this, and fast, where it is
     installed; LightGBM writes the same with ``z = sigmoid * raw``)."""
@@ -209,7 +205,7 @@ def _xgboost_float32_link(
     kind: str,
     scale: float,
     raw: npt.NDArray[np.floating],
-    expf: Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float32]],
+    expf: Exp,
 ) -> npt.NDArray[np.floating]:
     """XGBoost's links, step by step in float32 (src/common/math.h)."""
     one = np.float32(1.0)

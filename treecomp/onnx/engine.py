@@ -98,9 +98,8 @@ class OnnxEngine:
         if transforms is not None:
             self.options["transforms"] = transforms
         k = forest.n_outputs
-        # Links run on the raw sums, after the graph, with the C library's exp and expf as
-        # the native libraries call them (ONNX Runtime's Exp differs by an ulp).
-        self._link_after = forest.post_transform.kind != "identity"
+        # The graphs give raw sums; links run after them, with the C library's exp and expf
+        # as the native libraries call them (ONNX Runtime's Exp differs by an ulp).
         self._score_outputs = (["raw"], [k])
         self.providers = providers
         self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
@@ -245,9 +244,7 @@ class OnnxEngine:
             outputs = [out.astype(np.float64, copy=False) for out in outputs]
         else:
             outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
-        if self._link_after:
-            return outputs[0], reference.link(self.forest, outputs[0])
-        return outputs[0], outputs[-1]  # an identity link: the graph outputs raw alone
+        return outputs[0], reference.link(self.forest, outputs[0])
 
 
 def make_engine(forest: Forest, *, precision: Precision, **options: Any) -> OnnxEngine:

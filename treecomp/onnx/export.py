@@ -230,8 +230,9 @@ def build_with_plan(
         X,
         scores=engine_outputs != "leaf_ids",
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
-        # the onnx backend widens float32 sums itself
+        # the onnx backend widens float32 sums and links them itself
         widen=engine_outputs is None and not float32_pair,
+        link=engine_outputs is None,
         operator_sums=one_thread,
         large_batch_rows=large_batch_rows if engine_outputs is None else None,
     )
@@ -255,23 +256,18 @@ def build_with_plan(
 
     if engine_outputs == "scores":
         sums = TensorProto.FLOAT if forest.accumulation == "float32" else TensorProto.DOUBLE
-        output("raw", raw, sums, ["N", k])
-        if transformed != raw:  # an identity link: the backend reads raw twice
-            output("transformed", transformed, sums, ["N", k])
+        output("raw", raw, sums, ["N", k])  # the backend links them (OnnxEngine.scores)
     elif engine_outputs == "leaf_ids":
         output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
     elif forest.task == "classifier":
         assert forest.classes is not None and raw is not None and transformed is not None
         proba = transformed
-        if float32_pair:
-            raw = g.op("Cast", raw, to="float64")
-            one = g.const(np.array(1.0, np.float32))
-            pair = g.op("Concat", g.op("Sub", one, transformed), transformed, axis=1)
-            proba = g.op("Cast", pair, to="float64")
-        elif forest.proba_columns == 2 and k == 1:
-            proba = g.op(
-                "Concat", g.op("Sub", g.const(np.array(1.0)), transformed), transformed, axis=1
-            )
+        if forest.proba_columns == 2 and k == 1:
+            one = g.const(np.array(1.0, np.float32 if float32_pair else np.float64))
+            proba = g.op("Concat", g.op("Sub", one, transformed), transformed, axis=1)
+            if float32_pair:  # widened after 1 - p
+                raw = g.op("Cast", raw, to="float64")
+                proba = g.op("Cast", proba, to="float64")
         labels, element = _class_constant(forest.classes)
         index = _label_index(g, forest, raw, proba)
         output("label", g.op("Gather", g.const(labels), index), element, ["N"])

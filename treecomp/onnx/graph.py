@@ -129,12 +129,15 @@ def emit_module(
     scores: bool = True,
     leaf_ids: bool = False,
     widen: bool = True,
+    link: bool = True,
     operator_sums: bool = False,
     large_batch_rows: int | None = None,
 ) -> tuple[str | None, str | None, str | None]:
     """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids).
 
     ``widen``: float32 sums come out as double (the serving outputs); else they stay float32.
+    ``link``: emit the post-transform (else ``transformed`` is None: the onnx backend links
+    the raw sums itself, with the C library's exp).
     ``operator_sums``: let the tree operator add the trees where it can
     (:func:`_emit_operator_sums`: exact on one thread only).
     ``large_batch_rows``: batches of this many rows or more take a tree operator node per
@@ -222,9 +225,11 @@ def emit_module(
             raw = g.op("If", one, then_branch=single, else_branch=g.branch(by_size, element))
     if raw is None:
         raw = summed()
-    transformed = _emit_transform(g, forest, raw)
+    transformed = _emit_transform(g, forest, raw) if link else None
     if forest.accumulation == "float32" and widen:
-        raw, transformed = g.op("Cast", raw, to="float64"), g.op("Cast", transformed, to="float64")
+        raw = g.op("Cast", raw, to="float64")
+        if transformed is not None:
+            transformed = g.op("Cast", transformed, to="float64")
     return raw, transformed, ids
 
 
