@@ -11,6 +11,7 @@ the model as DataFrames.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,28 @@ def test_libm_expf_is_the_c_librarys_in_c_and_python() -> None:
     x = np.random.default_rng(1).normal(0, 30, 20000).astype(np.float32)
     x[:5] = [np.nan, np.inf, -np.inf, 100.0, -120.0]
     assert_equal(kernel.libm_expf(x.reshape(100, 200)), reference.libm_expf(x).reshape(100, 200))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_nan_and_infinity_refused_and_huge_values_kept_in_batches_of_every_size(rows: int) -> None:
+    """A model that rejects NaN and infinity (GradientBoosting) rejects them in one row as in
+    many, naming which. Small batches are checked by the sum of their values, then
+    precisely: values whose sum is past the largest double are values, scored as natively
+    (HistGradientBoosting's forest, which reads doubles, made to reject infinity)."""
+    model, X_test = fitted("sklearn_gb")
+    cm = treecomp.convert(model)
+    X = np.resize(np.asarray(X_test, dtype=np.float64), (rows, np.shape(X_test)[1]))
+    for value in (np.nan, np.inf, -np.inf):
+        bad = X.copy()
+        bad[-1, 0] = value
+        with pytest.raises(ValueError, match="NaN" if np.isnan(value) else "infinity"):
+            cm.predict(bad)
+    model, X_test = fitted("sklearn_hgb_nan")
+    strict = treecomp.convert(dataclasses.replace(treecomp.parse(model), allow_inf=False))
+    huge = np.resize(np.asarray(X_test, dtype=np.float64), (rows, np.shape(X_test)[1]))
+    huge[:, :2] = 1.5e308
+    assert_equal(strict.predict(huge), model.predict(huge))
+    assert_close(strict.predict_proba(huge), model.predict_proba(huge), tolerance(model))
+    huge[-1, 1] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        strict.predict(huge)

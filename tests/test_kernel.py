@@ -19,7 +19,7 @@ import pytest
 import treecomp
 from tests.helpers import assert_equal, with_missing
 from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs
-from treecomp import kernel
+from treecomp import kernel, kernel_layout
 from treecomp.passes import fold_missing
 
 try:
@@ -57,7 +57,9 @@ def test_the_kernel_is_exact_on_the_zoo(name: str) -> None:
         compare_reference(cm, ref, rows)
 
 
-@pytest.mark.parametrize("name", ["xgboost_binary", "sklearn_hgb_nan", "lightgbm_multiclass"])
+@pytest.mark.parametrize(
+    "name", ["xgboost_binary", "sklearn_hgb_nan", "lightgbm_multiclass", "sklearn_rf"]
+)
 def test_every_block_shape_and_thread_count_gives_the_same_bits(name: str) -> None:
     """Blocks of 64 rows walk level by level, fewer than 4 rows one by one, a last block
     repeats its last row, and 512 rows or more split over the threads: every split of the
@@ -77,6 +79,132 @@ def test_every_block_shape_and_thread_count_gives_the_same_bits(name: str) -> No
                 assert_equal(cm.decision_function(X[:n]), expected[:n])
             else:
                 assert_equal(cm.predict(X[:n]), ref.predict(X[:n]))
+
+
+def many_trees(kind: str) -> tuple[Any, np.ndarray]:
+    """A forest of PARALLEL_TREES trees or more, whose rows under 4 are walked by two threads
+    (kernel.c's helper): XGBoost 3 classes (one-value leaves, 40 rounds of 3 trees), or a
+    random forest of 5 classes (five-value leaves); with NaN in the held-out rows."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = make_classification(600, 12, n_informative=6, n_classes=3 if kind == "xgb" else 5,
+                               random_state=0)  # fmt: skip
+    if kind == "xgb":
+        import xgboost
+
+        model: Any = xgboost.XGBClassifier(n_estimators=40, max_depth=4, n_jobs=1)
+        model.fit(with_missing(X, fraction=0.1, seed=2)[:-1], y)
+    else:
+        model = RandomForestClassifier(n_estimators=70, max_depth=7, random_state=0).fit(X, y)
+    assert treecomp.parse(model).n_trees >= PARALLEL_TREES
+    return model, with_missing(X[:60], fraction=0.2, seed=4)
+
+
+# kernel.c's PARALLEL_TREES: small batches of forests this large are walked by two threads.
+PARALLEL_TREES = 64
+
+
+@pytest.mark.parametrize("kind", ["xgb", "rf"])
+def test_two_threads_walking_a_row_give_one_threads_bits(kind: str) -> None:
+    """Rows under 4 of a large forest are walked by the caller and kernel.c's helper thread,
+    each taking trees as it goes; the leaves are then added in tree order: the same bits as
+    one thread and the reference, leaves and scores."""
+    model, X = many_trees(kind)
+    ref = treecomp.convert(model, "numpy")
+    method = "predict_proba"
+    one, two = (treecomp.convert(model, "kernel", n_threads=k) for k in (1, 2))
+    for n in (1, 2, 3):
+        for first in range(0, 30, n):
+            rows = X[first : first + n]
+            assert_equal(two.apply(rows), ref.apply(rows))
+            assert_equal(getattr(two, method)(rows), getattr(ref, method)(rows))
+            assert_equal(getattr(one, method)(rows), getattr(ref, method)(rows))
+
+
+def test_a_forked_child_walks_with_a_helper_of_its_own() -> None:
+    """The helper thread does not survive fork: a child of a process that used it scores
+    small batches exactly (with its own helper) instead of waiting for a thread it lacks."""
+    import multiprocessing
+
+    model, X = many_trees("xgb")
+    cm = treecomp.convert(model, "kernel", n_threads=2)
+    expected = treecomp.convert(model, "numpy").predict_proba(X[:20])
+    for i in range(20):  # the parent's helper is running, or spinning
+        cm.predict_proba(X[i : i + 1])
+    context = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, on purpose
+        with context.Pool(1) as pool:
+            got = pool.apply_async(_score_rows_one_by_one, (cm, X[:20])).get(timeout=60)
+    assert_equal(got, expected)
+
+
+def _score_rows_one_by_one(cm: Any, X: np.ndarray) -> np.ndarray:
+    return np.concatenate([cm.predict_proba(X[i : i + 1]) for i in range(len(X))])
+
+
+@pytest.mark.parametrize("name", ["xgboost_multiclass", "sklearn_rf", "many_xgb"])
+def test_small_batches_from_many_threads_each_get_their_own_answer(name: str) -> None:
+    """Batches of up to SMALL_ROWS rows go through each thread's buffers: callers on eight
+    threads get exactly their rows' answers, and an answer already handed back does not
+    change at the next call (and one caller at a time shares kernel.c's helper thread)."""
+    model, X_test = many_trees("xgb") if name == "many_xgb" else fitted(name)
+    X = np.asarray(X_test, dtype=np.float64)[:40]
+    cm = treecomp.convert(model, "kernel")
+    method = "predict_proba" if hasattr(cm, "predict_proba") else "predict"
+    expected = getattr(treecomp.convert(model, "numpy"), method)(X)
+    failures: list[str] = []
+
+    def caller(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        kept = []
+        for _ in range(150):
+            first = int(rng.integers(0, len(X) - kernel.SMALL_ROWS))
+            n = int(rng.integers(1, kernel.SMALL_ROWS + 1))
+            got = getattr(cm, method)(X[first : first + n])
+            kept.append((first, n, got))
+        for first, n, got in kept:
+            if not np.array_equal(got, expected[first : first + n]):
+                failures.append(f"thread {seed}: rows {first}..{first + n}")
+
+    threads = [threading.Thread(target=caller, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+
+
+def test_the_kernels_links_are_the_references() -> None:
+    """kernel.c's links (kernel.LINKS) against treecomp.reference.link, bit for bit, on
+    margins of every size, at the float32 sigmoid's clamp, and on NaN and infinities."""
+    from types import SimpleNamespace
+
+    from treecomp import reference
+    from treecomp.ir import PostTransform
+
+    library = kernel.load_kernel()
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, 88.7, -88.7, 88.70001, 104.0, -104.0, 745.0, -746.0, 1e-40]
+    special += [np.nan, np.inf, -np.inf]
+    for acc, kinds in kernel.LINKS.items():
+        dtype = np.float32 if acc == "f32" else np.float64
+        for kind, code in kinds.items():
+            for scale in (1.0, 0.7):
+                values = np.concatenate([rng.normal(0, 20, 3000), special, rng.normal(0, 1, 7)])
+                raw = values.astype(dtype).reshape(-1, 1 if kind != "softmax" else 4)
+                forest: Any = SimpleNamespace(
+                    post_transform=PostTransform(kind, scale),
+                    accumulation="float32" if acc == "f32" else "float64",
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    expected = reference.link(forest, raw)
+                out = np.empty(raw.shape)
+                function = getattr(library, f"treecomp_link_{acc}")
+                function(code, scale, raw.ctypes.data, out.ctypes.data, *raw.shape)
+                assert_equal(out, expected)
 
 
 @pytest.fixture
@@ -310,7 +438,7 @@ def test_child_pointer_walks_are_exact(
 ) -> None:
     """Below its perfect levels a tree walks child pointers, only the rows still moving
     (leaf-wise trees); here with no perfect level, or two, on every input of the zoo."""
-    monkeypatch.setattr(kernel, "MAX_PERFECT_LEVELS", perfect)
+    monkeypatch.setattr(kernel_layout, "MAX_PERFECT_LEVELS", perfect)
     model, X_test = fitted(name)
     forest = treecomp.parse(model)
     cm = treecomp.convert(model, "kernel")

@@ -298,6 +298,16 @@ def dtype_name(dtype: np.dtype[Any]) -> str:
     return _FLOAT_NAMES.get(dtype) or dtype.name
 
 
+def _all_finite(arr: npt.NDArray[np.floating]) -> bool:
+    """Whether every value of ``arr`` is finite, or (rarely) a sum of them overflows. A few
+    values are summed as Python floats: NaN and infinities carry through a sum, which
+    warns of nothing, in 0.6 us where ``np.isfinite(arr).all()`` takes 1.4-1.8 (of a 6 us
+    single-row call). The callers check precisely where this says no."""
+    if arr.size <= 256:
+        return math.isfinite(sum(arr.ravel().tolist()))
+    return bool(np.isfinite(arr).all())
+
+
 def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[np.floating]:
     """The exact values the trees compare against, in the dtype of ``precision``.
 
@@ -330,7 +340,7 @@ def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[n
                 arr = arr.astype(forest.input_dtype)
     # One pass where both are allowed or the batch is finite (the common case), the precise
     # check otherwise.
-    if not (forest.allow_nan and forest.allow_inf) and not np.isfinite(arr).all():
+    if not (forest.allow_nan and forest.allow_inf) and not _all_finite(arr):
         check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
     if not math.isnan(forest.missing_value):
         # Compared in the native dtype: XGBoost compares in float32.

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +33,13 @@ import numpy.typing as npt
 
 from treecomp import reference
 from treecomp.inputs import Precision, check_positive
-from treecomp.ir import Forest, Tree, tree_depths
-from treecomp.ir_shapes import heap_levels
+from treecomp.ir import Forest, tree_depths
+from treecomp.kernel_layout import lay_out
 from treecomp.passes import fold_missing, thresholds_for
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 6
-# A tree is perfect (heap-ordered) throughout where it has at most DENSE_LEVELS levels, or
-# where that pads it to at most PADDING slots a node and MAX_PERFECT_LEVELS levels; see
-# perfect_levels.
-DENSE_LEVELS = 10
-PADDING = 4
-MAX_PERFECT_LEVELS = 12
+ABI = 7
 # -mprefer-vector-width=256: the loops the compiler vectorises itself use 256-bit vectors
 # even where AVX-512 is there (kernel.c's own AVX-512 steps keep 512 bits). On Zen 4, whose
 # 512-bit gathers are split in two, 10 000 rows, 1 thread, ms, 512 / 256 bits: RandomForest
@@ -59,6 +52,9 @@ FLAGS = (
 # A batch is split over threads in slices of at least this many rows (4 blocks of the kernel):
 # below it a thread's start costs more than it saves.
 MIN_THREAD_ROWS = 256
+
+# Batches of at most this many rows go through each thread's buffers (KernelEngine._small_scores).
+SMALL_ROWS = 8
 
 
 class KernelUnavailable(RuntimeError):
@@ -212,14 +208,14 @@ class Tables(ctypes.Structure):
     argument of a call, and 22 of them took about 5 us of a one-row call."""
 
     _fields_ = [
-        *((name, _I64) for name in ("n_features", "n_used", "n_trees", "n_outputs")),
+        *((name, _I64) for name in ("n_features", "n_used", "n_trees", "n_outputs", "n_helpers")),
         *(
             (name, _P)
             for name in (
                 "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base",
                 "entry_base", "out_index", "width", "pfeature", "pthreshold", "entry",
                 "nfeature", "nthreshold", "child", "value_base", "values", "base",
-                "slot_base", "slot_values",
+                "slot_base", "slot_values", "node", "root",
             )
         ),
     ]  # fmt: skip
@@ -229,6 +225,16 @@ def _declare(library: ctypes.CDLL) -> None:
     for name in ("treecomp_exp", "treecomp_expf"):
         getattr(library, name).restype = None
         getattr(library, name).argtypes = [_P, _P, _I64]
+    for acc in ("f32", "f64"):
+        getattr(library, f"treecomp_link_{acc}").restype = None
+        getattr(library, f"treecomp_link_{acc}").argtypes = [
+            ctypes.c_int,
+            ctypes.c_double,
+            _P,
+            _P,
+            _I64,
+            _I64,
+        ]
     for cmp in ("f32", "f64"):
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
@@ -236,6 +242,10 @@ def _declare(library: ctypes.CDLL) -> None:
             # The rows and their count, the tables, then where sums or leaves go.
             function.argtypes = [_P, _I64, ctypes.POINTER(Tables), _P, _P]
 
+
+# The links kernel.c computes whole, by accumulation type (its LINK_ codes); the others run
+# as treecomp.reference.link, with the exps below.
+LINKS = {"f32": {"sigmoid": 1, "exp": 2, "softmax": 3}, "f64": {"sigmoid": 1, "exp": 2}}
 
 # Below this many values a link's exp runs in Python (reference.libm_exp): a ctypes call
 # costs more.
@@ -264,143 +274,6 @@ def libm_expf(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """:func:`treecomp.reference.libm_expf` in C, for large arrays."""
     out: npt.NDArray[np.float32] = _library_exp(x, np.float32, "treecomp_expf", reference.libm_expf)
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """A folded forest as the kernel's arrays (see ``kernel.c`` for their meaning).
-
-    Attributes:
-        compare, accumulate: NumPy dtypes of the tests and of the sums.
-        node_base: Each tree's first global node id (to map back to its own node ids).
-    """
-
-    compare: type[np.floating[Any]]
-    accumulate: type[np.floating[Any]]
-    used_column: npt.NDArray[np.int32]
-    used_kind: npt.NDArray[np.int8]
-    perfect_levels: npt.NDArray[np.int32]
-    rest_levels: npt.NDArray[np.int32]
-    perfect_base: npt.NDArray[np.int64]
-    entry_base: npt.NDArray[np.int64]
-    out_index: npt.NDArray[np.int32]
-    width: npt.NDArray[np.int32]
-    pfeature: npt.NDArray[np.int32]
-    pthreshold: npt.NDArray[Any]
-    entry: npt.NDArray[np.int32]
-    nfeature: npt.NDArray[np.int32]
-    nthreshold: npt.NDArray[Any]
-    child: npt.NDArray[np.int32]
-    value_base: npt.NDArray[np.int64]
-    values: npt.NDArray[Any]
-    node_base: npt.NDArray[np.int64]
-    slot_base: npt.NDArray[np.int64]
-    slot_values: npt.NDArray[Any]
-
-
-def perfect_levels(tree: Tree, depth: int) -> int:
-    """Top levels of ``tree`` laid out perfect, the rest walked by child pointers.
-
-    A perfect level is one vectorised step for every row of a block; a pointer level costs
-    more a row (the child is loaded too) but only rows still walking take it. Trees of at
-    most ``DENSE_LEVELS`` levels are perfect throughout however sparse (their tables stay
-    within 12 KiB); so are trees of at most ``MAX_PERFECT_LEVELS`` whose padding stays within
-    ``PADDING`` slots per node; deeper or sparser trees (leaf-wise growth) keep perfect the
-    top levels that are at least half full. 10 000 rows, 1 thread, ms: LightGBM's 300 trees
-    of 255 leaves (up to 37 levels) 438 with 10 perfect levels and no compaction, 233 with
-    10 and compaction, 150 to 156 with 4 to 6, 196 with none; XGBoost's depth-8 trees 60 all
-    perfect, 63 with 6, 101 with none; RandomForest's depth-12 trees 87 all perfect, 117
-    with 6; HistGradientBoosting's 31-leaf trees 24 to 28 with 4 to 8. With the permuted
-    top levels of kernel.c: XGBoost's 500 trees of depth 8, of which 141 are sparse (at most
-    63 nodes), 38.5 with the padding rule alone, 27.6 all perfect; HistGradientBoosting's
-    trees of 7 to 15 levels 22.8 and 18.7 with DENSE_LEVELS 10.
-    """
-    dense = depth <= DENSE_LEVELS or (1 << depth) - 1 <= PADDING * tree.n_nodes
-    if depth <= MAX_PERFECT_LEVELS and dense:
-        return depth
-    level, levels = np.array([0]), 0
-    while levels < min(depth, MAX_PERFECT_LEVELS):
-        internal = level[tree.left_child[level] >= 0]
-        if 2 * internal.size < (1 << levels):
-            break
-        level = np.concatenate([tree.left_child[internal], tree.right_child[internal]])
-        levels += 1
-    return levels
-
-
-def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision) -> Layout:
-    """The kernel's arrays of ``trees``, ``forest``'s trees folded with ``columns`` input
-    columns per feature (:func:`treecomp.passes.fold_missing`), tested in ``compare``."""
-    cmp_type = np.float32 if compare == "float32" else np.float64
-    acc_type = np.float32 if forest.accumulation == "float32" else np.float64
-    sizes = np.array([t.n_nodes for t in trees], dtype=np.int64)
-    node_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    internal = np.concatenate([t.left_child >= 0 for t in trees])
-    folded = np.concatenate([t.feature for t in trees]).astype(np.int64)
-    used, compact = np.unique(np.where(internal, folded, -1), return_inverse=True)
-    compact = compact - (1 if used.size and used[0] == -1 else 0)
-    used = used[used >= 0]
-    nfeature = np.where(internal, compact, 0).astype(np.int32)
-    nthreshold = np.concatenate([t.threshold for t in trees]).astype(cmp_type)
-    nthreshold[~internal] = 0
-    ids = np.arange(int(sizes.sum()), dtype=np.int32)
-    left = np.concatenate([t.left_child + b for t, b in zip(trees, node_base)]).astype(np.int32)
-    right = np.concatenate([t.right_child + b for t, b in zip(trees, node_base)]).astype(np.int32)
-    child = np.stack([np.where(internal, left, ids), np.where(internal, right, ids)], 1)
-    widths = np.array([t.leaf_width for t in trees], dtype=np.int32)
-    node_widths = np.repeat(widths, sizes)
-    value_base = np.concatenate([[0], np.cumsum(node_widths)[:-1]]).astype(np.int64)
-    values = np.concatenate([t.value.reshape(-1) for t in trees]).astype(acc_type)
-    depths = tree_depths(forest.trees)
-    levels = np.array([perfect_levels(t, int(d)) for t, d in zip(trees, depths)], np.int32)
-    pfeature, pthreshold, entry = [], [], []
-    perfect_base, entry_base = [], []
-    p_at = e_at = 0
-    for t in range(len(trees)):
-        # global ids of the slots of each perfect level, and of the level below them
-        *perfect, below = heap_levels(node_base[t : t + 1], left, right, ~internal, int(levels[t]))
-        slots = np.concatenate([level.reshape(-1) for level in perfect] or [np.zeros(0, np.int64)])
-        pfeature.append(nfeature[slots])
-        pthreshold.append(nthreshold[slots])
-        perfect_base.append(p_at)
-        entry_base.append(e_at)
-        p_at += (1 << int(levels[t])) - 1
-        e_at += below.size
-        entry.append(below.reshape(-1).astype(np.int32))
-    # Trees perfect throughout: their leaves' values by the slot of the last level.
-    slot_base, slot_values, at = np.full(len(trees), -1, np.int64), [], 0
-    for t, tree in enumerate(trees):
-        if depths[t] == levels[t]:
-            slot_base[t] = at
-            local = entry[t] - node_base[t]
-            slot_values.append(tree.value[local].reshape(-1).astype(acc_type))
-            at += slot_values[-1].size
-    empty_i32 = np.zeros(0, np.int32)
-    return Layout(
-        compare=cmp_type,
-        accumulate=acc_type,
-        used_column=(used // columns).astype(np.int32),
-        used_kind=(used % columns).astype(np.int8),
-        perfect_levels=levels,
-        rest_levels=(depths - levels).astype(np.int32),
-        perfect_base=np.array(perfect_base, np.int64),
-        entry_base=np.array(entry_base, np.int64),
-        out_index=np.array([t.output_index for t in trees], np.int32),
-        width=widths,
-        pfeature=np.concatenate(pfeature).astype(np.int32) if pfeature else empty_i32,
-        pthreshold=np.concatenate(pthreshold).astype(cmp_type)
-        if pthreshold
-        else np.zeros(0, cmp_type),
-        entry=np.concatenate(entry),
-        nfeature=nfeature,
-        nthreshold=nthreshold,
-        child=np.ascontiguousarray(child.reshape(-1), dtype=np.int32),
-        value_base=value_base,
-        values=values,
-        node_base=node_base,
-        slot_base=slot_base,
-        slot_values=np.concatenate(slot_values) if slot_values else np.zeros(1, acc_type),
-    )
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -432,6 +305,18 @@ def _address(array: npt.NDArray[Any]) -> int:
     return int(array.ctypes.data)
 
 
+class _Scratch:
+    """One thread's buffers for an engine's small batches: rows, sums and linked scores of
+    up to SMALL_ROWS rows, with their addresses."""
+
+    def __init__(self, engine: KernelEngine) -> None:
+        outputs, layout = engine.forest.n_outputs, engine.layout
+        self.rows = np.zeros((SMALL_ROWS, engine.forest.n_features), dtype=layout.compare)
+        self.raw = np.zeros((SMALL_ROWS, outputs), dtype=layout.accumulate)
+        self.out = np.zeros((SMALL_ROWS, outputs), dtype=np.float64)
+        self.rows_at, self.raw_at, self.out_at = map(_address, (self.rows, self.raw, self.out))
+
+
 class KernelEngine:
     """A forest laid out for the kernel, scoring NumPy rows (see :mod:`treecomp.kernel`).
 
@@ -459,6 +344,10 @@ class KernelEngine:
         cmp = "f32" if precision == "float32" else "f64"
         acc = "f32" if forest.accumulation == "float32" else "f64"
         self._walk = getattr(self.library, f"treecomp_walk_{cmp}_{acc}")
+        self._link_function = getattr(self.library, f"treecomp_link_{acc}")
+        post = forest.post_transform
+        code = LINKS[acc].get(post.kind)
+        self._link_code = None if code is None else (code, post.scale)
         average = forest.aggregation == "average"
         self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
             self.layout.accumulate
@@ -470,14 +359,16 @@ class KernelEngine:
             if average else None
         )  # fmt: skip
         L = self.layout
-        names = [field[0] for field in Tables._fields_[4:] if field[0] != "base"]
+        names = [field[0] for field in Tables._fields_[5:] if field[0] != "base"]
         arrays = {name: getattr(L, name) for name in names}
         self._tables = Tables(
             forest.n_features, L.used_column.size, L.out_index.size, forest.n_outputs,
+            int((n_threads or _cpus()) > 1),
             **{name: _address(array) for name, array in arrays.items()},
             base=_address(self._base),
         )  # fmt: skip
         self._tables_pointer = ctypes.pointer(self._tables)
+        self._local = threading.local()  # each thread's _Scratch
         self._threads = n_threads or _cpus()
         depth = int(tree_depths(forest.trees).max())
         perfect = int(self.layout.perfect_levels.max(initial=0))
@@ -525,14 +416,51 @@ class KernelEngine:
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         forest = self.forest
+        if X.shape[0] <= SMALL_ROWS and X.ndim == 2:
+            return self._small_scores(X)
         raw = np.empty((X.shape[0], forest.n_outputs), dtype=self.layout.accumulate)
         self._run(X, raw, None)
         if self._average is not None:  # as the reference does, after the sums
             divisor, base = self._average
             raw /= divisor
             raw += base
-        transformed = reference.link(forest, raw, libm_exp, libm_expf)
-        return raw.astype(np.float64), transformed
+        return raw.astype(np.float64), self._link(raw)
+
+    def _small_scores(
+        self, X: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """:meth:`scores` of at most SMALL_ROWS rows, through this thread's buffers, whose
+        addresses are known: an array's address costs a microsecond to ask (``.ctypes``),
+        and a one-row call asked four."""
+        n = X.shape[0]
+        if X.shape[1] != self._tables.n_features:
+            raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
+        scratch: _Scratch | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _Scratch(self)
+        scratch.rows[:n] = X
+        self._walk(scratch.rows_at, n, self._tables_pointer, scratch.raw_at, None)
+        raw = scratch.raw[:n]
+        if self._average is not None:
+            divisor, base = self._average
+            raw = raw / divisor
+            raw += base
+        elif self._link_code is not None:
+            kind, scale = self._link_code
+            self._link_function(kind, scale, scratch.raw_at, scratch.out_at, n, raw.shape[1])
+            return raw.astype(np.float64), scratch.out[:n].copy()
+        else:
+            raw = raw.copy()  # the link may return its input: never the buffer itself
+        return raw.astype(np.float64), self._link(raw)
+
+    def _link(self, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """The forest's link of ``raw`` (rows of sums in the accumulation type)."""
+        if self._link_code is None:
+            return reference.link(self.forest, raw, libm_exp, libm_expf)
+        out = np.empty(raw.shape, dtype=np.float64)
+        kind, scale = self._link_code
+        self._link_function(kind, scale, raw.ctypes.data, out.ctypes.data, *raw.shape)
+        return out
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         nodes = np.empty((X.shape[0], self.forest.n_trees), dtype=np.int32)

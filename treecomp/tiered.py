@@ -319,6 +319,8 @@ class TieredEngine:
                 return operator.scores(X)
             small = self.small_race
             side = small.choose()
+            if small.winner is not None:  # decided: nothing more to time
+                return (engine if side == tier.name else operator).scores(X)
             start = time.perf_counter()
             out = (engine if side == tier.name else operator).scores(X)
             small.record(side, time.perf_counter() - start, rows)

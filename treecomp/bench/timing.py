@@ -55,6 +55,10 @@ class FreshSettings:
     cold_caches: bool = False
 
 
+# Distinct batches a worker cycles through per batch size (see time_calls).
+MAX_VIEWS = 1_000
+
+
 class TooSlowError(Exception):
     """One call took longer than ``max_call_s``."""
 

@@ -24,15 +24,13 @@ import numpy as np
 from treecomp.bench.runners import SkippedError, make_runner
 from treecomp.bench.systems import parse_system
 from treecomp.bench.timing import (
+    MAX_VIEWS,
     TimingSettings,
     TooSlowError,
     max_abs_deviation,
     status_cell,
     time_calls,
 )
-
-# Distinct batches a worker cycles through per batch size (see time_calls).
-MAX_VIEWS = 1_000
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:
