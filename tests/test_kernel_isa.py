@@ -84,8 +84,8 @@ def test_every_instruction_set_gives_the_reference_bits(built_for: str, name: st
 
 def test_deep_perfect_levels_take_every_step(built_for: str) -> None:
     """A forest of complete trees of depth 7: levels 2-5 take the permuted steps (AVX-512;
-    AVX2 to level 4), levels 6 and 7 the plain loop; thresholds drawn so that every node
-    sends rows both ways."""
+    AVX2 to level 4; double comparisons to level 4, AVX-512 only), the levels below the
+    plain loop; thresholds drawn so that every node sends rows both ways."""
     rng = np.random.default_rng(7)
     X = rng.normal(size=(600, 6)).astype(np.float32)
     y = X @ rng.normal(size=6) + np.sin(3 * X[:, 0])
@@ -100,3 +100,7 @@ def test_deep_perfect_levels_take_every_step(built_for: str) -> None:
     assert_equal(cm.apply(rows), ref.apply(rows))
     assert_equal(cm.predict(rows), np.asarray(model.predict(rows.astype(np.float32))))
     compare_reference(cm, ref, rows)
+    doubles = treecomp.convert(model, "kernel", precision="float64")
+    ref = treecomp.convert(model, "numpy", precision="float64")
+    assert_equal(doubles.apply(rows), ref.apply(rows))
+    assert_equal(doubles.predict(rows), ref.predict(rows))

@@ -6,16 +6,16 @@
  * of the "used" columns: an input column, its negation, or 0 (NaN where the input is NaN).
  * NaN fails every test and goes right, which is the folded forest's missing-value rule.
  *
- * Layout of a tree t (see treecomp/kernel.py): its top perfect_levels[t] levels as a complete
- * binary tree in heap order (node i has children 2i+1, 2i+2), at perfect_base[t] in
- * pfeature/pthreshold; a position reached below them names a node of the forest through
- * entry[entry_base[t] + position]; from there rest_levels[t] levels walk child pointers
- * (child[2 node + right], leaves pointing to themselves). A leaf's values sit at
- * values[value_base[node]], width[t] of them, added to outputs out_index[t]... in tree order;
- * a tree perfect throughout (slot_base[t] >= 0) has them by slot instead, width[t] a slot
- * from slot_values[slot_base[t]], which saves two dependent loads a row and tree. Rows walked
- * alone (blocks of under SCALAR_ROWS rows) read the same nodes whole instead: node[i] holds
- * node i's threshold, column and children, and tree t starts at node root[t].
+ * Layout of a tree t (see treecomp/kernel_layout.py): its top perfect_levels[t] levels as a
+ * complete binary tree in heap order (node i has children 2i+1, 2i+2), at perfect_base[t]
+ * in pfeature/pthreshold; a position reached below them names a node of the forest through
+ * entry[entry_base[t] + position]. A node of the forest is node[i], whole: its threshold,
+ * column and children (a leaf's children are itself), one cache line a step; from the
+ * entry, rest_levels[t] levels walk them, and rows walked alone (blocks of under
+ * SCALAR_ROWS rows) walk them from the tree's root, node[root[t]]. A leaf's values sit at
+ * values[value_base[node]], width[t] of them, added to outputs out_index[t]... in tree
+ * order; a tree perfect throughout (slot_base[t] >= 0) has them by slot instead, width[t] a
+ * slot from slot_values[slot_base[t]], which saves two dependent loads a row and tree.
  *
  * One call walks its rows on the calling thread (treecomp/kernel.py splits a large batch
  * over threads, calling in parallel: the kernel keeps no state), except that a few rows of
@@ -145,10 +145,40 @@ static inline void step_f32(const float *xt, const int32_t *pf, const float *pt,
   }
 }
 
-/* The same for double comparisons: the plain loop. */
+/* The same for double comparisons. With AVX-512 (VL), a level of at most 16 nodes permutes
+ * its features and thresholds by the node's offset in the level, 8 rows at a time (a
+ * double's vector holds 8); other levels and other ISAs take the plain loop. */
 static inline void step_f64(const double *xt, const int32_t *pf, const double *pt, int d,
                             int32_t *at, int32_t mb) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  if (d <= 4) {
+    int32_t first = (1 << d) - 1, features[16] = {0};
+    double thresholds[16] = {0};
+    for (int32_t q = 0; q < (1 << d); q++) {
+      features[q] = pf[first + q] << BLOCK_SHIFT;
+      thresholds[q] = pt[first + q];
+    }
+    __m512i f = _mm512_loadu_si512(features);
+    __m512d s0 = _mm512_loadu_pd(thresholds), s1 = _mm512_loadu_pd(thresholds + 8);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i one = _mm256_set1_epi32(1), offset = _mm256_set1_epi32(first);
+    for (int32_t r = 0; r < mb; r += 8) {
+      __m256i i = _mm256_loadu_si256((const __m256i *)(at + r));
+      __m256i j = _mm256_sub_epi32(i, offset);
+      __m256i column =
+          _mm512_castsi512_si256(_mm512_permutexvar_epi32(_mm512_castsi256_si512(j), f));
+      __m512d s = _mm512_permutex2var_pd(s0, _mm512_cvtepi32_epi64(j), s1);
+      __m256i where = _mm256_add_epi32(column, _mm256_add_epi32(lane, _mm256_set1_epi32(r)));
+      __m512d x = _mm512_i32gather_pd(where, xt, 8);
+      __mmask8 right = _mm512_cmp_pd_mask(x, s, _CMP_NLT_UQ); /* !(x < s): NaN is true */
+      __m256i next = _mm256_add_epi32(_mm256_add_epi32(i, i), one);
+      _mm256_storeu_si256((__m256i *)(at + r), _mm256_mask_add_epi32(next, right, next, one));
+    }
+    return;
+  }
+#else
   (void)d;
+#endif
   for (int32_t r = 0; r < mb; r++) {
     int32_t i = at[r];
     at[r] = 2 * i + 1 + !(xt[pf[i] * BLOCK + r] < pt[i]);
@@ -302,9 +332,7 @@ static void share(shared_job *job) {
     const int64_t *perfect_base, *entry_base;                                                \
     const int32_t *out_index, *width, *pfeature;                                             \
     const CMP *pthreshold;                                                                   \
-    const int32_t *entry, *nfeature;                                                         \
-    const CMP *nthreshold;                                                                   \
-    const int32_t *child;                                                                    \
+    const int32_t *entry;                                                                    \
     const int64_t *value_base;                                                               \
     const ACC *values, *base;                                                                \
     const int64_t *slot_base;                                                                \
@@ -424,8 +452,8 @@ static void share(shared_job *job) {
         int32_t kept = 0;                                                                    \
         for (int32_t j = 0; j < n_live; j++) {                                               \
           int32_t r = live[j], i = at[r];                                                    \
-          int32_t next = f->child[2 * (int64_t)i +                                           \
-                                  !(xt[f->nfeature[i] * BLOCK + r] < f->nthreshold[i])];      \
+          const NAME##_node *p = f->node + i; /* one line: test and children */              \
+          int32_t next = p->child[!(xt[p->f * BLOCK + r] < p->s)];                           \
           at[r] = next;                                                                      \
           live[kept] = r;                                                                    \
           kept += next != i;                                                                 \
@@ -620,4 +648,4 @@ void treecomp_link_f64(int kind, double scale, const double *raw, double *out, i
 }
 
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 7; }
+int treecomp_kernel_abi(void) { return 8; }

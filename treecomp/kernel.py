@@ -39,7 +39,7 @@ from treecomp.passes import fold_missing, thresholds_for
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 7
+ABI = 8
 # -mprefer-vector-width=256: the loops the compiler vectorises itself use 256-bit vectors
 # even where AVX-512 is there (kernel.c's own AVX-512 steps keep 512 bits). On Zen 4, whose
 # 512-bit gathers are split in two, 10 000 rows, 1 thread, ms, 512 / 256 bits: RandomForest
@@ -214,7 +214,7 @@ class Tables(ctypes.Structure):
             for name in (
                 "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base",
                 "entry_base", "out_index", "width", "pfeature", "pthreshold", "entry",
-                "nfeature", "nthreshold", "child", "value_base", "values", "base",
+                "value_base", "values", "base",
                 "slot_base", "slot_values", "node", "root",
             )
         ),

@@ -1,6 +1,7 @@
 """A folded forest as ``kernel.c``'s arrays (see there for their meaning): the top levels of
-each tree perfect, in heap order, the rest by child pointers, and every node whole for rows
-walked alone. Built once per model and engine, in NumPy, in well under a second."""
+each tree perfect, in heap order, and every node whole (its test and children) for the
+levels below them and for rows walked alone. Built once per model and engine, in NumPy, in
+well under a second."""
 
 from __future__ import annotations
 
@@ -44,9 +45,6 @@ class Layout:
     pfeature: npt.NDArray[np.int32]
     pthreshold: npt.NDArray[Any]
     entry: npt.NDArray[np.int32]
-    nfeature: npt.NDArray[np.int32]
-    nthreshold: npt.NDArray[Any]
-    child: npt.NDArray[np.int32]
     value_base: npt.NDArray[np.int64]
     values: npt.NDArray[Any]
     node_base: npt.NDArray[np.int64]
@@ -150,9 +148,6 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
         if pthreshold
         else np.zeros(0, cmp_type),
         entry=np.concatenate(entry),
-        nfeature=nfeature,
-        nthreshold=nthreshold,
-        child=np.ascontiguousarray(child.reshape(-1), dtype=np.int32),
         value_base=value_base,
         values=values,
         node_base=node_base,
@@ -171,7 +166,8 @@ def node_dtype(compare: Any) -> np.dtype[np.void]:
 def whole_nodes(
     feature: npt.NDArray[np.int32], threshold: npt.NDArray[Any], child: npt.NDArray[np.int32]
 ) -> npt.NDArray[np.void]:
-    """Every node whole (one cache line a step for rows walked alone; see ``kernel.c``)."""
+    """Every node whole: one cache line a step below the perfect levels and for rows walked
+    alone (see ``kernel.c``)."""
     nodes = np.zeros(feature.size, dtype=node_dtype(threshold.dtype))
     nodes["s"], nodes["f"], nodes["child"] = threshold, feature, child.reshape(-1, 2)
     return nodes
