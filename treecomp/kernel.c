@@ -147,7 +147,8 @@ static inline void step_f32(const float *xt, const int32_t *pf, const float *pt,
 
 /* The same for double comparisons. With AVX-512 (VL), a level of at most 16 nodes permutes
  * its features and thresholds by the node's offset in the level, 8 rows at a time (a
- * double's vector holds 8); other levels and other ISAs take the plain loop. */
+ * double's vector holds 8); with AVX2, a level of at most 8 nodes, 4 rows at a time, a
+ * threshold moved as its two 32-bit halves; other levels and ISAs take the plain loop. */
 static inline void step_f64(const double *xt, const int32_t *pf, const double *pt, int d,
                             int32_t *at, int32_t mb) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -173,6 +174,43 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
       __mmask8 right = _mm512_cmp_pd_mask(x, s, _CMP_NLT_UQ); /* !(x < s): NaN is true */
       __m256i next = _mm256_add_epi32(_mm256_add_epi32(i, i), one);
       _mm256_storeu_si256((__m256i *)(at + r), _mm256_mask_add_epi32(next, right, next, one));
+    }
+    return;
+  }
+#elif defined(__AVX2__)
+  if (d <= 3) {
+    int32_t first = (1 << d) - 1, features[8] = {0};
+    double thresholds[8] = {0};
+    for (int32_t q = 0; q < (1 << d); q++) {
+      features[q] = pf[first + q] << BLOCK_SHIFT;
+      thresholds[q] = pt[first + q];
+    }
+    __m256i f = _mm256_loadu_si256((const __m256i *)features);
+    __m256 s0 = _mm256_castpd_ps(_mm256_loadu_pd(thresholds));
+    __m256 s1 = _mm256_castpd_ps(_mm256_loadu_pd(thresholds + 4));
+    const __m128i lane = _mm_setr_epi32(0, 1, 2, 3), offset = _mm_set1_epi32(first);
+    const __m128i one = _mm_set1_epi32(1), three = _mm_set1_epi32(3);
+    const __m256i halves = _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1);
+    const __m256i low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (int32_t r = 0; r < mb; r += 4) {
+      __m128i i = _mm_loadu_si128((const __m128i *)(at + r));
+      __m128i j = _mm_sub_epi32(i, offset);
+      __m128i column = _mm256_castsi256_si128(
+          _mm256_permutevar8x32_epi32(f, _mm256_castsi128_si256(j)));
+      /* threshold j of 8: halves 2(j & 3), 2(j & 3) + 1 of table j >> 2 */
+      __m256i jj = _mm256_cvtepu32_epi64(_mm_and_si128(j, three)); /* j & 3, 0, ... */
+      __m256i pair = _mm256_add_epi32(
+          _mm256_slli_epi32(_mm256_or_si256(jj, _mm256_slli_epi64(jj, 32)), 1), halves);
+      __m256d upper = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpgt_epi32(j, three)));
+      __m256d s = _mm256_blendv_pd(_mm256_castps_pd(_mm256_permutevar8x32_ps(s0, pair)),
+                                   _mm256_castps_pd(_mm256_permutevar8x32_ps(s1, pair)), upper);
+      __m128i where = _mm_add_epi32(column, _mm_add_epi32(lane, _mm_set1_epi32(r)));
+      __m256d x = _mm256_i32gather_pd(xt, where, 8);
+      /* !(x < s), all ones where true (NaN included), one 32-bit lane a row */
+      __m256i wide = _mm256_castpd_si256(_mm256_cmp_pd(x, s, _CMP_NLT_UQ));
+      __m128i right = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(wide, low));
+      __m128i next = _mm_add_epi32(_mm_add_epi32(i, i), one);
+      _mm_storeu_si128((__m128i *)(at + r), _mm_sub_epi32(next, right));
     }
     return;
   }
