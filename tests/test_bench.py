@@ -328,3 +328,48 @@ def test_fresh_records_leave_out_priming_and_failed_processes() -> None:
     assert (treecomp["first_ratio_to_native"], treecomp["rest_ratio_to_native"]) == (2.5, 5.0)
     assert treecomp["status"] == "error" and treecomp["processes"] == 2
     assert treecomp["error"] == "boom"
+
+
+def test_rounds_take_turns_and_report_the_median_of_their_medians(tmp_path: Path) -> None:
+    """--rounds 3: each system runs three times, the systems taking turns; a cell is the
+    median of its rounds' medians (kept in round_medians_s), its runs their sum."""
+    argv = ["--models", "tiny", "--batch-sizes", "1,8", "--systems", "native,treecomp-kernel"]
+    argv += ["--budget", "0.01", "--rounds", "3", "--out", str(tmp_path)]
+    output, progress = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(progress):
+        assert bench.main(argv) == 0
+    assert "treecomp-kernel round 3/3 ok" in progress.getvalue()
+    assert "Median over 3 rounds (the systems taking turns)" in output.getvalue()
+    doc = json.loads((tmp_path / bench.RESULTS_FILE).read_text())
+    assert doc["settings"]["rounds"] == 3
+    assert [(r["system"], r["batch"]) for r in doc["results"]] == [
+        (s, b) for s in ("native", "treecomp-kernel") for b in (1, 8)
+    ]
+    for record in doc["results"]:
+        assert record["status"] == "ok" and len(record["round_medians_s"]) == 3
+        assert record["median_s"] == statistics.median(record["round_medians_s"])
+        assert record["runs"] >= 15 and record["max_abs_dev"] <= 1e-6
+
+
+def test_a_failed_round_is_reported_as_it_failed() -> None:
+    from treecomp.bench.timing import merge_rounds
+
+    def result(status: str, *cells: dict[str, Any]) -> dict[str, Any]:
+        return {"status": status, "model": "m", "system": "s", "cells": list(cells)}
+
+    def ok(median: float) -> dict[str, Any]:
+        return {"batch": 1, "status": "ok", "median_s": median, "min_s": median / 2,
+                "runs": 5, "max_abs_dev": median, "label_mismatches": 0}  # fmt: skip
+
+    broken = {"batch": 1, "status": "error", "error": "boom"}
+    merged = merge_rounds([result("ok", ok(3.0)), result("ok", ok(1.0)), result("ok", ok(2.0))])
+    cell = merged["cells"][0]
+    assert (cell["median_s"], cell["min_s"], cell["runs"], cell["max_abs_dev"]) == (
+        2.0,
+        0.5,
+        15,
+        3.0,
+    )
+    assert merge_rounds([result("ok", ok(1.0)), result("ok", broken)])["cells"] == [broken]
+    crashed = result("error")
+    assert merge_rounds([result("ok", ok(1.0)), crashed]) is crashed

@@ -53,7 +53,7 @@ from treecomp.bench.systems import (
     System,
     resolve_systems,
 )
-from treecomp.bench.timing import MAX_VIEWS, FreshSettings, TimingSettings
+from treecomp.bench.timing import MAX_VIEWS, FreshSettings, TimingSettings, merge_rounds
 
 DEFAULT_BATCH_SIZES = (1, 1_000, 10_000, 100_000)
 QUICK_BATCH_SIZES = (1, 1_000, 10_000)
@@ -169,6 +169,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seconds of timed calls per cell, past --min-runs (default 1; --quick 0.1)",
     )
     parser.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="run each model's systems N times in turn, a fresh process each, and report "
+        "each cell's median over the rounds (the machine's speed drifts: taking turns "
+        "shares the drift; default 1)",
+    )
+    parser.add_argument(
         "--min-runs",
         type=_positive(int),
         default=5,
@@ -257,6 +266,7 @@ def run(args: argparse.Namespace) -> BenchRun:
         budget_s=args.budget or (0.1 if quick else 1.0),
         max_call_s=args.max_call_s or (2.0 if quick else 30.0),
         numpy_max_batch=args.numpy_max_batch,
+        rounds=args.rounds,
     )
     timeout_s = args.timeout or (120.0 if quick else 1200.0)
     fresh = None
@@ -314,7 +324,12 @@ def _gather(
     if fresh is None:
         bench.records = build_records(results, systems)
         models = list(dict.fromkeys(r["model"] for r in bench.records))
-        bench.table = format_tables(bench.records, models, [s.name for s in systems])
+        bench.table = format_tables(
+            bench.records,
+            models,
+            [s.name for s in systems],
+            rounds=bench.settings.get("rounds", 1),
+        )
         return
     primes = [r for r in results if r.get("prime")]
     bench.settings["caches"] = describe_caches(fresh, primes)
@@ -381,17 +396,30 @@ def _run_models(
                 out=out,
             )
             continue
+        rounds: dict[str, list[dict[str, Any]]] = {system.name: [] for system in systems}
+        for round_ in range(settings.rounds):  # the systems take turns, round after round
+            for k, system in enumerate(systems):
+                which = f" round {round_ + 1}/{settings.rounds}" if settings.rounds > 1 else ""
+                log(
+                    f"  [{len(results) + k + 1}/{total}] {spec.name} / {system.name}{which}",
+                    end=" ",
+                )
+                start = time.perf_counter()
+                result = run_system(
+                    prepared,
+                    system,
+                    batch_sizes,
+                    settings,
+                    directory=directory,
+                    timeout_s=timeout_s,
+                )
+                log(f"{result['status']} ({time.perf_counter() - start:.1f}s)")
+                rounds[system.name].append(result)
         for system in systems:
-            log(f"  [{len(results) + 1}/{total}] {spec.name} / {system.name}", end=" ")
-            start = time.perf_counter()
-            result = run_system(
-                prepared, system, batch_sizes, settings, directory=directory, timeout_s=timeout_s
-            )
-            log(f"{result['status']} ({time.perf_counter() - start:.1f}s)")
-            results.append(result)
-            if out is not None:
-                bench.records = build_records(results, systems)
-                write_json(bench, out)
+            results.append(merge_rounds(rounds[system.name]))
+        if out is not None:
+            bench.records = build_records(results, systems)
+            write_json(bench, out)
 
 
 def _run_fresh(

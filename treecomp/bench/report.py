@@ -49,6 +49,7 @@ def build_records(
                     "status": cell["status"],
                     "median_s": cell.get("median_s"),
                     "min_s": cell.get("min_s"),
+                    "round_medians_s": cell.get("round_medians_s"),
                     "runs": cell.get("runs"),
                     "first_call_s": cell.get("first_call_s"),
                     "ratio_to_fastest_peer": None,
@@ -147,7 +148,8 @@ def load_average() -> list[float] | None:
 # What each record of results.json holds, written into the file beside them.
 RECORD_FIELDS = {
     "status": "ok, error (see error) or skipped (a peer not installed, a batch not run)",
-    "median_s": "median seconds per call over `runs` timed calls, after warm-up; min_s too",
+    "median_s": "median seconds per call over `runs` timed calls, after warm-up; min_s too; "
+    "with --rounds, the median of the rounds' medians (round_medians_s)",
     "first_call_s": "the first call's seconds (a compiled system recompiles on a new shape)",
     "ratio_to_fastest_peer": "fastest peer's median_s / this median_s (peers: the run's "
     f"systems among {', '.join(PEERS)}); > 1: faster than every peer",
@@ -207,6 +209,7 @@ def format_tables(
     systems: Sequence[str],
     *,
     width: int = 150,
+    rounds: int = 1,
 ) -> str:
     """The timing table (model and batch rows, system columns) and the per-system details.
 
@@ -215,11 +218,19 @@ def format_tables(
         models: Model names, in row order.
         systems: System names, in column order.
         width: Columns are split into several tables to keep lines about this wide.
+        rounds: Rounds the systems took turns in (``--rounds``), whose medians' median
+            each cell shows.
     """
     by_key = {(r["model"], r["system"], r["batch"]): r for r in records}
     batches = sorted({r["batch"] for r in records})
+    median = (
+        "Median seconds per call"
+        if rounds == 1
+        else f"Median over {rounds} rounds (the systems taking turns) of each round's median "
+        "seconds per call"
+    )
     lines = [
-        "Median seconds per call; xR = fastest peer's median / this one's "
+        f"{median}; xR = fastest peer's median / this one's "
         f"(peers: {', '.join(s for s in systems if s in PEERS)}): R > 1 means faster than "
         "every peer.",
         "treecomp-* columns are shown without the 'treecomp-' prefix.",

@@ -7,6 +7,7 @@ calls, then timed calls on distinct batches until a run count and a time budget 
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ class TimingSettings:
         max_call_s: A batch whose first call takes longer is reported too slow, and the
             system's larger batches are skipped.
         numpy_max_batch: Largest batch the (slow) numpy backend is timed on.
+        rounds: Times each model's systems run in turn, a fresh process each
+            (:func:`merge_rounds`).
     """
 
     threads: int = 2
@@ -37,6 +40,7 @@ class TimingSettings:
     budget_s: float = 1.0
     max_call_s: float = 30.0
     numpy_max_batch: int = 1_000
+    rounds: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +129,35 @@ def max_abs_deviation(actual: np.ndarray, expected: np.ndarray) -> float:
 def status_cell(batch: int, status: str, error: str | None) -> dict[str, Any]:
     """The result cell of a batch size that was not timed: its status and why."""
     return {"batch": batch, "status": status, "error": error}
+
+
+def merge_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One system's worker results on one model, from rounds in which the systems took turns,
+    as one result: each cell's median over the rounds' medians (``round_medians_s`` keeps
+    them), its best call, its worst deviation and label mismatches. The machine's speed
+    drifts (on a shared 2-core VM, the same call took 44 to 80 ms within seconds); systems
+    taking turns share the drift, and the median of rounds keeps a slow minute from
+    deciding a ratio. A round that failed, or a cell that failed in any round, is
+    reported as it failed."""
+    failed = [r for r in results if r["status"] != "ok"]
+    if len(results) == 1 or failed:
+        return failed[0] if failed else results[0]
+    merged = dict(results[0], rounds=len(results))
+    merged["peak_rss_mb"] = max(r.get("peak_rss_mb") or 0.0 for r in results)
+    cells = []
+    for parts in zip(*(r["cells"] for r in results), strict=True):
+        bad = [c for c in parts if c["status"] != "ok"]
+        if bad:
+            cells.append(bad[0])
+            continue
+        cell = dict(parts[0])
+        cell["round_medians_s"] = [c["median_s"] for c in parts]
+        cell["median_s"] = statistics.median(cell["round_medians_s"])
+        cell["min_s"] = min(c["min_s"] for c in parts)
+        cell["runs"] = sum(c["runs"] for c in parts)
+        cell["max_abs_dev"] = max(c["max_abs_dev"] for c in parts)
+        if cell.get("label_mismatches") is not None:
+            cell["label_mismatches"] = max(c["label_mismatches"] for c in parts)
+        cells.append(cell)
+    merged["cells"] = cells
+    return merged
