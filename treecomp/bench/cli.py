@@ -358,7 +358,7 @@ def _run_models(
     dtype: str,
     fresh: FreshSettings | None = None,
 ) -> None:
-    total = len(specs) * len(systems)
+    total, done = len(specs) * len(systems) * settings.rounds, 0
     # --fresh times distinct rows in each of a process's batches; warm calls cycle through
     # up to MAX_VIEWS distinct batches, so there are held-out rows for that many single rows
     # (with one row held out, `--batch-sizes 1` timed the same row again and again, which
@@ -398,12 +398,10 @@ def _run_models(
             continue
         rounds: dict[str, list[dict[str, Any]]] = {system.name: [] for system in systems}
         for round_ in range(settings.rounds):  # the systems take turns, round after round
-            for k, system in enumerate(systems):
+            for system in systems:
                 which = f" round {round_ + 1}/{settings.rounds}" if settings.rounds > 1 else ""
-                log(
-                    f"  [{len(results) + k + 1}/{total}] {spec.name} / {system.name}{which}",
-                    end=" ",
-                )
+                done += 1
+                log(f"  [{done}/{total}] {spec.name} / {system.name}{which}", end=" ")
                 start = time.perf_counter()
                 result = run_system(
                     prepared,
