@@ -514,3 +514,47 @@ def test_the_race_on_large_batches_times_the_operator_on_a_slice(
         assert_close(cm.predict_proba(X), expected, "xgboost_float32")
     assert engine.race.winner is not None
     assert rows == [tiered.TRIAL_ROWS] * tiered.TRIALS  # the operator saw slices alone
+
+
+def test_tier_up_builds_each_row_types_engine_of_a_double_library() -> None:
+    """Under precision="auto" a double library's model scores float64 rows in one engine and
+    float32 rows in another, built at their first call; tier_up() builds both now, the
+    operator of each too, so no first call builds anything. Exact after it."""
+    from treecomp import tiered
+
+    model, X_test = fitted("lightgbm_binary_nan")
+    cm = treecomp.convert(model, n_threads=2)
+    assert set(cm._engines) == {"float64"}
+    assert cm.tier_up(120)
+    assert set(cm._engines) == {"float32", "float64"}
+    for engine in cm._engines.values():
+        assert isinstance(engine, tiered.TieredEngine) and engine.operator_state == "ready"
+    X = np.asarray(X_test, dtype=np.float64)
+    for rows in (X, X.astype(np.float32), X[:1].astype(np.float32)):
+        compare_native(model, cm, rows)
+    xgb_model, _ = fitted("xgboost_binary")  # reads float32: one engine serves both
+    xgb = treecomp.convert(xgb_model, n_threads=2)
+    assert xgb.tier_up(120) and set(xgb._engines) == {"float32"}
+
+
+def test_each_side_of_the_small_race_takes_its_trials_in_one_run() -> None:
+    """The small-batch race times all of one side's calls, then the other's: ONNX Runtime's
+    threads spin after its calls, so a kernel call right after one would be timed without
+    its helper thread's core. Large batches still alternate."""
+    from treecomp import tiered
+
+    def sides(race: tiered.Race, calls: int) -> str:
+        chosen = []
+        for _ in range(calls):
+            side = race.choose()
+            race.record(side, 1e-6 if side == "kernel" else 2e-6, 1)
+            chosen.append("k" if side == "kernel" else "o")
+        return "".join(chosen)
+
+    small = tiered.Race("kernel", trials=4, trial_rows=4, run=4)
+    assert sides(small, 10) == "kkkkoooo" + "kk" and small.winner == "kernel"
+    large = tiered.Race("kernel", trials=2, trial_rows=1)
+    assert sides(large, 5) == "kokok" and large.winner == "kernel"
+    engine = treecomp.convert(fitted("xgboost_binary")[0], n_threads=2)._engine
+    assert isinstance(engine, tiered.TieredEngine)
+    assert engine.small_race.run == tiered.SMALL_TRIALS

@@ -49,8 +49,14 @@ TRIALS = 3
 # kernel's first ten: 48 23 18 15 17 15 16 14 14 12; the operator's from its second: 22-27).
 TRIAL_ROWS = 512
 # Calls of fewer than KERNEL_FROM_ROWS rows each side makes before the faster serves them
-# (the best of each: one row's time varies with what the caches hold).
+# (the best of each: one row's time varies with what the caches hold), all of a side's in
+# one run: ONNX Runtime's threads spin on a core after each of its calls, so a kernel call
+# soon after one finds its helper thread without a core. LightGBM, one row, after
+# tier_up(), 3 processes each: sides alternating call by call, the kernel's best 38-44 us
+# against the operator's 29-35, which won; 8 calls a turn, the operator won 2 of 3; one
+# run a side, the kernel won 3 of 3 (19-20 us against 25-26), and then served 15-16 us.
 SMALL_TRIALS = 32
+SMALL_RUN = SMALL_TRIALS
 
 
 class Tier(Protocol):
@@ -99,12 +105,12 @@ class Operator(Engine, Protocol):
 class Race:
     """Which side scores large batches: the tier (named ``tier``) or ``"operator"``.
 
-    Each side in turn until both have TRIALS timings of TRIAL_ROWS rows in all, then the one
-    faster per row (the best of each, which a first call's warm-up does not skew). The
-    rules that pick a tier come from one CPU; on another the tier can lose (the compiled
-    HistGradientBoosting package, 200 trees of depth 7 to 15, on an AMD EPYC: 37-47 ms
-    against 31-36 ms in the operator at 10 000 rows), so the engine measures before it
-    commits.
+    Each side in turn (``run`` calls at a time) until both have TRIALS timings of TRIAL_ROWS
+    rows in all, then the one faster per row (the best of each, which a first call's warm-up
+    does not skew). The rules that pick a tier come from one CPU; on another the tier can
+    lose (the compiled HistGradientBoosting package, 200 trees of depth 7 to 15, on an AMD
+    EPYC: 37-47 ms against 31-36 ms in the operator at 10 000 rows), so the engine measures
+    before it commits.
 
     Attributes:
         tier: The tier's name (``"kernel"`` or ``"compiled"``).
@@ -112,9 +118,11 @@ class Race:
         winner: The side that serves from now on, once both have tried; else None.
     """
 
-    def __init__(self, tier: str, *, trials: int = TRIALS, trial_rows: int = TRIAL_ROWS) -> None:
+    def __init__(
+        self, tier: str, *, trials: int = TRIALS, trial_rows: int = TRIAL_ROWS, run: int = 1
+    ) -> None:
         self.tier = tier
-        self.n_trials, self.min_rows = trials, trial_rows
+        self.n_trials, self.min_rows, self.run = trials, trial_rows, run
         self.trials: dict[str, list[float]] = {tier: [], "operator": []}
         self.trial_rows = {tier: 0, "operator": 0}
         self.winner: str | None = None
@@ -126,7 +134,7 @@ class Race:
             return self.winner
         tier, operator = self.trials[self.tier], self.trials["operator"]
         if not (self._tried(self.tier) and self._tried("operator")):
-            return self.tier if len(tier) <= len(operator) else "operator"
+            return self.tier if len(tier) // self.run <= len(operator) // self.run else "operator"
         with self._lock:
             if self.winner is None:
                 fast = min(tier) <= min(operator)
@@ -219,7 +227,9 @@ class TieredEngine:
         # small batches too, on others (large tables, tiny forests) it loses. One row, us,
         # operator / kernel (AMD EPYC Zen 4, load 4): XGBoost 10 classes 101 / 43, LightGBM
         # 51 / 72, RandomForest 41 / 94, XGBoost 500 trees 33 / 31. So small batches race too.
-        self.small_race = Race(tier.name, trials=SMALL_TRIALS, trial_rows=SMALL_TRIALS)
+        self.small_race = Race(
+            tier.name, trials=SMALL_TRIALS, trial_rows=SMALL_TRIALS, run=SMALL_RUN
+        )
         self.operator = operator
         self.operator_state = "deferred" if operator is None else "ready"
         self._build_operator = build_operator
