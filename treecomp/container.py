@@ -253,12 +253,8 @@ class CompiledModel:
         does both now (a server warming up before it takes requests): a cached package
         loads in about a second, a build takes 10-60 s. It also builds now the operator's
         graphs that an engine built at a call defers (:func:`treecomp.tiered.make_engine`),
-        and, under ``precision="auto"`` where the kernel serves large batches (a second
-        engine then costs a layout and a graph, not a compile), the engine of each row
-        type's precision that is not built yet: a model of a double library has one for
-        float64 rows and one for float32 rows (and float64 rows of float32 numbers), else
-        built at its first call, its operator then built beside the first calls (LightGBM,
-        10 000 rows: 62 ms a call in a short run against 47 once built).
+        and, where the kernel serves large batches, a double library's engine for float32
+        rows under ``precision="auto"`` (else built at its first float32 call).
 
         Returns:
             Whether large batches now run compiled: False for other backends, forests
@@ -269,8 +265,7 @@ class CompiledModel:
 
         kernel = isinstance(self._engine, TieredEngine) and self._engine.tier.name == "kernel"
         if kernel and self.precision == "auto" and self.transforms is None:
-            for dtype in ("float32", "float64"):
-                self._engine_for(call_precision(self.forest, "auto", dtype))
+            self._engine_for("float32")  # float32 rows' engine; the default one is built
         engines = [e for e in list(self._engines.values()) if isinstance(e, TieredEngine)]
         results = [engine.tier_up(timeout) for engine in engines]
         return bool(results) and all(results)
