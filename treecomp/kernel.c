@@ -12,7 +12,7 @@
  * entry[entry_base[t] + position]. A node of the forest is node[i], whole: its threshold,
  * column and children (a leaf's children are itself), one cache line a step; from the
  * entry, rest_levels[t] levels walk them, and rows walked alone (blocks of under
- * SCALAR_ROWS rows) walk them from the tree's root, node[root[t]]. A leaf's values sit at
+ * SCALAR_ROWS rows) walk them from the tree's root, node[node_base[t]]. A leaf's values sit at
  * values[value_base[node]], width[t] of them, added to outputs out_index[t]... in tree
  * order; a tree perfect throughout (slot_base[t] >= 0) has them by slot instead, width[t] a
  * slot from slot_values[slot_base[t]], which saves two dependent loads a row and tree.
@@ -64,6 +64,14 @@
 #define KIND_NEGATED 1
 #define KIND_NAN 2
 
+/* Level d's node features (as column offsets in a block) and thresholds, into the arrays
+ * a permuting step loads into registers (they are sized, and zeroed, past the level). */
+#define LEVEL_TABLES(pf, pt, d, features, thresholds)                                          \
+  for (int32_t q = 0, first_ = (1 << (d)) - 1; q < (1 << (d)); q++) {                          \
+    (features)[q] = (pf)[first_ + q] << BLOCK_SHIFT;                                          \
+    (thresholds)[q] = (pt)[first_ + q];                                                       \
+  }
+
 /* One perfect level d >= 2 of a tree for a block's first mb rows (mb a multiple of 8):
  * at[r] = 2 at[r] + 1 + !(x' < s) at the row's node at[r], whose feature and threshold are
  * pf[at[r]] and pt[at[r]].
@@ -111,10 +119,7 @@ static inline void step_f32(const float *xt, const int32_t *pf, const float *pt,
   if (d <= 4) {
     int32_t features[16] = {0};
     float thresholds[16] = {0};
-    for (int32_t q = 0; q < (1 << d); q++) {
-      features[q] = pf[first + q] << BLOCK_SHIFT;
-      thresholds[q] = pt[first + q];
-    }
+    LEVEL_TABLES(pf, pt, d, features, thresholds);
     __m256i f0 = _mm256_loadu_si256((const __m256i *)features);
     __m256i f1 = _mm256_loadu_si256((const __m256i *)(features + 8));
     __m256 s0 = _mm256_loadu_ps(thresholds), s1 = _mm256_loadu_ps(thresholds + 8);
@@ -155,10 +160,7 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
   if (d <= 4) {
     int32_t first = (1 << d) - 1, features[16] = {0};
     double thresholds[16] = {0};
-    for (int32_t q = 0; q < (1 << d); q++) {
-      features[q] = pf[first + q] << BLOCK_SHIFT;
-      thresholds[q] = pt[first + q];
-    }
+    LEVEL_TABLES(pf, pt, d, features, thresholds);
     __m512i f = _mm512_loadu_si512(features);
     __m512d s0 = _mm512_loadu_pd(thresholds), s1 = _mm512_loadu_pd(thresholds + 8);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -181,10 +183,7 @@ static inline void step_f64(const double *xt, const int32_t *pf, const double *p
   if (d <= 3) {
     int32_t first = (1 << d) - 1, features[8] = {0};
     double thresholds[8] = {0};
-    for (int32_t q = 0; q < (1 << d); q++) {
-      features[q] = pf[first + q] << BLOCK_SHIFT;
-      thresholds[q] = pt[first + q];
-    }
+    LEVEL_TABLES(pf, pt, d, features, thresholds);
     __m256i f = _mm256_loadu_si256((const __m256i *)features);
     __m256 s0 = _mm256_castpd_ps(_mm256_loadu_pd(thresholds));
     __m256 s1 = _mm256_castpd_ps(_mm256_loadu_pd(thresholds + 4));
@@ -376,7 +375,7 @@ static void share(shared_job *job) {
     const int64_t *slot_base;                                                                \
     const ACC *slot_values;                                                                  \
     const NAME##_node *node;                                                                 \
-    const int64_t *root;                                                                     \
+    const int64_t *node_base; /* tree t's root is node[node_base[t]] */                      \
   } NAME##_forest; /* the layout's tables, in treecomp/kernel.py's Tables order */           \
                                                                                              \
   /* The used columns of rows x[0..m) into xt, column by column; rows m..mb repeat the last \
@@ -411,7 +410,7 @@ static void share(shared_job *job) {
       int32_t i[GROUP];                                                                      \
       for (int k = 0; k < n; k++) {                                                          \
         int levels = f->perfect_levels[g + k] + f->rest_levels[g + k];                       \
-        i[k] = (int32_t)f->root[g + k];                                                      \
+        i[k] = (int32_t)f->node_base[g + k];                                                 \
         depth = levels > depth ? levels : depth;                                             \
       }                                                                                      \
       /* a leaf's children are itself: stepping a tree past its leaf changes nothing, and  \

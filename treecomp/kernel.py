@@ -215,7 +215,7 @@ class Tables(ctypes.Structure):
                 "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base",
                 "entry_base", "out_index", "width", "pfeature", "pthreshold", "entry",
                 "value_base", "values", "base",
-                "slot_base", "slot_values", "node", "root",
+                "slot_base", "slot_values", "node", "node_base",
             )
         ),
     ]  # fmt: skip
@@ -361,15 +361,15 @@ class KernelEngine:
         L = self.layout
         names = [field[0] for field in Tables._fields_[5:] if field[0] != "base"]
         arrays = {name: getattr(L, name) for name in names}
+        self._threads = n_threads or _cpus()
         self._tables = Tables(
             forest.n_features, L.used_column.size, L.out_index.size, forest.n_outputs,
-            int((n_threads or _cpus()) > 1),
+            int(self._threads > 1),
             **{name: _address(array) for name, array in arrays.items()},
             base=_address(self._base),
         )  # fmt: skip
         self._tables_pointer = ctypes.pointer(self._tables)
         self._local = threading.local()  # each thread's _Scratch
-        self._threads = n_threads or _cpus()
         depth = int(tree_depths(forest.trees).max())
         perfect = int(self.layout.perfect_levels.max(initial=0))
         self.strategy = f"kernel (C, folded trees, top {perfect} of {depth} levels perfect)"
@@ -420,7 +420,14 @@ class KernelEngine:
             return self._small_scores(X)
         raw = np.empty((X.shape[0], forest.n_outputs), dtype=self.layout.accumulate)
         self._run(X, raw, None)
-        if self._average is not None:  # as the reference does, after the sums
+        return self._finish(raw)
+
+    def _finish(
+        self, raw: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Scores from a call's own sums ``raw`` (changed in place): averaged as the
+        reference does, after the sums, then linked."""
+        if self._average is not None:
             divisor, base = self._average
             raw /= divisor
             raw += base
@@ -441,17 +448,11 @@ class KernelEngine:
         scratch.rows[:n] = X
         self._walk(scratch.rows_at, n, self._tables_pointer, scratch.raw_at, None)
         raw = scratch.raw[:n]
-        if self._average is not None:
-            divisor, base = self._average
-            raw = raw / divisor
-            raw += base
-        elif self._link_code is not None:
+        if self._average is None and self._link_code is not None:  # linked in the buffers
             kind, scale = self._link_code
             self._link_function(kind, scale, scratch.raw_at, scratch.out_at, n, raw.shape[1])
             return raw.astype(np.float64), scratch.out[:n].copy()
-        else:
-            raw = raw.copy()  # the link may return its input: never the buffer itself
-        return raw.astype(np.float64), self._link(raw)
+        return self._finish(raw.copy())  # a link may return its input: never the buffer
 
     def _link(self, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
         """The forest's link of ``raw`` (rows of sums in the accumulation type)."""

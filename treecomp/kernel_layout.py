@@ -29,7 +29,8 @@ class Layout:
 
     Attributes:
         compare, accumulate: NumPy dtypes of the tests and of the sums.
-        node_base: Each tree's first global node id (to map back to its own node ids).
+        node_base: Each tree's first global node id, its root (and, subtracted, its own
+            node ids).
     """
 
     compare: type[np.floating[Any]]
@@ -51,7 +52,6 @@ class Layout:
     slot_base: npt.NDArray[np.int64]
     slot_values: npt.NDArray[Any]
     node: npt.NDArray[np.void]
-    root: npt.NDArray[np.int64]
 
 
 def perfect_levels(tree: Tree, depth: int) -> int:
@@ -154,7 +154,6 @@ def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision)
         slot_base=slot_base,
         slot_values=np.concatenate(slot_values) if slot_values else np.zeros(1, acc_type),
         node=whole_nodes(nfeature, nthreshold, child),
-        root=node_base,
     )
 
 
