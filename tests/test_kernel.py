@@ -558,3 +558,18 @@ def test_each_side_of_the_small_race_takes_its_trials_in_one_run() -> None:
     engine = treecomp.convert(fitted("xgboost_binary")[0], n_threads=2)._engine
     assert isinstance(engine, tiered.TieredEngine)
     assert engine.small_race.run == tiered.SMALL_TRIALS
+
+
+@pytest.mark.parametrize("rows", [1, 3, 700])
+def test_a_walk_that_could_not_allocate_raises(rows: int) -> None:
+    """kernel.c returns 1 where its buffers could not be allocated: every batch size raises
+    MemoryError rather than reading sums the walk never wrote (small batches' buffers hold
+    the previous call's)."""
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "kernel")
+    X = np.resize(np.asarray(X_test, dtype=np.float64), (rows, np.shape(X_test)[1]))
+    cm.predict_proba(X)  # the buffers now hold sums
+    engine = cm._engine_for("float32")
+    engine._walk = lambda *args: 1
+    with pytest.raises(MemoryError, match="could not allocate"):
+        cm.predict_proba(X)

@@ -55,6 +55,8 @@ MIN_THREAD_ROWS = 256
 
 # Batches of at most this many rows go through each thread's buffers (KernelEngine._small_scores).
 SMALL_ROWS = 8
+# What a walk that returned non-zero (its malloc failed) raises, whatever the batch.
+NO_MEMORY = "the kernel could not allocate its row block buffers"
 
 
 class KernelUnavailable(RuntimeError):
@@ -410,7 +412,7 @@ class KernelEngine:
             others = [_pool(slices - 1).submit(walk, i) for i in range(1, slices)]
             failed = max(walk(0), *(future.result() for future in others))
         if failed:
-            raise MemoryError("the kernel could not allocate its row block buffers")
+            raise MemoryError(NO_MEMORY)
 
     def scores(
         self, X: npt.NDArray[np.floating]
@@ -446,7 +448,8 @@ class KernelEngine:
         if scratch is None:
             scratch = self._local.scratch = _Scratch(self)
         scratch.rows[:n] = X
-        self._walk(scratch.rows_at, n, self._tables_pointer, scratch.raw_at, None)
+        if self._walk(scratch.rows_at, n, self._tables_pointer, scratch.raw_at, None):
+            raise MemoryError(NO_MEMORY)
         raw = scratch.raw[:n]
         if self._average is None and self._link_code is not None:  # linked in the buffers
             kind, scale = self._link_code
