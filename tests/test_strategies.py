@@ -218,6 +218,18 @@ def test_saved_torchscript_runs_without_treecomp(tmp_path: Any) -> None:
     assert_equal(np.load(tmp_path / "l.npy"), model.apply(X))
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_torchscript_is_deprecated() -> None:
+    """The backend warns once per engine, naming the caller's line (not treecomp's), and the
+    CLI's ``--to torchscript`` goes through it; the other backends do not warn."""
+    model, _X_test = fitted("xgboost_binary")
+    with pytest.warns(FutureWarning, match="'torchscript' backend is deprecated") as caught:
+        treecomp.convert(model, "torchscript", strategy="tree_traversal")
+    ours = [w for w in caught if "'torchscript' backend" in str(w.message)]
+    assert [(w.category, w.filename) for w in ours] == [(FutureWarning, __file__)]
+    treecomp.convert(model, "torch", strategy="tree_traversal")  # FutureWarning is an error
+
+
 # --- Regressions found in review --------------------------------------------------------
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -173,10 +176,35 @@ def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     return make_engine(forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
 
 
+# TorchScript is deprecated in torch 2.13 (torch.export and AOTInductor replace it), and its
+# rules shape the shared lowering code (typed buffers, no annotations as strings, functions
+# of at most 10 arguments, torch.jit.unused sites). The backend warns for this release
+# and goes in the next; compile=True and export_pt2 are its successors.
+TORCHSCRIPT_DEPRECATION = (
+    "the 'torchscript' backend is deprecated and will be removed in treecomp 0.2: torch 2.13 "
+    "deprecates TorchScript; use backend='torch' with compile=True, or cm.export_pt2(path) "
+    "(a torch.export + AOTInductor package that torch loads without treecomp)"
+)
+
+
+def _outside_treecomp() -> int:
+    """The ``stacklevel`` of the first frame outside treecomp and strategies: a warning
+    then names the caller's line, however deep in treecomp it was raised."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+        "treecomp",
+        "strategies",
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @register_backend("torchscript")
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.torch_backend import make_engine
 
+    warnings.warn(TORCHSCRIPT_DEPRECATION, FutureWarning, stacklevel=_outside_treecomp())
     _no_compile("torchscript", options)
     return make_engine(forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
 
