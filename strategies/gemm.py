@@ -20,9 +20,9 @@ import torch
 
 from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, take, tensor
 from strategies.registry import register_strategy
+from strategies.sizes import MAX_PATH_MATRIX
 from treecomp.ir import Tree, node_depths, tree_depths
 
-MAX_PATH_MATRIX = 1 << 27
 # Past MAX_PATH_MATRIX, the top levels kept in the matrices stay within this many entries:
 # the product's work per row is its size, while a level of child pointers costs one gather.
 HYBRID_PATH_MATRIX = 1 << 20

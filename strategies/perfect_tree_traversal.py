@@ -27,19 +27,13 @@ from strategies.nodes import (
     tensor,
 )
 from strategies.registry import register_strategy
+from strategies.sizes import MAX_PADDED_NODES, padded_size
 from treecomp.ir import Tree, tree_depths
 from treecomp.ir_shapes import heap_levels
 
-# Pad to complete trees up to this many node slots (about 1 GiB of node parameters) ...
-MAX_PADDED_NODES = 1 << 27
-# ... and past it, keep perfect only the top levels whose padding stays within this many
+# Past MAX_PADDED_NODES, keep perfect only the top levels whose padding stays within this many
 # slots per real node: deeper levels walk child pointers.
 HYBRID_PADDING = 4
-
-
-def padded_size(n_trees: int, depth: int) -> int:
-    """Node slots of ``n_trees`` complete trees of ``depth`` (internal levels plus leaves)."""
-    return n_trees * ((1 << (depth + 1)) - 1)
 
 
 @register_strategy("perfect_tree_traversal")

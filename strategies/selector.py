@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from strategies.gemm import MAX_PATH_MATRIX
-from strategies.perfect_tree_traversal import MAX_PADDED_NODES, padded_size
-from treecomp.ir import Tree, tree_depths
+from strategies.sizes import MAX_PADDED_NODES, MAX_PATH_MATRIX, padded_size
+from treecomp.ir_shapes import tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 
 @dataclass(frozen=True)

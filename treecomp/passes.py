@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.inputs import Precision
 from treecomp.ir import Forest, Tree
+
+if TYPE_CHECKING:
+    from treecomp.inputs import Precision
 
 
 def float32_floor(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
