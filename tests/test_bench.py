@@ -202,6 +202,29 @@ def test_compiling_peers_give_native_outputs(system: str, library: str, toleranc
     np.testing.assert_array_equal(runner.labels(X), model.predict(X))
 
 
+def test_the_exported_file_runs_in_a_plain_session_and_matches_native() -> None:
+    """``treecomp-export``: ``cm.to_onnx()`` of convert's defaults in ONNX Runtime alone, its
+    strategy read from the graph; a regressor (one output) and a classifier (labels too)."""
+    pytest.importorskip("onnxruntime", reason="the exported file runs in ONNX Runtime")
+    system = bench.parse_system(bench.EXPORTED)
+    assert system == bench.System("treecomp-export", "treecomp", "onnx")
+    assert bench.EXPORTED in bench.DEFAULT_SYSTEMS and not system.peer
+    X_train, y_train, X = bench.make_data(bench.TINY, 500, BATCH)
+    classifier = bench.make_estimator(bench.TINY, quick=True, threads=1).fit(X_train, y_train)
+    xgboost = pytest.importorskip("xgboost")
+    regressor = xgboost.XGBRegressor(n_estimators=5, max_depth=3).fit(X_train, y_train * 2.5)
+    for model, is_classifier in ((classifier, True), (regressor, False)):
+        runner = runners.make_runner(
+            model, system, classifier=is_classifier, threads=1, n_features=X.shape[1]
+        )
+        assert runner.strategy == "tree_ensemble"
+        native = model.predict_proba(X) if is_classifier else model.predict(X)
+        assert_close(runner.scores(X), native, "xgboost_float32")
+        if is_classifier:
+            assert runner.labels is not None
+            np.testing.assert_array_equal(runner.labels(X), model.predict(X))
+
+
 FRESH_SYSTEMS = ("native", "treecomp")
 
 

@@ -26,10 +26,12 @@ How a run goes:
 
 Systems are ``native``, ``onnxml`` (skl2onnx / onnxmltools in ONNX Runtime), ``hummingbird``
 (its torch backend), ``lleaves`` (LightGBM models compiled by LLVM), ``tl2cgen`` (treelite's
-C code generator, built with gcc) and ``treecomp-BACKEND[-STRATEGY][-compiled]``, for
-instance ``treecomp-torch-auto``, ``treecomp-onnx-gemm``, ``treecomp-torch-auto-compiled`` or
-``treecomp-numpy``. All but treecomp's are the peers: a cell's ratio is the fastest peer's
-median divided by its own, so a ratio above 1 means faster than every peer.
+C code generator, built with gcc), ``treecomp`` (``convert``'s defaults), ``treecomp-export``
+(the ONNX file ``cm.export_onnx`` writes, in a plain ONNX Runtime session) and
+``treecomp-BACKEND[-STRATEGY][-compiled]``, for instance ``treecomp-torch-auto``,
+``treecomp-onnx-gemm``, ``treecomp-torch-auto-compiled`` or ``treecomp-numpy``. All but
+treecomp's are the peers: a cell's ratio is the fastest peer's median divided by its own, so
+a ratio above 1 means faster than every peer.
 
 The modules, each using only those before it: :mod:`~treecomp.bench.systems` (the names),
 :mod:`~treecomp.bench.models` (data and estimators), :mod:`~treecomp.bench.timing` (the
@@ -72,6 +74,7 @@ from treecomp.bench.spawn import run_system
 from treecomp.bench.systems import (
     BACKENDS,
     DEFAULT_SYSTEMS,
+    EXPORTED,
     PEERS,
     QUICK_SYSTEMS,
     STRATEGIES,
@@ -92,6 +95,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_SYSTEMS",
+    "EXPORTED",
     "FRESH_RECORD_FIELDS",
     "MODELS",
     "MODEL_SPECS",

@@ -45,6 +45,7 @@ from treecomp.bench.spawn import run_fresh_process, run_system
 from treecomp.bench.systems import (
     BACKENDS,
     DEFAULT_SYSTEMS,
+    EXPORTED,
     LLEAVES_INSTALL,
     PEERS,
     QUICK_SYSTEMS,
@@ -90,7 +91,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             f"models:\n{models}\n\n"
-            f"systems: {', '.join(PEERS)}, treecomp-BACKEND[-STRATEGY][-compiled]\n"
+            f"systems: {', '.join(PEERS)}, treecomp, {EXPORTED} (the exported ONNX file in\n"
+            "  ONNX Runtime), treecomp-BACKEND[-STRATEGY][-compiled]\n"
             f"  backends: {', '.join(BACKENDS)}; strategies: {', '.join(STRATEGIES)}\n"
             f"  default: {','.join(DEFAULT_SYSTEMS)}\n"
             f"  --quick: {','.join(QUICK_SYSTEMS)}\n"

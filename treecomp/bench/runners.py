@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from treecomp.bench.systems import LLEAVES_INSTALL, TL2CGEN_INSTALL, System
+from treecomp.bench.systems import EXPORTED, LLEAVES_INSTALL, TL2CGEN_INSTALL, System
 
 
 class SkippedError(Exception):
@@ -121,9 +121,27 @@ def _onnxml_model(model: Any, n_features: int) -> Any:
 
 def _onnxml_runner(model: Any, classifier: bool, threads: int, n_features: int) -> Runner:
     _require("onnxruntime", "pip install 'treecomp[onnx]'")
+    return _session_runner(_onnxml_model(model, n_features), classifier, threads)
+
+
+def _exported_runner(model: Any, classifier: bool, threads: int) -> Runner:
+    """``treecomp-export``: the file ``cm.export_onnx`` writes (convert's defaults), run by
+    ONNX Runtime alone as a serving stack runs it; its strategy is the graph's own."""
+    _require("onnxruntime", "pip install 'treecomp[onnx]'")
+    from treecomp.container import convert
+
+    onx = convert(model).to_onnx()
+    runner = _session_runner(onx, classifier, threads)
+    runner.strategy = next(
+        (p.value for p in onx.metadata_props if p.key == "treecomp.strategy"), None
+    )
+    return runner
+
+
+def _session_runner(onx: Any, classifier: bool, threads: int) -> Runner:
+    """An ONNX model in a plain ONNX Runtime session of ``threads`` threads."""
     import onnxruntime as ort
 
-    onx = _onnxml_model(model, n_features)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # Nodes run one after another (the default sequential mode): one inter-op thread is all
@@ -137,6 +155,7 @@ def _onnxml_runner(model: Any, classifier: bool, threads: int, n_features: int) 
     # The converters' graphs take float: float64 rows (--dtype float64) are cast in the
     # timed call, as a user of those graphs must (which rounds them: not exact for
     # LightGBM and HistGradientBoosting, and reported as such in the deviation column).
+    # treecomp's take the native library's type (double for those two).
     dtype = np.float64 if session.get_inputs()[0].type == "tensor(double)" else np.float32
 
     def run(names: list[str], X: np.ndarray) -> np.ndarray:
@@ -275,6 +294,8 @@ def make_runner(
         SkippedError: the system cannot run here (a peer is not installed, or does not take
             this model).
     """
+    if system.name == EXPORTED:
+        return _exported_runner(model, classifier, threads)
     if system.kind == "treecomp":
         return _treecomp_runner(model, system, classifier, threads, tier_up)
     if system.kind == "onnxml":

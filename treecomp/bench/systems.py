@@ -18,9 +18,13 @@ PLAIN_BACKENDS = ("kernel", "numpy")
 STRATEGIES = ("auto", *for_target("torch"))
 # The systems treecomp is compared with: a cell's ratio is the fastest peer's median over its own.
 PEERS = ("native", "onnxml", "hummingbird", "lleaves", "tl2cgen")
+# The exported ONNX file (cm.to_onnx() of convert's defaults) in a plain ONNX Runtime session,
+# as serving stacks load it: to compare with onnxml, the converters' graphs.
+EXPORTED = "treecomp-export"
 DEFAULT_SYSTEMS = (
     *PEERS,
     "treecomp",
+    EXPORTED,
     "treecomp-torch-auto",
     "treecomp-torch-auto-compiled",
     "treecomp-torchscript-auto",
@@ -84,6 +88,8 @@ def parse_system(name: str) -> System:
         return System(name, name)
     if name == "treecomp":  # treecomp.convert(model): the defaults, compiled tier included
         return System(name, "treecomp")
+    if name == EXPORTED:
+        return System(name, "treecomp", backend="onnx")
     rest = name.removeprefix("treecomp-")
     if rest == name or not rest:
         raise ValueError(
@@ -103,7 +109,7 @@ def parse_system(name: str) -> System:
 
 def all_systems() -> tuple[str, ...]:
     """Every system: the peers, every backend and strategy, compiled torch, and numpy."""
-    names = [*PEERS, "treecomp"]
+    names = [*PEERS, "treecomp", EXPORTED]
     for backend in ("torch", "torchscript", "onnx"):
         names += [f"treecomp-{backend}-{s}" for s in STRATEGIES]
     names.append("treecomp-onnx-tree_ensemble")  # ONNX Runtime's tree operator: onnx only
