@@ -1,7 +1,8 @@
-"""Shared test helpers: the tolerance table, one comparison helper, and probe rows."""
+"""Shared test helpers: the tolerance table, the comparison helpers, and probe rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,70 @@ TOLERANCES = {
     # which a complement (1 - p, the first column of a binary predict_proba) carries.
     "float32_link": Tolerance(rtol=4 * 2.0**-23, atol=4 * 2.0**-24),
 }
+
+
+def tolerance(model: Any) -> str:
+    """The entry for a compiled model against its native library: XGBoost's float32
+    scores, float64 otherwise."""
+    return "xgboost_float32" if type(model).__module__.startswith("xgboost") else "float64"
+
+
+def native_output(model: Any, method: str, X: Any) -> Any:
+    """The native model's answer; ``apply`` is LightGBM's ``predict(pred_leaf=True)``."""
+    if method == "apply" and type(model).__module__.startswith("lightgbm"):
+        return model.predict(X, pred_leaf=True)
+    return getattr(model, method)(X)
+
+
+def native_apply(model: Any, X: Any) -> npt.NDArray[Any]:
+    return np.asarray(native_output(model, "apply", X))
+
+
+def compare_native(
+    model: Any,
+    cm: Any,
+    X: Any,
+    *,
+    tolerance_name: str | None = None,
+    methods: tuple[str, ...] | None = None,
+    native: Callable[[Any, str, Any], Any] = native_output,
+) -> None:
+    """Every method of the compiled model against the native one, the one helper for it:
+    labels and leaf indices exactly, scores within ``tolerance_name`` (default: the
+    library's, :func:`tolerance`). ``methods``: the native methods that apply (default:
+    those the native model has, and ``apply`` wherever ``cm`` has it); every other one
+    must be missing on ``cm`` too. ``native(model, method, X)`` gives the native answer.
+
+    XGBoost's ``apply`` goes through a DMatrix, which rejects ±inf (its predict does not):
+    with infinities in ``X`` its leaves are left to the tests against the reference.
+    """
+    name = tolerance(model) if tolerance_name is None else tolerance_name
+    xgb_inf = tolerance(model) == "xgboost_float32" and bool(
+        np.isinf(np.asarray(X, dtype=float)).any()
+    )
+    for method in ("predict", "predict_proba", "decision_function", "score_samples", "apply"):
+        listed = hasattr(model, method) if methods is None else method in methods
+        if method == "apply" and methods is None:
+            listed = hasattr(cm, "apply")
+        if not listed:
+            assert not hasattr(cm, method), f"{method}: the native model has none"
+            continue
+        if method == "apply" and xgb_inf:
+            continue
+        expected = np.asarray(native(model, method, X))
+        actual = getattr(cm, method)(X)
+        if method == "apply" or (method == "predict" and expected.dtype.kind not in "f"):
+            assert_equal(actual, expected)
+        else:
+            assert_close(actual, expected, name)
+
+
+def kernel_folds(forest: Forest) -> bool:
+    """Whether the kernel walks ``forest``: its trees fold (numerical splits only)."""
+    from treecomp.passes import fold_missing
+
+    less_equal = forest.comparison == "<="
+    return fold_missing(forest.trees, less_equal=less_equal, dtype="float64") is not None
 
 
 def lowering_tolerance(forest: Forest) -> str:

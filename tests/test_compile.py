@@ -1,9 +1,6 @@
-"""The compiled path (``compile=True``) and the ``.pt2`` package: the exactness matrix again.
-
-Every zoo model is compiled (tiny forests: a few seconds each, cached on disk by inductor),
-and its outputs compared with the native model and the reference evaluator on held-out
-rows, threshold probes, NaN and infinite rows and single rows, as the eager tests do.
-"""
+"""The compiled path (``compile=True``) and the ``.pt2`` package, past the exactness matrix
+(tests/test_exactness.py, where every zoo model is compiled): one package for every batch
+size and process, its cache and its faults, the exported package on its own."""
 
 from __future__ import annotations
 
@@ -19,27 +16,8 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal, lowering_tolerance
-from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs, torch
-
-# Each traversal on the models that exercise the general node rule (categorical and
-# zero-as-missing splits), vector leaves and averaging; "auto" on every model.
-CASES = [(name, "auto") for name in sorted(ZOO)] + [
-    (name, strategy)
-    for name in ("xgboost_binary", "lightgbm_categorical_zero", "sklearn_multi_output")
-    for strategy in ("gemm", "tree_traversal", "perfect_tree_traversal")
-]
-
-
-@pytest.mark.parametrize(("name", "strategy"), CASES)
-def test_compiled_matches_native_and_reference(name: str, strategy: str) -> None:
-    model, X_test = fitted(name)
-    cm = treecomp.convert(model, "torch", strategy=strategy, compile=True)
-    ref = treecomp.convert(model, "numpy")
-    assert cm.strategy.endswith("[compiled]")
-    for X in inputs(model, X_test, cm.forest):
-        compare_native(model, cm, X)
-        compare_reference(cm, ref, X)
+from tests.helpers import assert_close, assert_equal, compare_native, lowering_tolerance
+from tests.zoo import compare_reference, fitted, inputs, torch
 
 
 def test_one_package_serves_every_batch_size_and_every_process() -> None:

@@ -19,8 +19,17 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal, probe_rows, special_rows, with_missing
-from tests.zoo import ZOO, compare_native, fitted, native_apply, pd, tolerance
+from tests.helpers import (
+    assert_close,
+    assert_equal,
+    compare_native,
+    native_apply,
+    probe_rows,
+    special_rows,
+    tolerance,
+    with_missing,
+)
+from tests.zoo import ZOO, fitted, pd
 
 ensemble = pytest.importorskip("sklearn.ensemble")
 lightgbm = pytest.importorskip("lightgbm")

@@ -16,6 +16,7 @@ import treecomp
 from tests.helpers import (
     assert_close,
     assert_equal,
+    compare_native,
     probe_rows,
     probe_values,
     special_rows,
@@ -416,16 +417,9 @@ def native(model: Any, method: str, X: Any) -> np.ndarray:
 
 def compare(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
     """Every native method against the compiled model: labels and leaves exactly."""
-    for method in native_methods(model):
-        expected = native(model, method, X)
-        actual = getattr(cm, method)(X)
-        if method == "apply" or (method == "predict" and expected.dtype.kind not in "f"):
-            assert_equal(actual, expected)
-        else:
-            assert_close(actual, expected, "float64")
-    for method in ("predict_proba", "decision_function", "score_samples"):
-        if method not in native_methods(model):
-            assert not hasattr(cm, method), method
+    compare_native(
+        model, cm, X, tolerance_name="float64", methods=native_methods(model), native=native
+    )
 
 
 def compiled(model: Any, precision: str = "float64") -> treecomp.CompiledModel:

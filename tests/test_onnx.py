@@ -14,17 +14,8 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal
-from tests.zoo import (
-    ONNX_STRATEGIES,
-    ZOO,
-    compare_native,
-    fitted,
-    inputs,
-    native_apply,
-    pd,
-    tolerance,
-)
+from tests.helpers import assert_close, assert_equal, native_apply, tolerance
+from tests.zoo import ZOO, fitted, inputs, pd
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -74,20 +65,6 @@ def check_serving(
         expected = native_apply(model, X).reshape(len(out["leaf_indices"]), -1)
         assert_equal(out["leaf_indices"], expected)
     return out
-
-
-@pytest.mark.parametrize("strategy", ONNX_STRATEGIES)
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
-    model, X_test = fitted(name)
-    cm = treecomp.convert(model, "onnx", strategy=strategy)
-    for X in inputs(model, X_test, cm.forest):
-        # XGBoost's pred_leaf (a DMatrix) rejects ±inf: those rows are covered by the
-        # reference comparisons of the strategy tests.
-        if tolerance(model) == "xgboost_float32" and np.isinf(np.asarray(X, dtype=float)).any():
-            continue
-        compare_native(model, cm, X)
-        check_serving(model, cm, X)
 
 
 # Below the default LARGE_BATCH_ROWS, so that the zoo's batches take both branches.

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal
+from tests.helpers import assert_close, assert_equal, tolerance
 from tests.test_ir import small_forest
-from tests.zoo import ensemble, fitted, pd, tolerance
+from tests.zoo import ensemble, fitted, pd
 from treecomp.cli import main
 from treecomp.scoring import remove_stale_partials
 

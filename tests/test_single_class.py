@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_close, assert_equal
-from tests.zoo import ONNX_STRATEGIES, STRATEGIES, ensemble, lightgbm, tolerance, xgboost
+from tests.helpers import assert_close, assert_equal, compare_native, tolerance
+from tests.zoo import ONNX_STRATEGIES, STRATEGIES, ensemble, lightgbm, xgboost
 
 tree = pytest.importorskip("sklearn.tree")
 
@@ -62,25 +62,13 @@ def rows(model: Any, forest: treecomp.Forest) -> list[np.ndarray]:
     return batches
 
 
-def compare(model: Any, cm: treecomp.CompiledModel, X: np.ndarray) -> None:
-    expected = model.predict_proba(X)
-    actual = cm.predict_proba(X)
-    assert actual.shape == expected.shape
-    assert_close(actual, expected, tolerance(model))
-    assert_equal(cm.predict(X), model.predict(X))
-    # XGBoost's apply goes through a DMatrix, which rejects ±inf (its predict does not).
-    xgb_inf = tolerance(model) == "xgboost_float32" and np.isinf(X).any()
-    if hasattr(model, "apply") and not xgb_inf:
-        assert_equal(cm.apply(X), model.apply(X))
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_reference_matches_native(name: str) -> None:
     model = MODELS[name]()
     assert len(np.unique(model.predict(X_TEST))) == 1
     cm = treecomp.convert(model, "numpy")
     for X in rows(model, cm.forest):
-        compare(model, cm, X)
+        compare_native(model, cm, X)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -90,7 +78,7 @@ def test_torch_backends_match_native(name: str, backend: str, strategy: str) -> 
     model = MODELS[name]()
     cm = treecomp.convert(model, backend, strategy=strategy)
     for X in rows(model, cm.forest):
-        compare(model, cm, X)
+        compare_native(model, cm, X)
 
 
 @pytest.mark.parametrize("strategy", ONNX_STRATEGIES)
@@ -104,7 +92,7 @@ def test_onnx_backend_and_export_match_native(name: str, strategy: str) -> None:
         proto.SerializeToString(), providers=["CPUExecutionProvider"]
     )
     for X in rows(model, cm.forest):
-        compare(model, cm, X)
+        compare_native(model, cm, X)
         label, proba = session.run(["label", "probabilities"], {"input": X.astype(cm.export_dtype)})
         assert_equal(label, model.predict(X))
         assert_close(proba, model.predict_proba(X), tolerance(model))
@@ -115,7 +103,7 @@ def test_compiled_matches_native(name: str) -> None:
     model = MODELS[name]()
     cm = treecomp.convert(model, "torch", compile=True)
     for X in rows(model, cm.forest):
-        compare(model, cm, X)
+        compare_native(model, cm, X)
 
 
 def test_artifact_round_trip(tmp_path: Any) -> None:
@@ -124,7 +112,7 @@ def test_artifact_round_trip(tmp_path: Any) -> None:
     cm.save(tmp_path / "m.tc")
     again = treecomp.load(tmp_path / "m.tc")
     assert again.forest == cm.forest
-    compare(model, again, X_TEST)
+    compare_native(model, again, X_TEST)
 
 
 @pytest.mark.parametrize("base_score", [0.0, 1e-7, 1.0 - 1e-8, 1.0])

@@ -16,6 +16,7 @@ import treecomp
 from tests.helpers import (
     assert_close,
     assert_equal,
+    compare_native,
     probe_rows,
     probe_values,
     special_rows,
@@ -225,18 +226,7 @@ def fitted(case_id: str) -> tuple[Any, np.ndarray]:
 
 def compare(model: Any, cm: treecomp.CompiledModel, X: np.ndarray) -> None:
     """Every native method against the compiled model; missing methods missing on both."""
-    for method in METHODS:
-        if not hasattr(model, method):
-            assert not hasattr(cm, method), method
-            continue
-        expected = getattr(model, method)(X)
-        actual = getattr(cm, method)(X)
-        if method == "apply" or (
-            method == "predict" and np.asarray(expected).dtype.kind not in "f"
-        ):
-            assert_equal(actual, expected)
-        else:
-            assert_close(actual, expected, "float64")
+    compare_native(model, cm, X, tolerance_name="float64")
 
 
 def native_precision(model: Any) -> str:

@@ -16,6 +16,7 @@ import treecomp
 from tests.helpers import (
     assert_close,
     assert_equal,
+    compare_native,
     lowering_tolerance,
     probe_rows,
     with_missing,
@@ -23,7 +24,6 @@ from tests.helpers import (
 from tests.zoo import (
     STRATEGIES,
     ZOO,
-    compare_native,
     compare_reference,
     ensemble,
     fitted,
@@ -33,19 +33,6 @@ from tests.zoo import (
     pd,
     torch,
 )
-
-
-@pytest.mark.parametrize("backend", ["torch", "torchscript"])
-@pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_strategy_matches_native_and_reference(name: str, strategy: str, backend: str) -> None:
-    model, X_test = fitted(name)
-    cm = treecomp.convert(model, backend, strategy=strategy)
-    ref = treecomp.convert(model, "numpy")
-    assert cm.strategy in STRATEGIES or "+" in cm.strategy
-    for X in inputs(model, X_test, cm.forest):
-        compare_native(model, cm, X)
-        compare_reference(cm, ref, X)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -14,9 +14,15 @@ import pytest
 import strategies
 import strategies.tree_ensemble as tree_ensemble
 import treecomp
-from tests.helpers import assert_close, assert_equal, lowering_tolerance, probe_rows
+from tests.helpers import (
+    assert_close,
+    assert_equal,
+    compare_native,
+    lowering_tolerance,
+    probe_rows,
+)
 from tests.test_ir import small_forest, small_tree
-from tests.zoo import ZOO, compare_native, compare_reference, fitted, inputs, pd, torch
+from tests.zoo import ZOO, compare_reference, fitted, inputs, pd, torch
 from treecomp.ir import ZERO_THRESHOLD
 
 onnx = pytest.importorskip("onnx")

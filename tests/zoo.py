@@ -167,16 +167,6 @@ def fitted(name: str) -> tuple[Any, Any]:
     return model, X_test
 
 
-def native_apply(model: Any, X: Any) -> np.ndarray:
-    if type(model).__module__.startswith("lightgbm"):
-        return np.asarray(model.predict(X, pred_leaf=True))
-    return np.asarray(model.apply(X))
-
-
-def tolerance(model: Any) -> str:
-    return "xgboost_float32" if type(model).__module__.startswith("xgboost") else "float64"
-
-
 def inputs(model: Any, X_test: Any, forest: treecomp.Forest) -> list[Any]:
     """Held-out rows (as float32 numbers), threshold probes, NaN and special rows, 1 row."""
     if isinstance(X_test, pd.DataFrame):
@@ -191,26 +181,6 @@ def inputs(model: Any, X_test: Any, forest: treecomp.Forest) -> list[Any]:
     special = special_rows(X.shape[1])
     batches.append(special if forest.allow_inf else special[:2])
     return batches
-
-
-def compare_native(model: Any, cm: treecomp.CompiledModel, X: Any) -> None:
-    # XGBoost's pred_leaf goes through a DMatrix, which rejects ±inf (its predict does not):
-    # there, leaves are checked against the reference only.
-    xgb_inf = tolerance(model) == "xgboost_float32" and np.isinf(np.asarray(X, dtype=float)).any()
-    for method in METHODS:
-        if method == "apply":
-            if hasattr(cm, "apply") and not xgb_inf:
-                assert_equal(cm.apply(X), native_apply(model, X))
-            continue
-        if not hasattr(model, method):
-            assert not hasattr(cm, method)
-            continue
-        expected = np.asarray(getattr(model, method)(X))
-        actual = getattr(cm, method)(X)
-        if method == "predict" and expected.dtype.kind not in "f":
-            assert_equal(actual, expected)
-        else:
-            assert_close(actual, expected, tolerance(model))
 
 
 def compare_reference(cm: treecomp.CompiledModel, ref: treecomp.CompiledModel, X: Any) -> None:
