@@ -328,7 +328,7 @@ class TieredEngine:
             if engine is None or tier.name != "kernel":
                 return operator.scores(X)
             small = self.small_race
-            side = small.choose()
+            side = small.winner or small.choose()
             if small.winner is not None:  # decided: nothing more to time
                 return (engine if side == tier.name else operator).scores(X)
             start = time.perf_counter()
