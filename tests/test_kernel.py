@@ -561,6 +561,6 @@ def test_a_walk_that_could_not_allocate_raises(rows: int) -> None:
     X = np.resize(np.asarray(X_test, dtype=np.float64), (rows, np.shape(X_test)[1]))
     cm.predict_proba(X)  # the buffers now hold sums
     engine = cm._engine_for("float32")
-    engine._walk = lambda *args: 1
+    engine._walk = engine._small = lambda *args: 1  # large batches' call, small ones'
     with pytest.raises(MemoryError, match="could not allocate"):
         cm.predict_proba(X)

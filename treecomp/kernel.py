@@ -39,7 +39,7 @@ from treecomp.passes import fold_missing, thresholds_for
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 8
+ABI = 9
 # -mprefer-vector-width=256: the loops the compiler vectorises itself use 256-bit vectors
 # even where AVX-512 is there (kernel.c's own AVX-512 steps keep 512 bits). On Zen 4, whose
 # 512-bit gathers are split in two, 10 000 rows, 1 thread, ms, 512 / 256 bits: RandomForest
@@ -237,6 +237,8 @@ def _declare(library: ctypes.CDLL) -> None:
             _I64,
             _I64,
         ]
+    library.treecomp_small.restype = ctypes.c_int
+    library.treecomp_small.argtypes = [_P, _I64]  # a _SmallCall's address, the rows
     for cmp in ("f32", "f64"):
         for acc in ("f32", "f64"):
             function = getattr(library, f"treecomp_walk_{cmp}_{acc}")
@@ -307,9 +309,25 @@ def _address(array: npt.NDArray[Any]) -> int:
     return int(array.ctypes.data)
 
 
+class _SmallCall(ctypes.Structure):
+    """kernel.c's treecomp_small_call: a small batch's walk and link in one call."""
+
+    _fields_ = [
+        ("x", _P),
+        ("raw", _P),
+        ("out", _P),
+        ("forest", _P),
+        ("width", _I64),
+        ("kinds", ctypes.c_int32),
+        ("link", ctypes.c_int32),
+        ("scale", ctypes.c_double),
+    ]
+
+
 class _Scratch:
     """One thread's buffers for an engine's small batches: rows, sums and linked scores of
-    up to SMALL_ROWS rows, with their addresses."""
+    up to SMALL_ROWS rows, and the call that walks and links them (``call_at``: its
+    address). ``linked``: the call links the sums into ``out``."""
 
     def __init__(self, engine: KernelEngine) -> None:
         outputs, layout = engine.forest.n_outputs, engine.layout
@@ -317,6 +335,14 @@ class _Scratch:
         self.raw = np.zeros((SMALL_ROWS, outputs), dtype=layout.accumulate)
         self.out = np.zeros((SMALL_ROWS, outputs), dtype=np.float64)
         self.rows_at, self.raw_at, self.out_at = map(_address, (self.rows, self.raw, self.out))
+        self.linked = engine._average is None and engine._link_code is not None
+        kind, scale = engine._link_code if self.linked else (0, 0.0)  # type: ignore[misc]
+        kinds = 2 * (layout.compare == np.float64) + (layout.accumulate == np.float64)
+        self.call = _SmallCall(
+            self.rows_at, self.raw_at, self.out_at, ctypes.addressof(engine._tables),
+            outputs, kinds, kind, scale,
+        )  # fmt: skip
+        self.call_at = ctypes.addressof(self.call)
 
 
 class KernelEngine:
@@ -347,6 +373,7 @@ class KernelEngine:
         acc = "f32" if forest.accumulation == "float32" else "f64"
         self._walk = getattr(self.library, f"treecomp_walk_{cmp}_{acc}")
         self._link_function = getattr(self.library, f"treecomp_link_{acc}")
+        self._small = self.library.treecomp_small
         post = forest.post_transform
         code = LINKS[acc].get(post.kind)
         self._link_code = None if code is None else (code, post.scale)
@@ -452,7 +479,7 @@ class KernelEngine:
         if scratch is None:
             scratch = self._local.scratch = _Scratch(self)
         scratch.rows[:n] = X
-        if self._walk(scratch.rows_at, n, self._tables_pointer, scratch.raw_at, None):
+        if self._small(scratch.call_at, n):  # the walk, and the link where scratch.linked
             raise MemoryError(NO_MEMORY)
         raw = scratch.raw[:n]
         if self._identity:  # the scores are the (averaged) sums, out of the buffer
@@ -464,9 +491,7 @@ class KernelEngine:
                 sums += base
                 sums = sums.astype(np.float64, copy=False)
             return sums, sums
-        if self._average is None and self._link_code is not None:  # linked in the buffers
-            kind, scale = self._link_code
-            self._link_function(kind, scale, scratch.raw_at, scratch.out_at, n, raw.shape[1])
+        if scratch.linked:  # linked in the buffers
             return raw.astype(np.float64), scratch.out[:n].copy()
         return self._finish(raw.copy())  # a link may return its input: never the buffer
 
