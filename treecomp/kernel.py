@@ -335,12 +335,11 @@ class _Scratch:
         self.raw = np.zeros((SMALL_ROWS, outputs), dtype=layout.accumulate)
         self.out = np.zeros((SMALL_ROWS, outputs), dtype=np.float64)
         self.rows_at, self.raw_at, self.out_at = map(_address, (self.rows, self.raw, self.out))
-        self.linked = engine._average is None and engine._link_code is not None
-        kind, scale = engine._link_code if self.linked else (0, 0.0)  # type: ignore[misc]
-        kinds = 2 * (layout.compare == np.float64) + (layout.accumulate == np.float64)
+        kind, scale = engine._small_link
+        self.linked = kind != 0
         self.call = _SmallCall(
             self.rows_at, self.raw_at, self.out_at, ctypes.addressof(engine._tables),
-            outputs, kinds, kind, scale,
+            outputs, engine._kinds, kind, scale,
         )  # fmt: skip
         self.call_at = ctypes.addressof(self.call)
 
@@ -374,14 +373,19 @@ class KernelEngine:
         self._walk = getattr(self.library, f"treecomp_walk_{cmp}_{acc}")
         self._link_function = getattr(self.library, f"treecomp_link_{acc}")
         self._small = self.library.treecomp_small
+        # treecomp_small's choice of those walks: bit 1 double tests, bit 0 double sums.
+        self._kinds = 2 * (cmp == "f64") + (acc == "f64")
         post = forest.post_transform
         code = LINKS[acc].get(post.kind)
         self._link_code = None if code is None else (code, post.scale)
-        # Identity links score the sums themselves: a small batch's raw and transformed
-        # scores are one array (no output changes them in place), one copy out of the
-        # buffers. One row of 50 trees (GradientBoosting): 2.6 -> 2.0 us in the engine.
+        # Identity links score the sums themselves: raw and transformed scores are one
+        # array (no output changes them in place), no copy and no link to call. One row of
+        # 50 trees (GradientBoosting): 2.6 -> 2.0 us in the engine.
         self._identity = post.kind == "identity"
         average = forest.aggregation == "average"
+        # What treecomp_small links in C: the kernel's links of sums that are not averaged
+        # first (averages divide before the link: _finish); (0, 0.0): none.
+        self._small_link = (0, 0.0) if average or code is None else (code, post.scale)
         self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
             self.layout.accumulate
         )
@@ -464,6 +468,9 @@ class KernelEngine:
             divisor, base = self._average
             raw /= divisor
             raw += base
+        if self._identity:
+            sums = raw.astype(np.float64, copy=False)
+            return sums, sums
         return raw.astype(np.float64), self._link(raw)
 
     def _small_scores(
@@ -482,15 +489,6 @@ class KernelEngine:
         if self._small(scratch.call_at, n):  # the walk, and the link where scratch.linked
             raise MemoryError(NO_MEMORY)
         raw = scratch.raw[:n]
-        if self._identity:  # the scores are the (averaged) sums, out of the buffer
-            if self._average is None:
-                sums = raw.astype(np.float64)
-            else:  # as _finish: divided, then the base added, in the accumulation type
-                divisor, base = self._average
-                sums = raw / divisor
-                sums += base
-                sums = sums.astype(np.float64, copy=False)
-            return sums, sums
         if scratch.linked:  # linked in the buffers
             return raw.astype(np.float64), scratch.out[:n].copy()
         return self._finish(raw.copy())  # a link may return its input: never the buffer
