@@ -12,13 +12,16 @@ exactly as natively. A matmul would add in a blocked order and could break such 
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from strategies import eager
 from strategies.nodes import TreeGroup, _compiling, extend_input, take, tensor
-from treecomp.ir import Forest
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 # float32 holds every integer up to 2**24 exactly; past it, integers round to even neighbours.
 FLOAT32_EXACT_INTEGERS = 1 << 24
@@ -98,7 +101,7 @@ class ForestModule(torch.nn.Module):
 
     def __init__(
         self,
-        forest: Forest,
+        forest: "Forest",
         groups: list[TreeGroup],
         dtype: torch.dtype,
         *,
@@ -343,7 +346,7 @@ class ForestModule(torch.nn.Module):
         return self._rows(self._per_tree(X, self._check_missing(X), ids=True), X.shape[0])
 
 
-def warn_float32_categories(forest: Forest, dtype: torch.dtype) -> None:
+def warn_float32_categories(forest: "Forest", dtype: torch.dtype) -> None:
     """Warn when float32 tests cannot tell apart the category codes a float64 model reads.
 
     The native library (LightGBM) truncates a double to its code; a float32 input has
@@ -407,7 +410,7 @@ def sequential_sum(
     return total
 
 
-def contribution_order(forest: Forest) -> np.ndarray:
+def contribution_order(forest: "Forest") -> np.ndarray:
     """For each output, the flat ``tree * leaf_width + w`` columns that add to it, in tree order.
 
     Shorter lists are padded with the index of an all-zero column (one past the last).

@@ -13,7 +13,7 @@ only: each node at the cut depth is a "leaf" of the matrices, from which the wal
 with child pointers (tree traversal) for the remaining levels. Every forest is expressible.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ import torch
 from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, take, tensor
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PATH_MATRIX
-from treecomp.ir import Tree, node_depths, tree_depths
+from treecomp.ir_shapes import node_depths, tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 # Past MAX_PATH_MATRIX, the top levels kept in the matrices stay within this many entries:
 # the product's work per row is its size, while a level of child pointers costs one gather.
@@ -47,7 +50,7 @@ class GEMM(TreeGroup):
 
     def __init__(
         self,
-        trees: list[Tree],
+        trees: "list[Tree]",
         columns: list[int],
         options: GroupOptions,
     ) -> None:

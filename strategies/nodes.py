@@ -15,13 +15,16 @@ costs nothing at run time and needs no data-dependent branch.
 # No `from __future__ import annotations`: TorchScript reads the buffer annotations below
 # at run time and cannot resolve them as strings.
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from treecomp.ir import ZERO_THRESHOLD, Tree
+from treecomp.ir_schema import ZERO_THRESHOLD
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 # Categories lie in [0, 2**31) (Forest.validate): a key row << 31 | code names a listed
 # category of category row `row`, and codes at or above 2**31 are never listed.
@@ -286,7 +289,7 @@ class NodeArrays:
         categories: The listed categories of every category row (:class:`CategorySets`).
     """
 
-    def __init__(self, trees: list[Tree]) -> None:
+    def __init__(self, trees: "list[Tree]") -> None:
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int32)
         self.threshold = np.concatenate([t.threshold for t in trees])
         self.default_left = np.concatenate([t.default_left for t in trees])
@@ -322,7 +325,7 @@ class NodeArrays:
         return bool(self.zero_is_missing.any())
 
 
-def child_pointers(trees: list[Tree]) -> npt.NDArray[np.int32]:
+def child_pointers(trees: "list[Tree]") -> npt.NDArray[np.int32]:
     """``child[2 * node + went_right]`` over the trees' concatenated node ids, leaves pointing
     to themselves: one lookup per level instead of two and a select. int32, the narrowest
     type index_select takes: half the traffic of int64."""
@@ -397,7 +400,7 @@ class TreeGroup(torch.nn.Module):
 
     def __init__(
         self,
-        trees: list[Tree],
+        trees: "list[Tree]",
         columns: list[int],
         nodes: "NodeArrays | None",
         options: GroupOptions,

@@ -11,7 +11,7 @@ traversal) for the remaining levels: every forest is expressible, and the deep, 
 of leaf-wise trees costs no padding.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +28,10 @@ from strategies.nodes import (
 )
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PADDED_NODES, padded_size
-from treecomp.ir import Tree, tree_depths
-from treecomp.ir_shapes import heap_levels
+from treecomp.ir_shapes import heap_levels, tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 # Past MAX_PADDED_NODES, keep perfect only the top levels whose padding stays within this many
 # slots per real node: deeper levels walk child pointers.
@@ -48,7 +50,7 @@ class PerfectTreeTraversal(TreeGroup):
 
     def __init__(
         self,
-        trees: list[Tree],
+        trees: "list[Tree]",
         columns: list[int],
         options: GroupOptions,
     ) -> None:

@@ -34,7 +34,7 @@ The operator exists only in ONNX Runtime's CPU provider: this strategy is regist
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,10 @@ import torch
 
 from strategies.nodes import GroupOptions, TreeGroup
 from strategies.registry import register_strategy
-from treecomp.ir import ZERO_THRESHOLD, Tree
+from treecomp.ir_schema import ZERO_THRESHOLD
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 ML_DOMAIN = "ai.onnx.ml"
 ML_OPSET = 5

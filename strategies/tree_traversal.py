@@ -5,7 +5,7 @@ Nodes of all trees are flattened into one array; leaves point to themselves, so 
 row is ``n_trees * max_depth`` gathers, independent of tree size: the choice for deep trees.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,10 @@ from strategies.nodes import (
     tensor,
 )
 from strategies.registry import register_strategy
-from treecomp.ir import Tree, tree_depths
+from treecomp.ir_shapes import tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Tree
 
 
 @register_strategy("tree_traversal")
@@ -33,7 +36,7 @@ class TreeTraversal(TreeGroup):
 
     def __init__(
         self,
-        trees: list[Tree],
+        trees: "list[Tree]",
         columns: list[int],
         options: GroupOptions,
     ) -> None:

@@ -196,10 +196,10 @@ PARENT = textwrap.dedent(
     """
     import sys, time
     import treecomp
-    from treecomp import compiled_tier
+    from treecomp import compiled_tier, torch_backend
     from tests.test_ir import small_forest
 
-    tier = compiled_tier.CompiledTier(small_forest(), precision="float32", options={})
+    tier = torch_backend.package_tier(small_forest(), precision="float32", options={})
     tier.state = "missing"  # not in the cache: build it
     tier._start("building", tier._build_and_load, after="missing")
     while not compiled_tier._children:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +18,11 @@ from treecomp import names, reference
 from treecomp.batching import rows_per_chunk, score_in_chunks
 from treecomp.engine import Engine
 from treecomp.ir import Forest
+
+if TYPE_CHECKING:
+    from treecomp.tiered import Tier
+
+logger = logging.getLogger(__name__)
 
 EngineFactory = Callable[..., Engine]
 _BACKENDS: dict[str, EngineFactory] = {}
@@ -211,10 +218,12 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
 
 @register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
-    from treecomp.onnx.engine import make_engine
+    from treecomp.onnx.engine import OnnxEngine
+    from treecomp.onnx.export import build_with_plan
 
     _no_compile("onnx", options)
-    return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]
+    build_graph = functools.partial(build_with_plan, forest)
+    return OnnxEngine(forest, build_graph, precision=precision, **options)  # type: ignore[arg-type]
 
 
 @register_backend("kernel")
@@ -223,3 +232,67 @@ def _kernel_backend(forest: Forest, *, precision: str, **options: Any) -> Engine
 
     _no_compile("kernel", options)
     return make_engine(forest, precision=precision, **options)  # type: ignore[arg-type]
+
+
+def tiered_engine(
+    forest: Forest,
+    operator: EngineFactory,
+    *,
+    precision: str,
+    defer_operator: bool = False,
+    **options: Any,
+) -> Engine:
+    """The default backend's engine on the CPU: the engine ``operator`` (the onnx backend's
+    factory) builds, composed with the forest's tier of large batches where it has one
+    (:class:`treecomp.tiered.TieredEngine`; the two engines stay siblings, chosen here).
+
+    Who pays what. The engine built at convert builds the operator at once: convert pays it,
+    and the first single row is the operator's. An engine built at a call
+    (``defer_operator``: float32 rows of a double library under ``precision="auto"``) with
+    the kernel as its tier builds only the kernel's layout: that first call pays the layout
+    (LightGBM 300 trees x 255 leaves: ~0.1 s; the operator's graph is ~0.4 s more), and
+    the kernel scores it. The operator's graphs (its large batches', then its single rows'
+    and small batches', which an operator built at convert builds at their first call) are
+    built in a thread started once that call is scored; the kernel scores every batch until
+    they are ready, small ones included (exact, a few us slower below KERNEL_FROM_ROWS
+    rows), so no later call waits for a graph either. While they build, the caller's thread
+    shares the GIL (a call's Python parts may wait up to the switch interval, 5 ms) and a
+    core with them. ``cm.tier_up()`` builds them now and waits.
+    """
+    from treecomp.tiered import Operator, TieredEngine
+
+    def build_operator() -> Operator:
+        return cast("Operator", operator(forest, precision=precision, **options))
+
+    engine = None if defer_operator else build_operator()  # first: it checks the options
+    tier = _large_batch_tier(forest, precision, options)
+    if tier is None:
+        return engine if engine is not None else build_operator()
+    if engine is None and tier.engine is None:  # no tier ready to score while it builds
+        engine = build_operator()
+    return TieredEngine(engine, tier, build_operator=build_operator)
+
+
+def _large_batch_tier(forest: Forest, precision: str, options: dict[str, Any]) -> Tier | None:
+    """The tier of large batches for the default backend: the kernel where it walks the
+    forest (numerical splits, a C compiler), else the compiled package where it profits
+    (:func:`~treecomp.compiled_tier.worth_compiling`) and background builds are on
+    (:func:`~treecomp.compiled_tier.enabled`), else None."""
+    from treecomp import compiled_tier, kernel
+    from treecomp.tiered import KernelTier
+
+    try:
+        engine = kernel.KernelEngine(
+            forest,
+            precision=precision,  # type: ignore[arg-type]
+            n_threads=options.get("n_threads"),
+        )
+    except (kernel.KernelUnsupported, kernel.KernelUnavailable) as exc:
+        logger.info("treecomp: no kernel tier (%s)", exc)
+    else:
+        return KernelTier(engine)
+    if compiled_tier.enabled() and compiled_tier.worth_compiling(forest):
+        from treecomp.torch_backend import package_tier
+
+        return package_tier(forest, precision=precision, options=options)  # type: ignore[arg-type]
+    return None

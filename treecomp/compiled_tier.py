@@ -33,12 +33,14 @@ import sys
 import tempfile
 import threading
 import time
-from typing import IO, Any, cast
-
-import numpy as np
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from treecomp.inputs import Precision
-from treecomp.ir import Forest, tree_depths
+from treecomp.ir_shapes import tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,20 @@ class CompiledTier:
 
     name = "compiled"
 
-    def __init__(self, forest: Forest, *, precision: Precision, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        forest: Forest,
+        *,
+        precision: Precision,
+        options: dict[str, Any],
+        cached: Callable[[Forest, Precision, dict[str, Any]], Any],
+        check: Callable[[], None],
+    ) -> None:
         self.forest = forest
         self.precision = precision
+        # The torch side, handed in by treecomp.torch_backend.package_tier: the engine of the
+        # cached package (or None), and a check that a package can be built here at all.
+        self._cached_engine, self._check = cached, check
         self.options = {k: v for k, v in options.items() if k in ("batch_size", "n_threads")}
         self.engine: Any = None
         self.state = "idle"
@@ -159,31 +172,17 @@ class CompiledTier:
         self.state = "ready"
 
     def _cached(self) -> Any:
-        from treecomp.torch_backend import TorchEngine
-
-        engine = TorchEngine(
-            self.forest,
-            precision=self.precision,
-            script=False,
-            compile=True,
-            build=False,
-            **self.options,
-        )
-        return engine if engine.package_loaded else None
+        return self._cached_engine(self.forest, self.precision, self.options)
 
     def _build(self) -> None:
         """Build the package in a child process, lower priority, and wait for it."""
-        import torch
-
-        from treecomp.torch_backend import check_compiler
-
-        check_compiler(torch.device("cpu"))  # no child for a build that cannot run
+        self._check()  # no child for a build that cannot run
         spec = {"precision": self.precision, **self.options}
-        command = [sys.executable, "-m", "treecomp.compiled_tier", json.dumps(spec)]
+        command = [sys.executable, "-m", "treecomp.package_build", json.dumps(spec)]
         # The child imports treecomp from where this process did.
         paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
         # Its temporary files (inductor's and the compilers') in a folder of its own, which
-        # it removes if this process dies first (_watch_parent), and this process after it.
+        # it removes if this process dies first (watch_parent), and this process after it.
         # Inductor's cache (the packages with it) stays where this process has it: by
         # default it would follow TMPDIR into that folder.
         from torch._inductor.runtime.cache_dir_utils import cache_dir
@@ -203,7 +202,7 @@ class CompiledTier:
             child = subprocess.Popen(
                 command,
                 env=env,
-                stdin=subprocess.PIPE,  # the forest, then held open: see _watch_parent
+                stdin=subprocess.PIPE,  # the forest, then held open: see watch_parent
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its compiler workers end with it (_end_children)
@@ -231,7 +230,7 @@ def _end_children() -> None:
     """Builds still running when the interpreter exits end with it (no orphans); none
     starts after. A process killed outright (SIGKILL, or SIGTERM without a handler, as
     Docker and Kubernetes stop containers) runs no atexit: its builds see the end of
-    their input instead (:func:`_watch_parent`)."""
+    their input instead (:func:`watch_parent`)."""
     global _exiting
     _exiting = True
 
@@ -246,7 +245,7 @@ def _end_children() -> None:
                 pass
 
 
-def _watch_parent(fd: int) -> None:
+def watch_parent(fd: int) -> None:
     """End this build, its compiler processes with it, once the pipe ``fd`` reads from
     (which the parent never writes to again) closes: the kernel closes it when the parent
     ends, however it ends.
@@ -276,25 +275,3 @@ def _watch_parent(fd: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="treecomp-parent-watch", daemon=True).start()
-
-
-def _main(argv: list[str]) -> int:
-    """Build the package of the forest read from standard input, with the options in
-    ``argv[0]``; end when standard input closes (the parent is gone)."""
-    source = sys.stdin.buffer.readline()  # all there is: the parent writes one line
-    _watch_parent(sys.stdin.fileno())
-    try:
-        os.nice(10)  # the serving process keeps its cores first
-    except (AttributeError, OSError):  # no nice() (Windows), or not allowed
-        pass
-    from treecomp.torch_backend import TorchEngine
-
-    forest = Forest.from_dict(json.loads(source))
-    spec = json.loads(argv[0])
-    TorchEngine(forest, script=False, compile=True, **spec)
-    return 0
-
-
-if __name__ == "__main__":
-    np.seterr(all="ignore")
-    sys.exit(_main(sys.argv[1:]))

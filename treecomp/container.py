@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp import outputs as native
-from treecomp.backends import choose_backend, get_backend
+from treecomp.backends import choose_backend, get_backend, tiered_engine
 from treecomp.engine import Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
 from treecomp.frontends import parse
@@ -252,7 +252,7 @@ class CompiledModel:
         background once large batches have kept the process busy for a few seconds. This
         does both now (a server warming up before it takes requests): a cached package
         loads in about a second, a build takes 10-60 s. It also builds now the operator's
-        graphs that an engine built at a call defers (:func:`treecomp.tiered.make_engine`),
+        graphs that an engine built at a call defers (:func:`treecomp.backends.tiered_engine`),
         and, where the kernel serves large batches, a double library's engine for float32
         rows under ``precision="auto"`` (else built at its first float32 call).
 
@@ -484,10 +484,8 @@ def convert(
     if tiering and backend == "onnx":
         # The default backend on the CPU: the tree operator, large batches to the kernel or
         # the compiled package (treecomp.tiered), composed here, above both engines. An
-        # engine built at a call defers its operator's graph (tiered.make_engine).
-        from treecomp import tiered
-
-        factory = functools.partial(tiered.make_engine, operator=factory)
+        # engine built at a call defers its operator's graph (tiered_engine).
+        factory = functools.partial(tiered_engine, operator=factory)
         at_call = {**options, "defer_operator": True}
 
     def build(precision: Precision) -> Engine:

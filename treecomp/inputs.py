@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp.errors import UnsupportedModelError
-from treecomp.ir import Forest
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 Precision = Literal["float32", "float64"]
 # What ``convert(precision=...)`` takes: a precision, or "auto" (chosen per call, see above).

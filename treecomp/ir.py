@@ -52,10 +52,10 @@ from treecomp.ir_schema import (
     FloatType,
     Task,
 )
+from treecomp.ir_schema import (
+    ZERO_THRESHOLD as ZERO_THRESHOLD,  # re-exported: the IR names it
+)
 from treecomp.ir_shapes import node_depths, tree_depths
-
-# LightGBM's kZeroThreshold: a float literal (1e-35f) widened to double.
-ZERO_THRESHOLD = float(np.float32(1e-35))
 
 
 @dataclass(frozen=True, slots=True)

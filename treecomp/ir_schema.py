@@ -34,6 +34,9 @@ CATEGORY_ENCODINGS = ("pandas", "always")
 #   "nonnegative" x >= 0: every negative value is unlisted (XGBoost)
 CATEGORY_DOMAINS = ("truncate", "nonnegative")
 
+# LightGBM's kZeroThreshold: a float literal (1e-35f) widened to double.
+ZERO_THRESHOLD = float(np.float32(1e-35))
+
 POST_TRANSFORMS = (
     "identity",  # raw score
     "sigmoid",  # 1 / (1 + exp(-scale * x)), per output

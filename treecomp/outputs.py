@@ -9,12 +9,14 @@ several methods from one pass (``CompiledModel.outputs``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.ir import Forest
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
+
 
 Scores = npt.NDArray[np.float64]
 

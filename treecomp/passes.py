@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.ir import Forest, Tree
-
 if TYPE_CHECKING:
     from treecomp.inputs import Precision
+    from treecomp.ir import Forest, Tree
 
 
 def float32_floor(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -13,7 +13,8 @@ batches to a *tier*, a sibling engine that is faster there:
 :class:`TieredEngine` is that composition: two engines side by side, neither owning the
 other, and a :class:`Race` between them that times both on the first large batches before the
 faster one serves the rest (the rules above come from one CPU; on another the tier can lose).
-:func:`make_engine` builds it for :func:`treecomp.convert`.
+:func:`treecomp.backends.tiered_engine` composes it for :func:`treecomp.convert`: which
+engines a forest gets is decided there, above them all.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp import compiled_tier
 from treecomp.engine import Engine
-from treecomp.inputs import Precision
-from treecomp.ir import Forest
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +201,8 @@ class TieredEngine:
     ``precision="auto"``) may defer its operator where the tier is ready at once (the
     kernel): that call then pays the kernel's layout alone, and the kernel scores every batch
     until the operator's graph, built in a thread started once that first call is scored, is
-    ready. So no call waits for the graph (see :func:`make_engine` for what each call pays).
+    ready. So no call waits for the graph (:func:`treecomp.backends.tiered_engine` says
+    what each call pays).
 
     Attributes:
         operator: The tree operator's engine; None while deferred.
@@ -356,60 +355,3 @@ class TieredEngine:
         if engine is not None:  # timed against a ready tier only
             race.record("operator", elapsed, rows)
         return out
-
-
-def tier_for(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> Tier | None:
-    """The tier of large batches for the default backend: the kernel where it walks the
-    forest (numerical splits, a C compiler), else the compiled package where it profits
-    (:func:`~treecomp.compiled_tier.worth_compiling`) and background builds are on
-    (:func:`~treecomp.compiled_tier.enabled`), else None."""
-    from treecomp import kernel
-
-    try:
-        engine = kernel.KernelEngine(
-            forest, precision=precision, n_threads=options.get("n_threads")
-        )
-    except (kernel.KernelUnsupported, kernel.KernelUnavailable) as exc:
-        logger.info("treecomp: no kernel tier (%s)", exc)
-    else:
-        return KernelTier(engine)
-    if compiled_tier.enabled() and compiled_tier.worth_compiling(forest):
-        return compiled_tier.CompiledTier(forest, precision=precision, options=options)
-    return None
-
-
-def make_engine(
-    forest: Forest,
-    operator: Callable[..., Engine],
-    *,
-    precision: Precision,
-    defer_operator: bool = False,
-    **options: Any,
-) -> Engine:
-    """The default backend's engine on the CPU: the engine ``operator`` (the onnx backend's
-    factory) builds, composed with the forest's tier of large batches where it has one.
-
-    Who pays what. The engine built at convert builds the operator at once: convert pays it,
-    and the first single row is the operator's. An engine built at a call
-    (``defer_operator``: float32 rows of a double library under ``precision="auto"``) with
-    the kernel as its tier builds only the kernel's layout: that first call pays the layout
-    (LightGBM 300 trees x 255 leaves: ~0.1 s; the operator's graph is ~0.4 s more), and
-    the kernel scores it. The operator's graphs (its large batches', then its single rows'
-    and small batches', which an operator built at convert builds at their first call) are
-    built in a thread started once that call is scored; the kernel scores every batch until
-    they are ready, small ones included (exact, a few us slower below KERNEL_FROM_ROWS
-    rows), so no later call waits for a graph either. While they build, the caller's thread
-    shares the GIL (a call's Python parts may wait up to the switch interval, 5 ms) and a
-    core with them. ``cm.tier_up()`` builds them now and waits.
-    """
-
-    def build_operator() -> Operator:
-        return cast(Operator, operator(forest, precision=precision, **options))
-
-    engine = None if defer_operator else build_operator()  # first: it checks the options
-    tier = tier_for(forest, precision=precision, options=options)
-    if tier is None:
-        return engine if engine is not None else build_operator()
-    if engine is None and tier.engine is None:  # no tier ready to score while it builds
-        engine = build_operator()
-    return TieredEngine(engine, tier, build_operator=build_operator)

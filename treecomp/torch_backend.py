@@ -40,6 +40,7 @@ import torch.fx.experimental._config as fx_config
 
 import strategies
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
+from treecomp.compiled_tier import CompiledTier
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -567,3 +568,19 @@ def make_engine(
     forest: Forest, *, precision: Precision, script: bool, **options: Any
 ) -> TorchEngine:
     return TorchEngine(forest, precision=precision, script=script, **options)
+
+
+def package_tier(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> CompiledTier:
+    """The forest's compiled package as the default backend's tier of large batches, found
+    in the package cache or built in the background (:mod:`treecomp.compiled_tier`)."""
+
+    def cached(forest: Forest, precision: Precision, options: dict[str, Any]) -> Any:
+        engine = TorchEngine(
+            forest, precision=precision, script=False, compile=True, build=False, **options
+        )
+        return engine if engine.package_loaded else None
+
+    def check() -> None:
+        check_compiler(torch.device("cpu"))
+
+    return CompiledTier(forest, precision=precision, options=options, cached=cached, check=check)

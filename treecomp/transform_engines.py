@@ -9,13 +9,15 @@ NumPy first. This module sits above both, so that neither imports the other upwa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treecomp.engine import Engine
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
-from treecomp.ir import Forest
 from treecomp.transforms import FeaturesEngine, Transforms
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 
 def make_engine(

@@ -22,14 +22,13 @@ cannot raise ``"error"``'s exception).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
-from treecomp.ir import Forest
 from treecomp.transforms import (
     USES_NONE,
     USES_OTHER,
@@ -38,6 +37,9 @@ from treecomp.transforms import (
     blocks,
     evaluate,
 )
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 
 def wrap_torch_engine(engine: Any, transforms: Transforms, forest: Forest, dtype: str) -> Any:

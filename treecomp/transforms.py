@@ -26,14 +26,16 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp.engine import Engine
 from treecomp.inputs import check_values, to_matrix
-from treecomp.ir import Forest
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 OpKind = Literal[
     "fill",

@@ -1,9 +1,15 @@
-"""The ``"onnx"`` backend: a forest's engine graphs in ONNX Runtime sessions."""
+"""The ``"onnx"`` backend: a forest's engine graphs in ONNX Runtime sessions.
+
+The engine runs graphs; it does not build them. Its factory
+(:func:`treecomp.backends.get_backend`) hands it the function that builds them
+(:func:`treecomp.onnx.export.build_with_plan` bound to the forest), which it calls with the
+options of each graph it needs: the engine stands beside the exporter, not on top of it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +19,6 @@ from treecomp import reference
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir import Forest
-from treecomp.onnx.export import build_with_plan
 
 # The onnx backend scores calls of fewer rows than this with a graph planned for one row
 # (see strategies.tree_ensemble.SPLIT_FROM_ROWS, where the plans part).
@@ -30,12 +35,19 @@ PARALLEL_WALKS = 50_000
 PARALLEL_TREES = 80
 
 
+class BuildGraph(Protocol):
+    """Builds one engine graph of the engine's forest: the model and its plan in words."""
+
+    def __call__(self, *, engine_outputs: str, **options: Any) -> tuple[onnx.ModelProto, str]: ...
+
+
 class OnnxEngine:
-    """Runs the engine graph of a forest in an ONNX Runtime session."""
+    """Runs the engine graphs of a forest, built by ``build_graph``, in ONNX Runtime sessions."""
 
     def __init__(
         self,
         forest: Forest,
+        build_graph: BuildGraph,
         *,
         precision: Precision,
         strategy: str = "auto",
@@ -102,7 +114,8 @@ class OnnxEngine:
         # as the native libraries call them (ONNX Runtime's Exp differs by an ulp).
         self._score_outputs = (["raw"], [k])
         self.providers = providers
-        self.model, self.plan = build_with_plan(forest, engine_outputs="scores", **self.options)
+        self._build_graph = build_graph
+        self.model, self.plan = build_graph(engine_outputs="scores", **self.options)
         self.session = self._session(self.model)
         # Built on first use: the leaf-id graph, the scores graph planned for calls of
         # fewer than SMALL_BATCH rows (where the plan for the expected batch size differs),
@@ -152,7 +165,7 @@ class OnnxEngine:
                 # graph gets one tree a target and adds them in standard operators.
                 one_sum = self.forest.n_outputs == 1
                 options = {**self.options, "batch_size": 1, "one_thread": one_sum}
-                self.row_model, _ = build_with_plan(self.forest, engine_outputs="scores", **options)
+                self.row_model, _ = self._build_graph(engine_outputs="scores", **options)
                 threads = ort.SessionOptions()
                 threads.intra_op_num_threads = self.threads
                 threads.inter_op_num_threads = 1
@@ -166,7 +179,7 @@ class OnnxEngine:
             return self.session
         if self._small_session is None:
             options = {**self.options, "batch_size": 1}
-            self.small_model, _ = build_with_plan(self.forest, engine_outputs="scores", **options)
+            self.small_model, _ = self._build_graph(engine_outputs="scores", **options)
             same = self.small_model.SerializeToString() == self.model.SerializeToString()
             self._small_session = self.session if same else self._session(self.small_model)
         return self._small_session
@@ -223,7 +236,7 @@ class OnnxEngine:
 
     def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         if self._leaf_session is None:
-            model, _ = build_with_plan(self.forest, engine_outputs="leaf_ids", **self.options)
+            model, _ = self._build_graph(engine_outputs="leaf_ids", **self.options)
             self._leaf_session = self._session(model)
         n_trees = self.forest.n_trees
         return self._run(lambda rows: self._leaf_session, ["leaf_ids"], [n_trees], X, np.int64)[0]
@@ -245,7 +258,3 @@ class OnnxEngine:
         else:
             outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
         return outputs[0], reference.link(self.forest, outputs[0])
-
-
-def make_engine(forest: Forest, *, precision: Precision, **options: Any) -> OnnxEngine:
-    return OnnxEngine(forest, precision=precision, **options)
