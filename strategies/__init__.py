@@ -10,6 +10,8 @@ composes them with the shared aggregation and post-transform. This package depen
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -24,10 +26,35 @@ from strategies.nodes import GroupOptions
 from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
 from treecomp.ir import Forest
+from treecomp.ir_shapes import tree_depths
 from treecomp.names import ALIASES
-from treecomp.passes import fold_base_score, fold_missing
+from treecomp.passes import fold_base_score, fold_missing, thresholds_for
 
-__all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower"]
+__all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower", "lower_forest"]
+
+
+def lower_forest(
+    forest: Forest, precision: str, strategy: str = "auto", **options: Any
+) -> tuple[ForestModule, str]:
+    """The lowering every target runs: the forest's thresholds for ``precision``
+    (:func:`treecomp.passes.thresholds_for`), then :func:`lower` in that type.
+
+    The engines and the ONNX exporter are handed this function by their callers
+    (:mod:`treecomp.backends`, :meth:`treecomp.CompiledModel.to_onnx`): they run a
+    lowering, they do not choose one.
+
+    Args:
+        forest: A validated forest, thresholds as parsed.
+        precision: ``"float32"`` or ``"float64"``: the type of comparisons and sums.
+        strategy: As for :func:`lower`.
+        **options: :func:`lower`'s keyword options other than ``dtype``.
+
+    Returns:
+        The module (on CPU) and its plan in words (:func:`describe`).
+    """
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    module, groups = lower(thresholds_for(forest, precision), strategy, dtype=dtype, **options)
+    return module, describe(groups, tree_depths(forest.trees))
 
 
 def lower(

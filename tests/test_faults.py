@@ -196,10 +196,12 @@ PARENT = textwrap.dedent(
     """
     import sys, time
     import treecomp
+    from strategies import lower_forest
     from treecomp import compiled_tier, torch_backend
     from tests.test_ir import small_forest
 
-    tier = torch_backend.package_tier(small_forest(), precision="float32", options={})
+    forest = small_forest()
+    tier = torch_backend.package_tier(forest, lower_forest, precision="float32", options={})
     tier.state = "missing"  # not in the cache: build it
     tier._start("building", tier._build_and_load, after="missing")
     while not compiled_tier._children:

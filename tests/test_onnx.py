@@ -78,11 +78,13 @@ def test_large_batches_are_exact_under_any_session_options(name: str, precision:
     tree in a chain of Adds; under it, it scans the operator's values. Either way the
     answers are the native model's, bit for bit the same on 1, 2 or 4 threads with the
     graph optimised or not, and the same as the graph without the large-batch branch."""
+    from strategies import lower_forest
     from treecomp.onnx.export import build
 
     model, X_test = fitted(name)
     cm = treecomp.convert(model, "numpy", precision=precision)
     options = {
+        "lower": lower_forest,
         "precision": cm.export_dtype,
         "strategy": "auto",
         "batch_size": 10_000,
@@ -130,11 +132,13 @@ def test_one_row_runs_no_more_nodes_than_the_scan(name: str) -> None:
     """At one row every node counts (microseconds each). Against the graph without the
     large-batch If: one-output forests run no more nodes (the operator's own sum, exact on
     one row, replaces the scan); several outputs run the If's three (Shape, Less, If)."""
+    from strategies import lower_forest
     from treecomp.onnx.export import build
 
     model, _ = fitted(name)
     cm = treecomp.convert(model, "numpy")
     options = {"precision": cm.export_dtype, "batch_size": 10_000, "transforms": cm.transforms}
+    options["lower"] = lower_forest
     scan = one_row_nodes(build(cm.forest, large_batch_rows=None, **options).graph)
     now = one_row_nodes(cm.to_onnx().graph)
     assert now <= scan + (0 if cm.forest.n_outputs == 1 else 3), (now, scan)

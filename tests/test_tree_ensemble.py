@@ -558,12 +558,15 @@ def test_exported_rows_on_any_threads(name: str) -> None:
     a single row takes the operator's own sum where there is one output, the scan where
     there are several; batches from LARGE_BATCH_ROWS rows a node per tree. On 1, 2 or 4
     threads, optimised or not, bit for bit the answers of the graph without its If."""
+    from strategies import lower_forest
     from treecomp.onnx.export import LARGE_BATCH_ROWS, build
 
     model, X_test = many_trees(name)
     cm = treecomp.convert(model, "numpy", precision="float32")
     proto = cm.to_onnx()
-    scan = build(cm.forest, precision="float32", batch_size=10_000, large_batch_rows=None)
+    scan = build(
+        cm.forest, lower=lower_forest, precision="float32", batch_size=10_000, large_batch_rows=None
+    )
     X = np.asarray(X_test, dtype=np.float32)
     X = np.tile(X, (-(-LARGE_BATCH_ROWS // len(X)), 1))
 

@@ -178,9 +178,10 @@ def _numpy_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
 
 @register_backend("torch")
 def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
-    from treecomp.torch_backend import make_engine
+    from strategies import lower_forest
+    from treecomp.torch_backend import TorchEngine
 
-    return make_engine(forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
+    return TorchEngine(forest, lower_forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
 
 
 # TorchScript is deprecated in torch 2.13 (torch.export and AOTInductor replace it), and its
@@ -209,20 +210,22 @@ def _outside_treecomp() -> int:
 
 @register_backend("torchscript")
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
-    from treecomp.torch_backend import make_engine
+    from strategies import lower_forest
+    from treecomp.torch_backend import TorchEngine
 
     warnings.warn(TORCHSCRIPT_DEPRECATION, FutureWarning, stacklevel=_outside_treecomp())
     _no_compile("torchscript", options)
-    return make_engine(forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
+    return TorchEngine(forest, lower_forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
 
 
 @register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
+    from strategies import lower_forest
     from treecomp.onnx.engine import OnnxEngine
     from treecomp.onnx.export import build_with_plan
 
     _no_compile("onnx", options)
-    build_graph = functools.partial(build_with_plan, forest)
+    build_graph = functools.partial(build_with_plan, forest, lower=lower_forest)
     return OnnxEngine(forest, build_graph, precision=precision, **options)  # type: ignore[arg-type]
 
 
@@ -292,7 +295,8 @@ def _large_batch_tier(forest: Forest, precision: str, options: dict[str, Any]) -
     else:
         return KernelTier(engine)
     if compiled_tier.enabled() and compiled_tier.worth_compiling(forest):
+        from strategies import lower_forest
         from treecomp.torch_backend import package_tier
 
-        return package_tier(forest, precision=precision, options=options)  # type: ignore[arg-type]
+        return package_tier(forest, lower_forest, precision=precision, options=options)  # type: ignore[arg-type]
     return None

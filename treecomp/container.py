@@ -35,8 +35,8 @@ from treecomp.inputs import (
     prepare,
 )
 from treecomp.ir import METHODS, Forest
+from treecomp.transform_engines import prepare as prepare_rows
 from treecomp.transforms import Transforms
-from treecomp.transforms import prepare as prepare_rows
 
 
 def _is_tensor(X: Any) -> bool:
@@ -312,12 +312,14 @@ class CompiledModel:
                 ``"tree_traversal"``, ``"perfect_tree_traversal"``), for runtimes without
                 the ONNX-ML domain.
         """
+        from strategies import lower_forest
         from treecomp.onnx.export import build
 
         if strategy is None:
             strategy = str(self.options.get("strategy") or "auto")
         return build(
             self.forest,
+            lower=lower_forest,
             precision=self.export_dtype,
             strategy=strategy,
             batch_size=int(self.options.get("batch_size") or 10_000),

@@ -26,16 +26,19 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp import reference
 from treecomp.inputs import Precision, check_positive
-from treecomp.ir import Forest, tree_depths
+from treecomp.ir_shapes import tree_depths
 from treecomp.kernel_layout import lay_out
 from treecomp.passes import fold_missing, thresholds_for
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 SOURCE = Path(__file__).with_name("kernel.c")
 # The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).

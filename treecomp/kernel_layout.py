@@ -6,14 +6,16 @@ well under a second."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp.inputs import Precision
-from treecomp.ir import Forest, Tree, tree_depths
-from treecomp.ir_shapes import heap_levels
+from treecomp.ir_shapes import heap_levels, tree_depths
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest, Tree
 
 # A tree is perfect (heap-ordered) throughout where it has at most DENSE_LEVELS levels, or
 # where that pads it to at most PADDING slots a node and MAX_PERFECT_LEVELS levels; see

@@ -27,11 +27,12 @@ def main(argv: list[str]) -> int:
         os.nice(10)  # the serving process keeps its cores first
     except (AttributeError, OSError):  # no nice() (Windows), or not allowed
         pass
+    from strategies import lower_forest
     from treecomp.torch_backend import TorchEngine
 
     forest = Forest.from_dict(json.loads(source))
     spec = json.loads(argv[0])
-    TorchEngine(forest, script=False, compile=True, **spec)
+    TorchEngine(forest, lower_forest, script=False, compile=True, **spec)
     return 0
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.ir import ZERO_THRESHOLD, Forest, PostTransform, Tree
+from treecomp.ir_schema import ZERO_THRESHOLD
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest, PostTransform, Tree
 
 
 def go_left(

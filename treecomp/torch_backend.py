@@ -2,14 +2,16 @@
 
 Imported only when one of these backends is asked for, so that treecomp itself needs no
 torch. The pipeline is the one of the design card: the forest (already parsed) goes through
-the float32 threshold pass when scoring in float32, then :func:`strategies.lower`, then is
-moved to its device; inputs are scored in chunks so that memory stays bounded.
+the float32 threshold pass when scoring in float32, then :func:`strategies.lower`
+(:func:`strategies.lower_forest`, which the engine's factory hands it), then is moved to
+its device; inputs are scored in chunks so that memory stays bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import os
 import platform
@@ -18,15 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp import reference
 from treecomp.inputs import Precision, check_positive, check_shape, check_values, integer_target
-from treecomp.ir import Forest, tree_depths
-from treecomp.passes import thresholds_for
 
 try:
     import torch
@@ -38,7 +38,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 import torch.fx.experimental._config as fx_config
 
-import strategies
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.compiled_tier import CompiledTier
 from treecomp.package_cache import (
@@ -53,6 +52,10 @@ from treecomp.package_cache import (
     package_name,
     trim_packages,
 )
+
+if TYPE_CHECKING:
+    from strategies import ForestModule
+    from treecomp.ir import Forest
 
 _log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def _bytes_per_row(module: strategies.ForestModule, dtype_bytes: int) -> int:
+def _bytes_per_row(module: ForestModule, dtype_bytes: int) -> int:
     """A generous bound on the scratch memory one row needs in the module's forward."""
     total = 0
     groups: list[Any] = list(module.groups)
@@ -148,7 +151,7 @@ class PT2Module(torch.nn.Module):
     """What a ``.pt2`` package runs: ``X -> (raw, transformed[, leaf_ids])`` or, with
     ``outputs="leaf_ids"``, ``X -> (leaf_ids,)``."""
 
-    def __init__(self, module: strategies.ForestModule, outputs: str) -> None:
+    def __init__(self, module: ForestModule, outputs: str) -> None:
         super().__init__()
         self.forest = module
         self.outputs = outputs
@@ -162,13 +165,14 @@ class PT2Module(torch.nn.Module):
         return raw, transformed
 
 
-def module_digest(module: strategies.ForestModule) -> str:
+def module_digest(module: ForestModule) -> str:
     """What a compiled package of ``module`` depends on, whatever its outputs and device:
     the lowering's code, every buffer and setting of the module, torch, the inductor
     options and the CPU's instruction set. Hashes every buffer: computed once per engine."""
     digest = hashlib.sha256()
     here = Path(__file__).resolve()
-    sources = [*sorted(Path(strategies.__file__).resolve().parent.glob("*.py")), here]
+    lowering = Path(inspect.getfile(type(module))).resolve().parent  # the strategies
+    sources = [*sorted(lowering.glob("*.py")), here]
     sources.append(here.parent / "ir.py")
     for source in sources:
         digest.update(source.read_bytes())
@@ -208,7 +212,7 @@ class PackagedForward:
 
     def __init__(
         self,
-        module: strategies.ForestModule,
+        module: ForestModule,
         outputs: str,
         device: torch.device,
         digest: str,
@@ -311,9 +315,7 @@ def scalar_code_only() -> Iterator[None]:
         cpu_vec_isa.valid_vec_isa_list = listed
 
 
-def export_package(
-    module: strategies.ForestModule, path: Any, outputs: str, device: torch.device
-) -> None:
+def export_package(module: ForestModule, path: Any, outputs: str, device: torch.device) -> None:
     """Write a ``torch.export`` + AOTInductor package of ``module`` (see :class:`PT2Module`).
 
     The export traces with size-oblivious reasoning, so that neither 1 row nor one block of
@@ -358,12 +360,23 @@ def export_package(
     _log.info("compiled in %.1f s", time.perf_counter() - start)
 
 
+class Lower(Protocol):
+    """The lowering the engine runs (:func:`strategies.lower_forest`): the forest's module
+    for ``precision`` and its plan in words."""
+
+    def __call__(
+        self, forest: Forest, precision: str, strategy: str, **options: Any
+    ) -> tuple[ForestModule, str]: ...
+
+
 class TorchEngine:
-    """A lowered forest on a device, scoring NumPy arrays or torch tensors in chunks."""
+    """A forest lowered by ``lower`` on a device, scoring NumPy arrays or torch tensors in
+    chunks."""
 
     def __init__(
         self,
         forest: Forest,
+        lower: Lower,
         *,
         precision: Precision,
         script: bool,
@@ -384,18 +397,14 @@ class TorchEngine:
         self.compiled = compile  # a package is built, or loaded (no compiler needed)
         self.n_threads = n_threads
         self.progress = progress
-        dtype = torch.float32 if precision == "float32" else torch.float64
-        lowered = thresholds_for(forest, precision)
-        module, groups = strategies.lower(
-            lowered,
+        module, self.strategy = lower(
+            forest,
+            precision,
             strategy,
-            dtype=dtype,
             batch_size=batch_size or 10_000,
             device=self.device.type,
             compiled=compile,
         )
-        depths = tree_depths(forest.trees)
-        self.strategy = strategies.describe(groups, depths)
         module.eval()
         module.branch_free = compile
         self.lowered = module  # the Python module, for torch.export
@@ -564,19 +573,15 @@ def _score_slice(fn: Callable[[torch.Tensor], Any], rows: torch.Tensor) -> list[
         return _numpy(fn(rows))
 
 
-def make_engine(
-    forest: Forest, *, precision: Precision, script: bool, **options: Any
-) -> TorchEngine:
-    return TorchEngine(forest, precision=precision, script=script, **options)
-
-
-def package_tier(forest: Forest, *, precision: Precision, options: dict[str, Any]) -> CompiledTier:
+def package_tier(
+    forest: Forest, lower: Lower, *, precision: Precision, options: dict[str, Any]
+) -> CompiledTier:
     """The forest's compiled package as the default backend's tier of large batches, found
     in the package cache or built in the background (:mod:`treecomp.compiled_tier`)."""
 
     def cached(forest: Forest, precision: Precision, options: dict[str, Any]) -> Any:
         engine = TorchEngine(
-            forest, precision=precision, script=False, compile=True, build=False, **options
+            forest, lower, precision=precision, script=False, compile=True, build=False, **options
         )
         return engine if engine.package_loaded else None
 

@@ -8,7 +8,7 @@ exports (:func:`emit_transforms`). The features are computed in float64, then ca
 forest's input type (float32 for XGBoost and scikit-learn trees), then to the precision
 the engine compares in: the native path of a pipeline's rows. A HistGradientBoosting
 forest's categorical features then become positions among its known categories, as its
-own preprocessing does (the NumPy evaluation, :class:`treecomp.transforms.FeaturesEngine`,
+own preprocessing does (the NumPy evaluation, :class:`treecomp.transform_engines.FeaturesEngine`,
 does the same with :func:`treecomp.inputs.to_matrix`).
 
 The exported ONNX file of a pipeline takes one input per column the pipeline reads, named

@@ -31,11 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.engine import Engine
-from treecomp.inputs import check_values, to_matrix
-
 if TYPE_CHECKING:
-    from treecomp.ir import Forest
+    pass
 
 OpKind = Literal[
     "fill",
@@ -436,51 +433,3 @@ def _codes(transforms: Transforms, values: npt.NDArray[Any], source: Source) -> 
                 "was fitted with handle_unknown='error')"
             )
     return codes
-
-
-def prepare(transforms: Transforms, forest: Forest, X: Any) -> npt.NDArray[np.float64]:
-    """The encoded matrix of ``X``, checked as the native forest checks its input where it
-    refuses NaN or infinity (the features are then computed here too, to look)."""
-    encoded = encode(transforms, X)
-    if not (forest.allow_nan and forest.allow_inf):
-        features = apply(transforms, encoded).astype(forest.input_dtype)
-        check_values(
-            forest, lambda: bool(np.isnan(features).any()), lambda: bool(np.isinf(features).any())
-        )
-    return encoded
-
-
-# ------------------------------------------------------------------------------------------
-# Engines: the forest's engine, scoring encoded rows.
-
-
-class FeaturesEngine:
-    """The forest's engine behind the NumPy evaluation of the transforms: the ``numpy``
-    backend, the reference, which has no module to put them in."""
-
-    def __init__(self, transforms: Transforms, forest: Forest, engine: Engine, dtype: str):
-        self.transforms = transforms
-        self.forest = forest
-        self.encodes = forest.categories is not None and forest.category_encoding == "always"
-        self.native = forest.input_dtype
-        self.dtype = dtype
-        self.engine = engine
-
-    def _features(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-        features = apply(self.transforms, np.asarray(X, np.float64)).astype(self.native)
-        if self.encodes:  # HistGradientBoosting's values to positions among its categories
-            features = to_matrix(self.forest, features)
-        return features.astype(self.dtype)
-
-    @property
-    def strategy(self) -> str:
-        """The forest engine's plan, after the transforms in NumPy."""
-        return f"transforms in NumPy, then {getattr(self.engine, 'strategy', 'reference')}"
-
-    def leaf_ids(self, X: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-        return self.engine.leaf_ids(self._features(X))
-
-    def scores(
-        self, X: npt.NDArray[np.floating]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        return self.engine.scores(self._features(X))

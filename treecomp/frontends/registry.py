@@ -7,12 +7,14 @@ below it, and the package imports the frontends: nothing imports back up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treecomp.errors import UnsupportedModelError
-from treecomp.ir import Forest
 
-Parser = Callable[[Any], Forest]
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
+
+Parser = Callable[[Any], "Forest"]
 _PARSERS: dict[str, Parser] = {}
 
 
@@ -45,9 +47,7 @@ def parse(model: Any) -> Forest:
         UnsupportedModelError: no frontend handles ``type(model)``, or the model uses an
             option treecomp cannot reproduce exactly.
     """
-    if isinstance(model, Forest):
-        return model.validate()
-    for cls in type(model).__mro__:
+    for cls in type(model).__mro__:  # a Forest too: its own parser is registered
         parser = _PARSERS.get(_key(cls))
         if parser is not None:
             return parser(model).validate()

@@ -9,7 +9,7 @@ options of each graph it needs: the engine stands beside the exporter, not on to
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,9 @@ import onnx
 from treecomp import reference
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.inputs import Precision, check_positive
-from treecomp.ir import Forest
+
+if TYPE_CHECKING:
+    from treecomp.ir import Forest
 
 # The onnx backend scores calls of fewer rows than this with a graph planned for one row
 # (see strategies.tree_ensemble.SPLIT_FROM_ROWS, where the plans part).

@@ -25,19 +25,26 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
-import strategies
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
-from treecomp.ir import Forest, tree_depths
+from treecomp.ir_shapes import tree_depths
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module
-from treecomp.passes import thresholds_for
+
+if TYPE_CHECKING:
+    from strategies import ForestModule
+    from treecomp.ir import Forest
+
+# The lowering the exporter runs (strategies.lower_forest, which its callers hand it): the
+# forest's module for a precision and strategy, and its plan in words.
+Lower = Callable[..., "tuple[ForestModule, str]"]
 
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
@@ -140,14 +147,15 @@ def _domains(nodes: Any) -> set[str]:
     return found
 
 
-def build(forest: Forest, **options: Any) -> onnx.ModelProto:
+def build(forest: Forest, *, lower: Lower, **options: Any) -> onnx.ModelProto:
     """The ONNX model of ``forest``; the options are those of :func:`build_with_plan`."""
-    return build_with_plan(forest, **options)[0]
+    return build_with_plan(forest, lower=lower, **options)[0]
 
 
 def build_with_plan(
     forest: Forest,
     *,
+    lower: Lower,
     precision: Precision = "float32",
     strategy: str = "auto",
     batch_size: int = 10_000,
@@ -162,6 +170,7 @@ def build_with_plan(
 
     Args:
         forest: A validated forest.
+        lower: The lowering to run (:func:`strategies.lower_forest`).
         precision: Float type of the input and of the node tests.
         strategy: As for :func:`strategies.lower`, plus ``"tree_ensemble"``.
         batch_size: Expected rows per call, for the strategy selector.
@@ -179,20 +188,16 @@ def build_with_plan(
             graph for small ones. The onnx backend's sessions run its own plans per batch
             size.
     """
-    import torch
-
     if engine_outputs not in (None, "scores", "leaf_ids"):
         raise ValueError(
             f"engine_outputs must be None, 'scores' or 'leaf_ids', not {engine_outputs!r}"
         )
     if one_thread and engine_outputs is None:
         raise ValueError("one_thread graphs are the onnx backend's; exported graphs are not")
-    dtype = torch.float32 if precision == "float32" else torch.float64
-    lowered = thresholds_for(forest, precision)
-    module, plan = strategies.lower(
-        lowered,
+    module, description = lower(
+        forest,
+        precision,
         strategy,
-        dtype=dtype,
         batch_size=batch_size,
         device=device,
         target="onnx",
@@ -307,7 +312,6 @@ def build_with_plan(
         ir_version=IR_VERSION if len(opsets) == 1 else ML_IR_VERSION,
     )
     depths = tree_depths(forest.trees)  # 25 ms for 300 trees of 255 leaves: once
-    description = strategies.describe(plan, depths)
     model.doc_string = (
         f"{forest.task} of {forest.n_trees} trees; input: {forest.n_features} features as "
         f"{precision}; depth {int(depths.max())}; strategy {description}"
