@@ -7,10 +7,14 @@ both, so that neither the backends nor the engines import the container.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from strategies import ForestModule
+    from treecomp.ir import Forest
 
 
 class Engine(Protocol):
@@ -25,3 +29,12 @@ class Engine(Protocol):
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Raw margins and post-transformed scores, each ``(n_rows, n_outputs)``."""
         ...
+
+
+class Lower(Protocol):
+    """The lowering an engine or the exporter is handed (:func:`strategies.lower_forest`):
+    the forest's module for ``precision`` and ``strategy``, and its plan in words."""
+
+    def __call__(
+        self, forest: Forest, precision: str, strategy: str, **options: Any
+    ) -> tuple[ForestModule, str]: ...

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,7 @@ import torch.fx.experimental._config as fx_config
 
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.compiled_tier import CompiledTier
+from treecomp.engine import Lower
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -358,15 +359,6 @@ def export_package(module: ForestModule, path: Any, outputs: str, device: torch.
     finally:
         module.branch_free = previous
     _log.info("compiled in %.1f s", time.perf_counter() - start)
-
-
-class Lower(Protocol):
-    """The lowering the engine runs (:func:`strategies.lower_forest`): the forest's module
-    for ``precision`` and its plan in words."""
-
-    def __call__(
-        self, forest: Forest, precision: str, strategy: str, **options: Any
-    ) -> tuple[ForestModule, str]: ...
 
 
 class TorchEngine:

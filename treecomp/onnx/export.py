@@ -25,7 +25,6 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,18 +32,14 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
+from treecomp.engine import Lower
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
 from treecomp.ir_shapes import tree_depths
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module
 
 if TYPE_CHECKING:
-    from strategies import ForestModule
     from treecomp.ir import Forest
-
-# The lowering the exporter runs (strategies.lower_forest, which its callers hand it): the
-# forest's module for a precision and strategy, and its plan in words.
-Lower = Callable[..., "tuple[ForestModule, str]"]
 
 OPSET = 17
 # IR version 8 is what opset 17 shipped with; runtimes from 2022 on load it.
