@@ -388,7 +388,7 @@ class KernelEngine:
         average = forest.aggregation == "average"
         # What treecomp_small links in C: the kernel's links of sums that are not averaged
         # first (averages divide before the link: _finish); (0, 0.0): none.
-        self._small_link = (0, 0.0) if average or code is None else (code, post.scale)
+        self._small_link = (0, 0.0) if average or self._link_code is None else self._link_code
         self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
             self.layout.accumulate
         )
