@@ -19,6 +19,7 @@ import torch
 
 from strategies import eager
 from strategies.nodes import TreeGroup, _compiling, extend_input, take, tensor
+from treecomp import links
 
 if TYPE_CHECKING:
     from treecomp.ir import Forest
@@ -30,45 +31,82 @@ FLOAT32_EXACT_INTEGERS = 1 << 24
 SEQUENTIAL_TERMS = 4096
 
 
-def post_transform(kind: str, scale: float, raw: torch.Tensor) -> torch.Tensor:
-    """The IR's post-transforms (see ``treecomp.ir.POST_TRANSFORMS``) in torch."""
-    if kind == "identity":
-        return raw
-    if raw.dtype == torch.float32 and kind in ("sigmoid", "softmax", "exp"):
-        return xgboost_float32_link(kind, scale, raw)
-    if kind == "sigmoid":
-        return torch.sigmoid(raw * scale)
-    if kind == "softmax":
-        return torch.softmax(raw, dim=1)
-    if kind == "exp":
-        return torch.exp(raw)
-    if kind == "softplus":
-        return torch.log1p(torch.exp(raw))
-    if kind == "signed_square":
-        return torch.sign(raw) * raw * raw
-    if kind == "isolation":
-        if scale == 0.0:
-            return torch.full_like(raw, -0.5)
-        return -torch.pow(2.0, -(raw / scale))
-    raise ValueError("unknown post-transform " + kind)
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Each row's sum ``(rows, 1)``, added from the first column to the last in ``x``'s
+    type: a scan (a sum adds in a blocked order), and column by column in float32, which
+    torch's CPU scan adds in double."""
+    if x.dtype != torch.float32:
+        return torch.cumsum(x, dim=1)[:, -1:]
+    total = x[:, :1]
+    for j in range(1, x.shape[1]):
+        total = total + x[:, j : j + 1]
+    return total
 
 
-def expf(x: torch.Tensor) -> torch.Tensor:
-    """C's expf, correctly rounded: the float64 exp rounded once to float32 (torch's float32
-    exp is off by an ulp on some inputs, enough to move p == 0.5 ties)."""
-    return torch.exp(x.to(torch.float64)).to(torch.float32)
-
-
-def xgboost_float32_link(kind: str, scale: float, raw: torch.Tensor) -> torch.Tensor:
-    """XGBoost's links, step by step in float32 (src/common/math.h)."""
-    if kind == "sigmoid":  # 1 / (expf(min(-x, 88.7)) + 1)
-        return 1.0 / (expf(torch.clamp(-(raw * scale), max=88.7)) + 1.0)
-    if kind == "exp":
-        return expf(raw)
-    # softmax: expf(x - max), summed in double, divided by that sum rounded to float32.
-    e = expf(raw - raw.max(dim=1, keepdim=True)[0])
-    total = torch.cumsum(e.to(torch.float64), dim=1)[:, -1:]
-    return e / total.to(torch.float32)
+def run_steps(
+    steps: list[tuple[str, int, int, int]], constants: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """The one-input program of :class:`treecomp.arrays.Program` ``steps`` (from
+    ``Program.flat``, reading ``constants``) on ``x``, in torch: each operation as its
+    contract in :data:`treecomp.arrays.OPERATIONS` says; ``x`` itself if there are none."""
+    values: list[torch.Tensor] = [x]
+    for op, a, b, c in steps:
+        if op == "const":
+            values.append(constants[a])
+            continue
+        u = values[a]
+        if op == "neg":
+            y = -u
+        elif op == "exp":
+            y = torch.exp(u)
+        elif op == "log1p":
+            y = torch.log1p(u)
+        elif op == "sign":  # torch's sign of NaN is 0
+            y = torch.where(torch.isnan(u), u, torch.sign(u))
+        elif op == "float32":
+            y = u.to(torch.float32)
+        elif op == "float64":
+            y = u.to(torch.float64)
+        elif op == "int64":
+            y = u.to(torch.int64)
+        elif op == "softmax":
+            y = torch.softmax(u, dim=1)
+        elif op == "row_max":
+            y = u.max(dim=1, keepdim=True)[0]
+        elif op == "row_sum":
+            y = row_sum(u)
+        elif op == "argmax":
+            y = torch.argmax(u, dim=1)
+        elif op == "squeeze":
+            y = u[:, 0]
+        elif op == "where":
+            y = torch.where(u, values[b], values[c])
+        else:
+            v = values[b]
+            if op == "add":
+                y = u + v
+            elif op == "sub":
+                y = u - v
+            elif op == "mul":
+                y = u * v
+            elif op == "div":
+                y = u / v
+            elif op == "pow":
+                y = torch.pow(u, v)
+            elif op == "minimum":
+                y = torch.minimum(u, v)
+            elif op == "less":
+                y = u < v
+            elif op == "greater":
+                y = u > v
+            elif op == "greater_equal":
+                y = u >= v
+            elif op == "concat":
+                y = torch.cat([u, v], 1)
+            else:
+                raise ValueError("unknown operation " + op)
+        values.append(y)
+    return values[-1]
 
 
 class ForestModule(torch.nn.Module):
@@ -98,6 +136,8 @@ class ForestModule(torch.nn.Module):
     steps: torch.Tensor
     inverse: torch.Tensor
     leaf_columns: torch.Tensor
+    link_constants: torch.Tensor
+    link_steps: list[tuple[str, int, int, int]]
 
     def __init__(
         self,
@@ -126,8 +166,10 @@ class ForestModule(torch.nn.Module):
         self.has_missing_value = not math.isnan(forest.missing_value)
         self.missing_value = float(forest.missing_value)
         self.average = forest.aggregation == "average"
-        self.kind = forest.post_transform.kind
-        self.scale = float(forest.post_transform.scale)
+        post = forest.post_transform
+        link = links.program(post.kind, float(post.scale), forest.accumulation)
+        steps, constants = ([], np.zeros(0)) if link is None else link.flat()
+        self.link_steps = steps
         self.leaf_width = max(t.leaf_width for t in forest.trees)
         # float32 accumulation (XGBoost) adds in float32, one contribution at a time: torch's
         # CPU cumsum would accumulate float32 in double.
@@ -136,6 +178,7 @@ class ForestModule(torch.nn.Module):
         for group in groups:
             group.leaf_value = group.leaf_value.to(acc)
         self.register_buffer("base_score", tensor(forest.base_score, acc).unsqueeze(1))
+        self.register_buffer("link_constants", tensor(constants, acc))
         # Sums start at zero: averages add the base after the mean, and strategies.lower
         # folds base scores into the first trees' leaves (treecomp.passes.fold_base_score).
         self.zero_start = self.average or not forest.base_score.any()
@@ -311,7 +354,7 @@ class ForestModule(torch.nn.Module):
         # The scans are cloned above and this is a copy: the result owns its memory, so
         # chunks of a big input do not keep their scratch tensors alive.
         raw = self._rows(total, n)
-        return raw, post_transform(self.kind, self.scale, raw)
+        return raw, run_steps(self.link_steps, self.link_constants, raw)
 
     @torch.jit.unused
     def _branch_free_sum(self, base: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:

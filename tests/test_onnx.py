@@ -157,7 +157,7 @@ ONE_ROW_NODES = {
     "sklearn_iforest": 13,
     "sklearn_multi_output": 9,
     "sklearn_rf": 11,
-    "xgboost_binary": 17,
+    "xgboost_binary": 16,
     "xgboost_categorical": 15,
     "xgboost_multiclass": 21,
 }

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp import outputs as native
+from treecomp.outputs import NativeOutputs
 from treecomp.backends import choose_backend, get_backend, tiered_engine
 from treecomp.engine import Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
@@ -95,6 +95,7 @@ class CompiledModel:
         transforms: Transforms | None = None,
     ) -> None:
         self.forest = forest
+        self._native = NativeOutputs(forest)
         self.transforms = transforms
         self.backend = backend
         self.precision = precision
@@ -393,22 +394,22 @@ class CompiledModel:
     @_NativeMethod
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Class probabilities, shape ``(n_rows, n_classes)``."""
-        return native.predict_proba(self.forest, *self._scores(X))
+        return self._native.predict_proba(*self._scores(X))
 
     @_NativeMethod
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """Raw margins of a classifier, or ``score_samples - offset_`` of an outlier detector."""
-        return native.decision_function(self.forest, *self._scores(X))
+        return self._native.decision_function(*self._scores(X))
 
     @_NativeMethod
     def score_samples(self, X: Any) -> npt.NDArray[np.float64]:
         """Anomaly score of an outlier detector (lower is more abnormal)."""
-        return native.score_samples(self.forest, *self._scores(X))
+        return self._native.score_samples(*self._scores(X))
 
     @_NativeMethod
     def predict(self, X: Any) -> npt.NDArray[Any]:
         """Labels for classifiers and outlier detectors, values for regressors and rankers."""
-        return native.predict(self.forest, *self._scores(X))
+        return self._native.predict(*self._scores(X))
 
     def outputs(self, X: Any, methods: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
         """Several methods' results on ``X`` from one pass: the scores once (for every
@@ -432,9 +433,8 @@ class CompiledModel:
                 ids = engine.leaf_ids(prepared)
                 results[method] = ids.reshape((ids.shape[0], *self.forest.leaf_shape))
                 continue
-            if scores is None:
-                scores = engine.scores(prepared)
-            results[method] = native.FROM_SCORES[method](self.forest, *scores)
+            scores = engine.scores(prepared) if scores is None else scores
+            results[method] = getattr(self._native, method)(*scores)
         return results
 
 

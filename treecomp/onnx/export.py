@@ -36,7 +36,8 @@ from treecomp.engine import Lower
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision
 from treecomp.ir_shapes import tree_depths
-from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module
+from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module, emit_program
+from treecomp.outputs import OUTPUTS, program
 
 if TYPE_CHECKING:
     from treecomp.ir import Forest
@@ -105,18 +106,6 @@ def _emit_encoding(g: GraphBuilder, forest: Forest, X: str) -> str:
         found = g.op("Cast", g.op("ReduceMax", matches, axes=[1], keepdims=1), to="bool")
         columns.append(g.op("Where", found, position, nan))
     return g.op("Concat", *columns, axis=1)
-
-
-def _label_index(g: GraphBuilder, forest: Forest, raw: str, proba: str) -> str:
-    if forest.label_rule == "argmax_proba" or forest.n_outputs > 1:
-        source = proba if forest.label_rule == "argmax_proba" else raw
-        return g.op("ArgMax", source, axis=1, keepdims=0)
-    margin = g.op("Squeeze", raw, g.ints([1]))
-    zero = g.const(np.array(0.0, dtype=np.float64))
-    positive = g.op(
-        "GreaterOrEqual" if forest.label_rule == "margin_ge_zero" else "Greater", margin, zero
-    )
-    return g.op("Cast", positive, to="int64")
 
 
 def _class_constant(classes: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], int]:
@@ -259,34 +248,32 @@ def build_with_plan(
         output("raw", raw, sums, ["N", k])  # the backend links them (OnnxEngine.scores)
     elif engine_outputs == "leaf_ids":
         output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
-    elif forest.task == "classifier":
-        assert forest.classes is not None and raw is not None and transformed is not None
-        proba = transformed
-        if forest.proba_columns == 2 and k == 1:
-            one = g.const(np.array(1.0, np.float32 if float32_pair else np.float64))
-            proba = g.op("Concat", g.op("Sub", one, transformed), transformed, axis=1)
-            if float32_pair:  # widened after 1 - p
-                raw = g.op("Cast", raw, to="float64")
-                proba = g.op("Cast", proba, to="float64")
-        labels, element = _class_constant(forest.classes)
-        index = _label_index(g, forest, raw, proba)
-        output("label", g.op("Gather", g.const(labels), index), element, ["N"])
-        output("probabilities", proba, TensorProto.DOUBLE, ["N", forest.proba_columns])
-    elif forest.task == "outlier":
-        assert transformed is not None
-        scores = g.op("Squeeze", transformed, g.ints([1]))
-        decision = g.op("Sub", scores, g.const(np.array(forest.decision_offset)))
-        inlier = g.op("Less", decision, g.const(np.array(0.0)))
-        label = g.op(
-            "Where", inlier, g.const(np.array(-1, np.int64)), g.const(np.array(1, np.int64))
+    else:  # the native outputs, the program of treecomp.outputs
+        assert raw is not None and transformed is not None  # emitted for these outputs
+        scores = "float32" if float32_pair else "float64"
+        names = OUTPUTS[forest.task]
+        if forest.task == "classifier":
+            names = ("label_index", "probabilities")
+        values = dict(
+            zip(names, emit_program(g, program(forest, scores, *names), raw, transformed))
         )
-        output("label", label, TensorProto.INT64, ["N"])
-        output("scores", scores, TensorProto.DOUBLE, ["N"])
-        output("decision", decision, TensorProto.DOUBLE, ["N"])
-    else:
-        assert transformed is not None
-        scores = g.op("Squeeze", transformed, g.ints([1])) if k == 1 else transformed
-        output("scores", scores, TensorProto.DOUBLE, ["N"] if k == 1 else ["N", k])
+        if forest.task == "classifier":
+            assert forest.classes is not None
+            labels, element = _class_constant(forest.classes)
+            label = g.op("Gather", g.const(labels), values["label_index"])
+            output("label", label, element, ["N"])
+            output(
+                "probabilities",
+                values["probabilities"],
+                TensorProto.DOUBLE,
+                ["N", forest.proba_columns],
+            )
+        elif forest.task == "outlier":
+            output("label", values["label"], TensorProto.INT64, ["N"])
+            output("scores", values["scores"], TensorProto.DOUBLE, ["N"])
+            output("decision", values["decision"], TensorProto.DOUBLE, ["N"])
+        else:
+            output("scores", values["scores"], TensorProto.DOUBLE, ["N"] if k == 1 else ["N", k])
     if leaf_indices and engine_outputs is None:
         output("leaf_indices", leaf_ids, TensorProto.INT64, ["N", n])
 

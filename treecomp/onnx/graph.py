@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from treecomp import links
+from treecomp.arrays import CASTS, Program, Step
 from treecomp.errors import UnsupportedModelError
 
 try:
@@ -225,7 +227,11 @@ def emit_module(
             raw = g.op("If", one, then_branch=single, else_branch=g.branch(by_size, element))
     if raw is None:
         raw = summed()
-    transformed = _emit_transform(g, forest, raw) if link else None
+    transformed = None
+    post = forest.post_transform
+    program = links.program(post.kind, float(post.scale), forest.accumulation)
+    if link:
+        transformed = raw if program is None else emit_program(g, program, raw)[0]
     if forest.accumulation == "float32" and widen:
         raw = g.op("Cast", raw, to="float64")
         if transformed is not None:
@@ -387,54 +393,50 @@ def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
     return g.op("Concat", flat, zero, axis=1)
 
 
-def _emit_transform(g: GraphBuilder, forest: Forest, raw: str) -> str:
-    kind, scale = forest.post_transform.kind, float(forest.post_transform.scale)
-    acc = np.float32 if forest.accumulation == "float32" else np.float64
-
-    def double(value: float) -> str:
-        return g.const(np.array(value, dtype=acc))
-
-    if kind == "identity":
-        return raw
-    if acc == np.float32 and kind in ("sigmoid", "softmax", "exp"):
-        return _emit_xgboost_float32_link(g, kind, scale, raw)
-    if kind == "sigmoid":
-        # 1 / (1 + exp(-x)), as scipy's expit and LightGBM compute it: ONNX Runtime's
-        # Sigmoid kernel loses the relative precision of tiny probabilities (1.11e-15 for
-        # LightGBM's 1.0e-15 at a margin of -34.5).
-        scaled = raw if scale == 1.0 else g.op("Mul", raw, double(scale))
-        return g.op("Div", double(1.0), g.op("Add", double(1.0), g.op("Exp", g.op("Neg", scaled))))
-    if kind == "softmax":
-        return g.op("Softmax", raw, axis=1)
-    if kind == "exp":
-        return g.op("Exp", raw)
-    if kind == "softplus":
-        return g.op("Log", g.op("Add", g.op("Exp", raw), double(1.0)))
-    if kind == "signed_square":
-        return g.op("Mul", g.op("Sign", raw), g.op("Mul", raw, raw))
-    if kind == "isolation":
-        if scale == 0.0:  # a one-sample fit: scikit-learn scores every row 2**-1
-            return g.op("Sub", g.op("Mul", raw, double(0.0)), double(0.5))
-        return g.op("Neg", g.op("Pow", double(2.0), g.op("Neg", g.op("Div", raw, double(scale)))))
-    raise UnsupportedModelError(f"post-transform {kind!r} has no ONNX lowering")
+def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
+    """The outputs of ``program`` (:mod:`treecomp.arrays`) on the values ``inputs``."""
+    values = list(inputs)
+    for step in program.steps:
+        args = [values[a] for a in step.args]
+        values.append(_emit_step(g, step, args))
+    return [values[i] for i in program.outputs]
 
 
-def _emit_xgboost_float32_link(g: GraphBuilder, kind: str, scale: float, raw: str) -> str:
-    """XGBoost's float32 links (see ``treecomp.reference``): exp in double, rounded once."""
+# The operations that are one ONNX node of the same name, by operation.
+_NODES = {"neg": "Neg", "exp": "Exp", "sign": "Sign", "add": "Add", "sub": "Sub", "mul": "Mul"}
+_NODES |= {"div": "Div", "pow": "Pow", "minimum": "Min", "less": "Less", "greater": "Greater"}
+_NODES |= {"greater_equal": "GreaterOrEqual", "where": "Where"}
 
-    def expf(x: str) -> str:
-        return g.op("Cast", g.op("Exp", g.op("Cast", x, to="float64")), to="float32")
 
-    def f32(value: float) -> str:
-        return g.const(np.array(value, dtype=np.float32))
-
-    if kind == "sigmoid":
-        scaled = raw if scale == 1.0 else g.op("Mul", raw, f32(scale))
-        clamped = g.op("Min", g.op("Neg", scaled), f32(88.7))
-        return g.op("Div", f32(1.0), g.op("Add", expf(clamped), f32(1.0)))
-    if kind == "exp":
-        return expf(raw)
-    e = expf(g.op("Sub", raw, g.op("ReduceMax", raw, axes=[1], keepdims=1)))
-    total = g.op("CumSum", g.op("Cast", e, to="float64"), g.const(np.array(1, np.int64)))
-    last = g.op("Gather", total, g.const(np.array([-1], np.int64)), axis=1)
-    return g.op("Div", e, g.op("Cast", last, to="float32"))
+def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
+    op, dtype = step.op, step.dtype
+    if op == "const":
+        return g.const(np.array(step.value, dtype=dtype))
+    if op in _NODES:
+        return g.op(_NODES[op], *args)
+    if op == "concat":
+        return g.op("Concat", *args, axis=1)
+    (x,) = args
+    if op in CASTS:
+        return g.op("Cast", x, to=op)
+    if op == "argmax":
+        return g.op("ArgMax", x, axis=1, keepdims=0)
+    if op == "squeeze":
+        return g.op("Squeeze", x, g.ints([1]))
+    if op == "softmax":
+        return g.op("Softmax", x, axis=1)
+    if op == "row_max":
+        return g.op("ReduceMax", x, axes=[1], keepdims=1)
+    if op == "row_sum":  # CumSum adds in order, in x's type; its last column
+        total = g.op("CumSum", x, g.const(np.array(1, np.int64)))
+        return g.op("Gather", total, g.const(np.array([-1], np.int64)), axis=1)
+    if op == "log1p":
+        # ONNX has no log1p, and log(1 + x) is 0 where 1 + x rounds to 1: the classic
+        # correction log(u) * x / (u - 1), u = 1 + x; x itself where u - 1 is 0, log(u)
+        # where u - 1 is x (large x, infinity too).
+        one, zero = g.const(np.array(1.0, dtype)), g.const(np.array(0.0, dtype))
+        u = g.op("Add", x, one)
+        d = g.op("Sub", u, one)
+        ratio = g.op("Where", g.op("Equal", d, x), one, g.op("Div", x, d))
+        return g.op("Where", g.op("Equal", d, zero), x, g.op("Mul", g.op("Log", u), ratio))
+    raise UnsupportedModelError(f"operation {op!r} has no ONNX rendering")

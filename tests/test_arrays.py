@@ -1,0 +1,192 @@
+"""The vocabulary of treecomp.arrays and the links written in it, on every renderer.
+
+Each program runs three ways: NumPy (``Program.run``), torch (``run_steps``, eager and
+scripted) and ONNX (``emit_program`` in an ONNX Runtime session). The links are checked
+against the reference evaluator, the oracle they must agree with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from tests.helpers import assert_close, assert_equal
+from treecomp import arrays, links, reference
+from treecomp.arrays import Program, record
+from treecomp.ir import PostTransform
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from strategies.forest_module import run_steps  # noqa: E402
+from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_program  # noqa: E402
+
+
+def run_torch(program: Program, x: npt.NDArray[Any], *, scripted: bool = False) -> Any:
+    steps, constants = program.flat()
+    assert list(program.outputs) == [len(program.inputs) + len(program.steps) - 1]
+    run = torch.jit.script(run_steps) if scripted else run_steps
+    return run(steps, torch.from_numpy(constants), torch.from_numpy(x)).numpy()
+
+
+def run_onnx(program: Program, x: npt.NDArray[Any]) -> Any:
+    dtype = str(x.dtype)
+    g = GraphBuilder(dtype, "x")
+    (out,) = emit_program(g, program, "x")
+    output_type = program.steps[-1].dtype if program.steps else dtype
+    rank = np.ndim(program.run(x)[0])
+    if out == "x":
+        out = g.op("Identity", "x")
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        "program",
+        [onnx.helper.make_tensor_value_info("x", ELEMENT[dtype], ["N", x.shape[1]])],
+        [
+            onnx.helper.make_tensor_value_info(
+                out, ELEMENT[output_type], ["N"] + [None] * (rank - 1)
+            )
+        ],
+        initializer=g.initializers,
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8
+    )
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+RENDERERS = {
+    "numpy": lambda program, x: program.run(x)[0],
+    "torch": run_torch,
+    "torchscript": lambda program, x: run_torch(program, x, scripted=True),
+    "onnx": run_onnx,
+}
+
+
+def rows(dtype: str) -> npt.NDArray[np.floating]:
+    """Sums a link meets: ordinary, large of both signs, tiny, zero, and (in float64) exp's
+    overflow. (float32 sums are XGBoost's, whose links never meet exp's float32 overflow:
+    they clamp, or subtract the row's largest sum first.)"""
+    values = [-800.0, -40.0, -3.5, -1e-12, 0.0, 1e-12, 0.25, 2.0, 30.0, 800.0]
+    if dtype == "float32":
+        values = [-60.0, -40.0, -3.5, -1e-12, 0.0, 1e-12, 0.25, 2.0, 30.0, 60.0]
+    x = np.array(values, dtype=np.float64)
+    return np.stack([x, -x[::-1] / 3, np.linspace(-5, 5, x.size)], axis=1).astype(dtype)
+
+
+LINKS = [
+    PostTransform("sigmoid", 1.0),
+    PostTransform("sigmoid", 0.7),
+    PostTransform("softmax"),
+    PostTransform("exp"),
+    PostTransform("softplus"),
+    PostTransform("signed_square"),
+    PostTransform("isolation", 3.5),
+    PostTransform("isolation", 0.0),
+]
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+@pytest.mark.parametrize("accumulation", ["float64", "float32"])
+@pytest.mark.parametrize("post", LINKS, ids=lambda p: f"{p.kind}-{p.scale}")
+def test_links_agree_with_the_reference(
+    post: PostTransform, accumulation: str, renderer: str
+) -> None:
+    program = links.program(post.kind, post.scale, accumulation)
+    assert program is not None
+    x = rows(accumulation)
+    if post.kind == "isolation":
+        x = np.abs(x[:-1])  # path lengths: finite, not negative
+    forest = type("Forest", (), {"post_transform": post, "accumulation": accumulation})
+    expected = reference.link(forest, x)  # type: ignore[arg-type]
+    actual = np.asarray(RENDERERS[renderer](program, x), dtype=np.float64)
+    assert actual.shape == expected.shape
+    # float32 links: the exps differ by an ulp between implementations
+    assert_close(actual, expected, "float32_link" if accumulation == "float32" else "float64")
+
+
+def test_identity_is_no_program() -> None:
+    assert links.program("identity", 1.0, "float64") is None
+    with pytest.raises(ValueError, match="unknown post-transform 'probit'"):
+        links.program("probit", 1.0, "float64")
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_log1p_keeps_tiny_values(renderer: str) -> None:
+    """log1p(x) is x where 1 + x rounds to 1 (ONNX has no log1p: its rendering corrects
+    log(1 + x)), and infinite where x is."""
+    x = np.array([[1e-300, 1e-20, 1e-9, 0.5, 1e20, np.inf, 0.0]])
+    program = record(arrays.log1p, "float64")
+    actual = RENDERERS[renderer](program, x)
+    finite = x[:, :-2]
+    assert_close(actual[:, :-2], np.log1p(finite), "float64")
+    assert actual[0, -2] == np.inf and actual[0, -1] == 0.0
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_row_sum_adds_in_column_order(renderer: str) -> None:
+    """A sequential sum in the values' type: in float32, 2**24 + 1 is 2**24 again, so the
+    order of the adds shows in the result (a pairwise sum gives 1 in the first row, this
+    order 0)."""
+    big = np.float32(2.0**24)
+    x = np.array([[big, 1, 1, -big], [1, 1, big, -big]], dtype=np.float32)
+    program = record(arrays.row_sum, "float32")
+    actual = RENDERERS[renderer](program, x)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(actual, [[0.0], [2.0]])
+
+
+# An idea per operation of the vocabulary that uses it, on one float64 input.
+ONE_OPERATION: dict[str, Any] = {
+    "const": lambda x: x + 2.5,
+    "neg": lambda x: -x,
+    "add": lambda x: x + 0.75,
+    "sub": lambda x: 0.75 - x,
+    "mul": lambda x: x * 0.75,
+    "div": lambda x: 0.75 / x,
+    "pow": lambda x: x**0.75,
+    "minimum": lambda x: arrays.minimum(x, 0.75),
+    "less": lambda x: x < 0.75,
+    "greater": lambda x: x > 0.75,
+    "greater_equal": lambda x: x >= 2.0,
+    "where": lambda x: arrays.where(x > 0.0, x, 0.5),
+    "float32": lambda x: arrays.float64(arrays.float32(x * 0.1)),
+    "float64": lambda x: arrays.float64(arrays.float32(x)),
+    "int64": lambda x: arrays.int64(x > 0.0),
+    "concat": lambda x: arrays.concat(x, -x),
+    "squeeze": lambda x: arrays.squeeze(arrays.row_max(x)),
+}
+
+
+@pytest.mark.parametrize("renderer", sorted(set(RENDERERS) - {"numpy"}))
+def test_every_operation_renders_as_numpy_computes_it(renderer: str) -> None:
+    x = np.array([[0.3, -1.7, 2.0], [0.0, 4.5, -0.25], [np.nan, -np.inf, 0.75]])
+    for op in arrays.OPERATIONS:
+        program = record(ONE_OPERATION.get(op, getattr(arrays, op, None)), "float64")
+        assert op in {step.op for step in program.steps}
+        expected = program.run(x)[0]
+        actual = RENDERERS[renderer](program, x)
+        assert actual.shape == expected.shape, op
+        if expected.dtype.kind == "f":
+            assert_close(actual, expected, "float64")
+        else:
+            assert_equal(actual, expected)
+
+
+def test_types_are_checked_when_recorded() -> None:
+    with pytest.raises(TypeError, match="cast one first"):
+        record(lambda x, y: x + y, "float32", "float64")
+    with pytest.raises(TypeError, match="cast one first"):
+        record(lambda x: arrays.float64(x) + arrays.float32(x), "float32")
+    program = record(lambda x: arrays.float32(x) * 2.0 < 1.0, "float32")  # no cast to itself
+    assert [(s.op, s.dtype) for s in program.steps] == [
+        ("const", "float32"),
+        ("mul", "float32"),
+        ("const", "float32"),
+        ("less", "bool"),
+    ]

@@ -1,0 +1,327 @@
+"""A small vocabulary of array operations, for the ideas every target runs the same way.
+
+An idea that several targets compute (a forest's link, the native outputs of its scores) is
+written once, as a Python function of :class:`Value` s; :func:`record` calls it and writes
+down a :class:`Program`: steps, each an operation of :data:`OPERATIONS` on earlier values,
+with every value's type known. A target renders programs from the operations alone and
+never sees an idea: NumPy here (:meth:`Program.run`), torch in
+:func:`strategies.forest_module.run_steps`, ONNX in :func:`treecomp.onnx.graph.emit_program`
+(the way tinygrad keeps its targets to a few primitives). Exactness is a contract of each
+operation: the type it computes in, the order of its adds.
+
+    >>> program = record(lambda x: 1.0 / (1.0 + exp(-x)), "float64")
+    >>> [step.op for step in program.steps]
+    ['neg', 'exp', 'const', 'add', 'div']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# The operations and their contracts. Values are (rows, columns) arrays or (rows,) vectors;
+# an operation on two values broadcasts them, and arithmetic keeps their one type.
+OPERATIONS = {
+    "const": "a scalar of the step's type and value",
+    "neg": "-x",
+    "exp": "e**x in x's type, as the target computes it (at most an ulp from exact)",
+    "log1p": "log(1 + x), accurate where x is tiny",
+    "sign": "-1, 0 or 1 (NaN stays NaN)",
+    "add": "x + y",
+    "sub": "x - y",
+    "mul": "x * y",
+    "div": "x / y",
+    "pow": "x ** y",
+    "minimum": "the smaller of x and y",
+    "less": "x < y, a bool",
+    "greater": "x > y, a bool",
+    "greater_equal": "x >= y, a bool",
+    "where": "x where the bool c holds, else y (args c, x, y)",
+    "float32": "x rounded to float32",
+    "float64": "x widened to float64",
+    "int64": "x as int64: bools as 0 and 1, finite floats truncated",
+    "softmax": "exp(x - row max) / its row sum, along the columns",
+    "row_max": "each row's largest value, as a column",
+    "row_sum": "each row's sum, as a column, added from the first column to the last in x's type",
+    "argmax": "each row's column of the largest value (the first of equal ones), an int64 vector",
+    "concat": "the columns of x, then those of y",
+    "squeeze": "a one-column array as a vector",
+}
+CASTS = frozenset(("float32", "float64", "int64"))
+COMPARISONS = frozenset(("less", "greater", "greater_equal"))
+BINARY = frozenset(("add", "sub", "mul", "div", "pow", "minimum", "concat")) | COMPARISONS
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One operation: ``op`` of the values ``args`` (the program's inputs are values
+    ``0 .. len(inputs) - 1``, step ``i``'s result is value ``len(inputs) + i``), giving a
+    value of type ``dtype``; a ``const`` step's value is ``value``."""
+
+    op: str
+    args: tuple[int, ...]
+    dtype: str
+    value: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """Steps from arrays of the types ``inputs`` to the values ``outputs``, called
+    ``names``."""
+
+    inputs: tuple[str, ...]
+    steps: tuple[Step, ...]
+    outputs: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def only(self, *names: str) -> Program:
+        """The program of the outputs ``names`` alone: the steps they need, no other."""
+        outputs = tuple(self.outputs[self.names.index(name)] for name in names)
+        first = len(self.inputs)
+        needed = set(outputs)
+        for i in range(len(self.steps) - 1, -1, -1):
+            if first + i in needed:
+                needed.update(self.steps[i].args)
+        kept = [i for i in range(len(self.steps)) if first + i in needed]
+        renumber = {v: v for v in range(first)}
+        renumber.update({first + i: first + n for n, i in enumerate(kept)})
+        steps = tuple(
+            Step(s.op, tuple(renumber[a] for a in s.args), s.dtype, s.value)
+            for s in (self.steps[i] for i in kept)
+        )
+        return Program(self.inputs, steps, tuple(renumber[o] for o in outputs), names)
+
+    def flat(self) -> tuple[list[tuple[str, int, int, int]], npt.NDArray[Any]]:
+        """A one-input, one-output program's steps as ``(op, a, b, c)`` tuples and the
+        constants they read, for a renderer that takes plain lists (TorchScript): a
+        ``const`` step's ``a`` indexes the constants, unused arguments are ``-1``."""
+        if len(self.inputs) != 1 or self.outputs != (len(self.steps),):
+            raise ValueError("flat() takes a program of one input whose last step is its output")
+        flat: list[tuple[str, int, int, int]] = []
+        constants: list[float] = []
+        for step in self.steps:
+            if step.op == "const":
+                flat.append(("const", len(constants), -1, -1))
+                constants.append(step.value)
+            else:
+                a, b, c = (*step.args, -1, -1)[:3]
+                flat.append((step.op, a, b, c))
+        types = {step.dtype for step in self.steps if step.op == "const"}
+        if len(types) > 1:
+            raise ValueError(f"flat() constants are of one type, not {sorted(types)}")
+        return flat, np.array(constants, dtype=types.pop() if types else self.inputs[0])
+
+    def run(self, *inputs: Any) -> list[Any]:
+        """The outputs, computed with NumPy (:func:`numpy_function`)."""
+        return numpy_function(self)(*inputs)
+
+
+# Each operation in NumPy, as an expression of its arguments {a}, {b}, {c}.
+_NUMPY = {
+    "neg": "-{a}",
+    "exp": "np.exp({a})",
+    "log1p": "np.log1p({a})",
+    "sign": "np.sign({a})",
+    "add": "{a} + {b}",
+    "sub": "{a} - {b}",
+    "mul": "{a} * {b}",
+    "div": "{a} / {b}",
+    "pow": "np.power({a}, {b})",
+    "minimum": "np.minimum({a}, {b})",
+    "less": "{a} < {b}",
+    "greater": "{a} > {b}",
+    "greater_equal": "{a} >= {b}",
+    "where": "np.where({a}, {b}, {c})",
+    "float32": "np.asarray({a}, dtype=np.float32)",
+    "float64": "np.asarray({a}, dtype=np.float64)",
+    "int64": "np.asarray({a}, dtype=np.int64)",
+    "softmax": "_softmax({a})",
+    "row_max": "{a}.max(axis=1, keepdims=True)",
+    "row_sum": "np.cumsum({a}, axis=1)[:, -1:]",  # cumsum adds in order; sum pairwise
+    "argmax": "np.asarray(np.argmax({a}, axis=1), dtype=np.int64)",
+    "concat": "np.concatenate(({a}, {b}), axis=1)",
+    "squeeze": "{a}[:, 0]",
+}
+# Operations whose overflow or division by zero (to infinity, as their contract allows) is
+# silent. (Sums of finite scores do not overflow; outputs need no errstate, whose entry costs
+# a microsecond at one row.)
+_QUIET = frozenset(("exp", "div", "pow", "log1p", "softmax"))
+
+
+def _softmax(x: Any) -> Any:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def numpy_function(program: Program) -> Callable[..., list[Any]]:
+    """``program`` as a Python function of NumPy arrays returning its outputs: straight
+    code, one line per step, so that a call costs what the NumPy calls cost (it runs at one
+    row, where every microsecond counts)."""
+    n = len(program.inputs)
+    names: dict[str, Any] = {"np": np, "_softmax": _softmax}
+    lines = []
+    for i, step in enumerate(program.steps):
+        target = f"v{n + i}"
+        if step.op == "const":
+            names[target] = np.array(step.value, dtype=step.dtype)[()]
+            continue
+        arguments = dict(zip("abc", (f"v{a}" for a in step.args), strict=False))
+        lines.append(f"{target} = {_NUMPY[step.op].format(**arguments)}")
+    body = lines or ["pass"]
+    if any(step.op in _QUIET for step in program.steps):
+        body = ["with np.errstate(all='ignore'):"] + ["    " + line for line in body]
+    result = ", ".join(f"v{i}" for i in program.outputs)
+    inputs = ", ".join(f"v{i}" for i in range(n))
+    source = "\n    ".join([f"def run({inputs}):", *body, f"return [{result}]"])
+    exec(source, names)  # made above from the program's operations only
+    function: Callable[..., list[Any]] = names["run"]
+    function.__doc__ = source
+    return function
+
+
+class Value:
+    """A value of a program being recorded, of type ``dtype``: arithmetic on it records
+    steps. A Python number beside it is a constant of its type."""
+
+    __slots__ = ("_recorder", "dtype", "index")
+
+    def __init__(self, recorder: _Recorder, index: int, dtype: str) -> None:
+        self._recorder = recorder
+        self.index = index
+        self.dtype = dtype
+
+    def __neg__(self) -> Value:
+        return apply("neg", self)
+
+    def __add__(self, other: Value | float) -> Value:
+        return apply("add", self, other)
+
+    def __radd__(self, other: float) -> Value:
+        return apply("add", other, self)
+
+    def __sub__(self, other: Value | float) -> Value:
+        return apply("sub", self, other)
+
+    def __rsub__(self, other: float) -> Value:
+        return apply("sub", other, self)
+
+    def __mul__(self, other: Value | float) -> Value:
+        return apply("mul", self, other)
+
+    def __rmul__(self, other: float) -> Value:
+        return apply("mul", other, self)
+
+    def __truediv__(self, other: Value | float) -> Value:
+        return apply("div", self, other)
+
+    def __rtruediv__(self, other: float) -> Value:
+        return apply("div", other, self)
+
+    def __pow__(self, other: Value | float) -> Value:
+        return apply("pow", self, other)
+
+    def __rpow__(self, other: float) -> Value:
+        return apply("pow", other, self)
+
+    def __lt__(self, other: Value | float) -> Value:
+        return apply("less", self, other)
+
+    def __gt__(self, other: Value | float) -> Value:
+        return apply("greater", self, other)
+
+    def __ge__(self, other: Value | float) -> Value:
+        return apply("greater_equal", self, other)
+
+
+class _Recorder:
+    def __init__(self, inputs: tuple[str, ...]) -> None:
+        self.inputs = inputs
+        self.steps: list[Step] = []
+        self._constants: dict[tuple[str, str], Value] = {}
+
+    def add(self, op: str, args: tuple[Value, ...], dtype: str, value: float = 0.0) -> Value:
+        self.steps.append(Step(op, tuple(a.index for a in args), dtype, value))
+        return Value(self, len(self.inputs) + len(self.steps) - 1, dtype)
+
+    def constant(self, value: float, dtype: str) -> Value:
+        key = (float(value).hex(), dtype)  # -0.0 is not 0.0 here
+        if key not in self._constants:
+            self._constants[key] = self.add("const", (), dtype, float(value))
+        return self._constants[key]
+
+
+def apply(op: str, *args: Value | float) -> Value:
+    """The value of operation ``op`` on ``args`` (at least one a :class:`Value`; numbers
+    become constants of the values' type)."""
+    values = [a for a in args if isinstance(a, Value)]
+    if not values:
+        raise TypeError(f"{op} needs a recorded value among its arguments")
+    recorder = values[0]._recorder
+    operands = values[1:] if op == "where" else values  # where's condition is a bool
+    types = {v.dtype for v in operands}
+    if len(types) > 1:
+        raise TypeError(f"{op} of values of types {sorted(types)}: cast one first")
+    dtype = types.pop() if types else ("int64" if isinstance(args[1], int) else "float64")
+    typed = tuple(a if isinstance(a, Value) else recorder.constant(a, dtype) for a in args)
+    if op in CASTS:
+        if dtype == op:
+            return typed[0]  # a cast to the value's own type is no step
+        dtype = op
+    elif op in COMPARISONS:
+        dtype = "bool"
+    elif op == "argmax":
+        dtype = "int64"
+    return recorder.add(op, typed, dtype)
+
+
+def record(
+    idea: Callable[..., Value | Sequence[Value]], *inputs: str, names: Sequence[str] = ()
+) -> Program:
+    """The program of ``idea``, a function of values of the types ``inputs`` returning one
+    value or a sequence of them (called ``names``: by default ``output_0`` and on)."""
+    recorder = _Recorder(tuple(inputs))
+    out = idea(*[Value(recorder, i, dtype) for i, dtype in enumerate(inputs)])
+    outputs = (out,) if isinstance(out, Value) else tuple(out)
+    named = tuple(names) or tuple(f"output_{i}" for i in range(len(outputs)))
+    return Program(tuple(inputs), tuple(recorder.steps), tuple(v.index for v in outputs), named)
+
+
+def _unary(op: str) -> Callable[[Value], Value]:
+    def operation(x: Value) -> Value:
+        return apply(op, x)
+
+    operation.__name__ = operation.__qualname__ = op
+    operation.__doc__ = f"``{op}``: {OPERATIONS[op]}."
+    return operation
+
+
+exp = _unary("exp")
+log1p = _unary("log1p")
+sign = _unary("sign")
+float32 = _unary("float32")
+float64 = _unary("float64")
+int64 = _unary("int64")
+softmax = _unary("softmax")
+row_max = _unary("row_max")
+row_sum = _unary("row_sum")
+argmax = _unary("argmax")
+squeeze = _unary("squeeze")
+
+
+def minimum(x: Value, y: Value | float) -> Value:
+    """``minimum``: the smaller of ``x`` and ``y``."""
+    return apply("minimum", x, y)
+
+
+def concat(x: Value, y: Value) -> Value:
+    """``concat``: the columns of ``x``, then those of ``y``."""
+    return apply("concat", x, y)
+
+
+def where(condition: Value, x: Value | float, y: Value | float) -> Value:
+    """``where``: ``x`` where ``condition`` holds, else ``y``."""
+    return apply("where", condition, x, y)
