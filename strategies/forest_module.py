@@ -10,7 +10,6 @@ the NumPy reference bit for bit on CPU, so argmax ties (a random forest's 0.5 / 
 exactly as natively. A matmul would add in a blocked order and could break such ties.
 """
 
-import math
 import warnings
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,11 @@ import numpy as np
 import torch
 
 from strategies import eager
-from strategies.nodes import TreeGroup, _compiling, extend_input, take, tensor
+from strategies.nodes import TreeGroup, _compiling, take, tensor
 from treecomp import links
+from treecomp.arrays import Value, record
+from treecomp.inputs import native_values
+from treecomp.passes import extended_input
 
 if TYPE_CHECKING:
     from treecomp.ir import Forest
@@ -52,7 +54,7 @@ def run_steps(
     values: list[torch.Tensor] = [x]
     for op, a, b, c in steps:
         if op == "const":
-            values.append(constants[a])
+            values.append(constants[a].to(torch.float64 if b == 1 else torch.float32))
             continue
         u = values[a]
         if op == "neg":
@@ -75,12 +77,17 @@ def run_steps(
             y = u.max(dim=1, keepdim=True)[0]
         elif op == "row_sum":
             y = row_sum(u)
+        elif op == "isnan":
+            y = torch.isnan(u)
         elif op == "argmax":
             y = torch.argmax(u, dim=1)
         elif op == "squeeze":
             y = u[:, 0]
         elif op == "where":
             y = torch.where(u, values[b], values[c])
+        elif op == "interleave":  # as (rows, columns, parts), read row by row
+            parts = [u, values[b]] if c < 0 else [u, values[b], values[c]]
+            y = torch.stack(parts, 2).reshape(u.shape[0], len(parts) * u.shape[1])
         else:
             v = values[b]
             if op == "add":
@@ -95,6 +102,8 @@ def run_steps(
                 y = torch.pow(u, v)
             elif op == "minimum":
                 y = torch.minimum(u, v)
+            elif op == "equal":
+                y = u == v
             elif op == "less":
                 y = u < v
             elif op == "greater":
@@ -138,6 +147,8 @@ class ForestModule(torch.nn.Module):
     leaf_columns: torch.Tensor
     link_constants: torch.Tensor
     link_steps: list[tuple[str, int, int, int]]
+    input_constants: torch.Tensor
+    input_steps: list[tuple[str, int, int, int]]
 
     def __init__(
         self,
@@ -163,8 +174,6 @@ class ForestModule(torch.nn.Module):
         # 200 ms, 2 000 to 4 000 rows 230 ms, one block of 10 000 rows 355 ms.
         self.block_rows = max(256, (1 << 19) // max(1, forest.n_trees))
         self.compiled_block_rows = 0  # set by strategies.lower (selector rule 5)
-        self.has_missing_value = not math.isnan(forest.missing_value)
-        self.missing_value = float(forest.missing_value)
         self.average = forest.aggregation == "average"
         post = forest.post_transform
         link = links.program(post.kind, float(post.scale), forest.accumulation)
@@ -178,7 +187,16 @@ class ForestModule(torch.nn.Module):
         for group in groups:
             group.leaf_value = group.leaf_value.to(acc)
         self.register_buffer("base_score", tensor(forest.base_score, acc).unsqueeze(1))
-        self.register_buffer("link_constants", tensor(constants, acc))
+        self.register_buffer("link_constants", tensor(constants))
+        precision = "float32" if dtype == torch.float32 else "float64"
+
+        def prepared(x: Value) -> Value:
+            values = native_values(x, forest, precision)
+            return extended_input(values, fold_columns) if fold_columns else values
+
+        steps, constants = record(prepared, forest.input_dtype).flat()
+        self.input_steps = steps
+        self.register_buffer("input_constants", tensor(constants))
         # Sums start at zero: averages add the base after the mean, and strategies.lower
         # folds base scores into the first trees' leaves (treecomp.passes.fold_base_score).
         self.zero_start = self.average or not forest.base_score.any()
@@ -202,15 +220,12 @@ class ForestModule(torch.nn.Module):
         self.register_buffer("leaf_columns", tensor(columns_of_leaf))
 
     def prepare(self, X: torch.Tensor) -> torch.Tensor:
-        """Cast as the native library does, then to this module's precision."""
+        """Cast as the native library does, then to this module's precision
+        (:func:`treecomp.inputs.native_input`), extended for folded trees
+        (:func:`treecomp.passes.extended_input`)."""
         if X.dim() != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected X of shape (n_rows, {self.n_features})")
-        X = X.to(self.input_dtype)
-        if self.has_missing_value:
-            X = torch.where(X == self.missing_value, torch.full_like(X, float("nan")), X)
-        X = X.to(self.dtype)
-        if self.folded:
-            return extend_input(X, self.fold_columns)
+        X = run_steps(self.input_steps, self.input_constants, X.to(self.input_dtype))
         return X.contiguous()
 
     def _check_missing(self, X: torch.Tensor) -> bool:

@@ -83,15 +83,6 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
 
 
-def extend_input(X: torch.Tensor, columns: int) -> torch.Tensor:
-    """The input ``x'`` of folded trees (:func:`treecomp.passes.fold_missing`), ``columns``
-    per feature."""
-    parts = [X, -X]
-    if columns == 3:
-        parts.append(torch.where(torch.isnan(X), X, torch.zeros_like(X)))
-    return torch.stack(parts, 2).reshape(X.shape[0], columns * X.shape[1])
-
-
 def category_member(
     code: torch.Tensor, row: torch.Tensor, table: torch.Tensor, layout: list[int]
 ) -> torch.Tensor:

@@ -37,9 +37,11 @@ OPERATIONS = {
     "div": "x / y",
     "pow": "x ** y",
     "minimum": "the smaller of x and y",
+    "equal": "x == y, a bool",
     "less": "x < y, a bool",
     "greater": "x > y, a bool",
     "greater_equal": "x >= y, a bool",
+    "isnan": "whether x is NaN, a bool",
     "where": "x where the bool c holds, else y (args c, x, y)",
     "float32": "x rounded to float32",
     "float64": "x widened to float64",
@@ -50,9 +52,10 @@ OPERATIONS = {
     "argmax": "each row's column of the largest value (the first of equal ones), an int64 vector",
     "concat": "the columns of x, then those of y",
     "squeeze": "a one-column array as a vector",
+    "interleave": "the columns of two or three arrays side by side: x0, y0, (z0,) x1, ...",
 }
 CASTS = frozenset(("float32", "float64", "int64"))
-COMPARISONS = frozenset(("less", "greater", "greater_equal"))
+COMPARISONS = frozenset(("equal", "less", "greater", "greater_equal"))
 BINARY = frozenset(("add", "sub", "mul", "div", "pow", "minimum", "concat")) | COMPARISONS
 
 
@@ -95,25 +98,25 @@ class Program:
         )
         return Program(self.inputs, steps, tuple(renumber[o] for o in outputs), names)
 
-    def flat(self) -> tuple[list[tuple[str, int, int, int]], npt.NDArray[Any]]:
+    def flat(self) -> tuple[list[tuple[str, int, int, int]], npt.NDArray[np.float64]]:
         """A one-input, one-output program's steps as ``(op, a, b, c)`` tuples and the
         constants they read, for a renderer that takes plain lists (TorchScript): a
-        ``const`` step's ``a`` indexes the constants, unused arguments are ``-1``."""
+        ``const`` step reads constant ``a`` (float64, exact for any float32 value) as
+        float32 if ``b`` is 0, as float64 otherwise; unused arguments are ``-1``."""
         if len(self.inputs) != 1 or self.outputs != (len(self.steps),):
             raise ValueError("flat() takes a program of one input whose last step is its output")
         flat: list[tuple[str, int, int, int]] = []
         constants: list[float] = []
         for step in self.steps:
             if step.op == "const":
-                flat.append(("const", len(constants), -1, -1))
+                if step.dtype not in ("float32", "float64"):
+                    raise ValueError(f"flat() constants are floats, not {step.dtype}")
+                flat.append(("const", len(constants), int(step.dtype == "float64"), -1))
                 constants.append(step.value)
             else:
                 a, b, c = (*step.args, -1, -1)[:3]
                 flat.append((step.op, a, b, c))
-        types = {step.dtype for step in self.steps if step.op == "const"}
-        if len(types) > 1:
-            raise ValueError(f"flat() constants are of one type, not {sorted(types)}")
-        return flat, np.array(constants, dtype=types.pop() if types else self.inputs[0])
+        return flat, np.array(constants, dtype=np.float64)
 
     def run(self, *inputs: Any) -> list[Any]:
         """The outputs, computed with NumPy (:func:`numpy_function`)."""
@@ -135,6 +138,8 @@ _NUMPY = {
     "less": "{a} < {b}",
     "greater": "{a} > {b}",
     "greater_equal": "{a} >= {b}",
+    "equal": "{a} == {b}",
+    "isnan": "np.isnan({a})",
     "where": "np.where({a}, {b}, {c})",
     "float32": "np.asarray({a}, dtype=np.float32)",
     "float64": "np.asarray({a}, dtype=np.float64)",
@@ -145,11 +150,17 @@ _NUMPY = {
     "argmax": "np.asarray(np.argmax({a}, axis=1), dtype=np.int64)",
     "concat": "np.concatenate(({a}, {b}), axis=1)",
     "squeeze": "{a}[:, 0]",
+    "interleave": "_interleave({a}, {b}, {c})",
 }
 # Operations whose overflow or division by zero (to infinity, as their contract allows) is
 # silent. (Sums of finite scores do not overflow; outputs need no errstate, whose entry costs
 # a microsecond at one row.)
 _QUIET = frozenset(("exp", "div", "pow", "log1p", "softmax"))
+
+
+def _interleave(*parts: Any) -> Any:
+    stacked = np.stack([p for p in parts if p is not None], axis=2)
+    return stacked.reshape(stacked.shape[0], -1)
 
 
 def _softmax(x: Any) -> Any:
@@ -162,14 +173,14 @@ def numpy_function(program: Program) -> Callable[..., list[Any]]:
     code, one line per step, so that a call costs what the NumPy calls cost (it runs at one
     row, where every microsecond counts)."""
     n = len(program.inputs)
-    names: dict[str, Any] = {"np": np, "_softmax": _softmax}
+    names: dict[str, Any] = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
     lines = []
     for i, step in enumerate(program.steps):
         target = f"v{n + i}"
         if step.op == "const":
             names[target] = np.array(step.value, dtype=step.dtype)[()]
             continue
-        arguments = dict(zip("abc", (f"v{a}" for a in step.args), strict=False))
+        arguments = dict(zip("abc", [*(f"v{a}" for a in step.args), "None", "None"], strict=False))
         lines.append(f"{target} = {_NUMPY[step.op].format(**arguments)}")
     body = lines or ["pass"]
     if any(step.op in _QUIET for step in program.steps):
@@ -241,11 +252,21 @@ class _Recorder:
     def __init__(self, inputs: tuple[str, ...]) -> None:
         self.inputs = inputs
         self.steps: list[Step] = []
+        self.made: list[tuple[Value, ...]] = []  # each step's arguments
         self._constants: dict[tuple[str, str], Value] = {}
 
     def add(self, op: str, args: tuple[Value, ...], dtype: str, value: float = 0.0) -> Value:
         self.steps.append(Step(op, tuple(a.index for a in args), dtype, value))
+        self.made.append(args)
         return Value(self, len(self.inputs) + len(self.steps) - 1, dtype)
+
+    def widened(self, x: Value) -> Value | None:
+        """The float32 value ``x`` is the float64 of, if a cast made it."""
+        i = x.index - len(self.inputs)
+        if i < 0 or self.steps[i].op != "float64":
+            return None
+        (source,) = self.made[i]
+        return source if source.dtype == "float32" else None
 
     def constant(self, value: float, dtype: str) -> Value:
         key = (float(value).hex(), dtype)  # -0.0 is not 0.0 here
@@ -270,8 +291,11 @@ def apply(op: str, *args: Value | float) -> Value:
     if op in CASTS:
         if dtype == op:
             return typed[0]  # a cast to the value's own type is no step
+        source = recorder.widened(typed[0]) if op == "float32" else None
+        if source is not None:
+            return source  # float32 widened and rounded back: itself, exactly
         dtype = op
-    elif op in COMPARISONS:
+    elif op in COMPARISONS or op == "isnan":
         dtype = "bool"
     elif op == "argmax":
         dtype = "int64"
@@ -287,7 +311,8 @@ def record(
     out = idea(*[Value(recorder, i, dtype) for i, dtype in enumerate(inputs)])
     outputs = (out,) if isinstance(out, Value) else tuple(out)
     named = tuple(names) or tuple(f"output_{i}" for i in range(len(outputs)))
-    return Program(tuple(inputs), tuple(recorder.steps), tuple(v.index for v in outputs), named)
+    program = Program(tuple(inputs), tuple(recorder.steps), tuple(v.index for v in outputs), named)
+    return program.only(*named)  # without the steps no output needs
 
 
 def _unary(op: str) -> Callable[[Value], Value]:
@@ -310,11 +335,29 @@ row_max = _unary("row_max")
 row_sum = _unary("row_sum")
 argmax = _unary("argmax")
 squeeze = _unary("squeeze")
+isnan = _unary("isnan")
+
+
+def cast(x: Value, dtype: str) -> Value:
+    """``x`` as ``dtype`` (``float32``, ``float64`` or ``int64``)."""
+    return apply(dtype, x)
+
+
+def interleave(*parts: Value) -> Value:
+    """``interleave``: the columns of two or three arrays side by side."""
+    if len(parts) not in (2, 3):
+        raise TypeError("interleave takes two or three arrays")
+    return apply("interleave", *parts)
 
 
 def minimum(x: Value, y: Value | float) -> Value:
     """``minimum``: the smaller of ``x`` and ``y``."""
     return apply("minimum", x, y)
+
+
+def equal(x: Value, y: Value | float) -> Value:
+    """``equal``: whether ``x == y`` (``==`` on Values stays Python's identity test)."""
+    return apply("equal", x, y)
 
 
 def concat(x: Value, y: Value) -> Value:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from treecomp.outputs import NativeOutputs
 from treecomp.backends import choose_backend, get_backend, tiered_engine
 from treecomp.engine import Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
@@ -35,6 +34,7 @@ from treecomp.inputs import (
     prepare,
 )
 from treecomp.ir import METHODS, Forest
+from treecomp.outputs import NativeOutputs
 from treecomp.transform_engines import prepare as prepare_rows
 from treecomp.transforms import Transforms
 

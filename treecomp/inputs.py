@@ -15,13 +15,16 @@ runs in.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.arrays import Value, cast, equal, numpy_function, record, where
 from treecomp.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -310,6 +313,27 @@ def _all_finite(arr: npt.NDArray[np.floating]) -> bool:
     return bool(np.isfinite(arr).all())
 
 
+def native_values(x: Value, forest: Forest, precision: str) -> Value:
+    """The values the trees compare, in ``precision``, from rows ``x``: cast as the native
+    library casts them, its ``missing=`` value read as NaN there (XGBoost compares it in
+    float32), then in ``precision`` (written in :mod:`treecomp.arrays`: the NumPy path
+    below, the torch module and the ONNX graph render it)."""
+    native = cast(x, forest.input_dtype)
+    if not math.isnan(forest.missing_value):
+        native = where(equal(native, forest.missing_value), math.nan, native)
+    return cast(native, precision)
+
+
+@functools.cache
+def _native_input_function(
+    input_dtype: str, missing: float, given: str, precision: str
+) -> Callable[..., list[Any]]:
+    """:func:`native_values` in NumPy (a forest stands in by the two fields it reads)."""
+    forest = SimpleNamespace(input_dtype=input_dtype, missing_value=missing)
+    prepared = record(lambda x: native_values(x, forest, precision), given)  # type: ignore[arg-type]
+    return numpy_function(prepared)
+
+
 def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[np.floating]:
     """The exact values the trees compare against, in the dtype of ``precision``.
 
@@ -344,9 +368,11 @@ def prepare(forest: Forest, X: Any, precision: PrecisionOption) -> npt.NDArray[n
     # check otherwise.
     if not (forest.allow_nan and forest.allow_inf) and not _all_finite(arr):
         check_values(forest, lambda: bool(np.isnan(arr).any()), lambda: bool(np.isinf(arr).any()))
+    given = dtype_name(arr.dtype)
+    target = call_precision(forest, precision, given)
     if not math.isnan(forest.missing_value):
-        # Compared in the native dtype: XGBoost compares in float32.
-        missing = np.dtype(forest.input_dtype).type(forest.missing_value)
-        arr = np.where(arr == missing, np.nan, arr).astype(arr.dtype, copy=False)
-    target = call_precision(forest, precision, dtype_name(arr.dtype))
+        missing_as_nan = _native_input_function(
+            forest.input_dtype, forest.missing_value, given, target
+        )
+        (arr,) = missing_as_nan(arr)
     return np.ascontiguousarray(arr.astype(target, copy=False))

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from treecomp.arrays import Value, interleave, isnan, where
+
 if TYPE_CHECKING:
     from treecomp.inputs import Precision
     from treecomp.ir import Forest, Tree
@@ -86,6 +88,14 @@ def fold_base_score(forest: Forest) -> Forest:
     return dataclasses.replace(forest, trees=trees, base_score=np.zeros_like(forest.base_score))
 
 
+def extended_input(x: Value, columns: int) -> Value:
+    """The input ``x'`` of trees folded by :func:`fold_missing`, ``columns`` (2 or 3) per
+    feature, from rows ``x`` (written in :mod:`treecomp.arrays`: each lowering renders it)."""
+    if columns == 3:  # 0, or NaN where x is
+        return interleave(x, -x, where(isnan(x), x, 0.0))
+    return interleave(x, -x)
+
+
 def fold_missing(
     trees: Sequence[Tree], *, less_equal: bool, dtype: Precision
 ) -> tuple[list[Tree], int] | None:
@@ -94,7 +104,7 @@ def fold_missing(
     Returns the trees and ``k``, the columns of ``x'`` per input feature: column ``k * j``
     is ``X[:, j]``, ``k * j + 1`` is ``-X[:, j]`` and, when ``k == 3``, ``k * j + 2`` is 0,
     or NaN where ``X[:, j]`` is (side by side, so they share a cache line; see
-    :func:`strategies.nodes.extend_input`).
+    :func:`extended_input`).
 
     A node whose missing values go right keeps its feature and tests ``x < t`` (``x <= t``
     becomes ``x < nextup(t)``); NaN fails the test and goes right, as it should. A node

@@ -24,7 +24,6 @@ is slow to load; GEMM or a shallower model suits ONNX serving better there.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,9 +31,10 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
+from treecomp.arrays import record
 from treecomp.engine import Lower
 from treecomp.errors import UnsupportedModelError
-from treecomp.inputs import Precision
+from treecomp.inputs import Precision, native_values
 from treecomp.ir_shapes import tree_depths
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_module, emit_program
 from treecomp.outputs import OUTPUTS, program
@@ -62,23 +62,15 @@ LARGE_BATCH_ROWS = 256
 
 
 def _emit_inputs(g: GraphBuilder, forest: Forest, X: str, *, encode: bool) -> str:
-    """Native casts, optional category encoding, the ``missing=`` value."""
-    native = "float32" if forest.input_dtype == "float32" else "float64"
+    """Optional category encoding, then the native casts and the ``missing=`` value
+    (:func:`treecomp.inputs.native_values`)."""
     if encode and forest.categories is not None and forest.category_encoding == "always":
         X = _emit_encoding(g, forest, X)
-    if math.isnan(forest.missing_value) and native == "float64":
-        # float32 inputs read as double and rounded back are unchanged: no casts. (ONNX
-        # Runtime removes such a pair of casts itself, even with optimizations off, and then
-        # the If branches of emit_module that read its output miss their input.)
-        return X
-    if native != g.float_type:
-        X = g.op("Cast", X, to=native)
-    if not math.isnan(forest.missing_value):
-        missing = g.const(np.array(forest.missing_value, dtype=native))
-        nan = g.const(np.array(np.nan, dtype=native))
-        X = g.op("Where", g.op("Equal", X, missing), nan, X)
-    if native != g.float_type:
-        X = g.op("Cast", X, to=g.float_type)
+    # A float32 input of a model that reads doubles is read back unchanged: no casts (ONNX
+    # Runtime would remove such a pair of casts itself, even with optimizations off, and
+    # then the If branches of emit_module that read its output would miss their input).
+    prepared = record(lambda x: native_values(x, forest, g.float_type), g.float_type)
+    (X,) = emit_program(g, prepared, X)
     return X
 
 

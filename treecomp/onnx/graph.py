@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from treecomp import links
-from treecomp.arrays import CASTS, Program, Step
+from treecomp.arrays import CASTS, Program, Step, record
 from treecomp.errors import UnsupportedModelError
+from treecomp.passes import extended_input
 
 try:
     import onnx
@@ -150,13 +151,10 @@ def emit_module(
     outputs a call fetches.
     """
     groups: list[Any] = list(module.groups)
-    if module.folded:  # the extended input of strategies.nodes.fold_missing
-        axis = g.ints([2])
-        parts = [X, g.op("Neg", X)]
-        if module.fold_columns == 3:
-            parts.append(g.op("Where", g.op("IsNaN", X), X, g.scalar(0.0)))
-        stacked = g.op("Concat", *[g.op("Unsqueeze", p, axis) for p in parts], axis=2)
-        X = g.reshape(stacked, module.fold_columns * forest.n_features)
+    if module.folded:  # the extended input of treecomp.passes.fold_missing
+        extend = record(lambda x: extended_input(x, module.fold_columns), g.float_type)
+        g.shapes[X] = (forest.n_features,)
+        (X,) = emit_program(g, extend, X)
     # Back to forest order: the inverse of the groups' concatenated tree order.
     inverse = np.argsort(np.concatenate([group.columns.numpy() for group in groups]))
     identity = bool(np.array_equal(inverse, np.arange(inverse.size)))
@@ -405,7 +403,7 @@ def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
 # The operations that are one ONNX node of the same name, by operation.
 _NODES = {"neg": "Neg", "exp": "Exp", "sign": "Sign", "add": "Add", "sub": "Sub", "mul": "Mul"}
 _NODES |= {"div": "Div", "pow": "Pow", "minimum": "Min", "less": "Less", "greater": "Greater"}
-_NODES |= {"greater_equal": "GreaterOrEqual", "where": "Where"}
+_NODES |= {"greater_equal": "GreaterOrEqual", "where": "Where", "equal": "Equal", "isnan": "IsNaN"}
 
 
 def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
@@ -416,6 +414,12 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
         return g.op(_NODES[op], *args)
     if op == "concat":
         return g.op("Concat", *args, axis=1)
+    if op == "interleave":  # as (rows, columns, parts), read row by row
+        # The width must be known: a Reshape to [0, -1] cannot tell it for 0 rows.
+        (width,) = g.shapes[args[0]]
+        axis = g.ints([2])
+        stacked = g.op("Concat", *[g.op("Unsqueeze", part, axis) for part in args], axis=2)
+        return g.reshape(stacked, len(args) * width)
     (x,) = args
     if op in CASTS:
         return g.op("Cast", x, to=op)
