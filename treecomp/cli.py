@@ -96,30 +96,23 @@ def _inspect(args: argparse.Namespace) -> int:
     if forest.classes is not None:
         print(f"classes:     {np.asarray(forest.classes).tolist()}")
     try:
-        import torch
-
         import strategies
-        from treecomp.passes import float32_thresholds
     except ImportError:
         print("strategies:  (install torch to see the selector's choices)")
         return 0
     from strategies.selector import estimates
 
-    lowered = float32_thresholds(forest)
     for target in ("torch", "onnx"):
         for device in ("cpu", "cuda"):
             for batch in (1, 10_000):
-                _, plan = strategies.lower(
-                    lowered, dtype=torch.float32, batch_size=batch, device=device, target=target
+                _, plan = strategies.lower_forest(
+                    forest, "float32", batch_size=batch, device=device, target=target
                 )
-                print(
-                    f"strategy:    {target:<5} {device:<4} batch {batch:>6}: "
-                    f"{strategies.describe(plan, depths)}"
-                )
-                if plan[0][0] == "tree_ensemble":
+                print(f"strategy:    {target:<5} {device:<4} batch {batch:>6}: {plan}")
+                if plan.startswith("tree_ensemble"):
                     print("               (ONNX Runtime's tree operator: chosen wherever exact)")
                     continue
-                costs = estimates(lowered.trees, batch=batch, device=device)
+                costs = estimates(forest.trees, batch=batch, device=device)
                 print("               estimates for the whole forest: " + _costs(costs))
     return 0
 
