@@ -194,3 +194,161 @@ def test_types_are_checked_when_recorded() -> None:
         ("const", "float32"),
         ("less", "bool"),
     ]
+
+
+# --- The native outputs (treecomp.outputs), NumPy and ONNX against their meaning ----------
+
+
+def output_cases() -> list[tuple[str, dict[str, Any]]]:
+    """Forests' output fields: every task, label rule and probability layout."""
+    base = {"decision_offset": 0.0, "accumulation": "float64", "proba_columns": 0}
+    return [
+        (
+            "binary-ge",
+            {
+                **base,
+                "task": "classifier",
+                "n_outputs": 1,
+                "proba_columns": 2,
+                "label_rule": "margin_ge_zero",
+            },
+        ),
+        (
+            "binary-gt",
+            {
+                **base,
+                "task": "classifier",
+                "n_outputs": 1,
+                "proba_columns": 2,
+                "label_rule": "margin_gt_zero",
+            },
+        ),
+        (
+            "binary-proba-f32",
+            {
+                **base,
+                "task": "classifier",
+                "n_outputs": 1,
+                "proba_columns": 2,
+                "label_rule": "argmax_proba",
+                "accumulation": "float32",
+            },
+        ),
+        (
+            "multi-margin",
+            {
+                **base,
+                "task": "classifier",
+                "n_outputs": 3,
+                "proba_columns": 3,
+                "label_rule": "margin_ge_zero",
+            },
+        ),
+        (
+            "multi-proba",
+            {
+                **base,
+                "task": "classifier",
+                "n_outputs": 3,
+                "proba_columns": 3,
+                "label_rule": "argmax_proba",
+            },
+        ),
+        (
+            "outlier",
+            {
+                **base,
+                "task": "outlier",
+                "n_outputs": 1,
+                "label_rule": "argmax_proba",
+                "decision_offset": -0.5,
+            },
+        ),
+        ("regressor", {**base, "task": "regressor", "n_outputs": 1, "label_rule": "argmax_proba"}),
+        (
+            "multi-regressor",
+            {**base, "task": "regressor", "n_outputs": 3, "label_rule": "argmax_proba"},
+        ),
+    ]
+
+
+def expected_outputs(f: Any, raw: Any, transformed: Any) -> dict[str, Any]:
+    """What each output means, written plainly (the old hand-written outputs)."""
+    if f.task == "regressor":
+        return {"scores": transformed[:, 0] if f.n_outputs == 1 else transformed}
+    if f.task == "outlier":
+        decision = transformed[:, 0] - f.decision_offset
+        return {
+            "label": np.where(decision < 0, -1, 1),
+            "scores": transformed[:, 0],
+            "decision": decision,
+        }
+    proba = transformed
+    if f.proba_columns == 2:
+        p = transformed[:, 0]
+        q = (np.float32(1.0) - p.astype(np.float32)) if f.accumulation == "float32" else 1.0 - p
+        proba = np.stack([np.asarray(q, dtype=np.float64), p], axis=1)
+    if f.label_rule == "argmax_proba":
+        index = np.argmax(proba, axis=1)
+    elif f.n_outputs > 1:
+        index = np.argmax(raw, axis=1)
+    else:
+        index = (raw[:, 0] >= 0) if f.label_rule == "margin_ge_zero" else (raw[:, 0] > 0)
+    decision = raw[:, 0] if f.n_outputs == 1 else raw
+    return {"label_index": index.astype(np.int64), "probabilities": proba, "decision": decision}
+
+
+@pytest.mark.parametrize("renderer", ["numpy", "onnx"])
+@pytest.mark.parametrize(("case", "fields"), output_cases(), ids=[c for c, _ in output_cases()])
+def test_native_outputs_mean_what_they_say(
+    case: str, fields: dict[str, Any], renderer: str
+) -> None:
+    from types import SimpleNamespace
+
+    from treecomp import outputs
+
+    f = SimpleNamespace(**fields)
+    k = f.n_outputs
+    # margins at zero, ties between columns, and ordinary values
+    raw = np.array([[0.0, 0.0, 0.0], [-0.0, 1.0, 1.0], [2.5, -1.0, 2.5], [-3.0, 0.5, -0.1]])
+    raw = raw[:, :k]
+    transformed = 1.0 / (1.0 + np.exp(-raw)) if k == 1 else np.exp(raw) / 3.0
+    if f.accumulation == "float32":
+        transformed = transformed.astype(np.float32).astype(np.float64)
+    expected = expected_outputs(f, raw, transformed)
+    program = outputs.program(f)  # type: ignore[arg-type]
+    assert set(program.names) == set(expected)
+    if renderer == "numpy":
+        actual = dict(zip(program.names, program.run(raw, transformed), strict=True))
+    else:
+        actual = {
+            name: run_onnx_outputs(program.only(name), raw, transformed) for name in program.names
+        }
+    for name, want in expected.items():
+        assert_equal(np.asarray(actual[name]), want)
+        assert np.asarray(actual[name]).dtype.kind == np.asarray(want).dtype.kind, name
+
+
+def run_onnx_outputs(program: Program, raw: Any, transformed: Any) -> Any:
+    g = GraphBuilder("float64", "raw")
+    (out,) = emit_program(g, program, "raw", "transformed")
+    if out in ("raw", "transformed"):
+        out = g.op("Identity", out)
+    rank = np.ndim(program.run(raw, transformed)[0])
+    element = ELEMENT[program.steps[-1].dtype] if program.steps else ELEMENT["float64"]
+    inputs = [
+        onnx.helper.make_tensor_value_info(name, ELEMENT["float64"], ["N", raw.shape[1]])
+        for name in ("raw", "transformed")
+    ]
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        "outputs",
+        inputs,
+        [onnx.helper.make_tensor_value_info(out, element, ["N"] + [None] * (rank - 1))],
+        initializer=g.initializers,
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"raw": raw, "transformed": transformed})[0]
