@@ -1,6 +1,6 @@
 """A small vocabulary of array operations, for the ideas every target runs the same way.
 
-An idea that several targets compute (a forest's link, the native outputs of its scores) is
+An idea that several targets compute (a link, the native outputs, the inputs' preparation) is
 written once, as a Python function of :class:`Value` s; :func:`record` calls it and writes
 down a :class:`Program`: steps, each an operation of :data:`OPERATIONS` on earlier values,
 with every value's type known. A target renders programs from the operations alone and
