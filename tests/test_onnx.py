@@ -158,8 +158,8 @@ ONE_ROW_NODES = {
     "sklearn_multi_output": 9,
     "sklearn_rf": 11,
     "xgboost_binary": 16,
-    "xgboost_categorical": 15,
-    "xgboost_multiclass": 21,
+    "xgboost_categorical": 14,
+    "xgboost_multiclass": 20,
 }
 
 

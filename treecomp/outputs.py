@@ -47,8 +47,8 @@ OUTPUTS = {
 
 def program(forest: Forest, scores: str = "float64", *names: str) -> Program:
     """The outputs :data:`OUTPUTS` of ``forest``'s task (or those ``names`` only), from its
-    raw and transformed scores of type ``scores`` (float64, or a binary classifier's float32
-    sums before widening)."""
+    raw and transformed scores of type ``scores`` (float64, or float32 sums before widening:
+    the program widens what it gives out), floats given out as float64."""
     return _program(_key(forest), scores, names)
 
 
@@ -74,7 +74,7 @@ def _program(key: tuple[Any, ...], scores: str, names: tuple[str, ...]) -> Progr
         return squeeze(x) if n_outputs == 1 else x
 
     def classifier(raw: Value, transformed: Value) -> tuple[Value, ...]:
-        proba = transformed
+        proba = float64(transformed)
         if proba_columns == 2 and n_outputs == 1:
             # [1 - p, p], 1 - p in the accumulation type: XGBoost's wrapper subtracts its
             # float32 p from 1.0 in float32 (1 481 of 3 000 rows of the 500-tree benchmark
@@ -91,7 +91,7 @@ def _program(key: tuple[Any, ...], scores: str, names: tuple[str, ...]) -> Progr
         return index, proba, float64(column(raw))
 
     def outlier(raw: Value, transformed: Value) -> tuple[Value, ...]:
-        anomaly = squeeze(transformed)  # lower is more abnormal
+        anomaly = float64(squeeze(transformed))  # lower is more abnormal
         decision = anomaly - decision_offset
         return where(decision < 0.0, -1, 1), anomaly, decision
 

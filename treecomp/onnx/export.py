@@ -195,15 +195,6 @@ def build_with_plan(
         g = GraphBuilder(precision, "input")
         # The onnx backend feeds inputs that treecomp.inputs.prepare already cast and cleaned.
         X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
-    # A float32 binary classifier's 1 - p is subtracted in float32, as XGBoost's wrapper
-    # does, and the probabilities widened after (no more nodes than widening p first).
-    float32_pair = (
-        engine_outputs is None
-        and forest.task == "classifier"
-        and forest.proba_columns == 2
-        and forest.n_outputs == 1
-        and forest.accumulation == "float32"
-    )
     raw, transformed, leaf_ids = emit_module(
         g,
         module,
@@ -211,9 +202,7 @@ def build_with_plan(
         X,
         scores=engine_outputs != "leaf_ids",
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
-        # the onnx backend widens float32 sums and links them itself
-        widen=engine_outputs is None and not float32_pair,
-        link=engine_outputs is None,
+        link=engine_outputs is None,  # the onnx backend links the sums itself
         operator_sums=one_thread,
         large_batch_rows=large_batch_rows if engine_outputs is None else None,
     )
@@ -242,7 +231,9 @@ def build_with_plan(
         output("leaf_ids", leaf_ids, TensorProto.INT64, ["N", n])
     else:  # the native outputs, the program of treecomp.outputs
         assert raw is not None and transformed is not None  # emitted for these outputs
-        scores = "float32" if float32_pair else "float64"
+        # float32 sums stay float32 until the outputs widen them: XGBoost's wrapper
+        # subtracts 1 - p in float32, and no node widens a sum no output reads
+        scores = forest.accumulation
         names = OUTPUTS[forest.task]
         if forest.task == "classifier":
             names = ("label_index", "probabilities")

@@ -131,14 +131,13 @@ def emit_module(
     *,
     scores: bool = True,
     leaf_ids: bool = False,
-    widen: bool = True,
     link: bool = True,
     operator_sums: bool = False,
     large_batch_rows: int | None = None,
 ) -> tuple[str | None, str | None, str | None]:
-    """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids).
+    """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids),
+    sums in the accumulation type (the outputs widen what they give out).
 
-    ``widen``: float32 sums come out as double (the serving outputs); else they stay float32.
     ``link``: emit the post-transform (else ``transformed`` is None: the onnx backend links
     the raw sums itself, with the C library's exp).
     ``operator_sums``: let the tree operator add the trees where it can
@@ -230,10 +229,6 @@ def emit_module(
     program = links.program(post.kind, float(post.scale), forest.accumulation)
     if link:
         transformed = raw if program is None else emit_program(g, program, raw)[0]
-    if forest.accumulation == "float32" and widen:
-        raw = g.op("Cast", raw, to="float64")
-        if transformed is not None:
-            transformed = g.op("Cast", transformed, to="float64")
     return raw, transformed, ids
 
 
