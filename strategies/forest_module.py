@@ -221,7 +221,7 @@ class ForestModule(torch.nn.Module):
 
     def prepare(self, X: torch.Tensor) -> torch.Tensor:
         """Cast as the native library does, then to this module's precision
-        (:func:`treecomp.inputs.native_input`), extended for folded trees
+        (:func:`treecomp.inputs.native_values`), extended for folded trees
         (:func:`treecomp.passes.extended_input`)."""
         if X.dim() != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected X of shape (n_rows, {self.n_features})")

@@ -123,7 +123,7 @@ class Program:
         return numpy_function(self)(*inputs)
 
 
-# Each operation in NumPy, as an expression of its arguments {a}, {b}, {c}.
+# Each operation in NumPy, as an expression of its arguments {a}, {b}, {c} (or all {args}).
 _NUMPY = {
     "neg": "-{a}",
     "exp": "np.exp({a})",
@@ -150,7 +150,7 @@ _NUMPY = {
     "argmax": "np.asarray(np.argmax({a}, axis=1), dtype=np.int64)",
     "concat": "np.concatenate(({a}, {b}), axis=1)",
     "squeeze": "{a}[:, 0]",
-    "interleave": "_interleave({a}, {b}, {c})",
+    "interleave": "_interleave({args})",
 }
 # Operations whose overflow or division by zero (to infinity, as their contract allows) is
 # silent. (Sums of finite scores do not overflow; outputs need no errstate, whose entry costs
@@ -159,7 +159,7 @@ _QUIET = frozenset(("exp", "div", "pow", "log1p", "softmax"))
 
 
 def _interleave(*parts: Any) -> Any:
-    stacked = np.stack([p for p in parts if p is not None], axis=2)
+    stacked = np.stack(parts, axis=2)
     return stacked.reshape(stacked.shape[0], -1)
 
 
@@ -180,7 +180,8 @@ def numpy_function(program: Program) -> Callable[..., list[Any]]:
         if step.op == "const":
             names[target] = np.array(step.value, dtype=step.dtype)[()]
             continue
-        arguments = dict(zip("abc", [*(f"v{a}" for a in step.args), "None", "None"], strict=False))
+        names_of = [f"v{a}" for a in step.args]
+        arguments = dict(zip("abc", names_of, strict=False), args=", ".join(names_of))
         lines.append(f"{target} = {_NUMPY[step.op].format(**arguments)}")
     body = lines or ["pass"]
     if any(step.op in _QUIET for step in program.steps):
@@ -252,21 +253,23 @@ class _Recorder:
     def __init__(self, inputs: tuple[str, ...]) -> None:
         self.inputs = inputs
         self.steps: list[Step] = []
-        self.made: list[tuple[Value, ...]] = []  # each step's arguments
         self._constants: dict[tuple[str, str], Value] = {}
 
     def add(self, op: str, args: tuple[Value, ...], dtype: str, value: float = 0.0) -> Value:
         self.steps.append(Step(op, tuple(a.index for a in args), dtype, value))
-        self.made.append(args)
         return Value(self, len(self.inputs) + len(self.steps) - 1, dtype)
+
+    def dtype(self, index: int) -> str:
+        n = len(self.inputs)
+        return self.inputs[index] if index < n else self.steps[index - n].dtype
 
     def widened(self, x: Value) -> Value | None:
         """The float32 value ``x`` is the float64 of, if a cast made it."""
         i = x.index - len(self.inputs)
         if i < 0 or self.steps[i].op != "float64":
             return None
-        (source,) = self.made[i]
-        return source if source.dtype == "float32" else None
+        (source,) = self.steps[i].args
+        return Value(self, source, "float32") if self.dtype(source) == "float32" else None
 
     def constant(self, value: float, dtype: str) -> Value:
         key = (float(value).hex(), dtype)  # -0.0 is not 0.0 here

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -314,13 +313,18 @@ def _all_finite(arr: npt.NDArray[np.floating]) -> bool:
 
 
 def native_values(x: Value, forest: Forest, precision: str) -> Value:
-    """The values the trees compare, in ``precision``, from rows ``x``: cast as the native
-    library casts them, its ``missing=`` value read as NaN there (XGBoost compares it in
-    float32), then in ``precision`` (written in :mod:`treecomp.arrays`: the NumPy path
-    below, the torch module and the ONNX graph render it)."""
-    native = cast(x, forest.input_dtype)
-    if not math.isnan(forest.missing_value):
-        native = where(equal(native, forest.missing_value), math.nan, native)
+    """The values ``forest``'s trees compare, in ``precision``, from rows ``x``: cast as
+    the native library casts them (``forest.input_dtype``), its ``missing=`` value read as
+    NaN there (XGBoost compares it in float32), then in ``precision`` (written in
+    :mod:`treecomp.arrays`: the NumPy path below, the torch module and the ONNX graph
+    render it)."""
+    return _native_values(x, forest.input_dtype, forest.missing_value, precision)
+
+
+def _native_values(x: Value, input_dtype: str, missing: float, precision: str) -> Value:
+    native = cast(x, input_dtype)
+    if not math.isnan(missing):
+        native = where(equal(native, missing), math.nan, native)
     return cast(native, precision)
 
 
@@ -328,9 +332,8 @@ def native_values(x: Value, forest: Forest, precision: str) -> Value:
 def _native_input_function(
     input_dtype: str, missing: float, given: str, precision: str
 ) -> Callable[..., list[Any]]:
-    """:func:`native_values` in NumPy (a forest stands in by the two fields it reads)."""
-    forest = SimpleNamespace(input_dtype=input_dtype, missing_value=missing)
-    prepared = record(lambda x: native_values(x, forest, precision), given)  # type: ignore[arg-type]
+    """:func:`native_values` in NumPy, for rows of type ``given``."""
+    prepared = record(lambda x: _native_values(x, input_dtype, missing, precision), given)
     return numpy_function(prepared)
 
 

@@ -225,10 +225,10 @@ def emit_module(
     if raw is None:
         raw = summed()
     transformed = None
-    post = forest.post_transform
-    program = links.program(post.kind, float(post.scale), forest.accumulation)
     if link:
-        transformed = raw if program is None else emit_program(g, program, raw)[0]
+        post = forest.post_transform
+        linked = links.program(post.kind, float(post.scale), forest.accumulation)
+        transformed = raw if linked is None else emit_program(g, linked, raw)[0]
     return raw, transformed, ids
 
 
