@@ -32,20 +32,20 @@ def best(function: Callable[[], Any], repeat: int) -> float:
 
 
 def lookup(repeat: int) -> None:
-    from strategies import nodes
+    from strategies import categories, nodes
 
     generator = torch.Generator().manual_seed(0)
     walkers, rows, levels = 1_000_000, 50, 40
     lists = [np.flatnonzero(np.random.default_rng(r).random(levels) < 0.3) for r in range(rows)]
-    direct = nodes.CategorySets(lists, kind="direct")
-    hashed = nodes.CategorySets(lists, kind="hash")
+    direct = categories.CategorySets(lists, kind="direct")
+    hashed = categories.CategorySets(lists, kind="hash")
     code = torch.randint(0, levels, (walkers,), generator=generator)
     row = torch.randint(1, rows + 1, (walkers,), generator=generator)
     for name, sets in (("direct", direct), ("hash", hashed)):
         table = torch.from_numpy(sets.table)
 
         def run(table: torch.Tensor = table, layout: list[int] = sets.layout) -> torch.Tensor:
-            return nodes.category_member(code, row, table, layout)
+            return nodes.category_lookup(code, row, table, layout)
 
         ms = best(run, repeat)
         print(f"lookup of {walkers:,} walkers, {name} table: {ms:.1f} ms")
@@ -93,7 +93,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.hash:
-        from strategies.nodes import CategorySets
+        from strategies.categories import CategorySets
 
         CategorySets.__init__.__kwdefaults__["kind"] = "hash"  # type: ignore[index]
     if args.only != "forest":

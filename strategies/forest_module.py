@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from strategies import eager
-from strategies.nodes import TreeGroup, _compiling, take, tensor
+from strategies.nodes import TreeGroup, tensor
+from strategies.programs import _compiling, run_steps, take
 from treecomp import links
 from treecomp.arrays import Value, record
 from treecomp.inputs import native_values
@@ -31,91 +32,6 @@ FLOAT32_EXACT_INTEGERS = 1 << 24
 # Inductor adds a float32 reduction of more than 4096 terms in cascaded chunks (codegen/
 # cpp.py, need_use_acc_helper), not one term after the other.
 SEQUENTIAL_TERMS = 4096
-
-
-def row_sum(x: torch.Tensor) -> torch.Tensor:
-    """Each row's sum ``(rows, 1)``, added from the first column to the last in ``x``'s
-    type: a scan (a sum adds in a blocked order), and column by column in float32, which
-    torch's CPU scan adds in double."""
-    if x.dtype != torch.float32:
-        return torch.cumsum(x, dim=1)[:, -1:]
-    total = x[:, :1]
-    for j in range(1, x.shape[1]):
-        total = total + x[:, j : j + 1]
-    return total
-
-
-def run_steps(
-    steps: list[tuple[str, int, int, int]], constants: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    """The one-input program of :class:`treecomp.arrays.Program` ``steps`` (from
-    ``Program.flat``, reading ``constants``) on ``x``, in torch: each operation as its
-    contract in :data:`treecomp.arrays.OPERATIONS` says; ``x`` itself if there are none."""
-    values: list[torch.Tensor] = [x]
-    for op, a, b, c in steps:
-        if op == "const":
-            values.append(constants[a].to(torch.float64 if b == 1 else torch.float32))
-            continue
-        u = values[a]
-        if op == "neg":
-            y = -u
-        elif op == "exp":
-            y = torch.exp(u)
-        elif op == "log1p":
-            y = torch.log1p(u)
-        elif op == "sign":  # torch's sign of NaN is 0
-            y = torch.where(torch.isnan(u), u, torch.sign(u))
-        elif op == "float32":
-            y = u.to(torch.float32)
-        elif op == "float64":
-            y = u.to(torch.float64)
-        elif op == "int64":
-            y = u.to(torch.int64)
-        elif op == "softmax":
-            y = torch.softmax(u, dim=1)
-        elif op == "row_max":
-            y = u.max(dim=1, keepdim=True)[0]
-        elif op == "row_sum":
-            y = row_sum(u)
-        elif op == "isnan":
-            y = torch.isnan(u)
-        elif op == "argmax":
-            y = torch.argmax(u, dim=1)
-        elif op == "squeeze":
-            y = u[:, 0]
-        elif op == "where":
-            y = torch.where(u, values[b], values[c])
-        elif op == "interleave":  # as (rows, columns, parts), read row by row
-            parts = [u, values[b]] if c < 0 else [u, values[b], values[c]]
-            y = torch.stack(parts, 2).reshape(u.shape[0], len(parts) * u.shape[1])
-        else:
-            v = values[b]
-            if op == "add":
-                y = u + v
-            elif op == "sub":
-                y = u - v
-            elif op == "mul":
-                y = u * v
-            elif op == "div":
-                y = u / v
-            elif op == "pow":
-                y = torch.pow(u, v)
-            elif op == "minimum":
-                y = torch.minimum(u, v)
-            elif op == "equal":
-                y = u == v
-            elif op == "less":
-                y = u < v
-            elif op == "greater":
-                y = u > v
-            elif op == "greater_equal":
-                y = u >= v
-            elif op == "concat":
-                y = torch.cat([u, v], 1)
-            else:
-                raise ValueError("unknown operation " + op)
-        values.append(y)
-    return values[-1]
 
 
 class ForestModule(torch.nn.Module):
@@ -145,10 +61,8 @@ class ForestModule(torch.nn.Module):
     steps: torch.Tensor
     inverse: torch.Tensor
     leaf_columns: torch.Tensor
-    link_constants: torch.Tensor
-    link_steps: list[tuple[str, int, int, int]]
-    input_constants: torch.Tensor
-    input_steps: list[tuple[str, int, int, int]]
+    link_steps: list[tuple[str, int, int, int, float]]
+    input_steps: list[tuple[str, int, int, int, float]]
 
     def __init__(
         self,
@@ -177,8 +91,7 @@ class ForestModule(torch.nn.Module):
         self.average = forest.aggregation == "average"
         post = forest.post_transform
         link = links.program(post.kind, float(post.scale), forest.accumulation)
-        steps, constants = ([], np.zeros(0)) if link is None else link.flat()
-        self.link_steps = steps
+        self.link_steps = [] if link is None else link.flat()
         self.leaf_width = max(t.leaf_width for t in forest.trees)
         # float32 accumulation (XGBoost) adds in float32, one contribution at a time: torch's
         # CPU cumsum would accumulate float32 in double.
@@ -187,16 +100,13 @@ class ForestModule(torch.nn.Module):
         for group in groups:
             group.leaf_value = group.leaf_value.to(acc)
         self.register_buffer("base_score", tensor(forest.base_score, acc).unsqueeze(1))
-        self.register_buffer("link_constants", tensor(constants))
         precision = "float32" if dtype == torch.float32 else "float64"
 
         def prepared(x: Value) -> Value:
             values = native_values(x, forest, precision)
             return extended_input(values, fold_columns) if fold_columns else values
 
-        steps, constants = record(prepared, forest.input_dtype).flat()
-        self.input_steps = steps
-        self.register_buffer("input_constants", tensor(constants))
+        self.input_steps = record(prepared, forest.input_dtype).flat()
         # Sums start at zero: averages add the base after the mean, and strategies.lower
         # folds base scores into the first trees' leaves (treecomp.passes.fold_base_score).
         self.zero_start = self.average or not forest.base_score.any()
@@ -225,7 +135,7 @@ class ForestModule(torch.nn.Module):
         (:func:`treecomp.passes.extended_input`)."""
         if X.dim() != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected X of shape (n_rows, {self.n_features})")
-        X = run_steps(self.input_steps, self.input_constants, X.to(self.input_dtype))
+        X = run_steps(self.input_steps, [X.to(self.input_dtype)])
         return X.contiguous()
 
     def _check_missing(self, X: torch.Tensor) -> bool:
@@ -369,7 +279,7 @@ class ForestModule(torch.nn.Module):
         # The scans are cloned above and this is a copy: the result owns its memory, so
         # chunks of a big input do not keep their scratch tensors alive.
         raw = self._rows(total, n)
-        return raw, run_steps(self.link_steps, self.link_constants, raw)
+        return raw, run_steps(self.link_steps, [raw])
 
     @torch.jit.unused
     def _branch_free_sum(self, base: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:

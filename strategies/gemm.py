@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, take, tensor
+from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, tensor
+from strategies.programs import take
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PATH_MATRIX
 from treecomp.ir_shapes import node_depths, tree_depths
@@ -111,15 +112,14 @@ class GEMM(TreeGroup):
             slots = np.concatenate([slots, np.arange(int(offsets[-1] + trees[-1].n_nodes))])
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
-        self.rest = rest
+        self.set_walk(rest, n_trees * n_internal)
         self.n_trees = n_trees
         self.n_internal = n_internal
-        self.node_base = n_trees * n_internal
         self.register_buffer("path", tensor(path))
         self.register_buffer("lefts", tensor(lefts).unsqueeze(1))  # (trees, 1, leaves)
         # One row of node positions: the node parameters broadcast over the batch.
         self.register_buffer(
-            "positions", torch.arange(n_trees * n_internal, dtype=torch.int64).unsqueeze(0)
+            "positions", torch.arange(n_trees * n_internal, dtype=torch.int32).unsqueeze(0)
         )
         self.register_buffer(
             "leaf_base", torch.arange(n_trees, dtype=torch.int64).unsqueeze(1) * n_leaves
@@ -152,7 +152,8 @@ class GEMM(TreeGroup):
 
     def emit_onnx(self, g: Any, X: str) -> str:
         x = g.op("Gather", X, g.const(self.feature[: self.node_base]), axis=1)
-        tests = g.op("Cast", self.emit_decide(g, x, g.const(self.positions)), to="float32")
+        left = self.emit_node_test(g, "left", x, g.const(self.positions))
+        tests = g.op("Cast", left, to="float32")
         # ONNX Runtime's batched MatMul crashes on an empty batch: one extra row of tests is
         # carried through and sliced off at the end.
         padding = np.zeros((1, self.n_trees * self.n_internal), dtype=np.float32)
@@ -167,5 +168,5 @@ class GEMM(TreeGroup):
         rows = g.op("Add", rows, g.const(self.leaf_base.reshape(1, -1)))
         if self.rest == 0:
             return rows
-        node = g.op("Gather", g.const(self.below.numpy().astype(np.int64)), rows)
+        node = g.op("Gather", g.const(self.below), rows)
         return self.emit_child_pointers(g, X, node)

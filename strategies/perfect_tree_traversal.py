@@ -11,6 +11,7 @@ traversal) for the remaining levels: every forest is expressible, and the deep, 
 of leaf-wise trees costs no padding.
 """
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,16 +19,20 @@ import torch
 
 from strategies import eager
 from strategies.nodes import (
+    NODE_INPUTS,
     GroupOptions,
     NodeArrays,
+    NodeRule,
     TreeGroup,
     child_pointers,
-    feature_values,
-    take,
+    node_test,
     tensor,
 )
+from strategies.programs import take
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PADDED_NODES, padded_size
+from treecomp.arrays import Value, broadcast, column, int32
+from treecomp.arrays import take as take_value
 from treecomp.ir_shapes import heap_levels, tree_depths
 
 if TYPE_CHECKING:
@@ -78,12 +83,11 @@ class PerfectTreeTraversal(TreeGroup):
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
         self.depth = depth
-        self.rest = self_rest
-        self.node_base = int(slots.size - sizes.sum()) if self_rest else 0
-        # int32 positions: MAX_PADDED_NODES keeps them far below 2**31. Level offsets are
-        # Python constants and tree offsets an arange, so that a compiler folds the position
-        # arithmetic into its loop indices rather than loading it.
+        self.set_walk(self_rest, int(slots.size - sizes.sum()) if self_rest else 0)
+        # int32 positions: MAX_PADDED_NODES keeps them far below 2**31.
         self.level_base: list[int] = [n_trees * ((1 << d) - 1) for d in range(depth)]
+        types = (self.node_types[0], "int32", "int32", "int32", *self.node_types[2:])
+        self.set_program("top", partial(perfect_levels, depth, self.level_base), types)
         self.n_trees = n_trees
         values = np.concatenate([t.value for t in trees])
         leaf_ids = np.concatenate([t.leaf_id for t in trees])
@@ -100,21 +104,15 @@ class PerfectTreeTraversal(TreeGroup):
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         shape = [X.shape[0], self.n_trees, X.shape[1]]
+        # Tree offsets an arange, level offsets constants: a compiler folds the positions'
+        # arithmetic into its loop indices rather than loading it.
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
-        # Positions within each tree's level, built from the first level's tests rather
-        # than from zeros: inductor's removal of "+ 0" compares the operands' shapes, which
-        # guards on the block count equalling a group's tree count. (The initial value is
-        # read only by forests of single leaves; TorchScript needs it typed.)
-        index = trees.expand(shape) * 0 if self.depth == 0 else trees.expand(shape)
-        for d in range(self.depth):
-            # Level d holds tree t's block at level_base[d] + t * 2**d.
-            offset = trees * (1 << d) + self.level_base[d]
-            pos = offset.expand(shape) if d == 0 else index + offset
-            x = feature_values(X, take(self.feature, pos))
-            right = self.goes_right(x, pos, check_missing)
-            # The bool promotes inside the one kernel.
-            index = right.to(torch.int32) if d == 0 else index * 2 + right
-        slot = index + trees * (1 << self.depth)
+        inputs = [X, trees, trees.expand(shape), self.feature, self.threshold]
+        inputs.append(self.default_left)
+        inputs.append(self.zero_is_missing)
+        inputs.append(self.category_row)
+        inputs.append(self.category_table)
+        slot = self.run_program(6 + int(check_missing), inputs)
         if self.rest == 0:
             return slot
         return self.walk_child_pointers(X, take(self.below, slot), check_missing)
@@ -172,15 +170,41 @@ class PerfectTreeTraversal(TreeGroup):
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs
-        index = g.op("Expand", g.const(np.zeros_like(trees)), g.rows_by(trees.shape[1]))
-        feature = g.const(self.feature)
-        for d in range(self.depth):
-            pos = g.op("Add", index, g.const(self.level_base[d] + (trees << d)))
-            x = g.op("GatherElements", X, g.op("Gather", feature, pos), axis=1)
-            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, pos)), to="int32")
-            index = g.op("Add", g.op("Mul", index, g.const(np.array(2, np.int32))), right)
-        slot = g.op("Add", index, g.const(trees << self.depth))
+        walkers = g.op("Expand", g.const(np.zeros_like(trees)), g.rows_by(trees.shape[1]))
+        tables = ("feature", *NODE_INPUTS[2:])
+        slot = self.emit_program(g, "top", [X, g.const(trees), walkers], *tables)
         if self.rest == 0:
             return slot
-        node = g.op("Gather", g.const(self.below.numpy().astype(np.int64)), slot)
+        node = g.op("Gather", g.const(self.below), slot)
         return self.emit_child_pointers(g, X, node)
+
+
+def perfect_levels(
+    depth: int,
+    level_base: list[int],
+    rule: NodeRule,
+    X: Value,
+    trees: Value,
+    walkers: Value,
+    feature: Value,
+    *node_tables: Value,
+) -> Value:
+    """The slot each walker reaches after ``depth`` perfect levels: level ``d`` holds tree
+    ``t``'s nodes from ``level_base[d] + t * 2**d`` (``trees``: each walker's tree number,
+    broadcasting to ``walkers``), a walker at position ``i`` of its level goes to
+    ``2 * i + right`` of the next; the last level's slots follow at ``t * 2**depth``.
+
+    The positions are built from the first level's tests rather than from zeros: inductor's
+    removal of "+ 0" compares the operands' shapes, which guards on the block count
+    equalling a group's tree count."""
+    index = None
+    for d in range(depth):
+        offset = trees * (1 << d) if d else trees
+        offset = offset + level_base[d] if level_base[d] else offset
+        pos = broadcast(offset, walkers) if index is None else index + offset
+        x = column(X, take_value(feature, pos))
+        _, right = node_test(rule, x, pos, *node_tables)
+        index = int32(right) if index is None else index * 2 + int32(right)
+    if index is None:  # single leaves, or child pointers from the roots
+        return broadcast(trees, walkers)
+    return index + trees * (1 << depth)

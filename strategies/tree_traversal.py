@@ -16,8 +16,6 @@ from strategies.nodes import (
     NodeArrays,
     TreeGroup,
     child_pointers,
-    feature_values,
-    take,
     tensor,
 )
 from strategies.registry import register_strategy
@@ -47,17 +45,14 @@ class TreeTraversal(TreeGroup):
         self.register_buffer("child", tensor(child_pointers(trees)))
         self.register_buffer("roots", tensor(offsets.astype(np.int32)))
         self.depth = int(tree_depths(trees).max())
+        self.set_walk(self.depth, 0)  # every level by child pointers, from the roots
         self.set_leaves(
             np.concatenate([t.value for t in trees]), np.concatenate([t.leaf_id for t in trees])
         )
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         node = self.roots.unsqueeze(1).expand(X.shape[0], -1, X.shape[1])
-        for _ in range(self.depth):
-            x = feature_values(X, take(self.feature, node))
-            right = self.goes_right(x, node, check_missing)
-            node = take(self.child, node * 2 + right)  # the bool promotes inside the kernel
-        return node
+        return self.walk_child_pointers(X, node, check_missing)
 
     @torch.jit.unused
     def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:
@@ -75,10 +70,4 @@ class TreeTraversal(TreeGroup):
     def emit_onnx(self, g: Any, X: str) -> str:
         n_trees = int(self.roots.numel())
         node = g.op("Expand", g.const(self.roots.reshape(1, -1)), g.rows_by(n_trees))
-        child = g.const(self.child)
-        for _ in range(self.depth):
-            x = g.op("GatherElements", X, g.op("Gather", g.const(self.feature), node), axis=1)
-            right = g.op("Cast", g.op("Not", self.emit_decide(g, x, node)), to="int32")
-            twice = g.op("Mul", node, g.const(np.array(2, np.int32)))
-            node = g.op("Gather", child, g.op("Add", twice, right))
-        return node
+        return self.emit_child_pointers(g, X, node)

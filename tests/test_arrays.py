@@ -22,15 +22,14 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from strategies.forest_module import run_steps  # noqa: E402
+from strategies.programs import run_steps  # noqa: E402
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_program  # noqa: E402
 
 
 def run_torch(program: Program, x: npt.NDArray[Any], *, scripted: bool = False) -> Any:
-    steps, constants = program.flat()
     assert list(program.outputs) == [len(program.inputs) + len(program.steps) - 1]
     run = torch.jit.script(run_steps) if scripted else run_steps
-    return run(steps, torch.from_numpy(constants), torch.from_numpy(x)).numpy()
+    return run(program.flat(), [torch.from_numpy(x)]).numpy()
 
 
 def run_onnx(program: Program, x: npt.NDArray[Any]) -> Any:
@@ -142,6 +141,11 @@ def test_row_sum_adds_in_column_order(renderer: str) -> None:
     np.testing.assert_array_equal(actual, [[0.0], [2.0]])
 
 
+def counts(x: Any) -> Any:
+    """Integers from 0 up, made of ``x``."""
+    return arrays.int64(arrays.where(x > 0.0, x, 0.0) * 4.0)
+
+
 # An idea per operation of the vocabulary that uses it, on one float64 input.
 ONE_OPERATION: dict[str, Any] = {
     "const": lambda x: x + 2.5,
@@ -162,6 +166,17 @@ ONE_OPERATION: dict[str, Any] = {
     "concat": lambda x: arrays.concat(x, -x),
     "squeeze": lambda x: arrays.squeeze(arrays.row_max(x)),
     "equal": lambda x: arrays.equal(x, 0.0),
+    "abs": abs,
+    "mod": lambda x: counts(x) % 4,
+    "floordiv": lambda x: counts(x) // 4,
+    "less_equal": lambda x: x <= 0.75,
+    "and": lambda x: (x > 0.0) & (x < 2.0),
+    "or": lambda x: (x > 0.0) | arrays.isnan(x),
+    "not": lambda x: ~(x > 0.0),
+    "take": lambda x: arrays.take(arrays.squeeze(arrays.row_max(x)), counts(x) % 3),
+    "column": lambda x: arrays.column(x, arrays.int32(counts(x) % 3)),
+    "broadcast": lambda x: arrays.broadcast(arrays.row_max(x), x),
+    "int32": lambda x: arrays.int32(x > 0.0),
     "interleave": lambda x: arrays.interleave(x, -x, arrays.where(arrays.isnan(x), x, 0.0)),
 }
 

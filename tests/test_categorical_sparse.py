@@ -2,7 +2,7 @@
 
 A LightGBM model whose splits list categories such as 8 225 540 and 2**24 + 3 would need
 a direct table of ``rows x 16 777 221`` cells; every lowering holds it as a hash table of
-the listed categories instead (``strategies.nodes.CategorySets``), and must take exactly
+the listed categories instead (``strategies.categories.CategorySets``), and must take exactly
 the native decisions on every target: listed codes, their neighbours, fractions, negatives,
 NaN, ±inf and codes past the float type.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import treecomp
-from strategies.nodes import CategorySets, category_member
+from strategies.categories import CategorySets
+from strategies.nodes import category_lookup
 from tests.helpers import assert_close, assert_equal
 from tests.test_ir import small_forest
 from treecomp.ir import Tree
@@ -217,7 +218,7 @@ def test_category_sets_list_exactly_the_listed_codes(kind: str) -> None:
     assert truth.sum() >= codes.size
     assert_equal(sets.contains(probes_rows, probes_codes), truth)
     table = torch.from_numpy(sets.table)
-    found = category_member(
+    found = category_lookup(
         torch.from_numpy(probes_codes), torch.from_numpy(probes_rows), table, sets.layout
     )
     assert_equal(found.numpy(), truth)

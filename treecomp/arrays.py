@@ -5,7 +5,7 @@ written once, as a Python function of :class:`Value` s; :func:`record` calls it 
 down a :class:`Program`: steps, each an operation of :data:`OPERATIONS` on earlier values,
 with every value's type known. A target renders programs from the operations alone and
 never sees an idea: NumPy here (:meth:`Program.run`), torch in
-:func:`strategies.forest_module.run_steps`, ONNX in :func:`treecomp.onnx.graph.emit_program`
+:func:`strategies.programs.run_steps`, ONNX in :func:`treecomp.onnx.graph.emit_program`
 (the way tinygrad keeps its targets to a few primitives). Exactness is a contract of each
 operation: the type it computes in, the order of its adds.
 
@@ -21,31 +21,43 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-# The operations and their contracts. Values are (rows, columns) arrays or (rows,) vectors;
-# an operation on two values broadcasts them, and arithmetic keeps their one type.
+# The operations and their contracts. Values are arrays of one type (float32, float64,
+# int32, int64 or bool): (rows, columns) arrays, (rows,) vectors, or tables that ``take``
+# reads; an operation on two values broadcasts them, and arithmetic keeps their one type.
 OPERATIONS = {
     "const": "a scalar of the step's type and value",
     "neg": "-x",
     "exp": "e**x in x's type, as the target computes it (at most an ulp from exact)",
     "log1p": "log(1 + x), accurate where x is tiny",
     "sign": "-1, 0 or 1 (NaN stays NaN)",
+    "abs": "|x|",
     "add": "x + y",
     "sub": "x - y",
     "mul": "x * y",
     "div": "x / y",
     "pow": "x ** y",
     "minimum": "the smaller of x and y",
+    "mod": "x mod y, for integers x >= 0 and y > 0",
+    "floordiv": "x // y, for integers x >= 0 and y > 0",
     "equal": "x == y, a bool",
     "less": "x < y, a bool",
+    "less_equal": "x <= y, a bool",
     "greater": "x > y, a bool",
     "greater_equal": "x >= y, a bool",
     "isnan": "whether x is NaN, a bool",
+    "and": "x and y, of bools",
+    "or": "x or y, of bools",
+    "not": "not x, of a bool",
+    "take": "table x's entries at the integer positions y (any shape), in x's type",
+    "broadcast": "x repeated to the shape of y, which x broadcasts to, in x's type",
+    "column": "for each walker, the value at column y of its row of x (how walkers lie along"
+    " the rows is the target's layout: NumPy and ONNX (rows, walkers); torch row blocks)",
     "where": "x where the bool c holds, else y (args c, x, y)",
     "float32": "x rounded to float32",
     "float64": "x widened to float64",
-    "int64": "x as int64: bools as 0 and 1, finite floats truncated",
+    "int32": "x as int32: bools as 0 and 1, int64 within int32's range",
+    "int64": "x as int64: bools as 0 and 1, finite floats truncated, int32 widened",
     "softmax": "exp(x - row max) / its row sum, along the columns",
     "row_max": "each row's largest value, as a column",
     "row_sum": "each row's sum, as a column, added from the first column to the last in x's type",
@@ -54,9 +66,12 @@ OPERATIONS = {
     "squeeze": "a one-column array as a vector",
     "interleave": "the columns of two or three arrays side by side: x0, y0, (z0,) x1, ...",
 }
-CASTS = frozenset(("float32", "float64", "int64"))
-COMPARISONS = frozenset(("equal", "less", "greater", "greater_equal"))
-BINARY = frozenset(("add", "sub", "mul", "div", "pow", "minimum", "concat")) | COMPARISONS
+CASTS = frozenset(("float32", "float64", "int32", "int64"))
+COMPARISONS = frozenset(("equal", "less", "less_equal", "greater", "greater_equal"))
+LOGICAL = frozenset(("and", "or", "not"))
+BINARY = frozenset(("add", "sub", "mul", "div", "pow", "minimum", "mod", "floordiv", "concat"))
+BINARY |= COMPARISONS | frozenset(("and", "or", "take", "column", "broadcast"))
+TYPES = ("float32", "float64", "int64", "int32", "bool")  # flat()'s code of a constant
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,25 +113,22 @@ class Program:
         )
         return Program(self.inputs, steps, tuple(renumber[o] for o in outputs), names)
 
-    def flat(self) -> tuple[list[tuple[str, int, int, int]], npt.NDArray[np.float64]]:
-        """A one-input, one-output program's steps as ``(op, a, b, c)`` tuples and the
-        constants they read, for a renderer that takes plain lists (TorchScript): a
-        ``const`` step reads constant ``a`` (float64, exact for any float32 value) as
-        float32 if ``b`` is 0, as float64 otherwise; unused arguments are ``-1``."""
-        if len(self.inputs) != 1 or self.outputs != (len(self.steps),):
-            raise ValueError("flat() takes a program of one input whose last step is its output")
-        flat: list[tuple[str, int, int, int]] = []
-        constants: list[float] = []
+    def flat(self) -> list[tuple[str, int, int, int, float]]:
+        """A one-output program whose last value is its output, as ``(op, a, b, c, value)``
+        tuples, for a renderer that takes plain lists (TorchScript): arguments ``a``, ``b``,
+        ``c`` (``-1`` where unused); a ``const`` step is ``("const", kind, -1, -1, value)``,
+        ``value`` (exact for any float32 and any integer up to 2**53) of type
+        ``TYPES[kind]``."""
+        if self.outputs != (len(self.inputs) + len(self.steps) - 1,):
+            raise ValueError("flat() takes a program whose last value is its one output")
+        flat: list[tuple[str, int, int, int, float]] = []
         for step in self.steps:
             if step.op == "const":
-                if step.dtype not in ("float32", "float64"):
-                    raise ValueError(f"flat() constants are floats, not {step.dtype}")
-                flat.append(("const", len(constants), int(step.dtype == "float64"), -1))
-                constants.append(step.value)
+                flat.append(("const", TYPES.index(step.dtype), -1, -1, step.value))
             else:
                 a, b, c = (*step.args, -1, -1)[:3]
-                flat.append((step.op, a, b, c))
-        return flat, np.array(constants, dtype=np.float64)
+                flat.append((step.op, a, b, c, 0.0))
+        return flat
 
     def run(self, *inputs: Any) -> list[Any]:
         """The outputs, computed with NumPy (:func:`numpy_function`)."""
@@ -129,20 +141,31 @@ _NUMPY = {
     "exp": "np.exp({a})",
     "log1p": "np.log1p({a})",
     "sign": "np.sign({a})",
+    "abs": "np.abs({a})",
     "add": "{a} + {b}",
     "sub": "{a} - {b}",
     "mul": "{a} * {b}",
     "div": "{a} / {b}",
     "pow": "np.power({a}, {b})",
     "minimum": "np.minimum({a}, {b})",
+    "mod": "{a} % {b}",
+    "floordiv": "{a} // {b}",
     "less": "{a} < {b}",
+    "less_equal": "{a} <= {b}",
     "greater": "{a} > {b}",
     "greater_equal": "{a} >= {b}",
     "equal": "{a} == {b}",
     "isnan": "np.isnan({a})",
+    "and": "{a} & {b}",
+    "or": "{a} | {b}",
+    "not": "~{a}",
+    "take": "{a}[{b}]",
+    "column": "np.take_along_axis({a}, {b}, axis=1)",
+    "broadcast": "np.broadcast_to({a}, np.shape({b}))",
     "where": "np.where({a}, {b}, {c})",
     "float32": "np.asarray({a}, dtype=np.float32)",
     "float64": "np.asarray({a}, dtype=np.float64)",
+    "int32": "np.asarray({a}, dtype=np.int32)",
     "int64": "np.asarray({a}, dtype=np.int64)",
     "softmax": "_softmax({a})",
     "row_max": "{a}.max(axis=1, keepdims=True)",
@@ -193,6 +216,16 @@ def numpy_function(program: Program) -> Callable[..., list[Any]]:
     function: Callable[..., list[Any]] = names["run"]
     function.__doc__ = source
     return function
+
+
+def evaluate(step: Step, *args: Any) -> Any:
+    """Step ``step`` (not a ``const``) on the NumPy arrays ``args``, as :func:`numpy_function`
+    computes it: for a renderer that folds steps of constants."""
+    names = [f"a{i}" for i in range(len(args))]
+    arguments = dict(zip("abc", names, strict=False), args=", ".join(names))
+    scope = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
+    scope.update(zip(names, args, strict=True))
+    return np.asarray(eval(_NUMPY[step.op].format(**arguments), scope), dtype=step.dtype)
 
 
 class Value:
@@ -248,6 +281,27 @@ class Value:
     def __ge__(self, other: Value | float) -> Value:
         return apply("greater_equal", self, other)
 
+    def __le__(self, other: Value | float) -> Value:
+        return apply("less_equal", self, other)
+
+    def __mod__(self, other: Value | int) -> Value:
+        return apply("mod", self, other)
+
+    def __floordiv__(self, other: Value | int) -> Value:
+        return apply("floordiv", self, other)
+
+    def __abs__(self) -> Value:
+        return apply("abs", self)
+
+    def __and__(self, other: Value) -> Value:
+        return apply("and", self, other)
+
+    def __or__(self, other: Value) -> Value:
+        return apply("or", self, other)
+
+    def __invert__(self) -> Value:
+        return apply("not", self)
+
 
 class _Recorder:
     def __init__(self, inputs: tuple[str, ...]) -> None:
@@ -285,11 +339,30 @@ def apply(op: str, *args: Value | float) -> Value:
     if not values:
         raise TypeError(f"{op} needs a recorded value among its arguments")
     recorder = values[0]._recorder
+    if op == "broadcast":
+        x, like = args
+        if not isinstance(x, Value) or not isinstance(like, Value):
+            raise TypeError("broadcast repeats a value to another value's shape")
+        return recorder.add(op, (x, like), x.dtype)
+    if op in ("take", "column"):
+        table, index = args
+        if not isinstance(table, Value) or not isinstance(index, Value):
+            raise TypeError(f"{op} reads a value at index values")
+        if index.dtype not in ("int32", "int64"):
+            raise TypeError(f"{op}'s positions are integers, not {index.dtype}")
+        return recorder.add(op, (table, index), table.dtype)
     operands = values[1:] if op == "where" else values  # where's condition is a bool
     types = {v.dtype for v in operands}
     if len(types) > 1:
         raise TypeError(f"{op} of values of types {sorted(types)}: cast one first")
     dtype = types.pop() if types else ("int64" if isinstance(args[1], int) else "float64")
+    for a in args:
+        if not isinstance(a, Value) and dtype in ("int32", "int64", "bool") and a != int(a):
+            raise TypeError(f"{op} of {dtype} values and the number {a}")
+    if (op in LOGICAL and dtype != "bool") or (
+        op in ("mod", "floordiv") and dtype not in ("int32", "int64")
+    ):
+        raise TypeError(f"{op} of {dtype} values")
     typed = tuple(a if isinstance(a, Value) else recorder.constant(a, dtype) for a in args)
     if op in CASTS:
         if dtype == op:
@@ -339,10 +412,26 @@ row_sum = _unary("row_sum")
 argmax = _unary("argmax")
 squeeze = _unary("squeeze")
 isnan = _unary("isnan")
+int32 = _unary("int32")
+
+
+def take(table: Value, index: Value) -> Value:
+    """``take``: ``table``'s entries at the integer positions ``index``."""
+    return apply("take", table, index)
+
+
+def broadcast(x: Value, like: Value) -> Value:
+    """``broadcast``: ``x`` repeated to the shape of ``like``."""
+    return apply("broadcast", x, like)
+
+
+def column(x: Value, columns: Value) -> Value:
+    """``column``: each walker's value at column ``columns`` of its row of ``x``."""
+    return apply("column", x, columns)
 
 
 def cast(x: Value, dtype: str) -> Value:
-    """``x`` as ``dtype`` (``float32``, ``float64`` or ``int64``)."""
+    """``x`` as ``dtype`` (``float32``, ``float64``, ``int32`` or ``int64``)."""
     return apply(dtype, x)
 
 

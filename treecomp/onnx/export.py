@@ -265,7 +265,7 @@ def build_with_plan(
         "treecomp",
         graph_inputs,
         outputs,
-        initializer=g.initializers,
+        initializer=g.used_initializers([o.name for o in outputs]),
     )
     opsets = [helper.make_opsetid("", OPSET)]
     if ML_DOMAIN in _domains(g.nodes):

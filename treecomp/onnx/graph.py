@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from treecomp import links
-from treecomp.arrays import CASTS, Program, Step, record
+from treecomp.arrays import CASTS, Program, Step, evaluate, record
 from treecomp.errors import UnsupportedModelError
 from treecomp.passes import extended_input
 
@@ -58,6 +58,7 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
         self._cache: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self.known: dict[str, np.ndarray] = {}  # the constants' values, by name
         self._X = X
         self._batch: str | None = None
         # Values whose shape past the batch axis is known: a reshape to it is no node.
@@ -82,6 +83,7 @@ class GraphBuilder:
             name = self._name("const")
             self.initializers.append(numpy_helper.from_array(array, name))
             self._cache[key] = name
+            self.known[name] = array
         return self._cache[key]
 
     def ints(self, values: list[int]) -> str:
@@ -95,6 +97,20 @@ class GraphBuilder:
             shape = self.op("Shape", self._X)
             self._batch = self.op("Slice", shape, self.ints([0]), self.ints([1]))
         return self.op("Concat", self._batch, self.ints(list(dims)), axis=0)
+
+    def used_initializers(self, outputs: list[str]) -> list[onnx.TensorProto]:
+        """The constants some node (in a branch too) or one of ``outputs`` reads: those a
+        folded step (:func:`emit_program`) consumed are left out."""
+        read = set(outputs)
+        nodes = list(self.nodes)
+        while nodes:
+            node = nodes.pop()
+            read.update(node.input)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    nodes.extend(attribute.g.node)
+                    read.update(o.name for o in attribute.g.output)
+        return [t for t in self.initializers if t.name in read]
 
     def branch(self, emit: Callable[[], str | None], element: int) -> onnx.GraphProto | None:
         """The nodes that ``emit`` adds, as a subgraph (an ``If`` branch) whose output is the
@@ -121,6 +137,10 @@ class GraphBuilder:
         out = self.op("Reshape", x, self.ints([0, *dims]))
         self.shapes[out] = dims
         return out
+
+    def program(self, program: Program, *inputs: str) -> list[str]:
+        """The outputs of ``program`` on the values ``inputs`` (:func:`emit_program`)."""
+        return emit_program(self, program, *inputs)
 
 
 def emit_module(
@@ -387,28 +407,46 @@ def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
 
 
 def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
-    """The outputs of ``program`` (:mod:`treecomp.arrays`) on the values ``inputs``."""
+    """The outputs of ``program`` (:mod:`treecomp.arrays`) on the values ``inputs``. An
+    integer or bool step of constants is computed here, a constant of the graph (exact in
+    any renderer: positions' arithmetic, such as a level's offsets)."""
     values = list(inputs)
     for step in program.steps:
         args = [values[a] for a in step.args]
-        values.append(_emit_step(g, step, args))
+        known = [g.known[a] for a in args if a in g.known]
+        if step.op != "const" and step.dtype in _FOLDED and args and len(known) == len(args):
+            values.append(g.const(evaluate(step, *known)))
+        else:
+            values.append(_emit_step(g, step, args))
     return [values[i] for i in program.outputs]
+
+
+_FOLDED = frozenset(("int32", "int64", "bool"))
 
 
 # The operations that are one ONNX node of the same name, by operation.
 _NODES = {"neg": "Neg", "exp": "Exp", "sign": "Sign", "add": "Add", "sub": "Sub", "mul": "Mul"}
 _NODES |= {"div": "Div", "pow": "Pow", "minimum": "Min", "less": "Less", "greater": "Greater"}
 _NODES |= {"greater_equal": "GreaterOrEqual", "where": "Where", "equal": "Equal", "isnan": "IsNaN"}
+_NODES |= {"less_equal": "LessOrEqual", "and": "And", "or": "Or", "not": "Not", "abs": "Abs"}
+_NODES |= {"take": "Gather", "mod": "Mod", "floordiv": "Div"}  # Div of ints >= 0 floors
 
 
 def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
     op, dtype = step.op, step.dtype
     if op == "const":
         return g.const(np.array(step.value, dtype=dtype))
+    if op == "where" and dtype == "bool":  # ONNX Runtime's Where takes no bools
+        condition, x, y = args
+        return g.op("Or", g.op("And", condition, x), g.op("And", g.op("Not", condition), y))
     if op in _NODES:
         return g.op(_NODES[op], *args)
     if op == "concat":
         return g.op("Concat", *args, axis=1)
+    if op == "column":
+        return g.op("GatherElements", *args, axis=1)
+    if op == "broadcast":
+        return g.op("Expand", args[0], g.op("Shape", args[1]))
     if op == "interleave":  # as (rows, columns, parts), read row by row
         # The width must be known: a Reshape to [0, -1] cannot tell it for 0 rows.
         (width,) = g.shapes[args[0]]
