@@ -294,8 +294,8 @@ class TreeGroup(torch.nn.Module):
     rest: int
     node_base: int
     child: torch.Tensor
-    # The node test (node_test) and the child-pointer walk (child_walk) as flat programs,
-    # in the order of PROGRAMS.
+    # The group's programs (node_test's two sides, child_walk, a strategy's top levels),
+    # flat, in the order of PROGRAMS.
     node_steps: list[list[tuple[str, int, int, int, float]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -316,7 +316,6 @@ class TreeGroup(torch.nn.Module):
         self.less_equal = options.less_equal
         self.folded = options.folded
         self.nonnegative_categories = options.nonnegative_categories
-        self.zero_threshold = ZERO_THRESHOLD
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64))
         self.leaf_width = options.leaf_width
         if nodes is None:  # a strategy that keeps its node parameters its own way
