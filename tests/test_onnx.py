@@ -175,6 +175,24 @@ def test_one_row_node_counts_are_pinned() -> None:
     assert fell == {}, f"one-row graphs shrank: lower ONE_ROW_NODES to {fell}"
 
 
+@pytest.mark.parametrize("strategy", ["perfect_tree_traversal", "tree_traversal", "gemm"])
+@pytest.mark.parametrize("name", ["lightgbm_categorical_zero", "xgboost_binary"])
+def test_graphs_hold_only_constants_their_nodes_read(name: str, strategy: str) -> None:
+    """Steps of constants are folded when the graph is built (a level's offsets are one
+    constant, not arithmetic on the tree numbers: no node reads constants alone), and the
+    constants they consumed are left out: ONNX Runtime would warn about each one."""
+    model, _ = fitted(name)
+    proto = treecomp.convert(model, "numpy").to_onnx(strategy=strategy)
+    read = {value for node in proto.graph.node for value in node.input}
+    for node in proto.graph.node:  # If branches read the main graph's constants too
+        for attribute in node.attribute:
+            read.update(i for n in attribute.g.node for i in n.input)
+    constants = {t.name for t in proto.graph.initializer}
+    assert constants <= read
+    unfolded = [n.op_type for n in proto.graph.node if n.input and set(n.input) <= constants]
+    assert unfolded == []
+
+
 @pytest.mark.parametrize("strategy", ["auto", "tree_traversal"])
 def test_graph_contract(strategy: str) -> None:
     model, X_test = fitted("sklearn_rf")

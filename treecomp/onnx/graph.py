@@ -408,13 +408,15 @@ def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
 
 def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
     """The outputs of ``program`` (:mod:`treecomp.arrays`) on the values ``inputs``. An
-    integer or bool step of constants is computed here, a constant of the graph (exact in
-    any renderer: positions' arithmetic, such as a level's offsets)."""
+    integer or bool step of constants, or a gather of a constant table at constant
+    positions, is computed here, a constant of the graph (exact in any renderer: positions'
+    arithmetic, such as a level's offsets, and GEMM's node parameters)."""
     values = list(inputs)
     for step in program.steps:
         args = [values[a] for a in step.args]
         known = [g.known[a] for a in args if a in g.known]
-        if step.op != "const" and step.dtype in _FOLDED and args and len(known) == len(args):
+        foldable = step.dtype in _FOLDED or step.op == "take"  # a gather copies exactly
+        if step.op != "const" and foldable and args and len(known) == len(args):
             values.append(g.const(evaluate(step, *known)))
         else:
             values.append(_emit_step(g, step, args))
@@ -438,7 +440,9 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
         return g.const(np.array(step.value, dtype=dtype))
     if op == "where" and dtype == "bool":  # ONNX Runtime's Where takes no bools
         condition, x, y = args
-        return g.op("Or", g.op("And", condition, x), g.op("And", g.op("Not", condition), y))
+        known = g.known.get(condition)
+        otherwise = g.op("Not", condition) if known is None else g.const(~known)
+        return g.op("Or", g.op("And", condition, x), g.op("And", otherwise, y))
     if op in _NODES:
         return g.op(_NODES[op], *args)
     if op == "concat":
