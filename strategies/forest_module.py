@@ -338,7 +338,7 @@ def warn_float32_categories(forest: "Forest", dtype: torch.dtype) -> None:
 
 
 def _gather(table: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:
-    """``table[index]`` (:func:`strategies.nodes.take`), written into ``into`` if given."""
+    """``table[index]`` (:func:`strategies.programs.take`), written into ``into`` if given."""
     if into is None:
         return take(table, index)
     torch.index_select(table, 0, index.reshape(-1), out=into.view(-1))

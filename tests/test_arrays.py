@@ -196,6 +196,28 @@ def test_every_operation_renders_as_numpy_computes_it(renderer: str) -> None:
             assert_equal(actual, expected)
 
 
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_integer_mod_and_floordiv_by_any_divisor(renderer: str) -> None:
+    """Powers of two take the torch renderer's mask and shift, other divisors its
+    remainder and floor division: the same numbers either way."""
+    x = np.array([[0.0, 0.3, 1.7, 2.0, 4.5, 1e9, np.nan]])
+    for divisor in (1, 2, 3, 4, 7, 1 << 20):
+        for idea in (lambda v, d=divisor: counts(v) % d, lambda v, d=divisor: counts(v) // d):
+            program = record(idea, "float64")
+            assert_equal(RENDERERS[renderer](program, x), program.run(x)[0])
+
+
+def test_integer_constants_and_operations_are_checked_when_recorded() -> None:
+    with pytest.raises(TypeError, match="no int32 constant"):
+        record(lambda x: arrays.int32(x > 0.0) % (1 << 32), "float64")
+    with pytest.raises(TypeError, match="no int64 constant"):
+        record(lambda x: counts(x) + (2**53 + 2), "float64")
+    with pytest.raises(TypeError, match="cast them to a float type"):
+        record(lambda x: counts(x) / 2, "float64")
+    with pytest.raises(TypeError, match="mod of float64"):
+        record(lambda x: x % 2.0, "float64")
+
+
 def test_types_are_checked_when_recorded() -> None:
     with pytest.raises(TypeError, match="cast one first"):
         record(lambda x, y: x + y, "float32", "float64")

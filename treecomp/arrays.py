@@ -72,6 +72,9 @@ LOGICAL = frozenset(("and", "or", "not"))
 BINARY = frozenset(("add", "sub", "mul", "div", "pow", "minimum", "mod", "floordiv", "concat"))
 BINARY |= COMPARISONS | frozenset(("and", "or", "take", "column", "broadcast"))
 TYPES = ("float32", "float64", "int64", "int32", "bool")  # flat()'s code of a constant
+# The integer constants a program may hold: int32's range, and int64's integers that a
+# step's float value holds exactly.
+_INTEGER_RANGE = {"int32": 2**31 - 1, "int64": 2**53}
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,8 @@ class _Recorder:
         return Value(self, source, "float32") if self.dtype(source) == "float32" else None
 
     def constant(self, value: float, dtype: str) -> Value:
+        if dtype in _INTEGER_RANGE and not abs(value) <= _INTEGER_RANGE[dtype]:
+            raise TypeError(f"{value} is no {dtype} constant (at most {_INTEGER_RANGE[dtype]})")
         key = (float(value).hex(), dtype)  # -0.0 is not 0.0 here
         if key not in self._constants:
             self._constants[key] = self.add("const", (), dtype, float(value))
@@ -359,10 +364,11 @@ def apply(op: str, *args: Value | float) -> Value:
     for a in args:
         if not isinstance(a, Value) and dtype in ("int32", "int64", "bool") and a != int(a):
             raise TypeError(f"{op} of {dtype} values and the number {a}")
-    if (op in LOGICAL and dtype != "bool") or (
-        op in ("mod", "floordiv") and dtype not in ("int32", "int64")
-    ):
+    integer = dtype in ("int32", "int64")
+    if (op in LOGICAL and dtype != "bool") or (op in ("mod", "floordiv") and not integer):
         raise TypeError(f"{op} of {dtype} values")
+    if op in ("div", "pow") and (integer or dtype == "bool"):  # the renderers give floats
+        raise TypeError(f"{op} of {dtype} values: cast them to a float type first")
     typed = tuple(a if isinstance(a, Value) else recorder.constant(a, dtype) for a in args)
     if op in CASTS:
         if dtype == op:
