@@ -359,12 +359,14 @@ class TreeGroup(torch.nn.Module):
         own way (``child`` is then :func:`child_pointers`), or all of tree traversal."""
         self.rest = levels
         self.node_base = base
-        types = (self.node_types[0], "int32", "int32", "int32", *self.node_types[2:])
-        self.set_program("walk", partial(child_walk, levels, base) if levels else None, types)
+        walk = partial(child_walk, levels, base) if levels else None
+        self.set_program("walk", walk, ("int32", "int32", "int32"))  # node, feature, child
 
-    def set_program(self, name: str, idea: Any, types: tuple[str, ...]) -> None:
+    def set_program(self, name: str, idea: Any, positions: tuple[str, ...]) -> None:
         """Record program ``name`` of :data:`PROGRAMS` (none if ``idea`` is None), with and
-        without the missing-value rule: ``idea(rule, *values)`` of values of ``types``."""
+        without the missing-value rule: ``idea(rule, X, *values, *node_tables)`` of the
+        rows ``X``, values of the types ``positions`` and the node tables."""
+        types = (self.node_types[0], *positions, *self.node_types[2:])
         for check in (False, True):
             if idea is None:
                 self.programs.pop((name, check), None)
@@ -375,8 +377,10 @@ class TreeGroup(torch.nn.Module):
             self.programs[key].flat() if key in self.programs else [] for key in PROGRAMS
         ]
 
-    def run_program(self, which: int, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Program ``PROGRAMS[which]`` on ``inputs`` (the torch renderer)."""
+    def run_program(self, which: int, values: list[torch.Tensor]) -> torch.Tensor:
+        """Program ``PROGRAMS[which]`` on ``values`` and then the node tables, which every
+        program reads last (the torch renderer)."""
+        inputs = values + self.node_tables()
         return run_steps(self.node_steps[which], inputs)
 
     def set_leaves(self, value: npt.NDArray[np.float64], leaf_id: npt.NDArray[np.int64]) -> None:
@@ -426,11 +430,7 @@ class TreeGroup(torch.nn.Module):
         (:meth:`set_walk`)."""
         if self.rest == 0:
             return node
-        inputs = [X, node, self.feature, self.child, self.threshold, self.default_left]
-        inputs.append(self.zero_is_missing)
-        inputs.append(self.category_row)
-        inputs.append(self.category_table)
-        return self.run_program(4 + int(check_missing), inputs)
+        return self.run_program(4 + int(check_missing), [X, node, self.feature, self.child])
 
     def goes_right(self, x: torch.Tensor, pos: torch.Tensor, check_missing: bool) -> torch.Tensor:
         """Whether values ``x`` at flattened node positions ``pos`` (int32, broadcastable)
@@ -442,10 +442,17 @@ class TreeGroup(torch.nn.Module):
         return self._node_test(int(check_missing), x, pos)
 
     def _node_test(self, which: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        inputs = [x, pos, self.threshold, self.default_left, self.zero_is_missing]
-        inputs.append(self.category_row)
-        inputs.append(self.category_table)
-        return self.run_program(which, inputs)
+        return self.run_program(which, [x, pos])
+
+    def node_tables(self) -> list[torch.Tensor]:
+        """The node tables every program reads last, in :data:`NODE_INPUTS`' order."""
+        return [
+            self.threshold,
+            self.default_left,
+            self.zero_is_missing,
+            self.category_row,
+            self.category_table,
+        ]
 
     # ---------------------------------------------------------------------------------
     # ONNX: the same computation, emitted through a graph builder ``g`` (see

@@ -86,8 +86,8 @@ class PerfectTreeTraversal(TreeGroup):
         self.set_walk(self_rest, int(slots.size - sizes.sum()) if self_rest else 0)
         # int32 positions: MAX_PADDED_NODES keeps them far below 2**31.
         self.level_base: list[int] = [n_trees * ((1 << d) - 1) for d in range(depth)]
-        types = (self.node_types[0], "int32", "int32", "int32", *self.node_types[2:])
-        self.set_program("top", partial(perfect_levels, depth, self.level_base), types)
+        top = partial(perfect_levels, depth, self.level_base)
+        self.set_program("top", top, ("int32", "int32", "int32"))  # trees, walkers, feature
         self.n_trees = n_trees
         values = np.concatenate([t.value for t in trees])
         leaf_ids = np.concatenate([t.leaf_id for t in trees])
@@ -107,12 +107,8 @@ class PerfectTreeTraversal(TreeGroup):
         # Tree offsets an arange, level offsets constants: a compiler folds the positions'
         # arithmetic into its loop indices rather than loading it.
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
-        inputs = [X, trees, trees.expand(shape), self.feature, self.threshold]
-        inputs.append(self.default_left)
-        inputs.append(self.zero_is_missing)
-        inputs.append(self.category_row)
-        inputs.append(self.category_table)
-        slot = self.run_program(6 + int(check_missing), inputs)
+        values = [X, trees, trees.expand(shape), self.feature]
+        slot = self.run_program(6 + int(check_missing), values)
         if self.rest == 0:
             return slot
         return self.walk_child_pointers(X, take(self.below, slot), check_missing)

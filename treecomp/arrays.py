@@ -194,21 +194,29 @@ def _softmax(x: Any) -> Any:
     return e / e.sum(axis=1, keepdims=True)
 
 
+# What the expressions of _NUMPY read besides their arguments.
+_SCOPE = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
+
+
+def _expression(op: str, names: list[str]) -> str:
+    """Operation ``op`` of the values called ``names``, as a NumPy expression."""
+    arguments = dict(zip("abc", names, strict=False), args=", ".join(names))
+    return _NUMPY[op].format(**arguments)
+
+
 def numpy_function(program: Program) -> Callable[..., list[Any]]:
     """``program`` as a Python function of NumPy arrays returning its outputs: straight
     code, one line per step, so that a call costs what the NumPy calls cost (it runs at one
     row, where every microsecond counts)."""
     n = len(program.inputs)
-    names: dict[str, Any] = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
+    names: dict[str, Any] = dict(_SCOPE)
     lines = []
     for i, step in enumerate(program.steps):
         target = f"v{n + i}"
         if step.op == "const":
             names[target] = np.array(step.value, dtype=step.dtype)[()]
             continue
-        names_of = [f"v{a}" for a in step.args]
-        arguments = dict(zip("abc", names_of, strict=False), args=", ".join(names_of))
-        lines.append(f"{target} = {_NUMPY[step.op].format(**arguments)}")
+        lines.append(f"{target} = {_expression(step.op, [f'v{a}' for a in step.args])}")
     body = lines or ["pass"]
     if any(step.op in _QUIET for step in program.steps):
         body = ["with np.errstate(all='ignore'):"] + ["    " + line for line in body]
@@ -225,10 +233,8 @@ def evaluate(step: Step, *args: Any) -> Any:
     """Step ``step`` (not a ``const``) on the NumPy arrays ``args``, as :func:`numpy_function`
     computes it: for a renderer that folds steps of constants."""
     names = [f"a{i}" for i in range(len(args))]
-    arguments = dict(zip("abc", names, strict=False), args=", ".join(names))
-    scope = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
-    scope.update(zip(names, args, strict=True))
-    return np.asarray(eval(_NUMPY[step.op].format(**arguments), scope), dtype=step.dtype)
+    scope = dict(_SCOPE, **dict(zip(names, args, strict=True)))
+    return np.asarray(eval(_expression(step.op, names), scope), dtype=step.dtype)
 
 
 class Value:
