@@ -3,11 +3,11 @@
 Strategies produce leaf rows; everything after that is shared, so any strategy composes
 with any aggregation (sum or average, base score) and any post-transform.
 
-Aggregation adds, for each output, the base score and then every contributing leaf value in
-tree order, in float64, as the native libraries do: a gather lays the contributions of each
-output side by side and ``cumsum`` (a sequential scan on CPU) adds them. The result equals
-the NumPy reference bit for bit on CPU, so argmax ties (a random forest's 0.5 / 0.5) resolve
-exactly as natively. A matmul would add in a blocked order and could break such ties.
+Aggregation is :mod:`treecomp.sums`' program: for each output, the base score and then every
+contributing leaf value in tree order, in the native type (``ordered_sum``, rendered by
+:func:`strategies.programs.ordered_sum`). The result equals the NumPy reference bit for bit
+on CPU, so argmax ties (a random forest's 0.5 / 0.5) resolve exactly as natively. A matmul
+would add in a blocked order and could break such ties.
 """
 
 import warnings
@@ -19,7 +19,7 @@ import torch
 from strategies import eager
 from strategies.nodes import TreeGroup, tensor
 from strategies.programs import _compiling, run_steps, take
-from treecomp import links
+from treecomp import links, sums
 from treecomp.arrays import Value, record
 from treecomp.inputs import native_values
 from treecomp.passes import extended_input
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 # float32 holds every integer up to 2**24 exactly; past it, integers round to even neighbours.
 FLOAT32_EXACT_INTEGERS = 1 << 24
-# Inductor adds a float32 reduction of more than 4096 terms in cascaded chunks (codegen/
-# cpp.py, need_use_acc_helper), not one term after the other.
-SEQUENTIAL_TERMS = 4096
 
 
 class ForestModule(torch.nn.Module):
@@ -49,20 +46,20 @@ class ForestModule(torch.nn.Module):
             ``torch.export`` need: no look at the data (folded forests never need one; the
             others then always apply the missing-value rule, which is also exact), no
             Python loop over row blocks (rows walk in ``compiled_block_rows`` blocks
-            inside the graph), and sums written as one add per step, which the compiler
-            fuses.
+            inside the graph).
         block_rows: Rows per block of the eager traversal.
         compiled_block_rows: Rows per block of a branch-free module; 0 walks all rows as
             one block, tree-major (:func:`strategies.selector.block_rows`).
     """
 
-    base_score: torch.Tensor
-    divisor: torch.Tensor
-    steps: torch.Tensor
+    sum_order: torch.Tensor
+    sum_base: torch.Tensor
+    sum_divisor: torch.Tensor
     inverse: torch.Tensor
     leaf_columns: torch.Tensor
     link_steps: list[tuple[str, int, int, int, float]]
     input_steps: list[tuple[str, int, int, int, float]]
+    sum_steps: list[tuple[str, int, int, int, float]]
 
     def __init__(
         self,
@@ -88,18 +85,20 @@ class ForestModule(torch.nn.Module):
         # 200 ms, 2 000 to 4 000 rows 230 ms, one block of 10 000 rows 355 ms.
         self.block_rows = max(256, (1 << 19) // max(1, forest.n_trees))
         self.compiled_block_rows = 0  # set by strategies.lower (selector rule 5)
-        self.average = forest.aggregation == "average"
         post = forest.post_transform
         link = links.program(post.kind, float(post.scale), forest.accumulation)
         self.link_steps = [] if link is None else link.flat()
-        self.leaf_width = max(t.leaf_width for t in forest.trees)
-        # float32 accumulation (XGBoost) adds in float32, one contribution at a time: torch's
-        # CPU cumsum would accumulate float32 in double.
-        self.sequential_float32 = forest.accumulation == "float32"
-        acc = torch.float32 if self.sequential_float32 else torch.float64
+        self.sum_plan = sums.plan(forest)
+        self.leaf_width = self.sum_plan.width
+        acc = torch.float32 if forest.accumulation == "float32" else torch.float64
         for group in groups:
             group.leaf_value = group.leaf_value.to(acc)
-        self.register_buffer("base_score", tensor(forest.base_score, acc).unsqueeze(1))
+        self.sum_steps = sums.program(self.sum_plan).flat()
+        tables = self.sum_plan.tables()
+        self.register_buffer("sum_order", tensor(tables["order"]))
+        # Per-output tables along the outputs of row blocks (blocks, outputs, block_rows).
+        self.register_buffer("sum_base", tensor(tables["base"]).reshape(-1, 1))
+        self.register_buffer("sum_divisor", tensor(tables["divisor"]).reshape(-1, 1))
         precision = "float32" if dtype == torch.float32 else "float64"
 
         def prepared(x: Value) -> Value:
@@ -107,22 +106,6 @@ class ForestModule(torch.nn.Module):
             return extended_input(values, fold_columns) if fold_columns else values
 
         self.input_steps = record(prepared, forest.input_dtype).flat()
-        # Sums start at zero: averages add the base after the mean, and strategies.lower
-        # folds base scores into the first trees' leaves (treecomp.passes.fold_base_score).
-        self.zero_start = self.average or not forest.base_score.any()
-        self.register_buffer(
-            "divisor",
-            tensor(np.maximum(forest.trees_per_output(), 1).astype(np.float64), acc).unsqueeze(1),
-        )
-        order = contribution_order(forest)
-        # steps[m, k]: the flat (tree * leaf_width + w) row added to output k at step m.
-        self.register_buffer("steps", tensor(np.ascontiguousarray(order.T)))
-        # When the steps walk the leaf rows in storage order (one output, or one tree per
-        # output in turn: XGBoost and LightGBM multi-class), the terms are a view, no gather.
-        self.steps_in_order = bool(
-            np.array_equal(order.T.reshape(-1), np.arange(order.size))
-            and order.size == forest.n_trees * self.leaf_width
-        )
         columns = np.concatenate([g.columns.numpy() for g in groups])
         self.in_forest_order = bool(np.array_equal(columns, np.arange(columns.size)))
         self.register_buffer("inverse", tensor(np.argsort(columns).astype(np.int64)))
@@ -252,45 +235,14 @@ class ForestModule(torch.nn.Module):
         values = self._per_tree(X, self._check_missing(X), ids=False)
         blocks, rows = values.shape[0], values.shape[-1]
         flat = values.reshape(blocks, self.n_trees * self.leaf_width, rows)
-        m, k = self.steps.shape[0], self.steps.shape[1]
-        if self.steps_in_order:
-            terms = flat.reshape(blocks, m, k, rows)
-        else:
-            # A zero row pads the outputs that have fewer contributions.
-            zero = torch.zeros((blocks, 1, rows), dtype=flat.dtype, device=X.device)
-            padded = torch.cat([flat, zero], 1)
-            terms = padded.index_select(1, self.steps.reshape(-1)).reshape(blocks, m, k, rows)
-        base = self.base_score.unsqueeze(0).expand(blocks, k, rows)
-        if self.branch_free:
-            total = self._branch_free_sum(base, terms)
-        elif self.sequential_float32:
-            # Eager: the same sum in place (a kernel per step, but no allocation per step).
-            total = torch.zeros_like(terms[:, 0])
-            if not self.average:
-                total.copy_(base)
-            for step in range(m):
-                total.add_(terms[:, step])
-        elif self.average:
-            total = torch.cumsum(terms, dim=1)[:, m - 1].clone()
-        else:
-            total = torch.cumsum(torch.cat([base.unsqueeze(1), terms], 1), dim=1)[:, m].clone()
-        if self.average:
-            total = total / self.divisor + self.base_score
-        # The scans are cloned above and this is a copy: the result owns its memory, so
-        # chunks of a big input do not keep their scratch tensors alive.
-        raw = self._rows(total, n)
+        # Compiled vector leaves add one tree's leaf row a step: RandomForest, 100 trees of
+        # 5-wide leaves, 10 000 rows, 2 threads: 47 ms so, 70 ms as a reduction (its first
+        # compile 18.9 s against 13.4). Scalar leaves reduce: 10 classes x 100 rounds, 141 ms
+        # against 163 (compile 12.2 s against 16.4).
+        inputs = [flat, self.sum_order, self.sum_base, self.sum_divisor]
+        totals = run_steps(self.sum_steps, inputs, self.leaf_width > 1)
+        raw = self._rows(totals, n)
         return raw, run_steps(self.link_steps, [raw])
-
-    @torch.jit.unused
-    def _branch_free_sum(self, base: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
-        """The sum of a branch-free module (never scripted: TorchScript runs eagerly).
-
-        Vector leaves add one add per tree: RandomForest, 100 trees of 5-wide leaves, 10 000
-        rows, 2 threads, alternating runs: 47-49 ms so, 50-68 ms as a reduction (its first
-        compile 15.4 s against 11.5). Scalar leaves reduce: XGBoost, 500 trees, 40 ms
-        against 49, compiled in 10.4 s against 37.9."""
-        start = None if self.zero_start else base
-        return sequential_sum(start, terms, reduction=self.leaf_width == 1)
 
     def _rows(self, by_block: torch.Tensor, n: int) -> torch.Tensor:
         """``(blocks, columns, block_rows)`` as ``(n, columns)``, a copy of its own."""
@@ -343,51 +295,3 @@ def _gather(table: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None)
         return take(table, index)
     torch.index_select(table, 0, index.reshape(-1), out=into.view(-1))
     return into
-
-
-def sequential_sum(
-    start: torch.Tensor | None, terms: torch.Tensor, *, reduction: bool = True
-) -> torch.Tensor:
-    """``start + terms[:, 0] + terms[:, 1] + ...`` (``start`` None: from zero), added in
-    that order, in a branch-free graph.
-
-    On the CPU, a reduction over the steps: inductor's C++ adds a reduction in index order,
-    one term after the other, in scalar code (``cpp.simdlen 1``, :data:`treecomp.
-    torch_backend.INDUCTOR_OPTIONS`); past :data:`SEQUENTIAL_TERMS`, chained reductions,
-    each starting with the total so far. The rows axis is dynamic in a package, so inductor
-    never splits the reduction itself between threads (it does where the loops around it
-    are static and 300x shorter: partial sums). One add per step made the first compile of 500
-    trees of depth 8 2.6x slower (30.9 s against 11.7). With a start (a base score not
-    folded into the leaves) the terms are first copied behind it: 56 ms at 10 000 rows on 2
-    threads, against 41 ms from zero, where inductor reduces the walk's leaf values where
-    the walk wrote them. Elsewhere (Triton reduces in a tree of partial sums), or without
-    ``reduction``, one add per step, which the compiler fuses into one loop.
-    """
-    if not reduction or terms.device.type != "cpu":
-        total = torch.zeros_like(terms[:, 0]) if start is None else start
-        for step in range(terms.shape[1]):
-            total = total + terms[:, step]
-        return total
-    if start is None:
-        total, first = terms[:, :SEQUENTIAL_TERMS].sum(1), SEQUENTIAL_TERMS
-    else:
-        total, first = start, 0
-    chunk = SEQUENTIAL_TERMS - 1  # and the total so far
-    for begin in range(first, terms.shape[1], chunk):
-        total = torch.cat([total.unsqueeze(1), terms[:, begin : begin + chunk]], 1).sum(1)
-    return total
-
-
-def contribution_order(forest: "Forest") -> np.ndarray:
-    """For each output, the flat ``tree * leaf_width + w`` columns that add to it, in tree order.
-
-    Shorter lists are padded with the index of an all-zero column (one past the last).
-    """
-    width = max(t.leaf_width for t in forest.trees)
-    lists: list[list[int]] = [[] for _ in range(forest.n_outputs)]
-    for t, tree in enumerate(forest.trees):
-        for w in range(tree.leaf_width):
-            lists[tree.output_index + w].append(t * width + w)
-    pad = forest.n_trees * width
-    longest = max(len(lst) for lst in lists)
-    return np.array([lst + [pad] * (longest - len(lst)) for lst in lists], dtype=np.int64)

@@ -3,25 +3,39 @@
 For each tree: (1) feature selection — the value of each internal node's feature (a gather,
 which is the feature-selection matrix product without its NaN hazard: ``NaN * 0`` would
 poison every node); (2) the node tests, a 0/1 matrix; (3) a product with the path matrix
-``C`` (+1 where a leaf lies left of an ancestor, -1 where right), compared with ``D`` (the
-number of left turns on each leaf's path): a row reaches leaf ``l`` iff ``(tests @ C)[l] ==
-D[l]``. All trees run as one batched matmul, padded to the group's largest tree. Work per
-row is ``n_trees * internal * leaves``: the choice for shallow trees.
+``C`` (+1 where a leaf lies left of an ancestor, -1 where right), less ``D`` (the number of
+left turns on each leaf's path): ``(tests @ C)[l] - D[l]`` is 0 at the leaf the row reaches
+and negative at every other (a product counts the path's turns the row takes, less those it
+does not), so the reached leaf is the largest. All trees run as one batched matmul, padded
+to the group's largest tree. Work per row is ``n_trees * internal * leaves``: the choice for
+shallow trees. :func:`path_leaves` writes it once for every target.
 
 Trees too large for ``MAX_PATH_MATRIX`` keep the matrix formulation for their top levels
 only: each node at the cut depth is a "leaf" of the matrices, from which the walker goes on
 with child pointers (tree traversal) for the remaining levels. Every forest is expressible.
 """
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from strategies.nodes import GroupOptions, NodeArrays, TreeGroup, child_pointers, tensor
+from strategies.nodes import (
+    NODE_INPUTS,
+    GroupOptions,
+    NodeArrays,
+    NodeRule,
+    TreeGroup,
+    child_pointers,
+    node_test,
+    tensor,
+)
 from strategies.programs import take
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PATH_MATRIX
+from treecomp.arrays import Value, broadcast, column, float32, group_argmax, group_matmul, int32
+from treecomp.arrays import take as take_value
 from treecomp.ir_shapes import node_depths, tree_depths
 
 if TYPE_CHECKING:
@@ -45,7 +59,8 @@ class GEMM(TreeGroup):
     path: torch.Tensor
     lefts: torch.Tensor
     positions: torch.Tensor
-    leaf_base: torch.Tensor
+    leaf_slots: torch.Tensor
+    trees: torch.Tensor
     below: torch.Tensor
     child: torch.Tensor
 
@@ -80,7 +95,7 @@ class GEMM(TreeGroup):
             n_leaves = max(len(leaf) for leaf in leaves)
         rest = full_depth - cut
         path = np.zeros((n_trees, n_internal, n_leaves), dtype=np.float32)
-        lefts = np.full((n_trees, n_leaves), -1.0, dtype=np.float32)  # padding never matches
+        lefts = np.full((n_trees, n_leaves), -1.0, dtype=np.float32)  # -1: padding
         slot = np.zeros((n_trees, n_internal), dtype=np.int64)  # global node id per column
         offsets = np.concatenate([[0], np.cumsum([t.n_nodes for t in trees])[:-1]])
         value_rows = np.zeros((n_trees, n_leaves), dtype=np.int64)
@@ -96,13 +111,13 @@ class GEMM(TreeGroup):
             is_left[tree.left_child[internal[t]]] = True
             # Walk every leaf's ancestors at once, one level per step.
             cur = leaves[t].copy()
-            column = np.arange(len(leaves[t]))
+            leaf_column = np.arange(len(leaves[t]))
             n_left = np.zeros(len(leaves[t]), dtype=np.float32)
             while np.any(cur >= 0):
                 up = parent[np.maximum(cur, 0)]
                 live = (cur >= 0) & (up >= 0)
                 sign = np.where(is_left[cur[live]], 1.0, -1.0)
-                path[t, position[up[live]], column[live]] = sign
+                path[t, position[up[live]], leaf_column[live]] = sign
                 n_left[live] += sign > 0
                 cur = np.where(live, up, -1)
             lefts[t, : len(leaves[t])] = n_left
@@ -116,14 +131,19 @@ class GEMM(TreeGroup):
         self.n_trees = n_trees
         self.n_internal = n_internal
         self.register_buffer("path", tensor(path))
-        self.register_buffer("lefts", tensor(lefts).unsqueeze(1))  # (trees, 1, leaves)
-        # One row of node positions: the node parameters broadcast over the batch.
-        self.register_buffer(
-            "positions", torch.arange(n_trees * n_internal, dtype=torch.int32).unsqueeze(0)
-        )
-        self.register_buffer(
-            "leaf_base", torch.arange(n_trees, dtype=torch.int64).unsqueeze(1) * n_leaves
-        )
+        # D, and past the real leaves a count no product reaches: padding never wins.
+        reach = np.where(lefts >= 0, lefts, n_internal + 1).astype(np.float32)
+        self.register_buffer("lefts", tensor(reach.reshape(-1)))
+        # Positions along the walkers' axis (torch's row blocks: a column of them) of the
+        # node tests, the leaves and the trees.
+        self.register_buffer("positions", torch.arange(n_trees * n_internal, dtype=torch.int32))
+        self.register_buffer("leaf_slots", torch.arange(n_trees * n_leaves, dtype=torch.int32))
+        self.register_buffer("trees", torch.arange(n_trees, dtype=torch.int32))
+        for name in ("positions", "leaf_slots", "trees"):
+            setattr(self, name, getattr(self, name).unsqueeze(1))
+        # positions, their walkers, trees, leaf slots, feature; path, lefts
+        types = ("int32",) * 5 + ("float32", "float32")
+        self.set_program("top", partial(path_leaves, n_trees, n_leaves), types)
         values = np.concatenate([t.value for t in trees])
         ids = np.concatenate([t.leaf_id for t in trees])
         rows = value_rows.reshape(-1)
@@ -138,35 +158,46 @@ class GEMM(TreeGroup):
             self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        blocks, n = X.shape[0], X.shape[1]
-        flat = X.reshape(blocks * n, X.shape[2])
-        x = flat.index_select(1, self.feature.narrow(0, 0, self.node_base))  # (rows, nodes)
-        tests = self.decide(x, self.positions, check_missing)
-        tests = tests.to(torch.float32).reshape(blocks * n, self.n_trees, self.n_internal)
-        reached = torch.bmm(tests.transpose(0, 1), self.path) == self.lefts  # (trees, rows, leaves)
-        rows = (self.leaf_base + reached.to(torch.uint8).argmax(dim=2)).to(torch.int32)
-        rows = rows.reshape(self.n_trees, blocks, n).permute(1, 0, 2)  # a view for one block
+        walkers = self.positions.expand([X.shape[0], self.positions.shape[0], X.shape[1]])
+        values = [X, self.positions, walkers, self.trees, self.leaf_slots, self.feature, self.path]
+        values.append(self.lefts)
+        rows = self.run_program(2 + int(check_missing), values)
         if self.rest == 0:
             return rows
         return self.walk_child_pointers(X, take(self.below, rows), check_missing)
 
     def emit_onnx(self, g: Any, X: str) -> str:
-        x = g.op("Gather", X, g.const(self.feature[: self.node_base]), axis=1)
-        left = self.emit_node_test(g, "left", x, g.const(self.positions))
-        tests = g.op("Cast", left, to="float32")
-        # ONNX Runtime's batched MatMul crashes on an empty batch: one extra row of tests is
-        # carried through and sliced off at the end.
-        padding = np.zeros((1, self.n_trees * self.n_internal), dtype=np.float32)
-        tests = g.op("Concat", g.const(padding), tests, axis=0)
-        shape = g.const(np.array([-1, self.n_trees, self.n_internal], dtype=np.int64))
-        by_tree = g.op("Transpose", g.op("Reshape", tests, shape), perm=[1, 0, 2])
-        reached = g.op("Equal", g.op("MatMul", by_tree, g.const(self.path)), g.const(self.lefts))
-        leaf = g.op("ArgMax", g.op("Cast", reached, to="float32"), axis=2, keepdims=0)
-        rows = g.op(
-            "Slice", g.op("Transpose", leaf, perm=[1, 0]), g.ints([1]), g.ints([2**62]), g.ints([0])
-        )
-        rows = g.op("Add", rows, g.const(self.leaf_base.reshape(1, -1)))
+        positions = g.const(self.positions.reshape(1, -1))  # row-major graphs
+        walkers = g.op("Expand", positions, g.rows_by(int(self.positions.shape[0])))
+        trees = [g.const(self.trees.reshape(1, -1)), g.const(self.leaf_slots.reshape(1, -1))]
+        tables = ("feature", "path", "lefts", *NODE_INPUTS[2:])
+        rows = self.emit_program(g, "top", [X, positions, walkers, *trees], *tables)
         if self.rest == 0:
             return rows
         node = g.op("Gather", g.const(self.below), rows)
         return self.emit_child_pointers(g, X, node)
+
+
+def path_leaves(
+    n_trees: int,
+    n_leaves: int,
+    rule: NodeRule,
+    X: Value,
+    positions: Value,
+    walkers: Value,
+    trees: Value,
+    leaf_slots: Value,
+    feature: Value,
+    path: Value,
+    lefts: Value,
+    *node_tables: Value,
+) -> Value:
+    """The leaf row each walker (a row and a tree) reaches: every node test of the row at
+    once (``positions``: the tests' node positions, broadcasting to ``walkers``), their
+    products with the trees' path matrices ``(trees, internal, leaves)`` less the left turns
+    of each leaf's path (``lefts`` at ``leaf_slots``), the largest of each tree's leaves
+    (the one whose path the row takes: 0, the others below), at ``tree * n_leaves``."""
+    x = column(X, broadcast(take_value(feature, positions), walkers))
+    left, _ = node_test(rule, x, positions, *node_tables)
+    scores = group_matmul(float32(left), path) - take_value(lefts, leaf_slots)
+    return int32(group_argmax(scores, n_trees, n_leaves)) + trees * n_leaves

@@ -170,9 +170,10 @@ def child_walk(
     return node
 
 
-# The programs of a group, flat, in the order the torch module finds them: the node test's
-# two sides, the child-pointer walk, a strategy's walk of its top levels (its own idea).
-PROGRAMS = [(n, check) for n in ("left", "right", "walk", "top") for check in (False, True)]
+# The programs of a group, flat, in the order the torch module finds them: the child-pointer
+# walk, a strategy's walk of its top levels (its own idea), each without and with the
+# missing-value rule.
+PROGRAMS = [(n, check) for n in ("walk", "top") for check in (False, True)]
 
 
 class NodeArrays:
@@ -334,11 +335,6 @@ class TreeGroup(torch.nn.Module):
         table_type = "bool" if nodes.categories.table.dtype == bool else "int64"
         self.node_types = (float_type, "int32", float_type, "bool", "bool", "int64", table_type)
         self.programs: dict[tuple[str, bool], Program] = {}
-        for check in (False, True):
-            test = partial(node_test, self.rule(check))
-            program = record(test, *self.node_types, names=("left", "right"))
-            self.programs["left", check] = program.only("left")
-            self.programs["right", check] = program.only("right")
         self.set_walk(0, 0)  # the strategy sets its own
 
     def rule(self, check_missing: bool) -> NodeRule:
@@ -430,19 +426,7 @@ class TreeGroup(torch.nn.Module):
         (:meth:`set_walk`)."""
         if self.rest == 0:
             return node
-        return self.run_program(4 + int(check_missing), [X, node, self.feature, self.child])
-
-    def goes_right(self, x: torch.Tensor, pos: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        """Whether values ``x`` at flattened node positions ``pos`` (int32, broadcastable)
-        go right (:func:`node_test`)."""
-        return self._node_test(2 + int(check_missing), x, pos)
-
-    def decide(self, x: torch.Tensor, pos: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        """Whether values ``x`` at flattened node positions ``pos`` go left."""
-        return self._node_test(int(check_missing), x, pos)
-
-    def _node_test(self, which: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.run_program(which, [x, pos])
+        return self.run_program(int(check_missing), [X, node, self.feature, self.child])
 
     def node_tables(self) -> list[torch.Tensor]:
         """The node tables every program reads last, in :data:`NODE_INPUTS`' order."""
@@ -469,11 +453,6 @@ class TreeGroup(torch.nn.Module):
         if self.rest == 0:
             return node
         return self.emit_program(g, "walk", [X, node], "feature", "child", *NODE_INPUTS[2:])
-
-    def emit_node_test(self, g: Any, side: str, x: str, pos: str) -> str:
-        """Emit :func:`node_test`'s ``side`` (``"left"`` or ``"right"``, a bool) for values
-        ``x`` at int32 node positions ``pos``."""
-        return self.emit_program(g, side, [x, pos], *NODE_INPUTS[2:])
 
     def emit_program(self, g: Any, name: str, values: list[str], *tables: str) -> str:
         """Emit program ``name`` with the missing-value rule (a graph has no data-dependent

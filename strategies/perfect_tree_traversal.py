@@ -108,7 +108,7 @@ class PerfectTreeTraversal(TreeGroup):
         # arithmetic into its loop indices rather than loading it.
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
         values = [X, trees, trees.expand(shape), self.feature]
-        slot = self.run_program(6 + int(check_missing), values)
+        slot = self.run_program(2 + int(check_missing), values)
         if self.rest == 0:
             return slot
         return self.walk_child_pointers(X, take(self.below, slot), check_missing)

@@ -58,16 +58,102 @@ def feature_values(X: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     return torch.gather(X.transpose(1, 2), 1, columns.to(torch.int64))
 
 
-def row_sum(x: torch.Tensor) -> torch.Tensor:
-    """Each row's sum ``(rows, 1)``, added from the first column to the last in ``x``'s
-    type: a scan (a sum adds in a blocked order), and column by column in float32, which
-    torch's CPU scan adds in double."""
-    if x.dtype != torch.float32:
-        return torch.cumsum(x, dim=1)[:, -1:]
-    total = x[:, :1]
-    for j in range(1, x.shape[1]):
-        total = total + x[:, j : j + 1]
+# Inductor adds a float32 reduction of more than 4096 terms in cascaded chunks (codegen/
+# cpp.py, need_use_acc_helper), not one term after the other.
+SEQUENTIAL_TERMS = 4096
+
+
+def ordered_sum(
+    x: torch.Tensor, outputs: int, start: torch.Tensor | None, by_step: bool = False
+) -> torch.Tensor:
+    """The sums of ``outputs`` outputs whose terms are ``x``'s columns, step-major, added one
+    after the other from ``start`` (where given) in ``x``'s type: ``(rows, outputs)``, or
+    ``(blocks, outputs, block_rows)`` for row blocks ``(blocks, columns, block_rows)``.
+
+    Eagerly, a scan in float64 (a sum adds in a blocked order) and adds in place in float32
+    (torch's CPU scan adds float32 in double); compiled, :func:`sequential_sum`, as one add
+    per step where ``by_step`` (else a reduction where it is exact).
+    """
+    steps = x.shape[1] // outputs
+    terms = x.reshape([x.shape[0], steps, outputs] + list(x.shape[2:]))  # noqa: RUF005
+    if start is not None:
+        start = start.expand_as(terms[:, 0])
+    if not torch.jit.is_scripting():
+        if _compiling():
+            return sequential_sum(start, terms, reduction=not by_step)
+    if x.dtype == torch.float32 or steps < 2:
+        total = terms[:, 0].clone() if start is None else start + terms[:, 0]
+        for step in range(1, steps):
+            total.add_(terms[:, step])
+        return total
+    if start is not None:
+        terms = torch.cat([start.unsqueeze(1), terms], 1)
+    # Cloned: the result owns its memory, so that chunks of a big input do not keep their
+    # scratch tensors alive.
+    return torch.cumsum(terms, dim=1)[:, -1].clone()
+
+
+def sequential_sum(
+    start: torch.Tensor | None, terms: torch.Tensor, reduction: bool = True
+) -> torch.Tensor:
+    """``start + terms[:, 0] + terms[:, 1] + ...`` (``start`` None: from zero), added in
+    that order, in a branch-free graph.
+
+    On the CPU, a reduction over the steps: inductor's C++ adds a reduction in index order,
+    one term after the other, in scalar code (``cpp.simdlen 1``, :data:`treecomp.
+    torch_backend.INDUCTOR_OPTIONS`); past :data:`SEQUENTIAL_TERMS`, chained reductions,
+    each starting with the total so far. The rows axis is dynamic in a package, so inductor
+    never splits the reduction itself between threads (it does where the loops around it
+    are static and 300x shorter: partial sums). One add per step made the first compile of
+    500 trees of depth 8 2.6x slower (30.9 s against 11.7). With a start (a base score not
+    folded into the leaves) the terms are first copied behind it: 56 ms at 10 000 rows on 2
+    threads, against 41 ms from zero, where inductor reduces the walk's leaf values where
+    the walk wrote them. Elsewhere (Triton reduces in a tree of partial sums), or without
+    ``reduction``, one add per step, which the compiler fuses into one loop.
+    """
+    if not reduction or terms.device.type != "cpu":
+        total = torch.zeros_like(terms[:, 0]) if start is None else start
+        for step in range(terms.shape[1]):
+            total = total + terms[:, step]
+        return total
+    if start is None:
+        total, first = terms[:, :SEQUENTIAL_TERMS].sum(1), SEQUENTIAL_TERMS
+    else:
+        total, first = start, 0
+    chunk = SEQUENTIAL_TERMS - 1  # and the total so far
+    for begin in range(first, terms.shape[1], chunk):
+        total = torch.cat([total.unsqueeze(1), terms[:, begin : begin + chunk]], 1).sum(1)
     return total
+
+
+def group_matmul(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``x``'s columns (axis 1) in groups, each group times its matrix of ``table``
+    ``(groups, a, b)``: one batched product over the groups (for row blocks, with the rows
+    as the product's last axis)."""
+    groups, a, b = table.shape[0], table.shape[1], table.shape[2]
+    if x.dim() == 2:  # (rows, groups * a)
+        products = torch.bmm(x.reshape(x.shape[0], groups, a).transpose(0, 1), table)
+        return products.transpose(0, 1).reshape(x.shape[0], groups * b)
+    blocks, rows = x.shape[0], x.shape[2]
+    by_group = x.reshape(blocks, groups, a, rows)
+    if not torch.jit.is_scripting():
+        if _compiling():
+            # A sum over a that the compiler fuses: a batched product over blocks and groups
+            # reshapes them into one axis, which guards on the block count.
+            return (by_group.unsqueeze(3) * table.unsqueeze(3)).sum(2).reshape(blocks, -1, rows)
+    # Eagerly one block at a time (the eager module walks one), rows as the product's width.
+    if blocks == 1:
+        return torch.bmm(table.transpose(1, 2), by_group[0]).reshape(1, groups * b, rows)
+    each = [torch.bmm(table.transpose(1, 2), by_group[i]) for i in range(blocks)]
+    return torch.stack(each).reshape(blocks, groups * b, rows)
+
+
+def columns_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``x``'s columns (axis 1, rows or row blocks) at ``positions``, after a zero column
+    (the position one past the last)."""
+    shape = [x.shape[0], 1] + list(x.shape[2:])  # noqa: RUF005 (TorchScript: no *)
+    zero = torch.zeros(shape, dtype=x.dtype, device=x.device)
+    return torch.cat([x, zero], 1).index_select(1, positions)
 
 
 def _constant(value: float, kind: int, device: torch.device) -> torch.Tensor:
@@ -85,11 +171,14 @@ def _constant(value: float, kind: int, device: torch.device) -> torch.Tensor:
 
 
 def run_steps(
-    steps: list[tuple[str, int, int, int, float]], inputs: list[torch.Tensor]
+    steps: list[tuple[str, int, int, int, float]],
+    inputs: list[torch.Tensor],
+    sums_by_step: bool = False,
 ) -> torch.Tensor:
     """The program of :class:`treecomp.arrays.Program` ``steps`` (from ``Program.flat``)
     on ``inputs``, in torch: each operation as its contract in
     :data:`treecomp.arrays.OPERATIONS` says; the last input itself if there are none.
+    ``sums_by_step``: compile ``ordered_sum`` as one add per step (:func:`ordered_sum`).
 
     One function, the walks' operations first: TorchScript's interpreter pays for every
     call and comparison (a step of a tiny tensor costs 2.6 us so, 4.8 us through a function
@@ -198,8 +287,18 @@ def run_steps(
             y = torch.softmax(values[a], dim=1)
         elif op == "row_max":
             y = values[a].max(dim=1, keepdim=True)[0]
-        elif op == "row_sum":
-            y = row_sum(values[a])
+        elif op == "ordered_sum":
+            y = ordered_sum(values[a], numbers[b], None if c < 0 else values[c], sums_by_step)
+        elif op == "columns_at":
+            y = columns_at(values[a], values[b])
+        elif op == "group_matmul":
+            y = group_matmul(values[a], values[b])
+        elif op == "group_argmax":
+            u = values[a]
+            shape = [u.shape[0], numbers[b], numbers[c]] + list(u.shape[2:])  # noqa: RUF005
+            # max's indices: the first of equal values, as argmax, and several times
+            # faster than argmax over a middle axis (50 x 8 x 2000: 3.3 ms against 18)
+            y = u.reshape(shape).max(2).indices
         elif op == "argmax":
             y = torch.argmax(values[a], dim=1)
         elif op == "squeeze":

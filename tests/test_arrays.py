@@ -26,19 +26,22 @@ from strategies.programs import run_steps  # noqa: E402
 from treecomp.onnx.graph import ELEMENT, GraphBuilder, emit_program  # noqa: E402
 
 
-def run_torch(program: Program, x: npt.NDArray[Any], *, scripted: bool = False) -> Any:
+def run_torch(
+    program: Program, x: npt.NDArray[Any], *tables: npt.NDArray[Any], scripted: bool = False
+) -> Any:
     assert list(program.outputs) == [len(program.inputs) + len(program.steps) - 1]
     run = torch.jit.script(run_steps) if scripted else run_steps
-    return run(program.flat(), [torch.from_numpy(x)]).numpy()
+    return run(program.flat(), [torch.from_numpy(a) for a in (x, *tables)]).numpy()
 
 
-def run_onnx(program: Program, x: npt.NDArray[Any]) -> Any:
+def run_onnx(program: Program, x: npt.NDArray[Any], *tables: npt.NDArray[Any]) -> Any:
+    """The program as a graph of input ``x`` (its width known), ``tables`` its constants."""
     dtype = str(x.dtype)
     g = GraphBuilder(dtype, "x")
     g.shapes["x"] = (x.shape[1],)
-    (out,) = emit_program(g, program, "x")
+    (out,) = emit_program(g, program, "x", *[g.const(table) for table in tables])
     output_type = program.steps[-1].dtype if program.steps else dtype
-    rank = np.ndim(program.run(x)[0])
+    rank = np.ndim(program.run(x, *tables)[0])
     if out == "x":
         out = g.op("Identity", "x")
     graph = onnx.helper.make_graph(
@@ -61,9 +64,9 @@ def run_onnx(program: Program, x: npt.NDArray[Any]) -> Any:
 
 
 RENDERERS = {
-    "numpy": lambda program, x: program.run(x)[0],
+    "numpy": lambda program, *inputs: program.run(*inputs)[0],
     "torch": run_torch,
-    "torchscript": lambda program, x: run_torch(program, x, scripted=True),
+    "torchscript": lambda program, *inputs: run_torch(program, *inputs, scripted=True),
     "onnx": run_onnx,
 }
 
@@ -141,6 +144,37 @@ def test_row_sum_adds_in_column_order(renderer: str) -> None:
     np.testing.assert_array_equal(actual, [[0.0], [2.0]])
 
 
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_ordered_sum_adds_each_outputs_terms_in_order(renderer: str) -> None:
+    """Two outputs, terms step-major, from a start per output (a table, as the forests'
+    base scores): in float32 the order of the adds shows (2**24 + 1 is 2**24 again)."""
+    big = np.float32(2.0**24)
+    # output 0's terms: 1, 1, -big; output 1's: big, 1, -big (after starts big and 1)
+    x = np.array([[1, big, 1, 1, -big, -big]], dtype=np.float32)
+    start = np.array([big, 1], dtype=np.float32)
+    program = record(lambda v, s: arrays.ordered_sum(v, 2, s), "float32", "float32", names=["sums"])
+    actual = RENDERERS[renderer](program, x, start)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(actual, [[0.0, 0.0]])
+    no_start = RENDERERS[renderer](record(lambda v: arrays.ordered_sum(v, 3), "float32"), x)
+    np.testing.assert_array_equal(no_start, [[1 + np.float32(1), big - big, 1 - big]])
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_columns_at_pads_one_past_the_last_with_zeros(renderer: str) -> None:
+    x = np.array([[1.5, -2.0, np.nan], [0.25, 4.0, -np.inf]])
+    positions = np.array([2, 3, 0, 3, 1], dtype=np.int64)
+    program = record(arrays.columns_at, "float64", "int64")
+    expected = [[np.nan, 0.0, 1.5, 0.0, -2.0], [-np.inf, 0.0, 0.25, 0.0, 4.0]]
+    np.testing.assert_array_equal(RENDERERS[renderer](program, x, positions), expected)
+
+
+def finite_halves(x: Any) -> Any:
+    """``x`` without NaN (as 0), then its columns halved and negated: (rows, 6)."""
+    y = arrays.where(arrays.isnan(x), 0.0, x)
+    return arrays.concat(y, -y * 0.5)
+
+
 def counts(x: Any) -> Any:
     """Integers from 0 up, made of ``x``."""
     return arrays.int64(arrays.where(x > 0.0, x, 0.0) * 4.0)
@@ -178,6 +212,15 @@ ONE_OPERATION: dict[str, Any] = {
     "broadcast": lambda x: arrays.broadcast(arrays.row_max(x), x),
     "int32": lambda x: arrays.int32(x > 0.0),
     "interleave": lambda x: arrays.interleave(x, -x, arrays.where(arrays.isnan(x), x, 0.0)),
+    "ordered_sum": lambda x: arrays.ordered_sum(arrays.concat(x, x * 0.5), 2, arrays.row_max(x)),
+    "columns_at": lambda x: arrays.columns_at(x, arrays.squeeze(counts(arrays.row_max(x)) % 4)),
+    "group_matmul": (
+        lambda x, path: arrays.float64(
+            arrays.group_matmul(arrays.float32(arrays.concat(x, -x) > 0.0), path)
+        ),
+        (np.array([[[1, -1], [0, 1], [-1, 0]], [[0, 0], [1, 1], [1, -1]]], dtype=np.float32),),
+    ),
+    "group_argmax": lambda x: arrays.group_argmax(finite_halves(x), 3, 2),
 }
 
 
@@ -185,10 +228,12 @@ ONE_OPERATION: dict[str, Any] = {
 def test_every_operation_renders_as_numpy_computes_it(renderer: str) -> None:
     x = np.array([[0.3, -1.7, 2.0], [0.0, 4.5, -0.25], [np.nan, -np.inf, 0.75]])
     for op in arrays.OPERATIONS:
-        program = record(ONE_OPERATION.get(op, getattr(arrays, op, None)), "float64")
+        entry = ONE_OPERATION.get(op, getattr(arrays, op, None))
+        idea, tables = entry if isinstance(entry, tuple) else (entry, ())
+        program = record(idea, "float64", *[str(table.dtype) for table in tables])
         assert op in {step.op for step in program.steps}
-        expected = program.run(x)[0]
-        actual = RENDERERS[renderer](program, x)
+        expected = program.run(x, *tables)[0]
+        actual = RENDERERS[renderer](program, x, *tables)
         assert actual.shape == expected.shape, op
         if expected.dtype.kind == "f":
             assert_close(actual, expected, "float64")
@@ -389,3 +434,10 @@ def run_onnx_outputs(program: Program, raw: Any, transformed: Any) -> Any:
     )
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"raw": raw, "transformed": transformed})[0]
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_group_argmax_takes_the_first_of_equal_values(renderer: str) -> None:
+    x = np.array([[1.0, 1.0, 0.0, -np.inf, -np.inf, 2.0], [0.0, 0.0, 0.0, 5.0, 5.0, 5.0]])
+    program = record(lambda v: arrays.group_argmax(v, 2, 3), "float64")
+    np.testing.assert_array_equal(RENDERERS[renderer](program, x), [[0, 2], [0, 0]])

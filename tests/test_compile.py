@@ -77,7 +77,7 @@ def test_tree_major_compiled_forest_with_vector_leaves(monkeypatch: pytest.Monke
 def test_compiled_sum_adds_in_order_past_inductors_cascade(start: bool) -> None:
     """A branch-free sum of more float32 terms than inductor adds one after the other
     (it cascades a longer reduction in chunks) is still the sequential float32 sum."""
-    from strategies.forest_module import SEQUENTIAL_TERMS, sequential_sum
+    from strategies.programs import SEQUENTIAL_TERMS, sequential_sum
     from treecomp.torch_backend import INDUCTOR_OPTIONS
 
     rng = np.random.default_rng(5)

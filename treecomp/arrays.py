@@ -60,7 +60,17 @@ OPERATIONS = {
     "int64": "x as int64: bools as 0 and 1, finite floats truncated, int32 widened",
     "softmax": "exp(x - row max) / its row sum, along the columns",
     "row_max": "each row's largest value, as a column",
-    "row_sum": "each row's sum, as a column, added from the first column to the last in x's type",
+    "ordered_sum": "the sums of y outputs (an int64 constant) whose terms are x's columns,"
+    " step-major (column s * y + j is output j's term s): each output's terms added one after"
+    " the other, from z where given (a value per output, laid out along the target's output"
+    " axis), in x's type; (rows, y)",
+    "columns_at": "x's columns at the int64 positions y (a vector); a position equal to x's"
+    " column count gives zeros",
+    "group_matmul": "x's columns in groups of a, each group times its matrix of the float32"
+    " table y (groups, a, b), the groups' b columns side by side; exact where every product"
+    " and partial sum is an integer of at most 2**24",
+    "group_argmax": "in each of y groups of z columns of x (int64 constants), the position of"
+    " the largest value (the first of equal ones), an int64 (rows, y)",
     "argmax": "each row's column of the largest value (the first of equal ones), an int64 vector",
     "concat": "the columns of x, then those of y",
     "squeeze": "a one-column array as a vector",
@@ -172,7 +182,10 @@ _NUMPY = {
     "int64": "np.asarray({a}, dtype=np.int64)",
     "softmax": "_softmax({a})",
     "row_max": "{a}.max(axis=1, keepdims=True)",
-    "row_sum": "np.cumsum({a}, axis=1)[:, -1:]",  # cumsum adds in order; sum pairwise
+    "ordered_sum": "_ordered_sum({args})",
+    "columns_at": "_columns_at({a}, {b})",
+    "group_matmul": "_group_matmul({a}, {b})",
+    "group_argmax": "_group_argmax({a}, {b}, {c})",
     "argmax": "np.asarray(np.argmax({a}, axis=1), dtype=np.int64)",
     "concat": "np.concatenate(({a}, {b}), axis=1)",
     "squeeze": "{a}[:, 0]",
@@ -194,8 +207,45 @@ def _softmax(x: Any) -> Any:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _ordered_sum(x: Any, outputs: Any, start: Any = None) -> Any:
+    k = int(outputs)
+    total = np.zeros((x.shape[0], k), x.dtype) if start is None else start
+    if start is None and x.shape[1] >= k:  # from the first terms: no 0.0 + -0.0
+        total = x[:, :k]
+    else:
+        total = total + x[:, :k]
+    for first in range(k, x.shape[1], k):  # one add after the other: np.sum adds pairwise
+        total = total + x[:, first : first + k]
+    return np.array(total, copy=True)
+
+
+def _columns_at(x: Any, positions: Any) -> Any:
+    if positions.size and positions.max() >= x.shape[1]:
+        x = np.concatenate((x, np.zeros((x.shape[0], 1), x.dtype)), axis=1)
+    return x[:, positions]
+
+
+def _group_matmul(x: Any, table: Any) -> Any:
+    groups, a, b = table.shape
+    products = np.einsum("rga,gab->rgb", x.reshape(x.shape[0], groups, a), table)
+    return products.reshape(x.shape[0], groups * b)
+
+
+def _group_argmax(x: Any, groups: Any, size: Any) -> Any:
+    by_group = x.reshape(x.shape[0], int(groups), int(size))
+    return np.asarray(by_group.argmax(axis=2), dtype=np.int64)
+
+
 # What the expressions of _NUMPY read besides their arguments.
-_SCOPE = {"np": np, "_softmax": _softmax, "_interleave": _interleave}
+_SCOPE = {
+    "np": np,
+    "_softmax": _softmax,
+    "_interleave": _interleave,
+    "_ordered_sum": _ordered_sum,
+    "_columns_at": _columns_at,
+    "_group_matmul": _group_matmul,
+    "_group_argmax": _group_argmax,
+}
 
 
 def _expression(op: str, names: list[str]) -> str:
@@ -355,7 +405,7 @@ def apply(op: str, *args: Value | float) -> Value:
         if not isinstance(x, Value) or not isinstance(like, Value):
             raise TypeError("broadcast repeats a value to another value's shape")
         return recorder.add(op, (x, like), x.dtype)
-    if op in ("take", "column"):
+    if op in ("take", "column", "columns_at"):
         table, index = args
         if not isinstance(table, Value) or not isinstance(index, Value):
             raise TypeError(f"{op} reads a value at index values")
@@ -420,7 +470,6 @@ float64 = _unary("float64")
 int64 = _unary("int64")
 softmax = _unary("softmax")
 row_max = _unary("row_max")
-row_sum = _unary("row_sum")
 argmax = _unary("argmax")
 squeeze = _unary("squeeze")
 isnan = _unary("isnan")
@@ -430,6 +479,46 @@ int32 = _unary("int32")
 def take(table: Value, index: Value) -> Value:
     """``take``: ``table``'s entries at the integer positions ``index``."""
     return apply("take", table, index)
+
+
+def ordered_sum(x: Value, outputs: int, start: Value | None = None) -> Value:
+    """``ordered_sum``: the sums of ``outputs`` outputs whose terms are ``x``'s columns,
+    step-major, added one after the other (after ``start``, one value per output)."""
+    recorder = x._recorder
+    if outputs < 1 or int(outputs) != outputs:
+        raise TypeError(f"ordered_sum of {outputs} outputs")
+    if x.dtype not in ("float32", "float64") or (start is not None and start.dtype != x.dtype):
+        raise TypeError("ordered_sum adds floats, and its start is of their type")
+    k = recorder.constant(outputs, "int64")
+    args = (x, k) if start is None else (x, k, start)
+    return recorder.add("ordered_sum", args, x.dtype)
+
+
+def group_matmul(x: Value, table: Value) -> Value:
+    """``group_matmul``: ``x``'s column groups, each times its matrix of ``table``."""
+    if x.dtype != "float32" or table.dtype != "float32":
+        raise TypeError("group_matmul multiplies float32 values by a float32 table")
+    return apply("group_matmul", x, table)
+
+
+def group_argmax(x: Value, groups: int, size: int) -> Value:
+    """``group_argmax``: the largest value's position in each of ``groups`` groups of
+    ``size`` columns."""
+    if x.dtype not in ("float32", "float64") or groups < 1 or size < 1:
+        raise TypeError(f"group_argmax of {x.dtype} values in {groups} groups of {size}")
+    counts = (x._recorder.constant(groups, "int64"), x._recorder.constant(size, "int64"))
+    return x._recorder.add("group_argmax", (x, *counts), "int64")
+
+
+def row_sum(x: Value) -> Value:
+    """Each row's sum as a column, added from the first column to the last in ``x``'s type
+    (``ordered_sum`` of one output)."""
+    return ordered_sum(x, 1)
+
+
+def columns_at(x: Value, positions: Value) -> Value:
+    """``columns_at``: ``x``'s columns at ``positions`` (one past the last: zeros)."""
+    return apply("columns_at", x, positions)
 
 
 def broadcast(x: Value, like: Value) -> Value:

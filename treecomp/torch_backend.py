@@ -93,7 +93,7 @@ def _bytes_per_row(module: ForestModule, dtype_bytes: int) -> int:
         else:  # traversals: a handful of (rows, trees) tensors
             total += n_trees * 12 * 8
     # Aggregation: leaf values, their flat copy and the ordered terms with their cumsum.
-    terms = int(module.steps.numel())
+    terms = module.sum_plan.n_terms
     return max(total + 3 * module.n_trees * module.leaf_width * 8 + 2 * terms * 8, 1)
 
 
@@ -134,7 +134,7 @@ def check_compiler(device: torch.device) -> None:
 # 2 or more, so a forest walked in blocks of 8 rows would refuse batches of 1 to 8 rows
 # (which the branch-free module scores exactly: tested at one row); the input checks, always
 # on (checks_always_on), keep the dtype, stride and device checks. Scalar code also keeps
-# a reduction's terms in order (strategies.forest_module.sequential_sum): a vectorised one
+# a reduction's terms in order (strategies.programs.sequential_sum): a vectorised one
 # adds lanes of partial sums.
 #
 # The wrapper, which only calls the kernels, compiles at -O0: 3.6 s instead of 4.3 s in the

@@ -260,6 +260,7 @@ def build_with_plan(
     if leaf_indices and engine_outputs is None:
         output("leaf_indices", leaf_ids, TensorProto.INT64, ["N", n])
 
+    g.prune([o.name for o in outputs])
     graph = helper.make_graph(
         g.nodes,
         "treecomp",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from treecomp import links
+from treecomp import links, sums
 from treecomp.arrays import CASTS, Program, Step, evaluate, record
 from treecomp.errors import UnsupportedModelError
 from treecomp.passes import extended_input
@@ -63,6 +63,9 @@ class GraphBuilder:
         self._batch: str | None = None
         # Values whose shape past the batch axis is known: a reshape to it is no node.
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self._reshaped: dict[str, str] = {}  # a reshape's value -> the value it reshaped
+        # A broadcast of a constant row to every row -> the row (for ``column``).
+        self.broadcast_rows: dict[str, np.ndarray] = {}
 
     def _name(self, prefix: str) -> str:
         self._count += 1
@@ -124,6 +127,7 @@ class GraphBuilder:
         self._batch = batch
         if out is None:
             return None
+        nodes = live_nodes(nodes, [out])
         if not any(out in node.output for node in nodes):
             copy = self._name("identity")
             nodes.append(helper.make_node("Identity", [out], [copy]))
@@ -134,13 +138,41 @@ class GraphBuilder:
     def reshape(self, x: str, *dims: int) -> str:
         if self.shapes.get(x) == dims:
             return x
-        out = self.op("Reshape", x, self.ints([0, *dims]))
+        # A reshape of a reshape reshapes its source (the first one is left to live_nodes).
+        source = self._reshaped.get(x, x)
+        if self.shapes.get(source) == dims:
+            return source
+        out = self.op("Reshape", source, self.ints([0, *dims]))
         self.shapes[out] = dims
+        self._reshaped[out] = source
         return out
+
+    def prune(self, outputs: list[str]) -> None:
+        """Drop the nodes that none of ``outputs`` needs (:func:`live_nodes`)."""
+        self.nodes[:] = live_nodes(self.nodes, outputs)
 
     def program(self, program: Program, *inputs: str) -> list[str]:
         """The outputs of ``program`` on the values ``inputs`` (:func:`emit_program`)."""
         return emit_program(self, program, *inputs)
+
+
+def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """``nodes`` (in order) that ``outputs`` need, directly or through a subgraph's nodes:
+    ONNX Runtime runs every node of a graph, needed or not."""
+    needed = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if not needed.intersection(node.output):
+            continue
+        kept.append(node)
+        needed.update(node.input)
+        inner = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+        while inner:
+            graph = inner.pop()
+            for sub in graph.node:
+                needed.update(sub.input)
+                inner.extend(a.g for a in sub.attribute if a.type == onnx.AttributeProto.GRAPH)
+    return kept[::-1]
 
 
 def emit_module(
@@ -197,6 +229,8 @@ def emit_module(
     if not scores:
         return None, None, ids
     tables = [group.leaf_value.numpy() for group in groups]
+    plan = module.sum_plan
+    sum_tables = [g.const(table) for table in plan.tables().values()]
 
     def summed() -> str:
         values = []
@@ -206,7 +240,9 @@ def emit_module(
                 direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
                 g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
             values.append(direct)
-        return _emit_sum(g, module, forest, in_forest_order(values))
+        # In order, step m of output j is column m * k + j of the values: a reshape.
+        flat = g.reshape(in_forest_order(values), forest.n_trees * plan.width)
+        return emit_program(g, sums.program(plan), flat, *sum_tables)[0]
 
     raw = None
     if operator_sums:
@@ -252,52 +288,6 @@ def emit_module(
     return raw, transformed, ids
 
 
-def _emit_sum(
-    g: GraphBuilder,
-    module: strategies.ForestModule,
-    forest: Forest,
-    values: str,
-) -> str:
-    """Base score plus every ``(N, trees, width)`` leaf value, in the native order and type.
-
-    The terms are laid out ``(N, steps, outputs)`` and scanned along the steps: ONNX Runtime's
-    CumSum adds in the tensor's type, one step after another, so float32 accumulation is
-    XGBoost's sequential float32 sum. Scanning axis 1 needs no transpose for multi-output
-    forests, whose steps are stored step-major (10 classes x 100 rounds, 10 000 rows: the
-    transpose to ``(N, outputs, steps)`` took 25 ms of 220).
-    """
-    acc = np.float32 if forest.accumulation == "float32" else np.float64
-    k = forest.n_outputs
-    order = module.steps.contiguous()  # (steps, outputs)
-    n_terms = int(order.shape[0])
-    axis = g.const(np.array(1, np.int64))
-
-    def scan_last(terms: str) -> str:
-        return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms - 1)), axis=1)
-
-    def gathered(first: str | None) -> str:
-        """The terms by ``order`` (a zero pads shorter outputs), ``first`` as step 0."""
-        flat = _pad_zero(g, g.reshape(values, forest.n_trees * module.leaf_width), acc)
-        if first is None:
-            return g.op("Gather", flat, g.const(order), axis=1)
-        steps = np.concatenate([np.zeros((1, k), np.int64), order + 1])
-        return g.op("Gather", g.op("Concat", first, flat, axis=1), g.const(steps), axis=1)
-
-    # In order, step m of output j is column m * k + j of the values: a reshape, no gather.
-    if module.average:
-        terms = g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None)
-        return _emit_mean(g, module, scan_last(terms))
-    if module.zero_start:  # the base folded into the first trees' leaves, or zero
-        return scan_last(g.reshape(values, n_terms, k) if module.steps_in_order else gathered(None))
-    start = g.op("Expand", g.const(module.base_score.reshape(1, -1)), g.rows_by(k))
-    if module.steps_in_order:
-        flat = g.reshape(values, forest.n_trees * module.leaf_width)
-        terms = g.reshape(g.op("Concat", start, flat, axis=1), n_terms + 1, k)
-    else:
-        terms = gathered(start)
-    return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(n_terms)), axis=1)
-
-
 def _tree_chain_layout(
     module: strategies.ForestModule, forest: Forest, groups: list[Any]
 ) -> str | None:
@@ -308,8 +298,8 @@ def _tree_chain_layout(
         return None
     if not np.array_equal(groups[0].columns.numpy(), np.arange(forest.n_trees)):
         return None
-    k, width = forest.n_outputs, module.leaf_width
-    steps = module.steps.numpy()  # (steps, outputs): flat tree * width + w, or a pad
+    k, width = forest.n_outputs, module.sum_plan.width
+    steps = module.sum_plan.steps  # (steps, outputs): flat tree * width + w, or a pad
     if width == k and np.array_equal(steps, np.arange(forest.n_trees * k).reshape(-1, k)):
         return "rows"
     if width == 1 and (steps[0] < forest.n_trees).all():  # every output has a tree
@@ -330,14 +320,15 @@ def _emit_tree_chains(
     number of threads (``TreeEnsemble.emit_tree_values``). The base score starts each
     chain unless folded into the first tree's leaves; averages divide the sum afterwards.
 
-    Faster than the scan of :func:`_emit_sum` on large batches, where ONNX Runtime's
+    Faster than the scan of :func:`treecomp.sums.program` on large batches, where ONNX Runtime's
     per-node cost is spread over the rows: the operator keeps no score vector per row and
     tree, and nothing of ``(N, trees)`` is materialised. 10 000 rows, 2 threads, against
     ONNX-ML's own graph: see ``LARGE_BATCH_ROWS`` in :mod:`treecomp.onnx.export`.
     """
     values = group.emit_tree_values(g, X, table)
     k = forest.n_outputs
-    base = None if module.zero_start else module.base_score.numpy()  # (k, 1)
+    plan = module.sum_plan
+    base = plan.base.reshape(k, 1) if plan.base_first else None
 
     def chain(terms: list[str], start: np.ndarray | None) -> str:
         total = terms[0] if start is None else g.op("Add", g.const(start), terms[0])
@@ -348,16 +339,16 @@ def _emit_tree_chains(
     if _tree_chain_layout(module, forest, [group]) == "rows":
         raw = chain(values, None if base is None else base.reshape(1, k))
     else:
-        steps = module.steps.numpy()
-        sums = [
+        steps = plan.steps
+        totals = [
             chain(
                 [values[t] for t in steps[:, j].tolist() if t < forest.n_trees],
                 None if base is None else base[j].reshape(1, 1),
             )
             for j in range(k)
         ]
-        raw = sums[0] if k == 1 else g.op("Concat", *sums, axis=1)
-    return _emit_mean(g, module, raw) if module.average else raw
+        raw = totals[0] if k == 1 else g.op("Concat", *totals, axis=1)
+    return _emit_mean(g, plan, raw)
 
 
 def _emit_operator_sums(
@@ -374,36 +365,27 @@ def _emit_operator_sums(
     The operator starts each target at zero and adds its trees' leaves in tree order, in
     the input's type, when it runs on one thread: the native sum, provided the base score
     went into the first tree's leaves (or is zero) and each tree adds one value to one
-    output. Averages divide the sum afterwards, as :func:`_emit_sum` does.
+    output. Averages divide the sum afterwards (:func:`treecomp.sums.mean`).
     """
     if len(groups) != 1 or not hasattr(groups[0], "emit_sums") or module.leaf_width != 1:
         return None
     group = groups[0]
     if not np.array_equal(group.columns.numpy(), np.arange(forest.n_trees)):
         return None
-    if not module.zero_start:
+    if module.sum_plan.base_first:
         return None
     targets = np.array([tree.output_index for tree in forest.trees], dtype=np.int64)
-    sums = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
-    if sums is None or not module.average:
-        return sums
-    return _emit_mean(g, module, sums)
+    totals = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
+    return None if totals is None else _emit_mean(g, module.sum_plan, totals)
 
 
-def _emit_mean(g: GraphBuilder, module: strategies.ForestModule, total: str) -> str:
-    """An averaging forest's output from the sum of its trees: divided, plus the base."""
-    mean = g.op("Div", total, g.const(module.divisor.reshape(1, -1)))
-    if not module.base_score.any():  # + 0.0 changes nothing but the sign of a zero
-        return mean
-    return g.op("Add", mean, g.const(module.base_score.reshape(1, -1)))
-
-
-def _pad_zero(g: GraphBuilder, flat: str, acc: Any) -> str:
-    """``flat`` with a zero column appended (the pad of shorter contribution lists)."""
-    zero = g.op(
-        "ConstantOfShape", g.rows_by(1), value=numpy_helper.from_array(np.zeros(1, dtype=acc))
-    )
-    return g.op("Concat", flat, zero, axis=1)
+def _emit_mean(g: GraphBuilder, plan: sums.SumPlan, total: str) -> str:
+    """The outputs from sums a tree operator added: an averaging forest's mean
+    (:func:`treecomp.sums.mean`), else the sums themselves."""
+    if plan.divisor is None:
+        return total
+    tables = [g.const(table) for table in plan.tables().values()]
+    return emit_program(g, sums.mean_program(plan), total, *tables)[0]
 
 
 def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
@@ -448,9 +430,25 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
     if op == "concat":
         return g.op("Concat", *args, axis=1)
     if op == "column":
+        row = g.broadcast_rows.get(args[1])
+        if row is not None:  # the same columns in every row: one Gather of them
+            return g.op("Gather", args[0], g.const(row.reshape(-1)), axis=1)
         return g.op("GatherElements", *args, axis=1)
+    if op == "ordered_sum":
+        return _ordered_sum(g, step, *args)
+    if op == "columns_at":
+        return _columns_at(g, step, *args)
+    if op == "group_matmul":
+        return _group_matmul(g, *args)
+    if op == "group_argmax":
+        groups, size = int(g.known[args[1]]), int(g.known[args[2]])
+        return g.op("ArgMax", g.reshape(args[0], groups, size), axis=2, keepdims=0)
     if op == "broadcast":
-        return g.op("Expand", args[0], g.op("Shape", args[1]))
+        out = g.op("Expand", args[0], g.op("Shape", args[1]))
+        row = g.known.get(args[0])
+        if row is not None and row.ndim == 2 and row.shape[0] == 1:
+            g.broadcast_rows[out] = row
+        return out
     if op == "interleave":  # as (rows, columns, parts), read row by row
         # The width must be known: a Reshape to [0, -1] cannot tell it for 0 rows.
         (width,) = g.shapes[args[0]]
@@ -468,9 +466,6 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
         return g.op("Softmax", x, axis=1)
     if op == "row_max":
         return g.op("ReduceMax", x, axes=[1], keepdims=1)
-    if op == "row_sum":  # CumSum adds in order, in x's type; its last column
-        total = g.op("CumSum", x, g.const(np.array(1, np.int64)))
-        return g.op("Gather", total, g.const(np.array([-1], np.int64)), axis=1)
     if op == "log1p":
         # ONNX has no log1p, and log(1 + x) is 0 where 1 + x rounds to 1: the classic
         # correction log(u) * x / (u - 1), u = 1 + x; x itself where u - 1 is 0, log(u)
@@ -481,3 +476,57 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
         ratio = g.op("Where", g.op("Equal", d, x), one, g.op("Div", x, d))
         return g.op("Where", g.op("Equal", d, zero), x, g.op("Mul", g.op("Log", u), ratio))
     raise UnsupportedModelError(f"operation {op!r} has no ONNX rendering")
+
+
+def _ordered_sum(g: GraphBuilder, step: Step, x: str, outputs: str, start: str = "") -> str:
+    """``ordered_sum``: the terms as ``(N, steps, outputs)`` (one output: ``x`` itself),
+    ``start`` as step 0, and the last of their CumSum, which adds in order in x's type."""
+    k = int(g.known[outputs])
+    axis = g.const(np.array(1, np.int64))
+    if k == 1:  # (N, terms): the last column of the scan, kept as a column
+        terms = x if not start else g.op("Concat", _rows_of(g, start, 1), x, axis=1)
+        return g.op("Gather", g.op("CumSum", terms, axis), g.ints([-1]), axis=1)
+    if x in g.shapes:
+        (width,) = g.shapes[x]
+        terms = g.reshape(x, width // k, k)
+    else:  # a Reshape to [0, -1, k] cannot tell the steps for 0 rows
+        terms = g.op("Reshape", x, g.ints([0, -1, k]))
+    if start:
+        terms = g.op("Concat", _rows_of(g, start, 1, k), terms, axis=1)
+    return g.op("Gather", g.op("CumSum", terms, axis), g.const(np.array(-1, np.int64)), axis=1)
+
+
+def _rows_of(g: GraphBuilder, values: str, *dims: int) -> str:
+    """Values per output (a constant table of them, or any array that broadcasts to
+    ``(N, k)``) for every row: ``(N, *dims)``."""
+    if values in g.known:
+        return g.op("Expand", g.const(g.known[values].reshape(1, *dims)), g.rows_by(*dims))
+    rows = g.op("Expand", values, g.rows_by(dims[-1]))
+    return rows if len(dims) == 1 else g.op("Reshape", rows, g.ints([0, *dims]))
+
+
+def _columns_at(g: GraphBuilder, step: Step, x: str, positions: str) -> str:
+    """``columns_at``: a Gather of the columns, after a zero column where a position may
+    ask for it."""
+    index = g.known.get(positions)
+    width = g.shapes.get(x)
+    if index is None or width is None or (index.size and int(index.max()) >= width[0]):
+        zero = numpy_helper.from_array(np.zeros(1, dtype=step.dtype))
+        x = g.op("Concat", x, g.op("ConstantOfShape", g.rows_by(1), value=zero), axis=1)
+    out = g.op("Gather", x, positions, axis=1)
+    if index is not None:
+        g.shapes[out] = (int(index.size),)
+    return out
+
+
+def _group_matmul(g: GraphBuilder, x: str, table: str) -> str:
+    """``group_matmul``: ``(groups, N, a)`` times the table, as ``(N, groups * b)``. ONNX
+    Runtime's batched MatMul crashes on an empty batch: one extra row of zeros goes through
+    and is sliced off."""
+    groups, a, b = g.known[table].shape
+    padded = g.op("Concat", g.const(np.zeros((1, groups * a), np.float32)), x, axis=0)
+    by_group = g.op("Transpose", g.op("Reshape", padded, g.ints([-1, groups, a])), perm=[1, 0, 2])
+    products = g.op("Transpose", g.op("MatMul", by_group, table), perm=[1, 0, 2])
+    rows = g.op("Slice", products, g.ints([1]), g.ints([2**62]), g.ints([0]))
+    g.shapes[rows] = (groups, b)
+    return g.reshape(rows, groups * b)
