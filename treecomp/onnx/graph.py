@@ -147,6 +147,10 @@ class GraphBuilder:
         self._reshaped[out] = source
         return out
 
+    def reshaped_from(self, x: str) -> str | None:
+        """The value ``x`` is a :meth:`reshape` of, if it is one."""
+        return self._reshaped.get(x)
+
     def prune(self, outputs: list[str]) -> None:
         """Drop the nodes that none of ``outputs`` needs (:func:`live_nodes`)."""
         self.nodes[:] = live_nodes(self.nodes, outputs)
@@ -483,6 +487,10 @@ def _ordered_sum(g: GraphBuilder, step: Step, x: str, outputs: str, start: str =
     ``start`` as step 0, and the last of their CumSum, which adds in order in x's type."""
     k = int(g.known[outputs])
     axis = g.const(np.array(1, np.int64))
+    source = g.reshaped_from(x)
+    if k == 1 and not start and source is not None and g.shapes.get(source) == (*g.shapes[x], 1):
+        # x flattened (N, terms, 1) values: scan those, the flattening left unused
+        return g.op("Gather", g.op("CumSum", source, axis), g.const(np.array(-1)), axis=1)
     if k == 1:  # (N, terms): the last column of the scan, kept as a column
         terms = x if not start else g.op("Concat", _rows_of(g, start, 1), x, axis=1)
         return g.op("Gather", g.op("CumSum", terms, axis), g.ints([-1]), axis=1)
