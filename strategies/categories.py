@@ -2,8 +2,12 @@
 
 :class:`CategorySets` is a direct bit table, or a hash table whose memory follows the
 listed categories, not their largest code; the lookup in it is part of the node test
-(:func:`strategies.nodes.category_member`).
+(:func:`strategies.nodes.category_member`). The hash table's key and slots are written once
+(:func:`category_key`, :func:`hash_slot`), for the table's NumPy arrays here and for the
+node test's recorded values alike.
 """
+
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +21,19 @@ HASH_BITS = 32
 # Categories are looked up in a direct table (one byte per row and code up to the largest)
 # while it holds at most this many cells, or no more than twice the hash table's bytes.
 DIRECT_CELLS = 1 << 20
+
+
+def category_key(code: Any, row: Any) -> Any:
+    """The hash table's key of category ``code`` at category row ``row``: ``row << 31 |
+    code``, as integer arithmetic that NumPy int64 arrays and recorded values
+    (:class:`treecomp.arrays.Value`) both have."""
+    return code + row * (1 << CODE_BITS)
+
+
+def hash_slot(code: Any, row: Any, a: int, b: int, shift: int) -> Any:
+    """The slot ``((a * code + b * row) mod 2**32) >> shift`` of a key (multiply-shift
+    hashing), for NumPy arrays and recorded values alike."""
+    return (code * a + row * b) % (1 << HASH_BITS) // (1 << shift)
 
 
 class CategorySets:
@@ -65,7 +82,7 @@ class CategorySets:
             self.table: npt.NDArray[np.generic] = table
             self.layout = [width]
             return
-        keys = np.unique((rows << CODE_BITS) | codes)
+        keys = np.unique(category_key(codes, rows))
         rows, codes = keys >> CODE_BITS, keys & ((1 << CODE_BITS) - 1)
         rng = np.random.default_rng(0)  # the same forest always gives the same table
         for attempt in range(64):
@@ -92,7 +109,7 @@ class CategorySets:
         if len(self.layout) == 1:
             width = self.layout[0]
             return self.table[rows * width + np.minimum(codes, width - 1)].astype(bool)
-        key = (rows << CODE_BITS) | codes
+        key = category_key(codes, rows)
         slots = _slots(rows, codes, self.layout)
         found: npt.NDArray[np.bool_] = (self.table[slots[0]] == key) | (self.table[slots[1]] == key)
         return found
@@ -103,10 +120,7 @@ def _slots(
 ) -> npt.NDArray[np.int64]:
     """The two candidate slots ``(2, n)`` of keys ``(rows, codes)`` in a hash ``layout``."""
     a1, b1, a2, b2, shift = layout
-    mask = (1 << HASH_BITS) - 1
-    return np.stack(
-        [((codes * a1 + rows * b1) & mask) >> shift, ((codes * a2 + rows * b2) & mask) >> shift]
-    )
+    return np.stack([hash_slot(codes, rows, a1, b1, shift), hash_slot(codes, rows, a2, b2, shift)])
 
 
 def _cuckoo(slots: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.int64] | None:

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from strategies.categories import CODE_BITS, HASH_BITS, CategorySets
+from strategies.categories import CODE_BITS, CategorySets, category_key, hash_slot
 from strategies.programs import run_steps
 from treecomp.arrays import (
     Program,
@@ -132,9 +132,9 @@ def category_member(code: Value, row: Value, table: Value, layout: Sequence[int]
         width = layout[0]
         return take_value(table, minimum(code, width - 1) + row * width)
     a1, b1, a2, b2, shift = layout
-    key = code + row * (1 << CODE_BITS)
+    key = category_key(code, row)
     first, second = (
-        equal(take_value(table, ((code * a + row * b) % (1 << HASH_BITS)) // (1 << shift)), key)
+        equal(take_value(table, hash_slot(code, row, a, b, shift)), key)
         for a, b in ((a1, b1), (a2, b2))
     )
     return first | second
