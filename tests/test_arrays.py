@@ -13,8 +13,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import treecomp
 from tests.helpers import assert_close, assert_equal
-from treecomp import arrays, links, reference
+from tests.zoo import ZOO, fitted, pd
+from treecomp import arrays, links, reference, sums
 from treecomp.arrays import Program, record
 from treecomp.ir import PostTransform
 
@@ -441,3 +443,28 @@ def test_group_argmax_takes_the_first_of_equal_values(renderer: str) -> None:
     x = np.array([[1.0, 1.0, 0.0, -np.inf, -np.inf, 2.0], [0.0, 0.0, 0.0, 5.0, 5.0, 5.0]])
     program = record(lambda v: arrays.group_argmax(v, 2, 3), "float64")
     np.testing.assert_array_equal(RENDERERS[renderer](program, x), [[0, 2], [0, 0]])
+
+
+@pytest.mark.parametrize("folded", [False, True], ids=["base", "base-folded"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_sum_program_is_the_reference_sum(name: str, folded: bool) -> None:
+    """treecomp.sums' program, run by NumPy on the leaf values the reference evaluator
+    reaches, equals the reference's own sum bit for bit: the same terms, order and type
+    (with the base as the first term, or folded into the first trees' leaves)."""
+    from treecomp.passes import fold_base_score
+
+    model, X = fitted(name)
+    forest = treecomp.convert(model, "numpy").forest
+    if folded:
+        forest = fold_base_score(forest)
+    rows = treecomp.inputs.to_matrix(forest, X) if isinstance(X, pd.DataFrame) else X
+    nodes = reference.leaf_nodes(forest, np.asarray(rows, dtype=np.float64))
+    plan = sums.plan(forest)
+    acc = np.float32 if forest.accumulation == "float32" else np.float64
+    values = np.zeros((nodes.shape[0], forest.n_trees * plan.width), dtype=acc)
+    for t, tree in enumerate(forest.trees):
+        leaf = tree.value[nodes[:, t]].astype(acc)
+        values[:, t * plan.width : t * plan.width + leaf.shape[1]] = leaf
+    (total,) = sums.program(plan).run(values, *plan.tables().values())
+    assert total.dtype == acc
+    np.testing.assert_array_equal(total, reference.raw_scores(forest, nodes))

@@ -175,6 +175,32 @@ def test_one_row_node_counts_are_pinned() -> None:
     assert fell == {}, f"one-row graphs shrank: lower ONE_ROW_NODES to {fell}"
 
 
+def test_builder_folds_reshapes_and_drops_nodes_no_output_needs() -> None:
+    """A reshape of a reshape reads the first one's source; the first one, which nothing
+    reads then, is dropped with every other node no output needs, while nodes that only an
+    If branch reads stay."""
+    from treecomp.onnx.graph import GraphBuilder
+
+    g = GraphBuilder("float32", "x")
+    flat = g.reshape("x", 6)
+    again = g.reshape(flat, 3, 2)
+    dead = g.op("Neg", "x")
+    g.op("Abs", dead)
+    inside = g.op("Exp", "x")  # read only inside the branch below
+    branch = g.branch(lambda: g.op("Identity", inside), onnx.TensorProto.FLOAT)
+    chosen = g.op(
+        "If",
+        g.op("Less", g.op("Shape", "x", end=1), g.ints([2])),
+        then_branch=branch,
+        else_branch=branch,
+    )
+    g.prune([again, chosen])
+    ops = [node.op_type for node in g.nodes]
+    assert ops == ["Reshape", "Exp", "Shape", "Less", "If"]
+    assert g.nodes[0].input[0] == "x"  # the second reshape reads the source
+    assert g.reshaped_from(again) == "x"
+
+
 @pytest.mark.parametrize("strategy", ["perfect_tree_traversal", "tree_traversal", "gemm"])
 @pytest.mark.parametrize("name", ["lightgbm_categorical_zero", "xgboost_binary"])
 def test_graphs_hold_only_constants_their_nodes_read(name: str, strategy: str) -> None:
