@@ -295,8 +295,8 @@ class TreeGroup(torch.nn.Module):
     rest: int
     node_base: int
     child: torch.Tensor
-    # The group's programs (node_test's two sides, child_walk, a strategy's top levels),
-    # flat, in the order of PROGRAMS.
+    # The group's programs (child_walk, a strategy's top levels), each without and with
+    # the missing-value rule, flat, in the order of PROGRAMS.
     node_steps: list[list[tuple[str, int, int, int, float]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
