@@ -136,11 +136,12 @@ class GEMM(TreeGroup):
         self.register_buffer("lefts", tensor(reach.reshape(-1)))
         # Positions along the walkers' axis (torch's row blocks: a column of them) of the
         # node tests, the leaves and the trees.
-        self.register_buffer("positions", torch.arange(n_trees * n_internal, dtype=torch.int32))
-        self.register_buffer("leaf_slots", torch.arange(n_trees * n_leaves, dtype=torch.int32))
-        self.register_buffer("trees", torch.arange(n_trees, dtype=torch.int32))
-        for name in ("positions", "leaf_slots", "trees"):
-            setattr(self, name, getattr(self, name).unsqueeze(1))
+        for name, count in (
+            ("positions", n_trees * n_internal),
+            ("leaf_slots", n_trees * n_leaves),
+            ("trees", n_trees),
+        ):
+            self.register_buffer(name, torch.arange(count, dtype=torch.int32).unsqueeze(1))
         # positions, their walkers, trees, leaf slots, feature; path, lefts
         types = ("int32",) * 5 + ("float32", "float32")
         self.set_program("top", partial(path_leaves, n_trees, n_leaves), types)
@@ -159,8 +160,16 @@ class GEMM(TreeGroup):
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         walkers = self.positions.expand([X.shape[0], self.positions.shape[0], X.shape[1]])
-        values = [X, self.positions, walkers, self.trees, self.leaf_slots, self.feature, self.path]
-        values.append(self.lefts)
+        values = [
+            X,
+            self.positions,
+            walkers,
+            self.trees,
+            self.leaf_slots,
+            self.feature,
+            self.path,
+            self.lefts,
+        ]
         rows = self.run_program(2 + int(check_missing), values)
         if self.rest == 0:
             return rows

@@ -81,7 +81,7 @@ def ordered_sum(
     terms = x.reshape([x.shape[0], steps, outputs] + list(x.shape[2:]))  # noqa: RUF005
     if start is not None:
         start = start.expand_as(terms[:, 0])
-    if not torch.jit.is_scripting():
+    if not torch.jit.is_scripting():  # TorchScript never compiles sequential_sum
         if _compiling():
             return sequential_sum(start, terms, reduction=not by_step)
     if x.dtype == torch.float32 or steps < 2:
@@ -144,10 +144,7 @@ def group_matmul(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return products.transpose(0, 1).reshape(x.shape[0], groups * b)
     blocks, rows = x.shape[0], x.shape[2]
     by_group = x.reshape(blocks, groups, a, rows)
-    compiling = False
-    if not torch.jit.is_scripting():
-        compiling = _compiling()
-    if compiling:
+    if _compiling():
         # A sum over a that the compiler fuses: a batched product over blocks and groups
         # reshapes them into one axis, which guards on the block count.
         products = (by_group.unsqueeze(3) * table.unsqueeze(3)).sum(2)
@@ -170,10 +167,7 @@ def group_argmax(x: torch.Tensor, groups: int, size: int) -> torch.Tensor:
     2000 rows: 5.1 ms against 25)."""
     if x.dim() == 2:
         return x.reshape(x.shape[0], groups, size).argmax(2)
-    compiling = False
-    if not torch.jit.is_scripting():
-        compiling = _compiling()
-    if not compiling and x.shape[2] == 1:  # eager single rows (a compiler would guard)
+    if not _compiling() and x.shape[2] == 1:  # eager single rows (a compiler would guard)
         return x.reshape(x.shape[0], groups, size).argmax(2).unsqueeze(2)
     return x.reshape(x.shape[0], groups, size, x.shape[2]).max(2).indices
 

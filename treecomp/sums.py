@@ -67,9 +67,8 @@ class SumPlan:
     def tables(self) -> dict[str, npt.NDArray[np.generic]]:
         """The tables of :data:`TABLES`, as NumPy and ONNX read them (per-output ones as a
         row); unused ones empty."""
-        acc = self.base.dtype
-        divisor = np.zeros(0, acc) if self.divisor is None else self.divisor
-        return {"order": self.steps.reshape(-1), "base": self.base, "divisor": divisor}
+        divisor = np.zeros(0, self.base.dtype) if self.divisor is None else self.divisor
+        return dict(zip(TABLES, (self.steps.reshape(-1), self.base, divisor), strict=True))
 
 
 def plan(forest: Forest) -> SumPlan:

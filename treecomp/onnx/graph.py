@@ -439,7 +439,7 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
             return g.op("Gather", args[0], g.const(row.reshape(-1)), axis=1)
         return g.op("GatherElements", *args, axis=1)
     if op == "ordered_sum":
-        return _ordered_sum(g, step, *args)
+        return _ordered_sum(g, *args)
     if op == "columns_at":
         return _columns_at(g, step, *args)
     if op == "group_matmul":
@@ -482,7 +482,7 @@ def _emit_step(g: GraphBuilder, step: Step, args: list[str]) -> str:
     raise UnsupportedModelError(f"operation {op!r} has no ONNX rendering")
 
 
-def _ordered_sum(g: GraphBuilder, step: Step, x: str, outputs: str, start: str = "") -> str:
+def _ordered_sum(g: GraphBuilder, x: str, outputs: str, start: str = "") -> str:
     """``ordered_sum``: the terms as ``(N, steps, outputs)`` (one output: ``x`` itself),
     ``start`` as step 0, and the last of their CumSum, which adds in order in x's type."""
     k = int(g.known[outputs])
