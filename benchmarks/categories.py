@@ -32,7 +32,8 @@ def best(function: Callable[[], Any], repeat: int) -> float:
 
 
 def lookup(repeat: int) -> None:
-    from strategies import categories, nodes
+    from strategies import categories, nodes, programs
+    from treecomp.arrays import record
 
     generator = torch.Generator().manual_seed(0)
     walkers, rows, levels = 1_000_000, 50, 40
@@ -43,9 +44,13 @@ def lookup(repeat: int) -> None:
     row = torch.randint(1, rows + 1, (walkers,), generator=generator)
     for name, sets in (("direct", direct), ("hash", hashed)):
         table = torch.from_numpy(sets.table)
+        types = ("int64", "int64", "bool" if sets.table.dtype == bool else "int64")
+        steps = record(
+            lambda c, r, t, layout=sets.layout: nodes.category_member(c, r, t, layout), *types
+        ).flat()
 
-        def run(table: torch.Tensor = table, layout: list[int] = sets.layout) -> torch.Tensor:
-            return nodes.category_lookup(code, row, table, layout)
+        def run(table: torch.Tensor = table, steps: list = steps) -> torch.Tensor:
+            return programs.run_steps(steps, [code, row, table])
 
         ms = best(run, repeat)
         print(f"lookup of {walkers:,} walkers, {name} table: {ms:.1f} ms")

@@ -1,19 +1,20 @@
-"""Lowerings of a :class:`treecomp.Forest` to torch programs, and the selector between them.
+"""Lowerings of a :class:`treecomp.Forest` to tensor programs, and the selector between them.
 
 Three strategies (the Hummingbird paper's): ``"gemm"``, ``"tree_traversal"`` and
 ``"perfect_tree_traversal"``, registered by name in :mod:`strategies.registry` for every
 target, and ``"tree_ensemble"`` (ONNX Runtime's tree operator) for the ONNX target only.
-Each maps inputs to leaf rows of a group of trees; :class:`~strategies.forest_module.ForestModule`
-composes them with the shared aggregation and post-transform. This package depends on
-:mod:`treecomp.ir` and torch only, never on a frontend.
+Each maps inputs to leaf rows of a group of trees. :func:`lower` makes a
+:class:`~strategies.forest_plan.ForestPlan` (NumPy tables and programs, no torch), which the
+ONNX graph renders directly and :class:`~strategies.forest_module.ForestModule` (the only
+part that imports torch) renders as a torch module, with the shared aggregation and
+post-transform. This package depends on :mod:`treecomp.ir`, never on a frontend.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from strategies import (  # noqa: F401 (registration)
     gemm,
@@ -21,62 +22,79 @@ from strategies import (  # noqa: F401 (registration)
     tree_ensemble,
     tree_traversal,
 )
-from strategies.forest_module import ForestModule
+from strategies.forest_plan import ForestPlan
 from strategies.nodes import GroupOptions
 from strategies.registry import STRATEGIES, TARGETS
 from strategies.selector import MAX_COMPILED_GROUPS, block_rows, plan, tree_shapes
+from treecomp.inputs import Precision
 from treecomp.ir import Forest
 from treecomp.names import ALIASES
 from treecomp.passes import fold_base_score, fold_missing, thresholds_for
 
-__all__ = ["STRATEGIES", "TARGETS", "ForestModule", "describe", "lower", "lower_forest"]
+if TYPE_CHECKING:
+    from strategies.forest_module import ForestModule
+
+__all__ = [
+    "STRATEGIES",
+    "TARGETS",
+    "ForestPlan",
+    "describe",
+    "lower",
+    "lower_forest",
+    "plan_forest",
+]
 
 
-def lower_forest(
-    forest: Forest, precision: str, strategy: str = "auto", **options: Any
-) -> tuple[ForestModule, str]:
+def plan_forest(
+    forest: Forest, precision: Precision, strategy: str = "auto", **options: Any
+) -> ForestPlan:
     """The lowering every target runs: the forest's thresholds for ``precision``
     (:func:`treecomp.passes.thresholds_for`), then :func:`lower` in that type.
 
-    The engines and the ONNX exporter are handed this function by their callers
-    (:mod:`treecomp.backends`, :meth:`treecomp.CompiledModel.to_onnx`): they run a
-    lowering, they do not choose one.
+    The engines and the ONNX exporter are handed this function (or :func:`lower_forest`)
+    by their callers (:mod:`treecomp.backends`, :meth:`treecomp.CompiledModel.to_onnx`):
+    they run a lowering, they do not choose one.
 
     Args:
         forest: A validated forest, thresholds as parsed.
         precision: ``"float32"`` or ``"float64"``: the type of comparisons and sums.
         strategy: As for :func:`lower`.
-        **options: :func:`lower`'s keyword options other than ``dtype``.
-
-    Returns:
-        The module (on CPU) and its plan in words (:func:`describe`).
+        **options: :func:`lower`'s keyword options other than ``precision``.
     """
-    dtype = torch.float32 if precision == "float32" else torch.float64
-    shapes = tree_shapes(forest.trees)  # the plan's, and its words' depths: once
     lowered = thresholds_for(forest, precision)
-    module, groups = lower(lowered, strategy, dtype=dtype, shapes=shapes, **options)
-    return module, describe(groups, shapes[0])
+    return lower(lowered, strategy, precision=precision, **options)
+
+
+def lower_forest(
+    forest: Forest, precision: Precision, strategy: str = "auto", **options: Any
+) -> tuple[ForestModule, str]:
+    """:func:`plan_forest` rendered as a torch module: the module (on CPU) and its plan in
+    words (:func:`describe`)."""
+    from strategies.forest_module import ForestModule
+
+    plan = plan_forest(forest, precision, strategy, **options)
+    return ForestModule(plan), plan.description
 
 
 def lower(
     forest: Forest,
     strategy: str = "auto",
     *,
-    dtype: torch.dtype = torch.float32,
+    precision: Precision = "float32",
     batch_size: int = 10_000,
     device: str = "cpu",
     compiled: bool = False,
     target: str = "torch",
     one_thread: bool = False,
     shapes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[ForestModule, list[tuple[str, np.ndarray]]]:
-    """Lower a forest to a :class:`ForestModule`.
+) -> ForestPlan:
+    """Lower a forest to a :class:`ForestPlan`.
 
     Args:
-        forest: A validated forest whose thresholds suit ``dtype`` (see
+        forest: A validated forest whose thresholds suit ``precision`` (see
             ``treecomp.passes.float32_thresholds``).
         strategy: ``"auto"`` (the cost model of :mod:`strategies.selector`) or a registered name.
-        dtype: Precision of comparisons and sums.
+        precision: ``"float32"`` or ``"float64"``: the type of comparisons.
         batch_size: Expected rows per call, for the cost model.
         device: ``"cpu"`` or ``"cuda"``, for the cost model.
         compiled: Plan for compiled code (AOTInductor): one group per tree depth, so
@@ -86,7 +104,7 @@ def lower(
             HistGradientBoosting trees of depth 7 to 16, 10 000 rows, compiled, 1 thread:
             363 ms in one tree-traversal group, 184 ms by depth.
         target: ``"torch"`` or ``"onnx"``: what the module will run as. Only the ONNX target
-            can use ``"tree_ensemble"``, and the module then serves ``emit_onnx`` only.
+            can use ``"tree_ensemble"``, whose plan has no torch module.
         one_thread: The ONNX graph will run in sessions of one thread each
             (:class:`GroupOptions`).
         shapes: :func:`strategies.selector.tree_shapes` of the forest's trees where the
@@ -94,16 +112,18 @@ def lower(
             leaves); else computed here.
 
     Returns:
-        The module (on CPU) and the plan: ``(strategy, tree indices)`` per group.
+        The plan of every target.
     """
     name = ALIASES.get(strategy, strategy)
     forest = fold_base_score(forest)  # every target's sum then starts at zero
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"unknown precision {precision!r}; use 'float32' or 'float64'")
     depths, internal, leaves = shapes if shapes is not None else tree_shapes(forest.trees)
     if target not in ("torch", "onnx"):
         raise ValueError(f"unknown target {target!r}; use 'torch' or 'onnx'")
     if name == "auto":
         tree_operator = (
-            target == "onnx" and tree_ensemble.refusal(list(forest.trees), dtype) is None
+            target == "onnx" and tree_ensemble.refusal(list(forest.trees), precision) is None
         )
         groups = plan(
             depths,
@@ -135,12 +155,12 @@ def lower(
         fold = fold_missing(
             forest.trees,
             less_equal=forest.comparison == "<=",
-            dtype="float32" if dtype == torch.float32 else "float64",
+            dtype=precision,
         )
     trees, fold_columns = fold if fold is not None else (None, 0)
     options = GroupOptions(
         less_equal=forest.comparison == "<=" and trees is None,
-        dtype=dtype,
+        precision=precision,
         leaf_width=max(t.leaf_width for t in forest.trees),
         nonnegative_categories=forest.category_domain == "nonnegative",
         folded=trees is not None,
@@ -148,13 +168,19 @@ def lower(
         one_thread=one_thread,
     )
     source = list(forest.trees) if trees is None else trees
-    modules = [
+    plans = [
         STRATEGIES[group_name]([source[i] for i in members], members.tolist(), options)
         for group_name, members in groups
     ]
-    module = ForestModule(forest, modules, dtype, fold_columns=fold_columns)
-    module.compiled_block_rows = block_rows(depths, device)
-    return module, groups
+    return ForestPlan(
+        forest,
+        plans,
+        groups,
+        precision,
+        fold_columns,
+        describe(groups, depths),
+        block_rows(depths, device),
+    )
 
 
 def _split_by_depth(

@@ -10,29 +10,26 @@ on CPU, so argmax ties (a random forest's 0.5 / 0.5) resolve exactly as natively
 would add in a blocked order and could break such ties.
 """
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from strategies import eager
-from strategies.nodes import TreeGroup, tensor
 from strategies.programs import _compiling, run_steps, take
+from strategies.torch_groups import GroupModule, group_module, tensor
 from treecomp import links, sums
 from treecomp.arrays import Value, record
 from treecomp.inputs import native_values
 from treecomp.passes import extended_input
 
 if TYPE_CHECKING:
-    from treecomp.ir import Forest
-
-# float32 holds every integer up to 2**24 exactly; past it, integers round to even neighbours.
-FLOAT32_EXACT_INTEGERS = 1 << 24
+    from strategies.forest_plan import ForestPlan
 
 
 class ForestModule(torch.nn.Module):
-    """A compiled forest: ``forward(X) -> (raw margins, transformed scores)``.
+    """A forest's plan (:class:`strategies.forest_plan.ForestPlan`) as a torch module:
+    ``forward(X) -> (raw margins, transformed scores)``.
 
     ``X`` is ``(n_rows, n_features)``, any real dtype; it is cast the way the native library
     casts inputs, then to the module's precision. ``leaf_ids(X)`` gives the native leaf
@@ -61,21 +58,15 @@ class ForestModule(torch.nn.Module):
     input_steps: list[tuple[str, int, int, int, float]]
     sum_steps: list[tuple[str, int, int, int, float]]
 
-    def __init__(
-        self,
-        forest: "Forest",
-        groups: list[TreeGroup],
-        dtype: torch.dtype,
-        *,
-        fold_columns: int = 0,
-    ) -> None:
+    def __init__(self, plan: "ForestPlan") -> None:
         super().__init__()
-        warn_float32_categories(forest, dtype)
-        self.groups = torch.nn.ModuleList(groups)
+        forest = plan.forest
+        fold_columns = plan.fold_columns
+        self.groups = torch.nn.ModuleList([group_module(group) for group in plan.groups])
         self.n_features = forest.n_features
         self.n_trees = forest.n_trees
         self.input_dtype = torch.float32 if forest.input_dtype == "float32" else torch.float64
-        self.dtype = dtype
+        self.dtype = torch.float32 if plan.precision == "float32" else torch.float64
         # Columns of the extended input per feature when the trees are folded (0: not).
         self.fold_columns = fold_columns
         self.folded = fold_columns > 0
@@ -84,31 +75,26 @@ class ForestModule(torch.nn.Module):
         # 500 trees of depth 8, 10 000 rows, 1 thread: blocks of 256 to 1 000 rows took
         # 200 ms, 2 000 to 4 000 rows 230 ms, one block of 10 000 rows 355 ms.
         self.block_rows = max(256, (1 << 19) // max(1, forest.n_trees))
-        self.compiled_block_rows = 0  # set by strategies.lower (selector rule 5)
+        self.compiled_block_rows = plan.compiled_block_rows  # selector rule 5
         post = forest.post_transform
         link = links.program(post.kind, float(post.scale), forest.accumulation)
         self.link_steps = [] if link is None else link.flat()
-        self.sum_plan = sums.plan(forest)
+        self.sum_plan = plan.sum_plan
         self.leaf_width = self.sum_plan.width
-        acc = torch.float32 if forest.accumulation == "float32" else torch.float64
-        for group in groups:
-            group.leaf_value = group.leaf_value.to(acc)
         self.sum_steps = sums.program(self.sum_plan).flat()
         tables = self.sum_plan.tables()
         self.register_buffer("sum_order", tensor(tables["order"]))
         # Per-output tables along the outputs of row blocks (blocks, outputs, block_rows).
         self.register_buffer("sum_base", tensor(tables["base"]).reshape(-1, 1))
         self.register_buffer("sum_divisor", tensor(tables["divisor"]).reshape(-1, 1))
-        precision = "float32" if dtype == torch.float32 else "float64"
 
         def prepared(x: Value) -> Value:
-            values = native_values(x, forest, precision)
+            values = native_values(x, forest, plan.precision)
             return extended_input(values, fold_columns) if fold_columns else values
 
         self.input_steps = record(prepared, forest.input_dtype).flat()
-        columns = np.concatenate([g.columns.numpy() for g in groups])
-        self.in_forest_order = bool(np.array_equal(columns, np.arange(columns.size)))
-        self.register_buffer("inverse", tensor(np.argsort(columns).astype(np.int64)))
+        self.in_forest_order = plan.in_forest_order
+        self.register_buffer("inverse", tensor(plan.inverse))
         columns_of_leaf = np.arange(self.leaf_width, dtype=np.int32).reshape(1, 1, -1, 1)
         self.register_buffer("leaf_columns", tensor(columns_of_leaf))
 
@@ -191,7 +177,7 @@ class ForestModule(torch.nn.Module):
         """Every group's leaf rows ``(1, trees, rows)`` for one eager block ``X``."""
         block = eager.KeyedBlock(X[0])
         walked = []
-        group: TreeGroup
+        group: GroupModule
         for group in self.groups:  # type: ignore[assignment]
             rows = group.walk_eager(block)
             walked.append(group(X, check_missing) if rows is None else rows.unsqueeze(0))
@@ -264,29 +250,6 @@ class ForestModule(torch.nn.Module):
         """Native leaf numbers reached in every tree, ``(n_rows, n_trees)`` int64."""
         X = self.prepare(X)
         return self._rows(self._per_tree(X, self._check_missing(X), ids=True), X.shape[0])
-
-
-def warn_float32_categories(forest: "Forest", dtype: torch.dtype) -> None:
-    """Warn when float32 tests cannot tell apart the category codes a float64 model reads.
-
-    The native library (LightGBM) truncates a double to its code; a float32 input has
-    already rounded codes from 2**24 on to an even neighbour, so a listed code can be read
-    for an unlisted one next to it, or never at all. Every float32 lowering is exact for
-    the rounded input (the reference evaluator's answer at that precision), which is not
-    the native answer: the warning says which precision is.
-    """
-    if dtype != torch.float32 or forest.input_dtype == "float32":
-        return  # float64 tests, or a library that rounds its inputs to float32 itself
-    largest = max(int(t.category_values.max(initial=-1)) for t in forest.trees)
-    if largest >= FLOAT32_EXACT_INTEGERS:
-        warnings.warn(
-            f"this model lists categories up to {largest}, but precision='float32' tells "
-            f"integer codes apart only below 2**24 = {FLOAT32_EXACT_INTEGERS}: larger codes "
-            "are rounded to an even neighbour before the test and may take the other branch "
-            "than in the native model; use precision='float64' to compare them as it does",
-            UserWarning,
-            stacklevel=2,
-        )
 
 
 def _gather(table: torch.Tensor, index: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:

@@ -15,11 +15,13 @@ only: each node at the cut depth is a "leaf" of the matrices, from which the wal
 with child pointers (tree traversal) for the remaining levels. Every forest is expressible.
 """
 
+from __future__ import annotations
+
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+import numpy.typing as npt
 
 from strategies.nodes import (
     NODE_INPUTS,
@@ -29,9 +31,7 @@ from strategies.nodes import (
     TreeGroup,
     child_pointers,
     node_test,
-    tensor,
 )
-from strategies.programs import take
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PATH_MATRIX
 from treecomp.arrays import Value, broadcast, column, float32, group_argmax, group_matmul, int32
@@ -56,17 +56,16 @@ def _matrix_size(n_trees: int, depth: int) -> int:
 class GEMM(TreeGroup):
     """Node tests as one tensor, leaf selection as a batched matrix product."""
 
-    path: torch.Tensor
-    lefts: torch.Tensor
-    positions: torch.Tensor
-    leaf_slots: torch.Tensor
-    trees: torch.Tensor
-    below: torch.Tensor
-    child: torch.Tensor
+    path: npt.NDArray[np.float32]
+    lefts: npt.NDArray[np.float32]
+    positions: npt.NDArray[np.int32]
+    leaf_slots: npt.NDArray[np.int32]
+    trees: npt.NDArray[np.int32]
+    below: npt.NDArray[np.int32]
 
     def __init__(
         self,
-        trees: "list[Tree]",
+        trees: list[Tree],
         columns: list[int],
         options: GroupOptions,
     ) -> None:
@@ -130,10 +129,10 @@ class GEMM(TreeGroup):
         self.set_walk(rest, n_trees * n_internal)
         self.n_trees = n_trees
         self.n_internal = n_internal
-        self.register_buffer("path", tensor(path))
+        self.table("path", path)
         # D, and past the real leaves a count no product reaches: padding never wins.
         reach = np.where(lefts >= 0, lefts, n_internal + 1).astype(np.float32)
-        self.register_buffer("lefts", tensor(reach.reshape(-1)))
+        self.table("lefts", reach.reshape(-1))
         # Positions along the walkers' axis (torch's row blocks: a column of them) of the
         # node tests, the leaves and the trees.
         for name, count in (
@@ -141,7 +140,7 @@ class GEMM(TreeGroup):
             ("leaf_slots", n_trees * n_leaves),
             ("trees", n_trees),
         ):
-            self.register_buffer(name, torch.arange(count, dtype=torch.int32).unsqueeze(1))
+            self.table(name, np.arange(count, dtype=np.int32).reshape(-1, 1))
         # positions, their walkers, trees, leaf slots, feature; path, lefts
         types = ("int32",) * 5 + ("float32", "float32")
         self.set_program("top", partial(path_leaves, n_trees, n_leaves), types)
@@ -150,30 +149,13 @@ class GEMM(TreeGroup):
         rows = value_rows.reshape(-1)
         if self.rest:
             # The global node at each matrix "leaf", child pointers for the levels below.
-            self.register_buffer("below", tensor(rows.astype(np.int32)))
-            self.register_buffer("child", tensor(child_pointers(trees)))
+            self.table("below", rows.astype(np.int32))
+            self.table("child", child_pointers(trees))
             self.set_leaves(values, ids)
         else:
-            self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
-            self.register_buffer("child", torch.zeros(0, dtype=torch.int32))
+            self.table("below", np.zeros(0, dtype=np.int32))
+            self.table("child", np.zeros(0, dtype=np.int32))
             self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
-
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        walkers = self.positions.expand([X.shape[0], self.positions.shape[0], X.shape[1]])
-        values = [
-            X,
-            self.positions,
-            walkers,
-            self.trees,
-            self.leaf_slots,
-            self.feature,
-            self.path,
-            self.lefts,
-        ]
-        rows = self.run_program(2 + int(check_missing), values)
-        if self.rest == 0:
-            return rows
-        return self.walk_child_pointers(X, take(self.below, rows), check_missing)
 
     def emit_onnx(self, g: Any, X: str) -> str:
         positions = g.const(self.positions.reshape(1, -1))  # row-major graphs

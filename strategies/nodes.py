@@ -14,9 +14,8 @@ negation, and where needed a NaN indicator), with NaN going right, so the missin
 costs nothing at run time and needs no data-dependent branch.
 """
 
-# No `from __future__ import annotations`: TorchScript reads the buffer annotations below
-# at run time and cannot resolve them as strings.
-import inspect
+from __future__ import annotations
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,10 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from strategies.categories import CODE_BITS, CategorySets, category_key, hash_slot
-from strategies.programs import run_steps
 from treecomp.arrays import (
     Program,
     Value,
@@ -44,6 +41,7 @@ from treecomp.arrays import take as take_value
 from treecomp.ir_schema import ZERO_THRESHOLD
 
 if TYPE_CHECKING:
+    from treecomp.inputs import Precision
     from treecomp.ir import Tree
 
 
@@ -140,15 +138,6 @@ def category_member(code: Value, row: Value, table: Value, layout: Sequence[int]
     return first | second
 
 
-def category_lookup(
-    code: torch.Tensor, row: torch.Tensor, table: torch.Tensor, layout: list[int]
-) -> torch.Tensor:
-    """:func:`category_member` on tensors, in eager torch (for tests and benchmarks)."""
-    types = ("int64", "int64", "bool" if table.dtype == torch.bool else "int64")
-    program = record(lambda c, r, t: category_member(c, r, t, layout), *types)
-    return run_steps(program.flat(), [code, row, table])
-
-
 def child_walk(
     levels: int,
     base: int,
@@ -187,7 +176,7 @@ class NodeArrays:
         categories: The listed categories of every category row (:class:`CategorySets`).
     """
 
-    def __init__(self, trees: "list[Tree]") -> None:
+    def __init__(self, trees: list[Tree]) -> None:
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.int32)
         self.threshold = np.concatenate([t.threshold for t in trees])
         self.default_left = np.concatenate([t.default_left for t in trees])
@@ -203,7 +192,7 @@ class NodeArrays:
         self.category_row = np.concatenate(rows)
         self.categories = CategorySets(lists)
 
-    def take(self, slots: npt.NDArray[np.int64]) -> "NodeArrays":
+    def take(self, slots: npt.NDArray[np.int64]) -> NodeArrays:
         """The parameters of the nodes at ``slots`` (global node ids); same categories."""
         out = object.__new__(NodeArrays)
         out.feature = self.feature[slots]
@@ -223,7 +212,7 @@ class NodeArrays:
         return bool(self.zero_is_missing.any())
 
 
-def child_pointers(trees: "list[Tree]") -> npt.NDArray[np.int32]:
+def child_pointers(trees: list[Tree]) -> npt.NDArray[np.int32]:
     """``child[2 * node + went_right]`` over the trees' concatenated node ids, leaves pointing
     to themselves: one lookup per level instead of two and a select. int32, the narrowest
     type index_select takes: half the traffic of int64."""
@@ -239,19 +228,13 @@ def child_pointers(trees: "list[Tree]") -> npt.NDArray[np.int32]:
     return children.reshape(-1).astype(np.int32)
 
 
-def tensor(array: npt.NDArray[np.generic], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A contiguous tensor copy of a NumPy array (buffers never alias the IR)."""
-    out = torch.from_numpy(np.ascontiguousarray(array).copy())
-    return out if dtype is None else out.to(dtype)
-
-
 @dataclass(frozen=True)
 class GroupOptions:
     """How a group of trees is lowered: the forest-wide facts every strategy needs.
 
     Attributes:
         less_equal: Numerical tests are ``x <= t`` (else ``x < t``).
-        dtype: Precision of the inputs and thresholds.
+        precision: ``"float32"`` or ``"float64"``: the type of the inputs and thresholds.
         leaf_width: Width of the leaf value rows (the forest's widest leaf).
         nonnegative_categories: The ``"nonnegative"`` category domain (XGBoost's).
         folded: The trees were rewritten by :func:`treecomp.passes.fold_missing`: every test is
@@ -262,7 +245,7 @@ class GroupOptions:
     """
 
     less_equal: bool
-    dtype: torch.dtype
+    precision: Precision
     leaf_width: int
     nonnegative_categories: bool
     folded: bool = False
@@ -270,72 +253,75 @@ class GroupOptions:
     one_thread: bool = False
 
 
-class TreeGroup(torch.nn.Module):
-    """Base of every strategy's module: a group of trees mapped to rows of a leaf table.
+class TreeGroup:
+    """Base of every strategy: a group of trees mapped to rows of a leaf table, as NumPy
+    tables and programs of :mod:`treecomp.arrays`, with no torch.
 
-    ``forward(X)`` takes row blocks ``(n_blocks, block_rows, n_features)`` and returns
-    ``(n_blocks, n_trees_in_group, block_rows)`` int32 indices into ``leaf_value`` (float64
-    ``(n_leaf_rows, leaf_width)``) and ``leaf_id`` (native leaf numbers); ``columns`` holds
-    each tree's position in the forest. Tree-major within a block: the walkers of one tree
-    sit side by side, so a kernel walks one tree's nodes (a few KiB, in L1) for a run of
-    rows whose inputs (a block of a few KiB) stay in L1 for every tree.
+    Every target renders it: the torch module (:mod:`strategies.torch_groups`, one buffer
+    per table) and the ONNX graph (:meth:`emit_onnx`, one constant per table it reads).
+    A walk gives, for every (tree, row), an int32 index into ``leaf_value`` (float64
+    ``(n_leaf_rows, leaf_width)``) and ``leaf_id`` (native leaf numbers); ``columns``
+    holds each tree's position in the forest.
+
+    Attributes:
+        name: The strategy's registered name.
+        tables: The names of the group's tables, each a NumPy attribute.
+        rest, node_base, child: Set by :meth:`set_walk`, for strategies that walk levels by
+            child pointers: the levels so walked, where their node parameters start, the
+            pointers.
+        node_steps: The group's programs (:func:`child_walk`, a strategy's top levels),
+            each without and with the missing-value rule, flat, in the order of PROGRAMS.
     """
 
-    feature: torch.Tensor
-    threshold: torch.Tensor
-    default_left: torch.Tensor
-    zero_is_missing: torch.Tensor
-    category_row: torch.Tensor
-    category_table: torch.Tensor
-    columns: torch.Tensor
-    leaf_value: torch.Tensor
-    leaf_id: torch.Tensor
-    # Set by set_walk, for strategies that walk levels by child pointers: the levels so
-    # walked, where their node parameters start, the pointers.
-    rest: int
-    node_base: int
-    child: torch.Tensor
-    # The group's programs (child_walk, a strategy's top levels), each without and with
-    # the missing-value rule, flat, in the order of PROGRAMS.
-    node_steps: list[list[tuple[str, int, int, int, float]]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A strategy's class sees the annotations above too: TorchScript reads those of a
-        module's own class, and cannot type an empty program's steps without them."""
-        super().__init_subclass__(**kwargs)
-        own = inspect.get_annotations(cls)
-        cls.__annotations__ = {**inspect.get_annotations(TreeGroup), **own}
+    name = ""
+    columns: npt.NDArray[np.int64]
+    feature: npt.NDArray[np.int32]
+    threshold: npt.NDArray[np.floating]
+    default_left: npt.NDArray[np.bool_]
+    zero_is_missing: npt.NDArray[np.bool_]
+    category_row: npt.NDArray[np.int64]
+    category_table: npt.NDArray[Any]
+    leaf_value: npt.NDArray[np.floating]
+    leaf_id: npt.NDArray[np.int64]
+    child: npt.NDArray[np.int32]
 
     def __init__(
         self,
-        trees: "list[Tree]",
+        trees: list[Tree],
         columns: list[int],
-        nodes: "NodeArrays | None",
+        nodes: NodeArrays | None,
         options: GroupOptions,
     ) -> None:
-        super().__init__()
+        self.tables: list[str] = []
         self.less_equal = options.less_equal
         self.folded = options.folded
         self.nonnegative_categories = options.nonnegative_categories
-        self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64))
+        self.precision = options.precision
+        self.table("columns", np.array(columns, dtype=np.int64))
         self.leaf_width = options.leaf_width
         if nodes is None:  # a strategy that keeps its node parameters its own way
             return
         self.has_zero_missing = nodes.has_zero_missing
         self.has_categorical = nodes.has_categorical
-        self.register_buffer("feature", tensor(nodes.feature))
-        self.register_buffer("threshold", tensor(nodes.threshold, options.dtype))
-        self.register_buffer("default_left", tensor(nodes.default_left))
-        self.register_buffer("zero_is_missing", tensor(nodes.zero_is_missing))
-        self.register_buffer("category_row", tensor(nodes.category_row))
-        self.register_buffer("category_table", tensor(nodes.categories.table))
+        self.table("feature", nodes.feature)
+        self.table("threshold", nodes.threshold.astype(options.precision))
+        self.table("default_left", nodes.default_left)
+        self.table("zero_is_missing", nodes.zero_is_missing)
+        self.table("category_row", nodes.category_row)
+        self.table("category_table", nodes.categories.table)
         self.category_layout = nodes.categories.layout
         # The types of NODE_INPUTS: positions are int32 in every target.
-        float_type = "float32" if options.dtype == torch.float32 else "float64"
+        float_type = options.precision
         table_type = "bool" if nodes.categories.table.dtype == bool else "int64"
         self.node_types = (float_type, "int32", float_type, "bool", "bool", "int64", table_type)
         self.programs: dict[tuple[str, bool], Program] = {}
         self.set_walk(0, 0)  # the strategy sets its own
+
+    def table(self, name: str, array: npt.NDArray[Any]) -> None:
+        """Keep ``array`` (a contiguous copy: tables never alias the IR) as table ``name``."""
+        if name not in self.tables:
+            self.tables.append(name)
+        setattr(self, name, np.ascontiguousarray(array).copy())
 
     def rule(self, check_missing: bool) -> NodeRule:
         """The node test's rule for this group's nodes."""
@@ -373,90 +359,37 @@ class TreeGroup(torch.nn.Module):
             self.programs[key].flat() if key in self.programs else [] for key in PROGRAMS
         ]
 
-    def run_program(self, which: int, values: list[torch.Tensor]) -> torch.Tensor:
-        """Program ``PROGRAMS[which]`` on ``values`` and then the node tables, which every
-        program reads last (the torch renderer)."""
-        inputs = values + self.node_tables()
-        return run_steps(self.node_steps[which], inputs)
-
     def set_leaves(self, value: npt.NDArray[np.float64], leaf_id: npt.NDArray[np.int64]) -> None:
-        """Register the leaf table (rows the strategy's forward indexes into).
+        """Keep the leaf table (rows the strategy's walk indexes into).
 
-        Leaf values stay float64 whatever the precision of the tests: sums then match the
-        native libraries' double accumulation, and argmax ties stay ties.
+        Leaf values stay float64 whatever the precision of the tests (the forest's plan
+        casts them to its accumulation type): sums then match the native libraries' double
+        accumulation, and argmax ties stay ties.
         """
         padded = np.zeros((value.shape[0], self.leaf_width))
         padded[:, : value.shape[1]] = value
-        self.register_buffer("leaf_value", tensor(padded, torch.float64))
-        self.register_buffer("leaf_id", tensor(leaf_id))
-
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        """Leaf rows ``(n_blocks, n_trees_in_group, block_rows)`` for row blocks ``X``."""
-        raise NotImplementedError
-
-    @torch.jit.unused
-    def walk_eager(self, block: Any) -> torch.Tensor | None:
-        """Leaf rows ``(n_trees_in_group, rows)`` of one eager block of folded trees, as
-        :class:`strategies.eager.KeyedBlock` ``block``; ``None`` where the strategy has no
-        such walk (:meth:`forward` then runs)."""
-        return None
-
-    @torch.jit.unused
-    def build_eager_tables(self) -> dict[str, torch.Tensor]:
-        """The tables :meth:`walk_eager` reads, built from the buffers."""
-        return {}
-
-    @torch.jit.unused
-    def eager_tables(self) -> dict[str, torch.Tensor]:
-        """:meth:`build_eager_tables`, built once per device (they are not buffers: the
-        compiled and exported programs never read them)."""
-        device = self.columns.device
-        cache: dict[torch.device, dict[str, torch.Tensor]] = self.__dict__.setdefault(
-            "_eager_tables", {}
-        )
-        if device not in cache:
-            cache.clear()  # the module moved: the old device's tables are stale
-            cache[device] = self.build_eager_tables()
-        return cache[device]
-
-    def walk_child_pointers(
-        self, X: torch.Tensor, node: torch.Tensor, check_missing: bool
-    ) -> torch.Tensor:
-        """Walk ``self.rest`` levels from int32 global node ids ``node`` by child pointers
-        (:meth:`set_walk`)."""
-        if self.rest == 0:
-            return node
-        return self.run_program(int(check_missing), [X, node, self.feature, self.child])
-
-    def node_tables(self) -> list[torch.Tensor]:
-        """The node tables every program reads last, in :data:`NODE_INPUTS`' order."""
-        return [
-            self.threshold,
-            self.default_left,
-            self.zero_is_missing,
-            self.category_row,
-            self.category_table,
-        ]
+        self.table("leaf_value", padded)
+        self.table("leaf_id", leaf_id)
 
     # ---------------------------------------------------------------------------------
-    # ONNX: the same computation, emitted through a graph builder ``g`` (see
+    # ONNX: the walk emitted through a graph builder ``g`` (see
     # ``treecomp.onnx.graph.GraphBuilder``: ``g.op``, ``g.const``, ``g.scalar``). NaN is
-    # always handled: a graph has no data-dependent fast path. Never called by forward, so
-    # TorchScript does not compile these methods.
+    # always handled: a graph has no data-dependent fast path.
 
     def emit_onnx(self, g: Any, X: str) -> str:
-        """Emit this group's forward; returns the name of the leaf-row tensor."""
+        """Emit this group's walk; returns the name of the leaf-row tensor."""
         raise NotImplementedError
 
     def emit_child_pointers(self, g: Any, X: str, node: str) -> str:
-        """Emit :meth:`walk_child_pointers` from int32 global node ids ``node``."""
+        """Emit the child-pointer walk of :meth:`set_walk` from int32 global node ids
+        ``node``."""
         if self.rest == 0:
             return node
         return self.emit_program(g, "walk", [X, node], "feature", "child", *NODE_INPUTS[2:])
 
     def emit_program(self, g: Any, name: str, values: list[str], *tables: str) -> str:
         """Emit program ``name`` with the missing-value rule (a graph has no data-dependent
-        fast path) on ``values`` and then the buffers called ``tables``, of which only
+        fast path) on ``values`` and then the tables called ``tables``, of which only
         those the program reads become constants."""
         program = self.programs[name, True]
         used = {a for step in program.steps for a in step.args}

@@ -11,13 +11,14 @@ traversal) for the remaining levels: every forest is expressible, and the deep, 
 of leaf-wise trees costs no padding.
 """
 
+from __future__ import annotations
+
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+import numpy.typing as npt
 
-from strategies import eager
 from strategies.nodes import (
     NODE_INPUTS,
     GroupOptions,
@@ -26,9 +27,7 @@ from strategies.nodes import (
     TreeGroup,
     child_pointers,
     node_test,
-    tensor,
 )
-from strategies.programs import take
 from strategies.registry import register_strategy
 from strategies.sizes import MAX_PADDED_NODES, padded_size
 from treecomp.arrays import Value, broadcast, column, int32
@@ -47,15 +46,11 @@ HYBRID_PADDING = 4
 class PerfectTreeTraversal(TreeGroup):
     """Complete-tree layout; ``depth`` levels of gathers with arithmetic child indices."""
 
-    # Declared for TorchScript, which cannot infer the type of an empty list (a forest of
-    # single-leaf trees has no levels).
-    level_base: list[int]
-    below: torch.Tensor
-    child: torch.Tensor
+    below: npt.NDArray[np.int32]
 
     def __init__(
         self,
-        trees: "list[Tree]",
+        trees: list[Tree],
         columns: list[int],
         options: GroupOptions,
     ) -> None:
@@ -94,75 +89,13 @@ class PerfectTreeTraversal(TreeGroup):
         if self_rest:
             # The global node reached at each slot of the last perfect level, and child
             # pointers (leaves point to themselves) for the levels below it.
-            self.register_buffer("below", tensor(level.reshape(-1).astype(np.int32)))
-            self.register_buffer("child", tensor(child_pointers(trees)))
+            self.table("below", level.reshape(-1).astype(np.int32))
+            self.table("child", child_pointers(trees))
             self.set_leaves(values, leaf_ids)
         else:
-            self.register_buffer("below", torch.zeros(0, dtype=torch.int32))
-            self.register_buffer("child", torch.zeros(0, dtype=torch.int32))
+            self.table("below", np.zeros(0, dtype=np.int32))
+            self.table("child", np.zeros(0, dtype=np.int32))
             self.set_leaves(values[level.reshape(-1)], leaf_ids[level.reshape(-1)])
-
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        shape = [X.shape[0], self.n_trees, X.shape[1]]
-        # Tree offsets an arange, level offsets constants: a compiler folds the positions'
-        # arithmetic into its loop indices rather than loading it.
-        trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
-        values = [X, trees, trees.expand(shape), self.feature]
-        slot = self.run_program(2 + int(check_missing), values)
-        if self.rest == 0:
-            return slot
-        return self.walk_child_pointers(X, take(self.below, slot), check_missing)
-
-    @torch.jit.unused
-    def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:
-        """:meth:`forward` in eager kernels (see :mod:`strategies.eager`), for folded trees."""
-        tables = self.eager_tables()
-        n_trees, rows = self.n_trees, block.rows
-        device = block.device
-        if self.depth == 0:  # single leaves, or child pointers from the roots
-            trees = torch.arange(n_trees, dtype=torch.int32, device=device)
-            slot = trees.unsqueeze(1).expand(n_trees, rows).contiguous()
-        else:
-            # This group's own buffer: it holds the result until the caller gathers leaves.
-            name = f"position-{id(self)}"
-            position = eager.scratch(name, (n_trees, rows), torch.int32, device)
-            eager.walk_roots(
-                block, position, tables["roots"], tables["root_feature"], tables["root_threshold"]
-            )
-            levels = range(1, self.depth)
-            eager.walk_levels(block, position, levels, tables["feature"], tables["threshold"])
-            slot = position.sub_(n_trees << self.depth)
-        if self.rest == 0:
-            return slot
-        node = take(self.below, slot)
-        return eager.walk_pointers(
-            block,
-            node,
-            self.rest,
-            tables["node_feature"],
-            tables["node_threshold"],
-            self.child,
-        )
-
-    @torch.jit.unused
-    def build_eager_tables(self) -> dict[str, torch.Tensor]:
-        n_trees = self.n_trees
-        keys = eager.order_keys(self.threshold)
-        ahead = torch.zeros(n_trees, dtype=torch.int32, device=keys.device)
-        tables = {
-            # Heap positions: slot s of the layout sits at n_trees + s.
-            "feature": torch.cat([ahead, self.feature]),
-            "threshold": torch.cat([ahead.to(keys.dtype), keys]),
-            "roots": (
-                torch.arange(n_trees, dtype=torch.int32, device=keys.device) + n_trees
-            ).unsqueeze(1),
-            "node_feature": self.feature[self.node_base :],
-            "node_threshold": keys[self.node_base :],
-        }
-        if self.depth:
-            tables["root_feature"] = self.feature[:n_trees]
-            tables["root_threshold"] = keys[:n_trees].unsqueeze(1)
-        return tables
 
     def emit_onnx(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs

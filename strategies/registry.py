@@ -1,4 +1,4 @@
-"""The strategy registry: names to :class:`~strategies.nodes.TreeGroup` subclasses.
+"""The strategy registry: names to :class:`~strategies.nodes.TreeGroup` subclasses (plans).
 
 The names and their targets are :mod:`treecomp.names`' table, which needs no torch;
 this registry binds each to its implementation.
@@ -30,6 +30,7 @@ def register_strategy(name: str) -> Callable[[S], S]:
             raise ValueError(f"strategy {name!r} is already registered")
         if name not in names.STRATEGIES:
             raise ValueError(f"strategy {name!r} is not in treecomp.names.STRATEGIES")
+        cls.name = name
         STRATEGIES[name] = cls
         TARGETS[name] = names.STRATEGIES[name]
         return cls

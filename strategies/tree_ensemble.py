@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from strategies.nodes import GroupOptions, TreeGroup
 from strategies.registry import register_strategy
@@ -52,7 +51,7 @@ ML_OPSET = 5
 # nodes_modes values of TreeEnsemble (opset 5).
 BRANCH_LEQ, BRANCH_LT, BRANCH_MEMBER = 0, 1, 6
 # Integers a float type represents exactly, from 0: the leaf rows the operator can return.
-EXACT_COUNT = {torch.float32: 1 << 24, torch.float64: 1 << 53}
+EXACT_COUNT = {"float32": 1 << 24, "float64": 1 << 53}
 # Trees per operator node, for batches of SPLIT_FROM_ROWS rows or more (smaller batches get one
 # node per group). On 2+ threads ONNX Runtime keeps a score vector per target for every row
 # and thread, which spills the cache on large batches: XGBoost, 500 trees of depth 8, 10 000
@@ -74,16 +73,16 @@ SPLIT_FROM_ROWS = 5_000
 ONE_THREAD_TREES_PER_NODE = 8
 
 
-def refusal(trees: list[Tree], dtype: torch.dtype) -> str | None:
-    """Why these trees cannot be lowered exactly to ``TreeEnsemble`` in ``dtype``, or None.
+def refusal(trees: list[Tree], precision: str) -> str | None:
+    """Why these trees cannot be lowered exactly to ``TreeEnsemble`` in ``precision``, or None.
 
     A tree with more leaves than float32 counts has its positions found in double (a
     float32 input and its float32-exact splits compare alike in double), so only trees past
     double's count, which no memory holds, are refused.
     """
-    if dtype not in EXACT_COUNT:
-        return f"TreeEnsemble takes float or double inputs, not {dtype}"
-    limit = EXACT_COUNT[torch.float64]
+    if precision not in EXACT_COUNT:
+        return f"TreeEnsemble takes float or double inputs, not {precision}"
+    limit = EXACT_COUNT["float64"]
     largest = max(int((t.left_child < 0).sum()) for t in trees)
     if largest > limit:
         return (
@@ -107,11 +106,11 @@ class TreeEnsemble(TreeGroup):
     """Leaves found by ONNX-ML ``TreeEnsemble`` nodes (ONNX Runtime's tree walker)."""
 
     def __init__(self, trees: list[Tree], columns: list[int], options: GroupOptions) -> None:
-        reason = refusal(trees, options.dtype)
+        reason = refusal(trees, options.precision)
         if reason is not None:
             raise ValueError(f"tree_ensemble cannot express this forest: {reason}")
         super().__init__(trees, columns, None, options)
-        self.dtype = options.dtype
+        self.dtype: type[np.floating[Any]] = np.dtype(options.precision).type
         self.trees = trees
         self.split = ONE_THREAD_TREES_PER_NODE if options.one_thread else TREES_PER_NODE
         self.plan_rows(options.batch_size)
@@ -120,9 +119,9 @@ class TreeEnsemble(TreeGroup):
         # A tree's leaf rows are its leaf positions plus its offset in the group's table.
         # When the whole table counts exactly, the offset is folded into the leaf weights.
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.global_rows = int(counts.sum()) <= EXACT_COUNT[options.dtype]
-        if int(counts.max()) > EXACT_COUNT[options.dtype]:  # double positions count them all
-            self.global_rows = int(counts.sum()) <= EXACT_COUNT[torch.float64]
+        self.global_rows = int(counts.sum()) <= EXACT_COUNT[options.precision]
+        if int(counts.max()) > EXACT_COUNT[options.precision]:  # double positions count them all
+            self.global_rows = int(counts.sum()) <= EXACT_COUNT["float64"]
         self.set_leaves(
             np.concatenate([t.value[leaf] for t, leaf in zip(trees, leaves)]),
             np.concatenate([t.leaf_id[leaf] for t, leaf in zip(trees, leaves)]),
@@ -152,12 +151,6 @@ class TreeEnsemble(TreeGroup):
         for small batches plans again for them (``treecomp.onnx.graph.emit_module``)."""
         large = rows >= SPLIT_FROM_ROWS
         self.trees_per_node = self.split if large else max(1, len(self.trees))
-
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        raise RuntimeError(
-            "tree_ensemble is ONNX Runtime's TreeEnsemble operator: it runs in backend='onnx' "
-            "and export_onnx only"
-        )
 
     def input_columns(
         self,
@@ -230,7 +223,7 @@ class TreeEnsemble(TreeGroup):
             categorical[tested],
         )
         # Categories the precision of the tests cannot hold are never a code: left out.
-        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        precision = self.dtype
         # Only categorical nodes list categories (Forest.validate), in node order.
         values = joined("category_values")
         owner = np.repeat(
@@ -325,7 +318,7 @@ class TreeEnsemble(TreeGroup):
 
     def _source(self, g: Any, X: str, float_type: Any) -> str:
         """The operator's input ``[copies..., X]`` for weights of ``float_type``."""
-        if float_type != (np.float32 if self.dtype == torch.float32 else np.float64):
+        if float_type != self.dtype:
             X = g.op("Cast", X, to="float64")  # exact: float32 inputs and splits, widened
         if not self.copies:
             return X
@@ -345,7 +338,7 @@ class TreeEnsemble(TreeGroup):
         profile: 6.9 ms so, 9.9 ms with float32 positions and a gather per tree (ONNX-ML's
         graph: 9.3 ms).
         """
-        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        precision = self.dtype
         direct = table.shape[1] == 1 and table.dtype in (precision, np.float64)
         weights = np.ascontiguousarray(table[:, 0]) if direct else self._leaf_rows(local=True)
         source = self._source(g, X, weights.dtype)
@@ -362,17 +355,17 @@ class TreeEnsemble(TreeGroup):
 
     def tree_rows(self, local: int) -> slice:
         """The rows of the leaf table that hold tree ``local``'s leaves."""
-        end = int(self.offsets[local + 1]) if local + 1 < len(self.trees) else self.leaf_id.numel()
+        end = int(self.offsets[local + 1]) if local + 1 < len(self.trees) else self.leaf_id.size
         return slice(int(self.offsets[local]), end)
 
     def _leaf_rows(self, *, local: bool) -> npt.NDArray[np.floating]:
         """Each leaf's row in the group's table, or (``local``) in its tree's rows, as leaf
         weights: in the tests' float type, or in double past its exact count."""
-        float_type = np.float32 if self.dtype == torch.float32 else np.float64
+        float_type = self.dtype
         widest = max(int((t.left_child < 0).sum()) for t in self.trees)
-        if widest > EXACT_COUNT[self.dtype]:  # positions past float32's count: in double
+        if widest > EXACT_COUNT[self.precision]:  # positions past float32's count: in double
             float_type = np.float64
-        rows = np.arange(self.leaf_id.numel())
+        rows = np.arange(self.leaf_id.size)
         if local:
             rows = rows - np.repeat(self.offsets, np.diff(np.append(self.offsets, rows.size)))
         return rows.astype(float_type)
@@ -392,7 +385,7 @@ class TreeEnsemble(TreeGroup):
         another type than the tests. The weights take the input's type, and double tests of
         float32 inputs were slower than a gather after float32 positions (50 trees, 10 000
         rows, 2 threads: 10.3 ms in the operator against 8.2)."""
-        precision = np.float32 if self.dtype == torch.float32 else np.float64
+        precision = self.dtype
         if table.shape[1] != 1 or table.dtype != precision:
             return None
         return self._emit(g, X, np.ascontiguousarray(table[:, 0]))
@@ -418,6 +411,6 @@ class TreeEnsemble(TreeGroup):
         """
         if table.shape[1] != 1:
             return None
-        if table.dtype == np.float32 and self.dtype != torch.float32:
+        if table.dtype == np.float32 and self.dtype != np.float32:
             return None  # the operator would add float32 values in double
         return self._emit(g, X, np.ascontiguousarray(table[:, 0]), targets, n_targets)

@@ -18,9 +18,11 @@ import pytest
 
 import treecomp
 from strategies.categories import CategorySets
-from strategies.nodes import category_lookup
+from strategies.nodes import category_member
+from strategies.programs import run_steps
 from tests.helpers import assert_close, assert_equal
 from tests.test_ir import small_forest
+from treecomp.arrays import record
 from treecomp.ir import Tree
 
 lgb = pytest.importorskip("lightgbm")
@@ -217,10 +219,11 @@ def test_category_sets_list_exactly_the_listed_codes(kind: str) -> None:
     truth = np.array([c in set(lists[r - 1].tolist()) for r, c in zip(probes_rows, probes_codes)])
     assert truth.sum() >= codes.size
     assert_equal(sets.contains(probes_rows, probes_codes), truth)
-    table = torch.from_numpy(sets.table)
-    found = category_lookup(
-        torch.from_numpy(probes_codes), torch.from_numpy(probes_rows), table, sets.layout
-    )
+    # The node test's lookup as the torch module runs it.
+    types = ("int64", "int64", "bool" if sets.table.dtype == bool else "int64")
+    lookup = record(lambda c, r, t: category_member(c, r, t, sets.layout), *types)
+    arrays = (probes_codes, probes_rows, sets.table)
+    found = run_steps(lookup.flat(), [torch.from_numpy(a) for a in arrays])
     assert_equal(found.numpy(), truth)
     again = CategorySets(lists, kind=kind)  # deterministic: the same forest, the same table
     assert again.layout == sets.layout and np.array_equal(again.table, sets.table)

@@ -78,13 +78,13 @@ def test_large_batches_are_exact_under_any_session_options(name: str, precision:
     tree in a chain of Adds; under it, it scans the operator's values. Either way the
     answers are the native model's, bit for bit the same on 1, 2 or 4 threads with the
     graph optimised or not, and the same as the graph without the large-batch branch."""
-    from strategies import lower_forest
+    from strategies import plan_forest
     from treecomp.onnx.export import build
 
     model, X_test = fitted(name)
     cm = treecomp.convert(model, "numpy", precision=precision)
     options = {
-        "lower": lower_forest,
+        "lower": plan_forest,
         "precision": cm.export_dtype,
         "strategy": "auto",
         "batch_size": 10_000,
@@ -132,13 +132,13 @@ def test_one_row_runs_no_more_nodes_than_the_scan(name: str) -> None:
     """At one row every node counts (microseconds each). Against the graph without the
     large-batch If: one-output forests run no more nodes (the operator's own sum, exact on
     one row, replaces the scan); several outputs run the If's three (Shape, Less, If)."""
-    from strategies import lower_forest
+    from strategies import plan_forest
     from treecomp.onnx.export import build
 
     model, _ = fitted(name)
     cm = treecomp.convert(model, "numpy")
     options = {"precision": cm.export_dtype, "batch_size": 10_000, "transforms": cm.transforms}
-    options["lower"] = lower_forest
+    options["lower"] = plan_forest
     scan = one_row_nodes(build(cm.forest, large_batch_rows=None, **options).graph)
     now = one_row_nodes(cm.to_onnx().graph)
     assert now <= scan + (0 if cm.forest.n_outputs == 1 else 3), (now, scan)
@@ -270,6 +270,48 @@ def test_fresh_process_with_only_onnxruntime_scores_the_file(
     X_native = X.astype(precision).astype(np.float64)
     assert_equal(np.load(tmp_path / "label.npy"), model.predict(X_native))
     assert_close(np.load(tmp_path / "proba.npy"), model.predict_proba(X_native), "float64")
+
+
+def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
+    """Conversion to the onnx backend and export with every strategy run in a process where
+    ``import torch`` fails: the lowering is NumPy, the graph is built from it."""
+    model, X_test = fitted("lightgbm_binary_nan")
+    X = np.array(X_test, dtype=np.float64)
+    X[::5, 3] = np.nan
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "x.npy", X)
+    script = textwrap.dedent(
+        """
+        import pickle, sys, numpy as np, onnxruntime as ort
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+
+        sys.meta_path.insert(0, NoTorch())
+        import treecomp
+
+        model = pickle.load(open("model.pkl", "rb"))
+        X = np.load("x.npy")
+        cm = treecomp.convert(model, "onnx")
+        np.save("backend.npy", cm.predict_proba(X))
+        for strategy in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal"):
+            graph = cm.to_onnx(strategy=strategy).SerializeToString()
+            session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+            rows = X.astype(cm.export_dtype)  # the graph's input type
+            (proba,) = session.run(["probabilities"], {"input": rows})
+            np.save(f"{strategy}.npy", proba)
+        np.save("rows.npy", rows)
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    assert_close(np.load(tmp_path / "backend.npy"), model.predict_proba(X), "float64")
+    X_native = np.load(tmp_path / "rows.npy").astype(np.float64)
+    for strategy in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal"):
+        proba = np.load(tmp_path / f"{strategy}.npy")
+        assert_close(proba, model.predict_proba(X_native), "float64")
 
 
 def test_string_labels_travel_in_the_graph() -> None:

@@ -22,7 +22,7 @@ from tests.helpers import (
     probe_rows,
 )
 from tests.test_ir import small_forest, small_tree
-from tests.zoo import ZOO, compare_reference, fitted, inputs, pd, torch
+from tests.zoo import ZOO, compare_reference, fitted, inputs, pd
 from treecomp.ir import ZERO_THRESHOLD
 
 onnx = pytest.importorskip("onnx")
@@ -163,7 +163,7 @@ def test_leaf_rows_beyond_the_float_count(monkeypatch: pytest.MonkeyPatch) -> No
     forest = treecomp.parse(model)
     widest = max(int((t.left_child < 0).sum()) for t in forest.trees)
     for limit, splits in ((widest, onnx.TensorProto.FLOAT), (widest - 1, onnx.TensorProto.DOUBLE)):
-        monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float32, limit)
+        monkeypatch.setitem(tree_ensemble.EXACT_COUNT, "float32", limit)
         cm, ref = onnx_models(model, "float32")
         for X in inputs(model, X_test, cm.forest):
             check(cm, ref, np.asarray(X, dtype=np.float64))
@@ -176,7 +176,7 @@ def test_leaf_rows_beyond_the_float_count(monkeypatch: pytest.MonkeyPatch) -> No
             for node in operator_nodes(nodes):
                 (attribute,) = [a for a in node.attribute if a.name == "nodes_splits"]
                 assert attribute.t.data_type == data_type
-    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, torch.float64, widest - 1)
+    monkeypatch.setitem(tree_ensemble.EXACT_COUNT, "float64", widest - 1)
     with pytest.raises(ValueError, match=f"has {widest} leaves.*double counts"):
         treecomp.convert(model, "onnx", strategy="tree_ensemble", precision="float64")
     fallback = treecomp.convert(model, "onnx", precision="float64")
@@ -218,10 +218,10 @@ def test_cuda_graphs_keep_standard_operators() -> None:
     """ONNX Runtime's CUDA provider has no TreeEnsemble kernel."""
     model, _ = fitted("xgboost_binary")
     forest = treecomp.passes.float32_thresholds(treecomp.parse(model))
-    _, groups = strategies.lower(forest, dtype=torch.float32, device="cuda", target="onnx")
-    assert all(name != "tree_ensemble" for name, _ in groups)
-    _, groups = strategies.lower(forest, dtype=torch.float32, target="onnx")
-    assert [name for name, _ in groups] == ["tree_ensemble"]
+    plan = strategies.lower(forest, device="cuda", target="onnx")
+    assert all(name != "tree_ensemble" for name, _ in plan.layout)
+    plan = strategies.lower(forest, target="onnx")
+    assert [name for name, _ in plan.layout] == ["tree_ensemble"]
 
 
 def test_dataframe_categories_in_the_backend() -> None:
@@ -285,7 +285,7 @@ def test_the_default_backend_is_the_fastest_exact_path_installed(
     versions["onnxruntime"] = "1.21.0"
     assert treecomp.backends.choose_backend({"device": "cpu"}) == "onnx"
     del versions["torch"]
-    assert treecomp.backends.choose_backend({}) == "numpy"  # the graph needs torch to lower
+    assert treecomp.backends.choose_backend({}) == "onnx"  # the graph needs no torch
     del versions["onnxruntime"]
     assert treecomp.backends.choose_backend({}) == "numpy"  # nothing but the core installed
     # Options only torch and onnx take: the torch backend then names what is missing.
@@ -422,7 +422,7 @@ def reference_attributes(
 ) -> dict[str, Any]:
     """The operator attributes of trees ``lo:hi`` written node by node, as the module
     docstring states the mapping: the oracle of the vectorised :meth:`attributes`."""
-    precision = np.float32 if group.dtype == torch.float32 else np.float64
+    precision = group.dtype
     copies = reference_copies(group.trees)
     rows: list[tuple[int, int, float, int, int, int, int, int]] = []
     leaf_targets: list[int] = []
@@ -508,15 +508,14 @@ def test_attributes_match_the_node_by_node_mapping(precision: str) -> None:
     weight types, for every slice of trees the operator nodes take and for summed targets."""
     from onnx import numpy_helper
 
-    dtype = torch.float32 if precision == "float32" else torch.float64
     covered = {"single": False, "zero": False, "member": False, "empty": False, "vector": False}
     for name, forest in reference_forests().items():
-        if dtype == torch.float32:
+        if precision == "float32":
             forest = treecomp.passes.float32_thresholds(forest)
         trees = list(forest.trees)
         options = strategies.nodes.GroupOptions(
             less_equal=forest.comparison == "<=",
-            dtype=dtype,
+            precision=precision,
             leaf_width=max(t.leaf_width for t in trees),
             nonnegative_categories=forest.category_domain == "nonnegative",
         )
@@ -524,8 +523,8 @@ def test_attributes_match_the_node_by_node_mapping(precision: str) -> None:
         assert list(group.copies.items()) == list(reference_copies(trees).items()), name
         slices = [(lo, min(lo + 3, len(trees))) for lo in range(0, len(trees), 3)]
         for weights in (
-            (np.arange(group.leaf_id.numel()) * 0.25 - 7).astype(np.float32),
-            np.arange(group.leaf_id.numel(), dtype=np.float64),
+            (np.arange(group.leaf_id.size) * 0.25 - 7).astype(np.float32),
+            np.arange(group.leaf_id.size, dtype=np.float64),
         ):
             targets = np.array([t.output_index for t in trees])
             calls = [(lo, hi, None, 0) for lo, hi in [(0, len(trees)), *slices]]
@@ -558,14 +557,14 @@ def test_exported_rows_on_any_threads(name: str) -> None:
     a single row takes the operator's own sum where there is one output, the scan where
     there are several; batches from LARGE_BATCH_ROWS rows a node per tree. On 1, 2 or 4
     threads, optimised or not, bit for bit the answers of the graph without its If."""
-    from strategies import lower_forest
+    from strategies import plan_forest
     from treecomp.onnx.export import LARGE_BATCH_ROWS, build
 
     model, X_test = many_trees(name)
     cm = treecomp.convert(model, "numpy", precision="float32")
     proto = cm.to_onnx()
     scan = build(
-        cm.forest, lower=lower_forest, precision="float32", batch_size=10_000, large_batch_rows=None
+        cm.forest, lower=plan_forest, precision="float32", batch_size=10_000, large_batch_rows=None
     )
     X = np.asarray(X_test, dtype=np.float32)
     X = np.tile(X, (-(-LARGE_BATCH_ROWS // len(X)), 1))

@@ -89,26 +89,25 @@ def choose_backend(options: dict[str, Any]) -> str:
     1. ``compile=`` given, a CUDA device, or torch tensors expected (``device`` other than
        the CPU): ``"torch"``. On CUDA the torch module is the only GPU path that keeps every
        strategy (ONNX Runtime's CUDA provider has no tree operator).
-    2. CPU with onnx, ONNX Runtime >= 1.21 and torch (which lowers the graph) installed:
-       ``"onnx"``, with a compiled tier (:mod:`treecomp.tiered`). The tree operator builds in
-       about a second and is the fastest at one row (15-60x native predict on the 7
-       benchmark models). Batches of 256 rows or more then move to the compiled torch
-       package once it exists (found in the package cache, or built in the background once
-       large batches have kept the process busy; ``cm.tier_up()`` does it now): 1.05-2.1x
-       native at 10 000 rows on the XGBoost models, where the operator ran 0.36-0.62x.
-       Deep leaf-wise forests (LightGBM) and small ones stay on the operator.
+    2. CPU with onnx and ONNX Runtime >= 1.21 installed (torch not needed: the graph is
+       built from the NumPy lowering): ``"onnx"``, with a compiled tier
+       (:mod:`treecomp.tiered`). The tree operator builds in about a second and is the
+       fastest at one row (15-60x native predict on the 7 benchmark models). Batches of
+       256 rows or more then move to the compiled torch package (where torch is installed)
+       once it exists (found in the package cache, or built in the background once large
+       batches have kept the process busy; ``cm.tier_up()`` does it now): 1.05-2.1x native
+       at 10 000 rows on the XGBoost models, where the operator ran 0.36-0.62x. Deep
+       leaf-wise forests (LightGBM) and small ones stay on the operator.
     3. Else torch if installed, else the NumPy reference evaluator (slow, exact, no extra).
     """
     device = str(options.get("device") or "cpu")
     if "compile" in options or not device.startswith("cpu"):
         return "torch"
     onnxruntime = _installed("onnxruntime")
-    # The ONNX graph is emitted from the torch lowering: the onnx backend needs torch too.
     if (
         onnxruntime is not None
         and _release(onnxruntime) >= _TREE_OPERATOR_RUNTIME
         and _installed("onnx") is not None
-        and _installed("torch") is not None
     ):
         return "onnx"
     if _installed("torch") is not None:
@@ -220,12 +219,12 @@ def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> E
 
 @register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
-    from strategies import lower_forest
+    from strategies import plan_forest
     from treecomp.onnx.engine import OnnxEngine
     from treecomp.onnx.export import build_with_plan
 
     _no_compile("onnx", options)
-    build_graph = functools.partial(build_with_plan, forest, lower=lower_forest)
+    build_graph = functools.partial(build_with_plan, forest, lower=plan_forest)
     return OnnxEngine(forest, build_graph, precision=precision, **options)  # type: ignore[arg-type]
 
 
@@ -279,8 +278,8 @@ def tiered_engine(
 def _large_batch_tier(forest: Forest, precision: str, options: dict[str, Any]) -> Tier | None:
     """The tier of large batches for the default backend: the kernel where it walks the
     forest (numerical splits, a C compiler), else the compiled package where it profits
-    (:func:`~treecomp.compiled_tier.worth_compiling`) and background builds are on
-    (:func:`~treecomp.compiled_tier.enabled`), else None."""
+    (:func:`~treecomp.compiled_tier.worth_compiling`), background builds are on
+    (:func:`~treecomp.compiled_tier.enabled`) and torch is installed, else None."""
     from treecomp import compiled_tier, kernel
     from treecomp.tiered import KernelTier
 
@@ -294,7 +293,11 @@ def _large_batch_tier(forest: Forest, precision: str, options: dict[str, Any]) -
         logger.info("treecomp: no kernel tier (%s)", exc)
     else:
         return KernelTier(engine)
-    if compiled_tier.enabled() and compiled_tier.worth_compiling(forest):
+    if (
+        compiled_tier.enabled()
+        and compiled_tier.worth_compiling(forest)
+        and _installed("torch") is not None
+    ):
         from strategies import lower_forest
         from treecomp.torch_backend import package_tier
 

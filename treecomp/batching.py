@@ -25,6 +25,13 @@ SCRATCH_BYTES = 1 << 30
 MIN_ROWS, MAX_ROWS = 256, 1_000_000
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def rows_per_chunk(bytes_per_row: int, batch_size: int | None = None) -> int:
     """Rows per chunk: ``batch_size`` when given, else what fits in :data:`SCRATCH_BYTES`."""
     if batch_size is not None:

@@ -95,19 +95,15 @@ def _inspect(args: argparse.Namespace) -> int:
     )
     if forest.classes is not None:
         print(f"classes:     {np.asarray(forest.classes).tolist()}")
-    try:
-        import strategies
-    except ImportError:
-        print("strategies:  (install torch to see the selector's choices)")
-        return 0
+    import strategies
     from strategies.selector import estimates
 
     for target in ("torch", "onnx"):
         for device in ("cpu", "cuda"):
             for batch in (1, 10_000):
-                _, plan = strategies.lower_forest(
+                plan = strategies.plan_forest(
                     forest, "float32", batch_size=batch, device=device, target=target
-                )
+                ).description
                 print(f"strategy:    {target:<5} {device:<4} batch {batch:>6}: {plan}")
                 if plan.startswith("tree_ensemble"):
                     print("               (ONNX Runtime's tree operator: chosen wherever exact)")

@@ -313,14 +313,14 @@ class CompiledModel:
                 ``"tree_traversal"``, ``"perfect_tree_traversal"``), for runtimes without
                 the ONNX-ML domain.
         """
-        from strategies import lower_forest
+        from strategies import plan_forest
         from treecomp.onnx.export import build
 
         if strategy is None:
             strategy = str(self.options.get("strategy") or "auto")
         return build(
             self.forest,
-            lower=lower_forest,
+            lower=plan_forest,
             precision=self.export_dtype,
             strategy=strategy,
             batch_size=int(self.options.get("batch_size") or 10_000),

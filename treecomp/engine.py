@@ -13,7 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from strategies import ForestModule
+    from strategies import ForestPlan
+    from strategies.forest_module import ForestModule
+    from treecomp.inputs import Precision
     from treecomp.ir import Forest
 
 
@@ -32,9 +34,18 @@ class Engine(Protocol):
 
 
 class Lower(Protocol):
-    """The lowering an engine or the exporter is handed (:func:`strategies.lower_forest`):
-    the forest's module for ``precision`` and ``strategy``, and its plan in words."""
+    """The lowering a torch engine is handed (:func:`strategies.lower_forest`): the
+    forest's torch module for ``precision`` and ``strategy``, and its plan in words."""
 
     def __call__(
-        self, forest: Forest, precision: str, strategy: str, **options: Any
+        self, forest: Forest, precision: Precision, strategy: str, **options: Any
     ) -> tuple[ForestModule, str]: ...
+
+
+class Plan(Protocol):
+    """The lowering the ONNX exporter is handed (:func:`strategies.plan_forest`): the
+    forest's plan for ``precision`` and ``strategy``, which needs no torch."""
+
+    def __call__(
+        self, forest: Forest, precision: Precision, strategy: str, **options: Any
+    ) -> ForestPlan: ...

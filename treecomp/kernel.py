@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp import reference
+from treecomp.batching import cpus
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir_shapes import tree_depths
 from treecomp.kernel_layout import lay_out
@@ -301,13 +302,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _cpus() -> int:
-    """The CPUs this process may run on (its affinity, where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _address(array: npt.NDArray[Any]) -> int:
     return int(array.ctypes.data)
 
@@ -401,7 +395,7 @@ class KernelEngine:
         L = self.layout
         names = [field[0] for field in Tables._fields_[5:] if field[0] != "base"]
         arrays = {name: getattr(L, name) for name in names}
-        self._threads = n_threads or _cpus()
+        self._threads = n_threads or cpus()
         self._tables = Tables(
             forest.n_features, L.used_column.size, L.out_index.size, forest.n_outputs,
             int(self._threads > 1),

@@ -55,7 +55,7 @@ from treecomp.package_cache import (
 )
 
 if TYPE_CHECKING:
-    from strategies import ForestModule
+    from strategies.forest_module import ForestModule
     from treecomp.ir import Forest
 
 _log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def module_digest(module: ForestModule) -> str:
 
 
 class PackagedForward:
-    """A branch-free :class:`strategies.ForestModule` compiled ahead of time by
+    """A branch-free :class:`strategies.forest_module.ForestModule` compiled ahead of time by
     ``torch.export`` and AOTInductor, kept on disk under :func:`package_dir`, and run by
     AOTInductor's runner.
 

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import onnx
 
 from treecomp import reference
-from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
+from treecomp.batching import SlicePool, cpus, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.inputs import Precision, check_positive
 
 if TYPE_CHECKING:
@@ -97,9 +97,7 @@ class OnnxEngine:
             # vectors. XGBoost, 500 trees of depth 8, 10 000 rows, 2 threads: 65 ms on two
             # one-thread sessions, 111 ms for the exported graph on ONNX Runtime's threads
             # (ONNX-ML's graph: 82 ms).
-            import torch
-
-            self.threads = n_threads or torch.get_num_threads()
+            self.threads = n_threads or _default_threads()
             self.session_options.intra_op_num_threads = 1
             self.session_options.inter_op_num_threads = 1
             self.options["one_thread"] = True
@@ -260,3 +258,14 @@ class OnnxEngine:
         else:
             outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
         return outputs[0], reference.link(self.forest, outputs[0])
+
+
+def _default_threads() -> int:
+    """Sessions side by side by default: torch's thread count (its physical cores, or what
+    the user set) where torch is installed, as every backend uses; else the CPUs this
+    process may run on (the ONNX target runs without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return cpus()
+    return int(torch.get_num_threads())

@@ -32,7 +32,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from treecomp.arrays import record
-from treecomp.engine import Lower
+from treecomp.engine import Plan
 from treecomp.errors import UnsupportedModelError
 from treecomp.inputs import Precision, native_values
 from treecomp.ir_shapes import tree_depths
@@ -123,7 +123,7 @@ def _domains(nodes: Any) -> set[str]:
     return found
 
 
-def build(forest: Forest, *, lower: Lower, **options: Any) -> onnx.ModelProto:
+def build(forest: Forest, *, lower: Plan, **options: Any) -> onnx.ModelProto:
     """The ONNX model of ``forest``; the options are those of :func:`build_with_plan`."""
     return build_with_plan(forest, lower=lower, **options)[0]
 
@@ -131,7 +131,7 @@ def build(forest: Forest, *, lower: Lower, **options: Any) -> onnx.ModelProto:
 def build_with_plan(
     forest: Forest,
     *,
-    lower: Lower,
+    lower: Plan,
     precision: Precision = "float32",
     strategy: str = "auto",
     batch_size: int = 10_000,
@@ -146,7 +146,7 @@ def build_with_plan(
 
     Args:
         forest: A validated forest.
-        lower: The lowering to run (:func:`strategies.lower_forest`).
+        lower: The lowering to run (:func:`strategies.plan_forest`).
         precision: Float type of the input and of the node tests.
         strategy: As for :func:`strategies.lower`, plus ``"tree_ensemble"``.
         batch_size: Expected rows per call, for the strategy selector.
@@ -170,7 +170,7 @@ def build_with_plan(
         )
     if one_thread and engine_outputs is None:
         raise ValueError("one_thread graphs are the onnx backend's; exported graphs are not")
-    module, description = lower(
+    plan = lower(
         forest,
         precision,
         strategy,
@@ -197,8 +197,7 @@ def build_with_plan(
         X = "input" if engine_outputs else _emit_inputs(g, forest, "input", encode=True)
     raw, transformed, leaf_ids = emit_module(
         g,
-        module,
-        forest,
+        plan,
         X,
         scores=engine_outputs != "leaf_ids",
         leaf_ids=engine_outputs == "leaf_ids" or (leaf_indices and engine_outputs is None),
@@ -280,8 +279,8 @@ def build_with_plan(
     depths = tree_depths(forest.trees)  # 25 ms for 300 trees of 255 leaves: once
     model.doc_string = (
         f"{forest.task} of {forest.n_trees} trees; input: {forest.n_features} features as "
-        f"{precision}; depth {int(depths.max())}; strategy {description}"
+        f"{precision}; depth {int(depths.max())}; strategy {plan.description}"
     )
-    helper.set_model_props(model, {"treecomp.strategy": description})
+    helper.set_model_props(model, {"treecomp.strategy": plan.description})
     onnx.checker.check_model(model, full_check=True)
-    return model, description
+    return model, plan.description

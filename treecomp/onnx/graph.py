@@ -1,7 +1,7 @@
 """The ONNX graph of a lowered forest: a builder of nodes and constants, and the forest's nodes.
 
-Each strategy's group emits its own nodes through :class:`GraphBuilder` (``emit_onnx``,
-mirroring its torch ``forward``); :func:`emit_module` adds what every strategy shares: the
+Each strategy's group plan emits its own nodes through :class:`GraphBuilder` (``emit_onnx``,
+mirroring its torch module's ``forward``); :func:`emit_module` adds what every strategy shares: the
 folded-missing input, the exact sum in the native order and type (or the tree operator's own
 sum where it is exact), the post-transform. :mod:`treecomp.onnx.export` wraps these in a
 model with its inputs and named outputs.
@@ -30,7 +30,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without onnx
 
 if TYPE_CHECKING:
     import strategies
-    from treecomp.ir import Forest
 
 # ONNX element types of the graph's tensors, by NumPy name.
 ELEMENT = {
@@ -46,7 +45,7 @@ class GraphBuilder:
     """Accumulates ONNX nodes and constants; names are generated.
 
     ``op(type, *inputs, **attributes)`` returns the output name; ``const(array)`` adds an
-    initializer (torch tensors accepted); ``scalar(value)`` is a 0-d constant of the graph's
+    initializer; ``scalar(value)`` is a 0-d constant of the graph's
     float type; ``rows_by(*dims)`` is the int64 shape ``[N, *dims]`` for Expand;
     ``reshape(x, *dims)`` reshapes to ``[N, *dims]`` with a constant shape (Reshape's 0 copies
     the batch axis), so it costs no shape computation per call: at one row, every node counts.
@@ -79,8 +78,7 @@ class GraphBuilder:
         return output
 
     def const(self, value: Any) -> str:
-        array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-        array = np.array(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
+        array = np.array(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
         key = (array.dtype.str, array.tobytes(), array.shape)
         if key not in self._cache:
             name = self._name("const")
@@ -181,8 +179,7 @@ def live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.Nod
 
 def emit_module(
     g: GraphBuilder,
-    module: strategies.ForestModule,
-    forest: Forest,
+    plan: strategies.ForestPlan,
     X: str,
     *,
     scores: bool = True,
@@ -191,7 +188,8 @@ def emit_module(
     operator_sums: bool = False,
     large_batch_rows: int | None = None,
 ) -> tuple[str | None, str | None, str | None]:
-    """Emit ``module``'s forward and/or ``leaf_ids``; returns (raw, transformed, leaf ids),
+    """Emit the forward of ``plan`` (its torch module's) and/or ``leaf_ids``; returns (raw,
+    transformed, leaf ids),
     sums in the accumulation type (the outputs widen what they give out).
 
     ``link``: emit the post-transform (else ``transformed`` is None: the onnx backend links
@@ -205,13 +203,14 @@ def emit_module(
     Only what is asked for is emitted: ONNX Runtime runs every node of a graph, whichever
     outputs a call fetches.
     """
-    groups: list[Any] = list(module.groups)
-    if module.folded:  # the extended input of treecomp.passes.fold_missing
-        extend = record(lambda x: extended_input(x, module.fold_columns), g.float_type)
+    forest = plan.forest
+    groups: list[Any] = list(plan.groups)
+    if plan.folded:  # the extended input of treecomp.passes.fold_missing
+        extend = record(lambda x: extended_input(x, plan.fold_columns), g.float_type)
         g.shapes[X] = (forest.n_features,)
         (X,) = emit_program(g, extend, X)
     # Back to forest order: the inverse of the groups' concatenated tree order.
-    inverse = np.argsort(np.concatenate([group.columns.numpy() for group in groups]))
+    inverse = np.argsort(np.concatenate([group.columns for group in groups]))
     identity = bool(np.array_equal(inverse, np.arange(inverse.size)))
 
     def in_forest_order(parts: list[str]) -> str:
@@ -232,9 +231,9 @@ def emit_module(
         )
     if not scores:
         return None, None, ids
-    tables = [group.leaf_value.numpy() for group in groups]
-    plan = module.sum_plan
-    sum_tables = [g.const(table) for table in plan.tables().values()]
+    tables = [group.leaf_value for group in groups]
+    sum_plan = plan.sum_plan
+    sum_tables = [g.const(table) for table in sum_plan.tables().values()]
 
     def summed() -> str:
         values = []
@@ -245,13 +244,13 @@ def emit_module(
                 g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
             values.append(direct)
         # In order, step m of output j is column m * k + j of the values: a reshape.
-        flat = g.reshape(in_forest_order(values), forest.n_trees * plan.width)
-        return emit_program(g, sums.program(plan), flat, *sum_tables)[0]
+        flat = g.reshape(in_forest_order(values), forest.n_trees * sum_plan.width)
+        return emit_program(g, sums.program(sum_plan), flat, *sum_tables)[0]
 
     raw = None
     if operator_sums:
-        raw = _emit_operator_sums(g, module, forest, X, groups, tables)
-    elif large_batch_rows is not None and _tree_chain_layout(module, forest, groups) is not None:
+        raw = _emit_operator_sums(g, plan, X, groups, tables)
+    elif large_batch_rows is not None and _tree_chain_layout(plan, groups) is not None:
         element = ELEMENT[forest.accumulation]
         if hasattr(groups[0], "plan_rows"):  # the leaf ids above keep the batch size's plan
             groups[0].plan_rows(large_batch_rows - 1)
@@ -260,7 +259,7 @@ def emit_module(
         def by_size() -> str:
             small = g.branch(summed, element)
             large = g.branch(
-                lambda: _emit_tree_chains(g, module, forest, X, groups[0], tables[0]),
+                lambda: _emit_tree_chains(g, plan, X, groups[0], tables[0]),
                 element,
             )
             few = g.op("Less", n, g.ints([large_batch_rows]))
@@ -274,7 +273,7 @@ def emit_module(
         single = None
         if forest.n_outputs == 1 and large_batch_rows > 1:
             single = g.branch(
-                lambda: _emit_operator_sums(g, module, forest, X, groups, tables),
+                lambda: _emit_operator_sums(g, plan, X, groups, tables),
                 element,
             )
         if single is None:
@@ -292,18 +291,17 @@ def emit_module(
     return raw, transformed, ids
 
 
-def _tree_chain_layout(
-    module: strategies.ForestModule, forest: Forest, groups: list[Any]
-) -> str | None:
+def _tree_chain_layout(plan: strategies.ForestPlan, groups: list[Any]) -> str | None:
     """How :func:`_emit_tree_chains` adds this forest's trees: ``"rows"`` (every tree adds
     its leaf row to all outputs, one chain of row Adds), ``"outputs"`` (scalar leaves, one
     chain per output), or None where it does not apply."""
+    forest = plan.forest
     if len(groups) != 1 or not hasattr(groups[0], "emit_tree_values"):
         return None
-    if not np.array_equal(groups[0].columns.numpy(), np.arange(forest.n_trees)):
+    if not np.array_equal(groups[0].columns, np.arange(forest.n_trees)):
         return None
-    k, width = forest.n_outputs, module.sum_plan.width
-    steps = module.sum_plan.steps  # (steps, outputs): flat tree * width + w, or a pad
+    k, width = forest.n_outputs, plan.sum_plan.width
+    steps = plan.sum_plan.steps  # (steps, outputs): flat tree * width + w, or a pad
     if width == k and np.array_equal(steps, np.arange(forest.n_trees * k).reshape(-1, k)):
         return "rows"
     if width == 1 and (steps[0] < forest.n_trees).all():  # every output has a tree
@@ -313,8 +311,7 @@ def _tree_chain_layout(
 
 def _emit_tree_chains(
     g: GraphBuilder,
-    module: strategies.ForestModule,
-    forest: Forest,
+    plan: strategies.ForestPlan,
     X: str,
     group: Any,
     table: np.ndarray,
@@ -330,9 +327,10 @@ def _emit_tree_chains(
     ONNX-ML's own graph: see ``LARGE_BATCH_ROWS`` in :mod:`treecomp.onnx.export`.
     """
     values = group.emit_tree_values(g, X, table)
+    forest = plan.forest
     k = forest.n_outputs
-    plan = module.sum_plan
-    base = plan.base.reshape(k, 1) if plan.base_first else None
+    sum_plan = plan.sum_plan
+    base = sum_plan.base.reshape(k, 1) if sum_plan.base_first else None
 
     def chain(terms: list[str], start: np.ndarray | None) -> str:
         total = terms[0] if start is None else g.op("Add", g.const(start), terms[0])
@@ -340,10 +338,10 @@ def _emit_tree_chains(
             total = g.op("Add", total, term)
         return total
 
-    if _tree_chain_layout(module, forest, [group]) == "rows":
+    if _tree_chain_layout(plan, [group]) == "rows":
         raw = chain(values, None if base is None else base.reshape(1, k))
     else:
-        steps = plan.steps
+        steps = sum_plan.steps
         totals = [
             chain(
                 [values[t] for t in steps[:, j].tolist() if t < forest.n_trees],
@@ -352,13 +350,12 @@ def _emit_tree_chains(
             for j in range(k)
         ]
         raw = totals[0] if k == 1 else g.op("Concat", *totals, axis=1)
-    return _emit_mean(g, plan, raw)
+    return _emit_mean(g, sum_plan, raw)
 
 
 def _emit_operator_sums(
     g: GraphBuilder,
-    module: strategies.ForestModule,
-    forest: Forest,
+    plan: strategies.ForestPlan,
     X: str,
     groups: list[Any],
     tables: list[np.ndarray],
@@ -371,25 +368,25 @@ def _emit_operator_sums(
     went into the first tree's leaves (or is zero) and each tree adds one value to one
     output. Averages divide the sum afterwards (:func:`treecomp.sums.mean`).
     """
-    if len(groups) != 1 or not hasattr(groups[0], "emit_sums") or module.leaf_width != 1:
+    if len(groups) != 1 or not hasattr(groups[0], "emit_sums") or plan.sum_plan.width != 1:
         return None
-    group = groups[0]
-    if not np.array_equal(group.columns.numpy(), np.arange(forest.n_trees)):
+    group, forest = groups[0], plan.forest
+    if not np.array_equal(group.columns, np.arange(forest.n_trees)):
         return None
-    if module.sum_plan.base_first:
+    if plan.sum_plan.base_first:
         return None
     targets = np.array([tree.output_index for tree in forest.trees], dtype=np.int64)
     totals = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
-    return None if totals is None else _emit_mean(g, module.sum_plan, totals)
+    return None if totals is None else _emit_mean(g, plan.sum_plan, totals)
 
 
-def _emit_mean(g: GraphBuilder, plan: sums.SumPlan, total: str) -> str:
+def _emit_mean(g: GraphBuilder, sum_plan: sums.SumPlan, total: str) -> str:
     """The outputs from sums a tree operator added: an averaging forest's mean
     (:func:`treecomp.sums.mean`), else the sums themselves."""
-    if plan.divisor is None:
+    if sum_plan.divisor is None:
         return total
-    tables = [g.const(table) for table in plan.tables().values()]
-    return emit_program(g, sums.mean_program(plan), total, *tables)[0]
+    tables = [g.const(table) for table in sum_plan.tables().values()]
+    return emit_program(g, sums.mean_program(sum_plan), total, *tables)[0]
 
 
 def emit_program(g: GraphBuilder, program: Program, *inputs: str) -> list[str]:
