@@ -126,7 +126,7 @@ class GEMM(TreeGroup):
             slots = np.concatenate([slots, np.arange(int(offsets[-1] + trees[-1].n_nodes))])
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
-        self.set_walk(rest, n_trees * n_internal)
+        self.set_walk(rest, n_trees * n_internal, entry=True)
         self.n_trees = n_trees
         self.n_internal = n_internal
         self.table("path", path)
@@ -153,20 +153,14 @@ class GEMM(TreeGroup):
             self.table("child", child_pointers(trees))
             self.set_leaves(values, ids)
         else:
-            self.table("below", np.zeros(0, dtype=np.int32))
-            self.table("child", np.zeros(0, dtype=np.int32))
             self.set_leaves(values[rows], np.where(lefts.reshape(-1) >= 0, ids[rows], -1))
 
-    def emit_onnx(self, g: Any, X: str) -> str:
+    def emit_top(self, g: Any, X: str) -> str:
         positions = g.const(self.positions.reshape(1, -1))  # row-major graphs
         walkers = g.op("Expand", positions, g.rows_by(int(self.positions.shape[0])))
         trees = [g.const(self.trees.reshape(1, -1)), g.const(self.leaf_slots.reshape(1, -1))]
         tables = ("feature", "path", "lefts", *NODE_INPUTS[2:])
-        rows = self.emit_program(g, "top", [X, positions, walkers, *trees], *tables)
-        if self.rest == 0:
-            return rows
-        node = g.op("Gather", g.const(self.below), rows)
-        return self.emit_child_pointers(g, X, node)
+        return self.emit_program(g, "top", [X, positions, walkers, *trees], *tables)
 
 
 def path_leaves(

@@ -141,16 +141,20 @@ def category_member(code: Value, row: Value, table: Value, layout: Sequence[int]
 def child_walk(
     levels: int,
     base: int,
+    entry: bool,
     rule: NodeRule,
     X: Value,
-    node: Value,
+    start: Value,
     feature: Value,
     child: Value,
+    below: Value,
     *node_tables: Value,
 ) -> Value:
-    """Walk ``levels`` levels from the global node ids ``node`` by child pointers ``child``
-    (:func:`child_pointers`), the node parameters (``feature`` and the node tables of
+    """Walk ``levels`` levels by child pointers ``child`` (:func:`child_pointers`) from the
+    global node ids ``start`` (``entry``: from the nodes ``below[start]``, where a strategy's
+    top levels left each walker), the node parameters (``feature`` and the node tables of
     :data:`NODE_INPUTS`) at ``base + node``: the node each walker of ``X`` reaches."""
+    node = take_value(below, start) if entry else start
     for _ in range(levels):
         pos = node + base if base else node
         x = column(X, take_value(feature, pos))
@@ -266,9 +270,10 @@ class TreeGroup:
     Attributes:
         name: The strategy's registered name.
         tables: The names of the group's tables, each a NumPy attribute.
-        rest, node_base, child: Set by :meth:`set_walk`, for strategies that walk levels by
-            child pointers: the levels so walked, where their node parameters start, the
-            pointers.
+        rest, node_base, child, below: Set by :meth:`set_walk`, for strategies that walk
+            levels by child pointers: the levels so walked, where their node parameters
+            start, the pointers, and the node each walker starts from, by the position its
+            top levels left it at (empty where the walk starts from the roots).
         node_steps: The group's programs (:func:`child_walk`, a strategy's top levels),
             each without and with the missing-value rule, flat, in the order of PROGRAMS.
     """
@@ -284,6 +289,7 @@ class TreeGroup:
     leaf_value: npt.NDArray[np.floating]
     leaf_id: npt.NDArray[np.int64]
     child: npt.NDArray[np.int32]
+    below: npt.NDArray[np.int32]
 
     def __init__(
         self,
@@ -316,6 +322,8 @@ class TreeGroup:
         self.node_types = (float_type, "int32", float_type, "bool", "bool", "int64", table_type)
         self.programs: dict[tuple[str, bool], Program] = {}
         self.set_walk(0, 0)  # the strategy sets its own
+        self.table("child", np.zeros(0, dtype=np.int32))
+        self.table("below", np.zeros(0, dtype=np.int32))
 
     def table(self, name: str, array: npt.NDArray[Any]) -> None:
         """Keep ``array`` (a contiguous copy: tables never alias the IR) as table ``name``."""
@@ -335,14 +343,17 @@ class TreeGroup:
             check_missing,
         )
 
-    def set_walk(self, levels: int, base: int) -> None:
+    def set_walk(self, levels: int, base: int, entry: bool = False) -> None:
         """Walk ``levels`` levels by child pointers (:func:`child_walk`, node parameters at
-        ``base + node``): the deep part of a strategy that lowers only the top levels its
-        own way (``child`` is then :func:`child_pointers`), or all of tree traversal."""
+        ``base + node``, from ``below[position]`` where ``entry``): the deep part of a
+        strategy that lowers only the top levels its own way (``child`` is then
+        :func:`child_pointers`, ``below`` the node at each position its top levels end
+        at), or all of tree traversal."""
         self.rest = levels
         self.node_base = base
-        walk = partial(child_walk, levels, base) if levels else None
-        self.set_program("walk", walk, ("int32", "int32", "int32"))  # node, feature, child
+        walk = partial(child_walk, levels, base, entry) if levels else None
+        # start, feature, child, below
+        self.set_program("walk", walk, ("int32", "int32", "int32", "int32"))
 
     def set_program(self, name: str, idea: Any, positions: tuple[str, ...]) -> None:
         """Record program ``name`` of :data:`PROGRAMS` (none if ``idea`` is None), with and
@@ -377,15 +388,18 @@ class TreeGroup:
     # always handled: a graph has no data-dependent fast path.
 
     def emit_onnx(self, g: Any, X: str) -> str:
-        """Emit this group's walk; returns the name of the leaf-row tensor."""
-        raise NotImplementedError
-
-    def emit_child_pointers(self, g: Any, X: str, node: str) -> str:
-        """Emit the child-pointer walk of :meth:`set_walk` from int32 global node ids
-        ``node``."""
+        """Emit this group's walk: its top levels (:meth:`emit_top`), then the levels by
+        child pointers; returns the name of the leaf-row tensor."""
+        rows = self.emit_top(g, X)
         if self.rest == 0:
-            return node
-        return self.emit_program(g, "walk", [X, node], "feature", "child", *NODE_INPUTS[2:])
+            return rows
+        tables = ("feature", "child", "below", *NODE_INPUTS[2:])
+        return self.emit_program(g, "walk", [X, rows], *tables)
+
+    def emit_top(self, g: Any, X: str) -> str:
+        """Emit the positions where the strategy's own top levels leave each walker
+        ``(N, trees)`` (leaf rows where no levels follow)."""
+        raise NotImplementedError
 
     def emit_program(self, g: Any, name: str, values: list[str], *tables: str) -> str:
         """Emit program ``name`` with the missing-value rule (a graph has no data-dependent

@@ -78,7 +78,7 @@ class PerfectTreeTraversal(TreeGroup):
         nodes = NodeArrays(trees).take(slots)
         super().__init__(trees, columns, nodes, options)
         self.depth = depth
-        self.set_walk(self_rest, int(slots.size - sizes.sum()) if self_rest else 0)
+        self.set_walk(self_rest, int(slots.size - sizes.sum()) if self_rest else 0, entry=True)
         # int32 positions: MAX_PADDED_NODES keeps them far below 2**31.
         self.level_base: list[int] = [n_trees * ((1 << d) - 1) for d in range(depth)]
         top = partial(perfect_levels, depth, self.level_base)
@@ -93,19 +93,13 @@ class PerfectTreeTraversal(TreeGroup):
             self.table("child", child_pointers(trees))
             self.set_leaves(values, leaf_ids)
         else:
-            self.table("below", np.zeros(0, dtype=np.int32))
-            self.table("child", np.zeros(0, dtype=np.int32))
             self.set_leaves(values[level.reshape(-1)], leaf_ids[level.reshape(-1)])
 
-    def emit_onnx(self, g: Any, X: str) -> str:
+    def emit_top(self, g: Any, X: str) -> str:
         trees = np.arange(self.n_trees, dtype=np.int32).reshape(1, -1)  # row-major graphs
         walkers = g.op("Expand", g.const(np.zeros_like(trees)), g.rows_by(trees.shape[1]))
         tables = ("feature", *NODE_INPUTS[2:])
-        slot = self.emit_program(g, "top", [X, g.const(trees), walkers], *tables)
-        if self.rest == 0:
-            return slot
-        node = g.op("Gather", g.const(self.below), slot)
-        return self.emit_child_pointers(g, X, node)
+        return self.emit_program(g, "top", [X, g.const(trees), walkers], *tables)
 
 
 def perfect_levels(

@@ -52,6 +52,7 @@ class GroupModule(torch.nn.Module):
     rest: int
     node_base: int
     child: torch.Tensor
+    below: torch.Tensor
     node_steps: list[list[tuple[str, int, int, int, float]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -76,17 +77,18 @@ class GroupModule(torch.nn.Module):
         return run_steps(self.node_steps[which], inputs)
 
     def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        """Leaf rows ``(n_blocks, n_trees_in_group, block_rows)`` for row blocks ``X``."""
-        raise NotImplementedError
-
-    def walk_child_pointers(
-        self, X: torch.Tensor, node: torch.Tensor, check_missing: bool
-    ) -> torch.Tensor:
-        """Walk ``self.rest`` levels from int32 global node ids ``node`` by child pointers
-        (:meth:`strategies.nodes.TreeGroup.set_walk`)."""
+        """Leaf rows ``(n_blocks, n_trees_in_group, block_rows)`` for row blocks ``X``: the
+        strategy's top levels (:meth:`top`), then the levels by child pointers."""
+        rows = self.top(X, check_missing)
         if self.rest == 0:
-            return node
-        return self.run_program(int(check_missing), [X, node, self.feature, self.child])
+            return rows
+        values = [X, rows, self.feature, self.child, self.below]
+        return self.run_program(int(check_missing), values)
+
+    def top(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+        """Where the strategy's own top levels leave each walker, ``(n_blocks,
+        n_trees_in_group, block_rows)`` (leaf rows where no levels follow)."""
+        raise NotImplementedError
 
     def node_tables(self) -> list[torch.Tensor]:
         """The node tables every program reads last, in ``NODE_INPUTS``' order."""
@@ -130,9 +132,8 @@ class TreeTraversalModule(GroupModule):
     roots: torch.Tensor
     depth: int
 
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
-        node = self.roots.unsqueeze(1).expand(X.shape[0], -1, X.shape[1])
-        return self.walk_child_pointers(X, node, check_missing)
+    def top(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+        return self.roots.unsqueeze(1).expand(X.shape[0], -1, X.shape[1])
 
     @torch.jit.unused
     def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:
@@ -155,11 +156,10 @@ class GEMMModule(GroupModule):
     positions: torch.Tensor
     leaf_slots: torch.Tensor
     trees: torch.Tensor
-    below: torch.Tensor
     n_trees: int
     n_internal: int
 
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+    def top(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         walkers = self.positions.expand([X.shape[0], self.positions.shape[0], X.shape[1]])
         values = [
             X,
@@ -171,10 +171,7 @@ class GEMMModule(GroupModule):
             self.path,
             self.lefts,
         ]
-        rows = self.run_program(2 + int(check_missing), values)
-        if self.rest == 0:
-            return rows
-        return self.walk_child_pointers(X, take(self.below, rows), check_missing)
+        return self.run_program(2 + int(check_missing), values)
 
 
 class PerfectModule(GroupModule):
@@ -184,20 +181,16 @@ class PerfectModule(GroupModule):
     # Declared for TorchScript, which cannot infer the type of an empty list (a forest of
     # single-leaf trees has no levels).
     level_base: list[int]
-    below: torch.Tensor
     n_trees: int
     depth: int
 
-    def forward(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
+    def top(self, X: torch.Tensor, check_missing: bool) -> torch.Tensor:
         shape = [X.shape[0], self.n_trees, X.shape[1]]
         # Tree offsets an arange, level offsets constants: a compiler folds the positions'
         # arithmetic into its loop indices rather than loading it.
         trees = torch.arange(self.n_trees, dtype=torch.int32, device=X.device).unsqueeze(1)
         values = [X, trees, trees.expand(shape), self.feature]
-        slot = self.run_program(2 + int(check_missing), values)
-        if self.rest == 0:
-            return slot
-        return self.walk_child_pointers(X, take(self.below, slot), check_missing)
+        return self.run_program(2 + int(check_missing), values)
 
     @torch.jit.unused
     def walk_eager(self, block: eager.KeyedBlock) -> torch.Tensor | None:

@@ -43,7 +43,6 @@ class TreeTraversal(TreeGroup):
             np.concatenate([t.value for t in trees]), np.concatenate([t.leaf_id for t in trees])
         )
 
-    def emit_onnx(self, g: Any, X: str) -> str:
+    def emit_top(self, g: Any, X: str) -> str:
         n_trees = int(self.roots.size)
-        node = g.op("Expand", g.const(self.roots.reshape(1, -1)), g.rows_by(n_trees))
-        return self.emit_child_pointers(g, X, node)
+        return g.op("Expand", g.const(self.roots.reshape(1, -1)), g.rows_by(n_trees))
