@@ -6,8 +6,9 @@ A group's ``forward(X)`` takes row blocks ``(n_blocks, block_rows, n_features)``
 ``leaf_id``. Tree-major within a block: the walkers of one tree sit side by side, so a
 kernel walks one tree's nodes (a few KiB, in L1) for a run of rows whose inputs (a block of
 a few KiB) stay in L1 for every tree. What each strategy adds here is the layout of its
-walkers (aranges, expanded roots) and, for folded trees, its walk in the eager kernels of
-:mod:`strategies.eager`; the walks themselves are the group's programs.
+walkers for its top levels (``top``: aranges, expanded roots) and, for folded trees, its
+walk in the eager kernels of :mod:`strategies.eager`; the walks themselves are the group's
+programs.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the buffer annotations below
@@ -26,10 +27,9 @@ if TYPE_CHECKING:
     from strategies.nodes import TreeGroup
 
 
-def tensor(array: npt.NDArray[np.generic], dtype: torch.dtype | None = None) -> torch.Tensor:
+def tensor(array: npt.NDArray[np.generic]) -> torch.Tensor:
     """A contiguous tensor copy of a NumPy array (buffers never alias the plan)."""
-    out = torch.from_numpy(np.ascontiguousarray(array).copy())
-    return out if dtype is None else out.to(dtype)
+    return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 
 # Plan attributes that stay with the plan: the torch module runs the flat programs.

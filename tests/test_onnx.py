@@ -273,12 +273,14 @@ def test_fresh_process_with_only_onnxruntime_scores_the_file(
 
 
 def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
-    """Conversion to the onnx backend and export with every strategy run in a process where
-    ``import torch`` fails: the lowering is NumPy, the graph is built from it."""
+    """Conversion to the onnx backend, export with every strategy and ``treecomp convert
+    --to onnx`` run in a process where ``import torch`` fails: the lowering is NumPy, the
+    graph is built from it."""
     model, X_test = fitted("lightgbm_binary_nan")
     X = np.array(X_test, dtype=np.float64)
     X[::5, 3] = np.nan
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    model.booster_.save_model(tmp_path / "model.txt")
     np.save(tmp_path / "x.npy", X)
     script = textwrap.dedent(
         """
@@ -303,14 +305,19 @@ def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
             (proba,) = session.run(["probabilities"], {"input": rows})
             np.save(f"{strategy}.npy", proba)
         np.save("rows.npy", rows)
+        from treecomp.cli import main
+
+        assert main(["convert", "model.txt", "--to", "onnx", "-o", "cli.onnx"]) == 0
+        session = ort.InferenceSession("cli.onnx", providers=["CPUExecutionProvider"])
+        np.save("cli.npy", session.run(["probabilities"], {"input": rows})[0])
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     assert_close(np.load(tmp_path / "backend.npy"), model.predict_proba(X), "float64")
     X_native = np.load(tmp_path / "rows.npy").astype(np.float64)
-    for strategy in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal"):
-        proba = np.load(tmp_path / f"{strategy}.npy")
+    for name in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "cli"):
+        proba = np.load(tmp_path / f"{name}.npy")
         assert_close(proba, model.predict_proba(X_native), "float64")
 
 

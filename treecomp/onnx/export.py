@@ -1,12 +1,13 @@
 """ONNX export: the model of a forest, its inputs, outputs and opsets, checked.
 
-The graph is emitted directly with ``onnx.helper`` from the lowered strategies (see
-:mod:`treecomp.onnx.graph`); this module adds the input casts, the category encoding and the
-named outputs. We do not trace the torch module with ``torch.onnx.export``: torch 2.13's
-exporter goes through ``torch.export`` and onnxscript, whose output depends on the
-exporter's version, and it cannot follow the module's data-dependent NaN fast path.
-Emitting the graph ourselves gives standard operators only, a fixed opset, a dynamic batch
-axis and a graph we test, whatever the torch version.
+The graph is emitted directly with ``onnx.helper`` from the lowering's plan
+(:class:`strategies.ForestPlan`, see :mod:`treecomp.onnx.graph`), with no torch; this module
+adds the input casts, the category encoding and the named outputs. We do not trace the torch
+module with ``torch.onnx.export``: torch 2.13's exporter goes through ``torch.export`` and
+onnxscript, whose output depends on the exporter's version, and it cannot follow the
+module's data-dependent NaN fast path. Emitting the graph ourselves gives standard operators
+only, a fixed opset, a dynamic batch axis and a graph we test, whatever the torch version,
+and export needs no torch installed.
 
 Graph inputs and outputs:
 
