@@ -5,9 +5,10 @@ Three strategies (the Hummingbird paper's): ``"gemm"``, ``"tree_traversal"`` and
 target, and ``"tree_ensemble"`` (ONNX Runtime's tree operator) for the ONNX target only.
 Each maps inputs to leaf rows of a group of trees. :func:`lower` makes a
 :class:`~strategies.forest_plan.ForestPlan` (NumPy tables and programs, no torch), which the
-ONNX graph renders directly and :class:`~strategies.forest_module.ForestModule` (the only
-part that imports torch) renders as a torch module, with the shared aggregation and
-post-transform. This package depends on :mod:`treecomp.ir`, never on a frontend.
+ONNX graph renders directly and :class:`~strategies.forest_module.ForestModule` renders as a
+torch module, with the shared aggregation and post-transform; only that rendering
+(``forest_module``, ``torch_groups``, ``programs``, ``eager``) imports torch. This package
+depends on :mod:`treecomp.ir`, never on a frontend.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ def lower(
             compiler fuses every group's levels, not in eager mode. 200
             HistGradientBoosting trees of depth 7 to 16, 10 000 rows, compiled, 1 thread:
             363 ms in one tree-traversal group, 184 ms by depth.
-        target: ``"torch"`` or ``"onnx"``: what the module will run as. Only the ONNX target
-            can use ``"tree_ensemble"``, whose plan has no torch module.
+        target: ``"torch"`` or ``"onnx"``: what the plan will be rendered as. Only the ONNX
+            target can use ``"tree_ensemble"``, whose plan has no torch module.
         one_thread: The ONNX graph will run in sessions of one thread each
             (:class:`GroupOptions`).
         shapes: :func:`strategies.selector.tree_shapes` of the forest's trees where the

@@ -1,4 +1,4 @@
-"""The module every backend runs: input casts, strategy groups, aggregation, post-transform.
+"""The torch module of a forest's plan: input casts, strategy groups, aggregation, links.
 
 Strategies produce leaf rows; everything after that is shared, so any strategy composes
 with any aggregation (sum or average, base score) and any post-transform.

@@ -26,13 +26,14 @@ if TYPE_CHECKING:
 FLOAT32_EXACT_INTEGERS = 1 << 24
 
 
-@dataclass
+@dataclass(eq=False)  # NumPy fields: compared by identity
 class ForestPlan:
     """What every target of a lowered forest reads.
 
     Attributes:
-        forest: The forest lowered (thresholds for ``precision``, base score folded into
-            the sum's plan: every target's sum starts at zero).
+        forest: The forest lowered (thresholds for ``precision``, the base score folded
+            into each output's first tree's leaves where the sum allows it:
+            :func:`treecomp.passes.fold_base_score`).
         groups: Each group's plan (:class:`strategies.nodes.TreeGroup`), leaf tables in the
             forest's accumulation type.
         layout: ``(strategy, tree indices)`` per group.

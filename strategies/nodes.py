@@ -263,17 +263,18 @@ class TreeGroup:
 
     Every target renders it: the torch module (:mod:`strategies.torch_groups`, one buffer
     per table) and the ONNX graph (:meth:`emit_onnx`, one constant per table it reads).
-    A walk gives, for every (tree, row), an int32 index into ``leaf_value`` (float64
-    ``(n_leaf_rows, leaf_width)``) and ``leaf_id`` (native leaf numbers); ``columns``
-    holds each tree's position in the forest.
+    A walk gives, for every (tree, row), an int32 index into ``leaf_value`` (``(n_leaf_rows,
+    leaf_width)``, float64, cast to the sum's type by the forest's plan) and ``leaf_id``
+    (native leaf numbers); ``columns`` holds each tree's position in the forest.
 
     Attributes:
         name: The strategy's registered name.
         tables: The names of the group's tables, each a NumPy attribute.
-        rest, node_base, child, below: Set by :meth:`set_walk`, for strategies that walk
-            levels by child pointers: the levels so walked, where their node parameters
-            start, the pointers, and the node each walker starts from, by the position its
-            top levels left it at (empty where the walk starts from the roots).
+        rest, node_base: Set by :meth:`set_walk`, for strategies that walk levels by child
+            pointers: the levels so walked, where their node parameters start.
+        child, below: The tables of that walk (empty where there is none): the pointers,
+            and the node each walker starts from by the position its top levels left it at
+            (empty too where the walk starts from the roots).
         node_steps: The group's programs (:func:`child_walk`, a strategy's top levels),
             each without and with the missing-value rule, flat, in the order of PROGRAMS.
     """

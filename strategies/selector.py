@@ -253,7 +253,7 @@ def plan(
          ``MAX_COMPILED_GROUPS`` groups, which bounds the compile time.
       5. Branch-free (compiled or exported) on the CPU, forests no deeper than
          ``MAX_BLOCKED_DEPTH``: rows walk in blocks of ``BLOCK_ROWS`` (:func:`block_rows`,
-         set on the module by ``strategies.lower``).
+         kept in the forest's plan by ``strategies.lower``).
     """
     everyone = np.arange(depths.size)
     if tree_operator and device == "cpu":

@@ -34,6 +34,8 @@ The operator exists only in ONNX Runtime's CPU provider: this strategy is regist
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,10 +149,20 @@ class TreeEnsemble(TreeGroup):
         self.copy_columns[order] = np.arange(keys.size)
 
     def plan_rows(self, rows: int) -> None:
-        """Size the operator nodes for batches of ``rows`` rows: an exported graph's branch
-        for small batches plans again for them (``treecomp.onnx.graph.emit_module``)."""
+        """Size the operator nodes for batches of ``rows`` rows."""
         large = rows >= SPLIT_FROM_ROWS
         self.trees_per_node = self.split if large else max(1, len(self.trees))
+
+    @contextlib.contextmanager
+    def planned_for(self, rows: int) -> Iterator[None]:
+        """Nodes sized for batches of ``rows`` rows while emitting (an exported graph's branch
+        for small batches, ``treecomp.onnx.graph.emit_module``), the plan's own after."""
+        kept = self.trees_per_node
+        self.plan_rows(rows)
+        try:
+            yield
+        finally:
+            self.trees_per_node = kept
 
     def input_columns(
         self,

@@ -274,14 +274,19 @@ def test_fresh_process_with_only_onnxruntime_scores_the_file(
 
 def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
     """Conversion to the onnx backend, export with every strategy and ``treecomp convert
-    --to onnx`` run in a process where ``import torch`` fails: the lowering is NumPy, the
-    graph is built from it."""
+    --to onnx``, of a model and of a Pipeline, run in a process where ``import torch``
+    fails: the lowering is NumPy, the graph is built from it."""
+    ort = pytest.importorskip("onnxruntime")
+    from tests.test_pipeline import TEST, fitted_pipeline, onnx_feeds
+
     model, X_test = fitted("lightgbm_binary_nan")
     X = np.array(X_test, dtype=np.float64)
     X[::5, 3] = np.nan
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
     model.booster_.save_model(tmp_path / "model.txt")
     np.save(tmp_path / "x.npy", X)
+    pipeline = fitted_pipeline("random_forest")
+    (tmp_path / "pipeline.pkl").write_bytes(pickle.dumps((pipeline, TEST)))
     script = textwrap.dedent(
         """
         import pickle, sys, numpy as np, onnxruntime as ort
@@ -310,6 +315,10 @@ def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
         assert main(["convert", "model.txt", "--to", "onnx", "-o", "cli.onnx"]) == 0
         session = ort.InferenceSession("cli.onnx", providers=["CPUExecutionProvider"])
         np.save("cli.npy", session.run(["probabilities"], {"input": rows})[0])
+        pipeline, test = pickle.load(open("pipeline.pkl", "rb"))
+        cm = treecomp.convert(pipeline, "onnx")
+        np.save("pipeline.npy", cm.predict_proba(test))
+        cm.export_onnx("pipeline.onnx")
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         """
     )
@@ -319,6 +328,31 @@ def test_the_onnx_target_needs_no_torch(tmp_path: Path) -> None:
     for name in ("auto", "gemm", "tree_traversal", "perfect_tree_traversal", "cli"):
         proba = np.load(tmp_path / f"{name}.npy")
         assert_close(proba, model.predict_proba(X_native), "float64")
+    expected = pipeline.predict_proba(TEST)
+    assert_close(np.load(tmp_path / "pipeline.npy"), expected, "float64")
+    session = ort.InferenceSession(str(tmp_path / "pipeline.onnx"))
+    (proba,) = session.run(["probabilities"], onnx_feeds(session, TEST))
+    assert_close(proba, expected, "float64")
+
+
+def test_a_plan_emits_the_same_graph_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forest's plan is data: emitting it (here twice) leaves it as it was, though the
+    small-batch branch plans its tree-operator nodes its own way while it is emitted."""
+    import strategies
+    import strategies.tree_ensemble as tree_ensemble
+    from treecomp.onnx.export import build
+
+    monkeypatch.setattr(tree_ensemble, "TREES_PER_NODE", 4)  # large batches: 5 nodes
+    model, _ = fitted("xgboost_binary")
+    forest = treecomp.parse(model)
+    plan = strategies.plan_forest(forest, "float32", target="onnx")
+    graphs = [
+        build(forest, lower=lambda *args, **options: plan, leaf_indices=True).SerializeToString()
+        for _ in range(2)
+    ]
+    assert graphs[0] == graphs[1]
+    fresh = build(forest, lower=strategies.plan_forest, leaf_indices=True)
+    assert fresh.SerializeToString() == graphs[0]
 
 
 def test_string_labels_travel_in_the_graph() -> None:

@@ -4,8 +4,8 @@
 bind implementations to these names and refuse any other; the artifact's schema, the command
 line, MLflow's requirements and the benchmark read them from here, so that a file, a flag
 and an implementation can never disagree on which names exist. Neither registry can be the
-source itself: the strategies need torch to register, and the backend registry sits above
-every engine it builds.
+source itself: importing the strategies' registry registers every strategy (the plans and
+the ONNX Runtime operator's), and the backend registry sits above every engine it builds.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A Pipeline's engines: its transforms in front of the forest's engine, on each backend.
 
 The transforms are one description (:mod:`treecomp.transforms`); the torch module and the
-ONNX graph hold them (:mod:`treecomp.transform_targets`, imported only for torch), and the
-backends with no graph to hold them (the reference evaluator, the C kernel) evaluate them in
+ONNX graph hold them (:mod:`treecomp.transforms_torch`, :mod:`treecomp.onnx.transforms`),
+and the backends with no graph to hold them (the reference evaluator, the C kernel) evaluate them in
 NumPy first. This module sits above both, so that neither imports the other upward; it
 also prepares a Pipeline's input rows (:func:`prepare`), checked as the forest checks its own.
 """
@@ -46,7 +46,7 @@ def make_engine(
         engine = factory(forest, precision=precision, **options)
         return FeaturesEngine(transforms, forest, engine, precision)
     if backend == "torch":
-        from treecomp.transform_targets import wrap_torch_engine
+        from treecomp.transforms_torch import wrap_torch_engine
 
         engine = factory(forest, precision=precision, **options)
         return wrap_torch_engine(engine, transforms, forest, precision)

@@ -4,8 +4,9 @@ A fitted Pipeline (imputers, scalers, encoders, a ColumnTransformer) maps every 
 the row its forest reads, one output feature at a time: each output feature is one input
 column passed through a short chain of elementwise operations (:class:`Op`). That chain is
 the whole description; :mod:`treecomp.frontends.pipeline` builds it from the fitted
-objects, and every target (NumPy here, torch and ONNX in :mod:`treecomp.transform_targets`)
-evaluates the same chains through :func:`evaluate`, each with its own few primitives.
+objects, and every target (NumPy here, torch in :mod:`treecomp.transforms_torch`, ONNX in
+:mod:`treecomp.onnx.transforms`) evaluates the same chains through :func:`evaluate`, each
+with its own few primitives.
 
 Input contract. Numbers cannot carry strings, so the rows reach the chains as an *encoded
 matrix*, one column per :class:`Source`: a numeric source is the input column's values
@@ -243,7 +244,7 @@ def evaluate(
 class OperatorPrimitives:
     """The primitives that Python's operators give alike on NumPy arrays and torch tensors:
     the comparisons and the arithmetic, written once for both (:class:`NumpyPrimitives`,
-    ``treecomp.transform_targets.TorchPrimitives``)."""
+    ``treecomp.transforms_torch.TorchPrimitives``)."""
 
     def equal(self, x: Any, c: Any) -> Any:
         return x == c

@@ -95,7 +95,8 @@ def parse_pipeline(pipeline: Any) -> tuple[Transforms, Forest]:
         )
     # Categorical splits read the transforms' numbers: as codes (LightGBM, XGBoost), or,
     # for HistGradientBoosting, as values it maps to its known categories (every target
-    # does after the transforms: treecomp.transform_targets, treecomp.onnx, FeaturesEngine).
+    # does after the transforms: treecomp.transforms_torch, treecomp.onnx.transforms,
+    # FeaturesEngine).
     if not math.isnan(forest.missing_value):
         raise UnsupportedModelError(
             f"{type(final).__qualname__} has missing={forest.missing_value}: after a "

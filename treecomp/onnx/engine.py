@@ -266,6 +266,6 @@ def _default_threads() -> int:
     process may run on (the ONNX target runs without torch)."""
     try:
         import torch
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or its libraries do not load
         return cpus()
     return int(torch.get_num_threads())

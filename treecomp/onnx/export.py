@@ -159,7 +159,7 @@ def build_with_plan(
         one_thread: An engine graph for sessions of one thread (:class:`OnnxEngine`): the
             tree operator adds the trees where it can, exact only there.
         transforms: A Pipeline's row transforms (:mod:`treecomp.transforms`), emitted in
-            front of the forest (inputs: see :mod:`treecomp.transform_targets`).
+            front of the forest (inputs: see :mod:`treecomp.onnx.transforms`).
         large_batch_rows: Exported graphs only: from this many rows on, a batch takes one
             tree operator node per tree (``LARGE_BATCH_ROWS``); None: every batch the
             graph for small ones. The onnx backend's sessions run its own plans per batch
@@ -184,7 +184,7 @@ def build_with_plan(
         helper.make_tensor_value_info("input", ELEMENT[precision], ["N", forest.n_features])
     ]
     if transforms is not None:
-        from treecomp.transform_targets import emit_transforms, input_names
+        from treecomp.onnx.transforms import emit_transforms, input_names
 
         g = GraphBuilder(precision, "input" if engine_outputs else input_names(transforms)[0])
         X, graph_inputs = emit_transforms(

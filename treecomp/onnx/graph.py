@@ -9,6 +9,7 @@ model with its inputs and named outputs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -252,8 +253,6 @@ def emit_module(
         raw = _emit_operator_sums(g, plan, X, groups, tables)
     elif large_batch_rows is not None and _tree_chain_layout(plan, groups) is not None:
         element = ELEMENT[forest.accumulation]
-        if hasattr(groups[0], "plan_rows"):  # the leaf ids above keep the batch size's plan
-            groups[0].plan_rows(large_batch_rows - 1)
         n = g.op("Shape", X, end=1)
 
         def by_size() -> str:
@@ -265,22 +264,27 @@ def emit_module(
             few = g.op("Less", n, g.ints([large_batch_rows]))
             return g.op("If", few, then_branch=small, else_branch=large)
 
-        # A single row of a one-output forest: the operator's own sum, in fewer nodes than
-        # the scan. Exact there on any number of threads: ONNX Runtime adds one row's trees
-        # in their order, walked on one thread or, from 80 trees, on all of them into a score
-        # per tree (treecomp.onnx.engine.PARALLEL_TREES; several outputs would add per-thread
-        # partial sums). Measured: see LARGE_BATCH_ROWS in treecomp.onnx.export.
-        single = None
-        if forest.n_outputs == 1 and large_batch_rows > 1:
-            single = g.branch(
-                lambda: _emit_operator_sums(g, plan, X, groups, tables),
-                element,
-            )
-        if single is None:
-            raw = by_size()
-        else:
-            one = g.op("Less", n, g.ints([2]))
-            raw = g.op("If", one, then_branch=single, else_branch=g.branch(by_size, element))
+        # The branches plan their operator nodes for small batches; the leaf ids above keep
+        # the batch size's plan, and so does the plan itself afterwards.
+        planned = getattr(groups[0], "planned_for", None)
+        with planned(large_batch_rows - 1) if planned else contextlib.nullcontext():
+            # A single row of a one-output forest: the operator's own sum, in fewer nodes
+            # than the scan. Exact there on any number of threads: ONNX Runtime adds one
+            # row's trees in their order, walked on one thread or, from 80 trees, on all of
+            # them into a score per tree (treecomp.onnx.engine.PARALLEL_TREES; several
+            # outputs would add per-thread partial sums). Measured: see LARGE_BATCH_ROWS in
+            # treecomp.onnx.export.
+            single = None
+            if forest.n_outputs == 1 and large_batch_rows > 1:
+                single = g.branch(
+                    lambda: _emit_operator_sums(g, plan, X, groups, tables),
+                    element,
+                )
+            if single is None:
+                raw = by_size()
+            else:
+                one = g.op("Less", n, g.ints([2]))
+                raw = g.op("If", one, then_branch=single, else_branch=g.branch(by_size, element))
     if raw is None:
         raw = summed()
     transformed = None
