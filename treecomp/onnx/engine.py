@@ -8,7 +8,8 @@ options of each graph it needs: the engine stands beside the exporter, not on to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -81,7 +82,7 @@ class OnnxEngine:
                 )
             index = int(str(device).split(":")[1]) if ":" in str(device) else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        self.options: dict[str, Any] = {
+        options: dict[str, Any] = {
             "precision": precision,
             "strategy": strategy,
             "batch_size": batch_size or 10_000,
@@ -100,7 +101,7 @@ class OnnxEngine:
             self.threads = n_threads or _default_threads()
             self.session_options.intra_op_num_threads = 1
             self.session_options.inter_op_num_threads = 1
-            self.options["one_thread"] = True
+            options["one_thread"] = True
         elif n_threads is not None:
             self.session_options.intra_op_num_threads = n_threads
         self._pool = SlicePool(self.threads - 1, "treecomp-onnx")
@@ -108,7 +109,10 @@ class OnnxEngine:
         # A pipeline's graph reads the encoded rows (treecomp.transforms) in float64.
         self._dtype = np.dtype(precision if transforms is None else "float64")
         if transforms is not None:
-            self.options["transforms"] = transforms
+            options["transforms"] = transforms
+        # The lowering's options, read by every graph this engine builds (frozen: a variant
+        # is a copy with its own batch size).
+        self.options: Mapping[str, Any] = MappingProxyType(options)
         k = forest.n_outputs
         # The graphs give raw sums; links run after them, with the C library's exp and expf
         # as the native libraries call them (ONNX Runtime's Exp differs by an ulp).
