@@ -16,6 +16,7 @@ costs nothing at run time and needs no data-dependent branch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -280,6 +281,9 @@ class TreeGroup:
     """
 
     name = ""
+    # ONNX-ML's tree operator (strategies.tree_ensemble): it can give leaf values and sums
+    # itself (emit_values, emit_tree_values, emit_sums), which the graph then uses.
+    tree_operator = False
     columns: npt.NDArray[np.int64]
     feature: npt.NDArray[np.int32]
     threshold: npt.NDArray[np.floating]
@@ -396,6 +400,16 @@ class TreeGroup:
             return rows
         tables = ("feature", "child", "below", *NODE_INPUTS[2:])
         return self.emit_program(g, "walk", [X, rows], *tables)
+
+    def emit_values(self, g: Any, X: str, table: npt.NDArray[np.floating]) -> str | None:
+        """Every tree's leaf value ``(N, n_trees)`` from ``table`` where the group can give
+        them without the leaf rows (the tree operator), else None: the graph gathers them."""
+        return None
+
+    def planned_for(self, rows: int) -> contextlib.AbstractContextManager[None]:
+        """The group laid out for batches of ``rows`` rows while emitting (the tree
+        operator's node sizes), as it was afterwards; no change by default."""
+        return contextlib.nullcontext()
 
     def emit_top(self, g: Any, X: str) -> str:
         """Emit the positions where the strategy's own top levels leave each walker

@@ -107,6 +107,8 @@ def variant_keys(
 class TreeEnsemble(TreeGroup):
     """Leaves found by ONNX-ML ``TreeEnsemble`` nodes (ONNX Runtime's tree walker)."""
 
+    tree_operator = True
+
     def __init__(self, trees: list[Tree], columns: list[int], options: GroupOptions) -> None:
         reason = refusal(trees, options.precision)
         if reason is not None:

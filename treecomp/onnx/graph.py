@@ -9,7 +9,6 @@ model with its inputs and named outputs.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -239,7 +238,7 @@ def emit_module(
     def summed() -> str:
         values = []
         for i, group in enumerate(groups):
-            direct = group.emit_values(g, X, tables[i]) if hasattr(group, "emit_values") else None
+            direct = group.emit_values(g, X, tables[i])
             if direct is None:
                 direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
                 g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
@@ -266,8 +265,7 @@ def emit_module(
 
         # The branches plan their operator nodes for small batches; the leaf ids above keep
         # the batch size's plan, and so does the plan itself afterwards.
-        planned = getattr(groups[0], "planned_for", None)
-        with planned(large_batch_rows - 1) if planned else contextlib.nullcontext():
+        with groups[0].planned_for(large_batch_rows - 1):
             # A single row of a one-output forest: the operator's own sum, in fewer nodes
             # than the scan. Exact there on any number of threads: ONNX Runtime adds one
             # row's trees in their order, walked on one thread or, from 80 trees, on all of
@@ -300,7 +298,7 @@ def _tree_chain_layout(plan: strategies.ForestPlan, groups: list[Any]) -> str | 
     its leaf row to all outputs, one chain of row Adds), ``"outputs"`` (scalar leaves, one
     chain per output), or None where it does not apply."""
     forest = plan.forest
-    if len(groups) != 1 or not hasattr(groups[0], "emit_tree_values"):
+    if len(groups) != 1 or not groups[0].tree_operator:
         return None
     if not np.array_equal(groups[0].columns, np.arange(forest.n_trees)):
         return None
@@ -372,7 +370,7 @@ def _emit_operator_sums(
     went into the first tree's leaves (or is zero) and each tree adds one value to one
     output. Averages divide the sum afterwards (:func:`treecomp.sums.mean`).
     """
-    if len(groups) != 1 or not hasattr(groups[0], "emit_sums") or plan.sum_plan.width != 1:
+    if len(groups) != 1 or not groups[0].tree_operator or plan.sum_plan.width != 1:
         return None
     group, forest = groups[0], plan.forest
     if not np.array_equal(group.columns, np.arange(forest.n_trees)):
