@@ -14,13 +14,13 @@ import functools
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from treecomp.backends import choose_backend, get_backend, tiered_engine
-from treecomp.engine import Engine
+from treecomp.engine import DeviceEngine, Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
 from treecomp.frontends import parse
 from treecomp.frontends.pipeline import is_pipeline, parse_pipeline
@@ -106,6 +106,8 @@ class CompiledModel:
         # One engine per precision that has run, the default one built now.
         self._engine = build(default_precision(forest, precision))
         self._engines: dict[str, Engine] = {default_precision(forest, precision): self._engine}
+        # Asked once: a protocol check costs microseconds, and single rows count them.
+        self._on_device = isinstance(self._engine, DeviceEngine)
 
     def _engine_for(self, precision: str) -> Engine:
         """The engine scoring inputs prepared in ``precision``, built at its first call (a
@@ -119,7 +121,7 @@ class CompiledModel:
             if precision not in self._engines:
                 engine = self._build(precision)  # type: ignore[arg-type]
                 if self._device is not None:
-                    engine.to(self._device)  # type: ignore[attr-defined]
+                    cast(DeviceEngine, engine).to(self._device)
                 self._engines[precision] = engine
             return self._engines[precision]
 
@@ -213,10 +215,10 @@ class CompiledModel:
             return self._engine_for(dtype_name(prepared.dtype)), prepared
         f = self.forest
         host_encoding = f.categories is not None and f.category_encoding == "always"
-        if _is_tensor(X) and hasattr(self._engine, "prepare_tensor") and not host_encoding:
+        if _is_tensor(X) and self._on_device and not host_encoding:
             dtype = str(X.dtype).removeprefix("torch.")
-            engine = self._engine_for(call_precision(f, self.precision, dtype))
-            return engine, engine.prepare_tensor(X)  # type: ignore[attr-defined]
+            engine = cast(DeviceEngine, self._engine_for(call_precision(f, self.precision, dtype)))
+            return engine, engine.prepare_tensor(X)
         prepared = prepare(f, X, self.precision)
         return self._engine_for(dtype_name(prepared.dtype)), prepared
 
@@ -239,10 +241,9 @@ class CompiledModel:
     @property
     def torch_module(self) -> Any:
         """The compiled ``torch.nn.Module`` (or TorchScript module) of a torch backend."""
-        module = getattr(self._engine, "module", None)
-        if module is None:
+        if not isinstance(self._engine, DeviceEngine):
             raise AttributeError(f"the {self.backend!r} backend has no torch module")
-        return module
+        return self._engine.module
 
     def tier_up(self, timeout: float | None = None) -> bool:
         """Move large batches to the compiled torch package now, and wait for it.
@@ -286,11 +287,11 @@ class CompiledModel:
 
     def to(self, device: Any) -> CompiledModel:
         """Move a torch-backed model to ``device``; returns ``self``."""
-        if not hasattr(self._engine, "to"):
+        if not self._on_device:
             raise AttributeError(f"the {self.backend!r} backend runs on the CPU only")
         with self._lock:
             for engine in self._engines.values():
-                engine.to(device)  # type: ignore[attr-defined]
+                cast(DeviceEngine, engine).to(device)
             self._device = device
         return self
 
@@ -354,13 +355,12 @@ class CompiledModel:
                 "export_pt2 of a compiled Pipeline is not supported yet: export it with "
                 "cm.export_onnx(path), or the forest alone (treecomp.convert(pipeline[-1]))"
             )
-        export = getattr(self._engine, "export_pt2", None)
-        if export is None:
+        if not isinstance(self._engine, DeviceEngine):
             raise AttributeError(
                 f"export_pt2 needs a torch backend ('torch' or 'torchscript'); this model runs "
                 f"on {self.backend!r}: convert it with backend='torch' first"
             )
-        export(path, leaf_indices=leaf_indices)
+        self._engine.export_pt2(path, leaf_indices=leaf_indices)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:
         """Pickle as the safe artifact: another process (a Dask worker, a Spark executor)

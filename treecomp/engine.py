@@ -7,7 +7,7 @@ both, so that neither the backends nor the engines import the container.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,27 @@ class Engine(Protocol):
         self, X: npt.NDArray[np.floating]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Raw margins and post-transformed scores, each ``(n_rows, n_outputs)``."""
+        ...
+
+
+@runtime_checkable
+class DeviceEngine(Engine, Protocol):
+    """An engine of torch tensors on a device (the torch engines): what a
+    :class:`~treecomp.CompiledModel` offers beyond the native methods where its engine is one
+    (tensors in without a copy to NumPy, ``cm.to``, ``cm.torch_module``, ``cm.export_pt2``)."""
+
+    module: Any
+
+    def prepare_tensor(self, X: Any) -> Any:
+        """A tensor of rows cast and checked as NumPy rows are, on the engine's device."""
+        ...
+
+    def to(self, device: Any) -> None:
+        """Move the engine's module to ``device``."""
+        ...
+
+    def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
+        """Write the module as a ``torch.export`` + AOTInductor package."""
         ...
 
 
