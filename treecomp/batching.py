@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,25 @@ def cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def physical_cpus() -> int:
+    """The default thread count of torch and ONNX Runtime, without importing either:
+    ``OMP_NUM_THREADS`` where set, else the physical cores among the CPUs this process may
+    run on (Linux's CPU topology; elsewhere, or unreadable, :func:`cpus`)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(cpus())
+    cores: set[tuple[str, str]] = set()
+    for cpu in allowed:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            cores.add((package, (topology / "core_id").read_text().strip()))
+        except OSError:
+            return cpus()
+    return len(cores) or cpus()
 
 
 def rows_per_chunk(bytes_per_row: int, batch_size: int | None = None) -> int:
