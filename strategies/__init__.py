@@ -115,10 +115,10 @@ def lower(
     Returns:
         The plan of every target.
     """
-    name = ALIASES.get(strategy, strategy)
-    forest = fold_base_score(forest)  # every target's sum then starts at zero
     if precision not in ("float32", "float64"):
         raise ValueError(f"unknown precision {precision!r}; use 'float32' or 'float64'")
+    name = ALIASES.get(strategy, strategy)
+    forest = fold_base_score(forest)  # every target's sum then starts at zero
     depths, internal, leaves = shapes if shapes is not None else tree_shapes(forest.trees)
     if target not in ("torch", "onnx"):
         raise ValueError(f"unknown target {target!r}; use 'torch' or 'onnx'")

@@ -189,8 +189,8 @@ def emit_module(
     large_batch_rows: int | None = None,
 ) -> tuple[str | None, str | None, str | None]:
     """Emit the forward of ``plan`` (its torch module's) and/or ``leaf_ids``; returns (raw,
-    transformed, leaf ids),
-    sums in the accumulation type (the outputs widen what they give out).
+    transformed, leaf ids), sums in the accumulation type (the outputs widen what they give
+    out).
 
     ``link``: emit the post-transform (else ``transformed`` is None: the onnx backend links
     the raw sums itself, with the C library's exp).
@@ -209,13 +209,12 @@ def emit_module(
         extend = record(lambda x: extended_input(x, plan.fold_columns), g.float_type)
         g.shapes[X] = (forest.n_features,)
         (X,) = emit_program(g, extend, X)
-    # Back to forest order: the inverse of the groups' concatenated tree order.
-    inverse = np.argsort(np.concatenate([group.columns for group in groups]))
-    identity = bool(np.array_equal(inverse, np.arange(inverse.size)))
+    identity = plan.in_forest_order
 
     def in_forest_order(parts: list[str]) -> str:
+        """Back to forest order: the inverse of the groups' concatenated tree order."""
         joined = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
-        return joined if identity else g.op("Gather", joined, g.const(inverse), axis=1)
+        return joined if identity else g.op("Gather", joined, g.const(plan.inverse), axis=1)
 
     rows: dict[int, str] = {}  # each group's leaf rows, emitted once
 
@@ -231,17 +230,16 @@ def emit_module(
         )
     if not scores:
         return None, None, ids
-    tables = [group.leaf_value for group in groups]
     sum_plan = plan.sum_plan
     sum_tables = [g.const(table) for table in sum_plan.tables().values()]
 
     def summed() -> str:
         values = []
         for i, group in enumerate(groups):
-            direct = group.emit_values(g, X, tables[i])
+            direct = group.emit_values(g, X, group.leaf_value)
             if direct is None:
-                direct = g.op("Gather", g.const(tables[i]), leaf_rows(i))
-                g.shapes[direct] = (len(group.columns), int(tables[i].shape[1]))
+                direct = g.op("Gather", g.const(group.leaf_value), leaf_rows(i))
+                g.shapes[direct] = (len(group.columns), int(group.leaf_value.shape[1]))
             values.append(direct)
         # In order, step m of output j is column m * k + j of the values: a reshape.
         flat = g.reshape(in_forest_order(values), forest.n_trees * sum_plan.width)
@@ -249,15 +247,15 @@ def emit_module(
 
     raw = None
     if operator_sums:
-        raw = _emit_operator_sums(g, plan, X, groups, tables)
-    elif large_batch_rows is not None and _tree_chain_layout(plan, groups) is not None:
+        raw = _emit_operator_sums(g, plan, X)
+    elif large_batch_rows is not None and _tree_chain_layout(plan) is not None:
         element = ELEMENT[forest.accumulation]
         n = g.op("Shape", X, end=1)
 
         def by_size() -> str:
             small = g.branch(summed, element)
             large = g.branch(
-                lambda: _emit_tree_chains(g, plan, X, groups[0], tables[0]),
+                lambda: _emit_tree_chains(g, plan, X),
                 element,
             )
             few = g.op("Less", n, g.ints([large_batch_rows]))
@@ -275,7 +273,7 @@ def emit_module(
             single = None
             if forest.n_outputs == 1 and large_batch_rows > 1:
                 single = g.branch(
-                    lambda: _emit_operator_sums(g, plan, X, groups, tables),
+                    lambda: _emit_operator_sums(g, plan, X),
                     element,
                 )
             if single is None:
@@ -293,14 +291,12 @@ def emit_module(
     return raw, transformed, ids
 
 
-def _tree_chain_layout(plan: strategies.ForestPlan, groups: list[Any]) -> str | None:
+def _tree_chain_layout(plan: strategies.ForestPlan) -> str | None:
     """How :func:`_emit_tree_chains` adds this forest's trees: ``"rows"`` (every tree adds
     its leaf row to all outputs, one chain of row Adds), ``"outputs"`` (scalar leaves, one
     chain per output), or None where it does not apply."""
-    forest = plan.forest
-    if len(groups) != 1 or not groups[0].tree_operator:
-        return None
-    if not np.array_equal(groups[0].columns, np.arange(forest.n_trees)):
+    forest, groups = plan.forest, plan.groups
+    if len(groups) != 1 or not groups[0].tree_operator or not plan.in_forest_order:
         return None
     k, width = forest.n_outputs, plan.sum_plan.width
     steps = plan.sum_plan.steps  # (steps, outputs): flat tree * width + w, or a pad
@@ -311,13 +307,7 @@ def _tree_chain_layout(plan: strategies.ForestPlan, groups: list[Any]) -> str | 
     return None
 
 
-def _emit_tree_chains(
-    g: GraphBuilder,
-    plan: strategies.ForestPlan,
-    X: str,
-    group: Any,
-    table: np.ndarray,
-) -> str:
+def _emit_tree_chains(g: GraphBuilder, plan: strategies.ForestPlan, X: str) -> str:
     """The raw sums from one tree operator node per tree, added by a chain of ``Add`` nodes
     per output in tree order, in the table's (the accumulation) type: the native sum, on any
     number of threads (``TreeEnsemble.emit_tree_values``). The base score starts each
@@ -328,7 +318,8 @@ def _emit_tree_chains(
     tree, and nothing of ``(N, trees)`` is materialised. 10 000 rows, 2 threads, against
     ONNX-ML's own graph: see ``LARGE_BATCH_ROWS`` in :mod:`treecomp.onnx.export`.
     """
-    values = group.emit_tree_values(g, X, table)
+    group: Any = plan.groups[0]  # the tree operator (_tree_chain_layout)
+    values = group.emit_tree_values(g, X, group.leaf_value)
     forest = plan.forest
     k = forest.n_outputs
     sum_plan = plan.sum_plan
@@ -340,7 +331,7 @@ def _emit_tree_chains(
             total = g.op("Add", total, term)
         return total
 
-    if _tree_chain_layout(plan, [group]) == "rows":
+    if _tree_chain_layout(plan) == "rows":
         raw = chain(values, None if base is None else base.reshape(1, k))
     else:
         steps = sum_plan.steps
@@ -355,13 +346,7 @@ def _emit_tree_chains(
     return _emit_mean(g, sum_plan, raw)
 
 
-def _emit_operator_sums(
-    g: GraphBuilder,
-    plan: strategies.ForestPlan,
-    X: str,
-    groups: list[Any],
-    tables: list[np.ndarray],
-) -> str | None:
+def _emit_operator_sums(g: GraphBuilder, plan: strategies.ForestPlan, X: str) -> str | None:
     """The raw sums added by one tree-operator node, each output a target, or None where the
     forest does not allow it (see ``TreeEnsemble.emit_sums``).
 
@@ -370,15 +355,14 @@ def _emit_operator_sums(
     went into the first tree's leaves (or is zero) and each tree adds one value to one
     output. Averages divide the sum afterwards (:func:`treecomp.sums.mean`).
     """
+    groups, forest = plan.groups, plan.forest
     if len(groups) != 1 or not groups[0].tree_operator or plan.sum_plan.width != 1:
         return None
-    group, forest = groups[0], plan.forest
-    if not np.array_equal(group.columns, np.arange(forest.n_trees)):
-        return None
-    if plan.sum_plan.base_first:
+    if not plan.in_forest_order or plan.sum_plan.base_first:
         return None
     targets = np.array([tree.output_index for tree in forest.trees], dtype=np.int64)
-    totals = group.emit_sums(g, X, tables[0], targets, forest.n_outputs)
+    group: Any = groups[0]
+    totals = group.emit_sums(g, X, group.leaf_value, targets, forest.n_outputs)
     return None if totals is None else _emit_mean(g, plan.sum_plan, totals)
 
 
