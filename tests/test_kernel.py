@@ -196,6 +196,50 @@ def test_the_kernels_links_are_the_references() -> None:
                 function = getattr(library, f"treecomp_link_{acc}")
                 function(code, scale, raw.ctypes.data, out.ctypes.data, *raw.shape)
                 assert_equal(out, expected)
+                # What the torch and onnx engines call: their sums come widened to float64.
+                link = kernel.link_for(forest)
+                assert_equal(link(raw.astype(np.float64)), expected)
+                assert_equal(link(raw[:3].astype(np.float64)), expected[:3])  # in Python
+
+
+def test_engines_link_in_python_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel cannot be built, link_for's link is the reference's (once asked);
+    where it can, large calls run kernel.c's link, small ones the reference's."""
+    from types import SimpleNamespace
+
+    from treecomp import reference
+    from treecomp.ir import PostTransform
+
+    forest: Any = SimpleNamespace(
+        post_transform=PostTransform("softmax", 1.0), accumulation="float32"
+    )
+    raw = np.random.default_rng(1).normal(0, 3, (500, 10)).astype(np.float32)
+    expected = reference.link(forest, raw)
+    calls: list[str] = []
+
+    def no_compiler() -> Any:
+        calls.append("load")
+        raise kernel.KernelUnavailable("no C compiler here")
+
+    monkeypatch.setattr(kernel, "load_kernel", no_compiler)
+    link = kernel.link_for(forest)
+    assert_equal(link(raw), expected)
+    assert_equal(link(raw), expected)
+    assert calls == ["load"]  # asked once, then Python for good
+
+    monkeypatch.undo()
+    c_calls: list[int] = []
+
+    def in_c(self: Any, r: np.ndarray) -> np.ndarray:
+        c_calls.append(r.size)
+        return expected
+
+    monkeypatch.setattr(kernel.CLink, "__call__", in_c)
+    link = kernel.link_for(forest)
+    link(raw[:2])
+    assert c_calls == []
+    link(raw)
+    assert c_calls == [raw.size]
 
 
 @pytest.fixture

@@ -178,9 +178,17 @@ def _numpy_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
 @register_backend("torch")
 def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from strategies import lower_forest
+    from treecomp.kernel import link_for
     from treecomp.torch_backend import TorchEngine
 
-    return TorchEngine(forest, lower_forest, precision=precision, script=False, **options)  # type: ignore[arg-type]
+    return TorchEngine(
+        forest,
+        lower_forest,
+        precision=precision,  # type: ignore[arg-type]
+        script=False,
+        link=link_for(forest),
+        **options,
+    )
 
 
 # TorchScript is deprecated in torch 2.13 (torch.export and AOTInductor replace it), and its
@@ -210,22 +218,26 @@ def _outside_treecomp() -> int:
 @register_backend("torchscript")
 def _torchscript_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from strategies import lower_forest
+    from treecomp.kernel import link_for
     from treecomp.torch_backend import TorchEngine
 
     warnings.warn(TORCHSCRIPT_DEPRECATION, FutureWarning, stacklevel=_outside_treecomp())
     _no_compile("torchscript", options)
-    return TorchEngine(forest, lower_forest, precision=precision, script=True, **options)  # type: ignore[arg-type]
+    link = link_for(forest)
+    return TorchEngine(forest, lower_forest, precision=precision, script=True, link=link, **options)  # type: ignore[arg-type]
 
 
 @register_backend("onnx")
 def _onnx_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from strategies import plan_forest
+    from treecomp.kernel import link_for
     from treecomp.onnx.engine import OnnxEngine
     from treecomp.onnx.export import build_with_plan
 
     _no_compile("onnx", options)
     build_graph = functools.partial(build_with_plan, forest, lower=plan_forest)
-    return OnnxEngine(forest, build_graph, precision=precision, **options)  # type: ignore[arg-type]
+    link = link_for(forest)
+    return OnnxEngine(forest, build_graph, precision=precision, link=link, **options)  # type: ignore[arg-type]
 
 
 @register_backend("kernel")
@@ -301,5 +313,6 @@ def _large_batch_tier(forest: Forest, precision: str, options: dict[str, Any]) -
         from strategies import lower_forest
         from treecomp.torch_backend import package_tier
 
-        return package_tier(forest, lower_forest, precision=precision, options=options)  # type: ignore[arg-type]
+        link = kernel.link_for(forest)
+        return package_tier(forest, lower_forest, precision=precision, options=options, link=link)  # type: ignore[arg-type]
     return None

@@ -7,6 +7,7 @@ both, so that neither the backends nor the engines import the container.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from strategies.forest_module import ForestModule
     from treecomp.inputs import Precision
     from treecomp.ir import Forest
+
+
+# A forest's link of raw sums ``(n_rows, n_outputs)``, for engines that sum in another library
+# (torch, ONNX Runtime) and link in NumPy: :func:`treecomp.reference.link` over the forest,
+# or the kernel's C link (:func:`treecomp.kernel.link_for`), which computes the same numbers.
+Link = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]]
 
 
 class Engine(Protocol):

@@ -40,7 +40,7 @@ import torch.fx.experimental._config as fx_config
 
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.compiled_tier import CompiledTier
-from treecomp.engine import Lower
+from treecomp.engine import Link, Lower
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -379,12 +379,14 @@ class TorchEngine:
         progress: bool = False,
         compile: bool = False,
         build: bool = True,
+        link: Link | None = None,
     ) -> None:
         check_positive("batch_size", batch_size)
         check_positive("n_threads", n_threads)
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}")
         self.forest = forest
+        self._link = link or partial(reference.link, forest)
         self.device = resolve_device(device)
         self.compiled = compile  # a package is built, or loaded (no compiler needed)
         self.n_threads = n_threads
@@ -521,7 +523,7 @@ class TorchEngine:
             # the native libraries call, by an ulp, and so does the correctly rounded
             # float32 exp of XGBoost's links in the module; a CPU package's C++ calls the
             # library's double exp itself.
-            transformed = reference.link(self.forest, raw)
+            transformed = self._link(raw)
         return raw, transformed
 
     def prepare_tensor(self, X: torch.Tensor) -> torch.Tensor:
@@ -566,15 +568,21 @@ def _score_slice(fn: Callable[[torch.Tensor], Any], rows: torch.Tensor) -> list[
 
 
 def package_tier(
-    forest: Forest, lower: Lower, *, precision: Precision, options: dict[str, Any]
+    forest: Forest,
+    lower: Lower,
+    *,
+    precision: Precision,
+    options: dict[str, Any],
+    link: Link | None = None,
 ) -> CompiledTier:
     """The forest's compiled package as the default backend's tier of large batches, found
     in the package cache or built in the background (:mod:`treecomp.compiled_tier`)."""
 
     def cached(forest: Forest, precision: Precision, options: dict[str, Any]) -> Any:
         engine = TorchEngine(
-            forest, lower, precision=precision, script=False, compile=True, build=False, **options
-        )
+            forest, lower, precision=precision, script=False, compile=True, build=False,
+            link=link, **options,
+        )  # fmt: skip
         return engine if engine.package_loaded else None
 
     def check() -> None:

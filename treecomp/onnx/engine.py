@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +29,7 @@ from treecomp.batching import (
 from treecomp.inputs import Precision, check_positive
 
 if TYPE_CHECKING:
+    from treecomp.engine import Link
     from treecomp.ir import Forest
 
 # The onnx backend scores calls of fewer rows than this with a graph planned for one row
@@ -66,6 +68,7 @@ class OnnxEngine:
         n_threads: int | None = None,
         progress: bool = False,
         transforms: Any = None,
+        link: Link | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -76,6 +79,7 @@ class OnnxEngine:
         check_positive("batch_size", batch_size)
         check_positive("n_threads", n_threads)
         self.forest = forest
+        self._link = link or partial(reference.link, forest)
         self.precision = precision
         kind = str(device).split(":")[0]
         if kind not in ("cpu", "cuda"):
@@ -268,7 +272,7 @@ class OnnxEngine:
             outputs = [out.astype(np.float64, copy=False) for out in outputs]
         else:
             outputs = self._run(self._scores_session, *self._score_outputs, X, np.float64)
-        return outputs[0], reference.link(self.forest, outputs[0])
+        return outputs[0], self._link(outputs[0])
 
 
 def _default_threads() -> int:
