@@ -297,31 +297,3 @@ def test_nan_and_infinity_refused_and_huge_values_kept_in_batches_of_every_size(
     huge[-1, 1] = np.inf
     with pytest.raises(ValueError, match="infinity"):
         strict.predict(huge)
-
-
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_engines_of_other_libraries_link_large_batches_in_c(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The onnx and torch engines sum in ONNX Runtime and torch, and link in NumPy: large
-    batches go through the kernel's C link (the native bits, 40x faster than a ctypes call
-    of expf per value, which took 44 of a compiled 10-class XGBoost model's 102 ms at 10 000
-    rows), single rows through the reference's."""
-    from treecomp import reference
-
-    model, X_test = fitted("xgboost_multiclass")
-    X = np.concatenate([np.asarray(X_test, dtype=np.float32)] * 4)
-    cm = treecomp.convert(model, backend)
-    expected = model.predict_proba(X)
-    per_value: list[int] = []
-    python_expf = reference.libm_expf
-
-    def counted(x: np.ndarray) -> np.ndarray:
-        per_value.append(np.size(x))
-        return python_expf(x)
-
-    monkeypatch.setattr(reference, "libm_expf", counted)
-    assert_equal(cm.predict_proba(X), expected)
-    assert per_value == []
-    assert_equal(cm.predict_proba(X[:1]), expected[:1])
-    assert per_value == [model.n_classes_]

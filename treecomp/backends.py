@@ -181,12 +181,13 @@ def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.kernel import link_for
     from treecomp.torch_backend import TorchEngine
 
+    link = link_for(forest)
     return TorchEngine(
         forest,
         lower_forest,
         precision=precision,  # type: ignore[arg-type]
         script=False,
-        link=link_for(forest),
+        link=link,
         **options,
     )
 

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 
 # A forest's link of raw sums ``(n_rows, n_outputs)``, for engines that sum in another library
-# (torch, ONNX Runtime) and link in NumPy: :func:`treecomp.reference.link` over the forest,
-# or the kernel's C link (:func:`treecomp.kernel.link_for`), which computes the same numbers.
+# (torch, ONNX Runtime) and link the sums afterwards: :func:`treecomp.reference.link` over the
+# forest, or the kernel's C link (:func:`treecomp.kernel.link_for`), the same numbers.
 Link = Callable[[npt.NDArray[np.floating]], npt.NDArray[np.float64]]
 
 

@@ -305,7 +305,7 @@ class CLink:
         self._function = getattr(library, f"treecomp_link_{acc}")
 
     def __call__(self, raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-        if self.code is None:
+        if self.code is None or raw.ndim != 2:  # kernel.c reads rows of outputs
             return reference.link(self.forest, raw, libm_exp, libm_expf)
         # The sums in their accumulation type (float32 sums come widened from some engines).
         sums = np.ascontiguousarray(raw, dtype=self._dtype)
@@ -315,24 +315,23 @@ class CLink:
 
 
 def link_for(forest: Forest) -> Link:
-    """``forest``'s link for the engines that score in another library (torch, ONNX
-    Runtime): :class:`CLink` from the first call of :data:`C_EXP_VALUES` values or more
-    (the kernel is loaded then, built first if this machine has none yet), and
-    :func:`treecomp.reference.link` for smaller calls and where the kernel cannot be built
-    (no C compiler)."""
+    """``forest``'s link for the engines that sum in another library (torch, ONNX Runtime),
+    built with the engine (at convert): :class:`CLink` for calls of :data:`C_EXP_VALUES`
+    values or more, where the kernel library loads (it is built first if this machine has
+    none, once per machine); :func:`treecomp.reference.link` for smaller calls, identity
+    links, and where the kernel cannot be built or loaded (no C compiler, an unwritable or
+    broken cache), which is logged."""
+    reference_link = functools.partial(reference.link, forest)
     if forest.post_transform.kind == "identity":
-        return functools.partial(reference.link, forest)
-    state: dict[str, CLink | None] = {}
+        return reference_link
+    try:
+        c_link = CLink(forest, load_kernel())
+    except (KernelUnavailable, OSError) as exc:
+        logger.info("treecomp: links in Python, not in the kernel's C (%s)", exc)
+        return reference_link
 
     def link(raw: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-        if raw.size >= C_EXP_VALUES and "c" not in state:
-            try:
-                state["c"] = CLink(forest, load_kernel())
-            except KernelUnavailable as exc:
-                logger.info("treecomp: links in Python (%s)", exc)
-                state["c"] = None
-        c = state.get("c")
-        return reference.link(forest, raw) if c is None or raw.size < C_EXP_VALUES else c(raw)
+        return c_link(raw) if raw.size >= C_EXP_VALUES else reference_link(raw)
 
     return link
 

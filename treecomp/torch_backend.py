@@ -363,7 +363,7 @@ def export_package(module: ForestModule, path: Any, outputs: str, device: torch.
 
 class TorchEngine:
     """A forest lowered by ``lower`` on a device, scoring NumPy arrays or torch tensors in
-    chunks."""
+    chunks; ``link`` links the sums where torch does not (default: the reference's)."""
 
     def __init__(
         self,

@@ -54,7 +54,8 @@ class BuildGraph(Protocol):
 
 
 class OnnxEngine:
-    """Runs the engine graphs of a forest, built by ``build_graph``, in ONNX Runtime sessions."""
+    """Runs the engine graphs of a forest, built by ``build_graph``, in ONNX Runtime sessions;
+    ``link`` links the sums (default: the reference's)."""
 
     def __init__(
         self,
