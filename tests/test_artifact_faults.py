@@ -123,6 +123,7 @@ FAULTS = [
     # strings from their sets, lists of strings
     ("forest.comparison", ["<"], "comparison must be one of"),
     ("forest.task", "clasifier", "task must be one of"),
+    ("forest.frame_cast", "rows", "frame_cast must be one of"),
     ("forest.methods", "predict", "methods must be a list of strings"),
     ("forest.methods", ["predict", "fit"], r"methods\[\] must be one of"),
     ("forest.feature_names", [1, 2], "feature_names must be a list of strings"),

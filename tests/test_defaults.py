@@ -155,6 +155,44 @@ def test_category_columns_of_categorical_models_still_encode() -> None:
     assert_close(cm.predict(frame), model.predict(frame), tolerance(model))
 
 
+# Two float32 neighbours above 2**53, and an int64 between them that float32 rounds up
+# but float64 then float32 rounds down: a frame's wide integers show how they were cast.
+WIDE_LOW, WIDE_HIGH = 2**60, 2**60 + 2**37
+WIDE_BETWEEN = 2**60 + 2**36 + 1
+
+
+@pytest.mark.parametrize(
+    "beside", ["int64", "float64", "float32", "uint64", "int8", "bool", "Int64", "Float64"]
+)
+@pytest.mark.parametrize("library", ["xgboost", "sklearn"])
+def test_wide_integer_columns_are_cast_as_the_native_library_casts_frames(
+    library: str, beside: str
+) -> None:
+    """An int64 column beside a column of another type: XGBoost casts each column straight
+    to float32, scikit-learn through the frame's common type (float64 beside a float column,
+    so twice rounded) unless a column is boolean or nullable. Labels equal native's."""
+    xgboost = pytest.importorskip("xgboost")
+    wide = np.array([WIDE_LOW] * 50 + [WIDE_HIGH] * 50, dtype=np.int64)
+    other = np.arange(100) % 2
+
+    def frame(a: np.ndarray, b: np.ndarray) -> Any:
+        return pd.DataFrame({"a": a, "b": pd.array(b).astype(beside)})
+
+    train = frame(wide, other)
+    y = np.repeat([0, 1], 50)
+    model = (
+        xgboost.XGBClassifier(n_estimators=2, max_depth=1)
+        if library == "xgboost"
+        else ensemble.RandomForestClassifier(1, bootstrap=False, max_depth=1, random_state=0)
+    ).fit(train, y)
+    rows = frame(
+        np.array([WIDE_BETWEEN, WIDE_LOW, WIDE_HIGH, WIDE_BETWEEN], dtype=np.int64),
+        np.array([1, 0, 1, 0]),
+    )
+    for backend in ("auto", "numpy"):
+        assert_equal(treecomp.convert(model, backend=backend).predict(rows), model.predict(rows))
+
+
 def test_score_files_with_defaults(tmp_path: Path) -> None:
     """treecomp.score's batches arrive as float64 frames: the float64 path, exactly."""
     pytest.importorskip("pyarrow")

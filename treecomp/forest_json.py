@@ -92,6 +92,7 @@ def write(forest: Forest) -> dict[str, Any]:
         "label_rule": forest.label_rule,
         "input_dtype": forest.input_dtype,
         "integer_input_dtype": forest.integer_input_dtype,
+        "frame_cast": forest.frame_cast,
         "missing_value": float(forest.missing_value).hex(),
         "allow_nan": forest.allow_nan,
         "allow_inf": forest.allow_inf,
@@ -148,6 +149,7 @@ _DOCUMENT_FIELDS = (
     "label_rule",
     "input_dtype",
     "integer_input_dtype",
+    "frame_cast",
     "missing_value",
     "allow_nan",
     "allow_inf",
@@ -155,7 +157,8 @@ _DOCUMENT_FIELDS = (
     "decision_offset",
     "trees",
 )
-_OPTIONAL_FIELDS = ("ignored_columns",)  # absent from documents written before it existed
+# Absent from documents written before they existed.
+_OPTIONAL_FIELDS = ("ignored_columns", "frame_cast")
 
 
 def _show(value: Any) -> str:
@@ -397,6 +400,7 @@ def _fields(doc: Any, size: int) -> dict[str, Any]:
         integer_input_dtype=_choice(
             doc["integer_input_dtype"], "integer_input_dtype", schema.FLOAT_TYPES
         ),
+        frame_cast=_choice(doc.get("frame_cast", "common"), "frame_cast", schema.FRAME_CASTS),
         missing_value=_hex_float(doc["missing_value"], "missing_value", finite=False),
         allow_nan=_flag(doc["allow_nan"], "allow_nan"),
         allow_inf=_flag(doc["allow_inf"], "allow_inf"),

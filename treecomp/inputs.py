@@ -107,6 +107,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
             )
     _check_category_columns(forest, X)
     out = np.empty((len(X), len(columns)), dtype=_frame_dtype(forest, X))
+    numbers = _column_cast(forest, X)
     for j, name in enumerate(X.columns):
         col = X[name]
         dtype = col.dtype
@@ -116,7 +117,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
         elif known is not None and forest.category_encoding == "always":
             out[:, j] = _encode_values(_object_values(col), known)
         elif getattr(dtype, "kind", "O") in "biuf":
-            out[:, j] = col.to_numpy(dtype=out.dtype, na_value=np.nan)
+            out[:, j] = _numbers(col, numbers)
         elif getattr(dtype, "kind", "O") in "mM":
             raise TypeError(
                 f"column {name!r} has dtype {dtype}: dates and durations are not numbers the "
@@ -124,7 +125,7 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
             )
         else:
             try:  # nullable extension dtypes (Int64, Float64, boolean) convert cleanly
-                out[:, j] = col.to_numpy(dtype=out.dtype, na_value=np.nan)
+                out[:, j] = _numbers(col, numbers)
             except (TypeError, ValueError):
                 raise TypeError(
                     f"column {name!r} has non-numeric dtype {dtype}; convert it to a number or a "
@@ -174,14 +175,38 @@ _FLOAT32_EXACT = frozenset(["float32", "float16", "bool", "int8", "int16", "uint
 
 def _frame_dtype(forest: Forest, X: Any) -> Any:
     """The matrix a DataFrame becomes: float32 where the model reads float32 and every
-    column converts to float32 exactly (then the float64 detour would give the same values
-    at twice the memory), float64 otherwise (wide integers and float64 columns are rounded
-    once, from float64, as before; categories are codes)."""
+    column converts to float32 exactly, float64 otherwise (holding float32 numbers where
+    :func:`_column_cast` rounds them to float32; categories are codes)."""
     if forest.input_dtype != "float32" or forest.categories is not None:
         return np.float64
     if all(str(dtype) in _FLOAT32_EXACT for dtype in X.dtypes):
         return np.float32
     return np.float64
+
+
+def _column_cast(forest: Forest, X: Any) -> Any:
+    """The float type a DataFrame's numeric columns are converted to, as the native library
+    converts them (``Forest.frame_cast``): each straight to the input type, or through the
+    columns' common NumPy type, which rounds an int64 column twice (to float64, then float32)
+    where a float64 column sits beside it, and once in a frame of integers alone.
+    scikit-learn converts every column by itself where one is boolean or a nullable
+    extension type (``check_array``'s early conversion)."""
+    if forest.input_dtype == "float64":
+        return np.float64
+    dtypes = list(X.dtypes)
+    if forest.frame_cast == "columns" or any(
+        not isinstance(d, np.dtype) or d.kind == "b" for d in dtypes
+    ):
+        return np.float32
+    common = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+    return np.float64 if common.kind == "f" and common.itemsize > 4 else np.float32
+
+
+def _numbers(col: Any, dtype: Any) -> npt.NDArray[np.floating]:
+    """A numeric (or nullable numeric) column as ``dtype``, missing values as NaN; values
+    beyond float32 become infinities, which :func:`prepare` reports as natively."""
+    with np.errstate(over="ignore"):
+        return col.to_numpy(dtype=dtype, na_value=np.nan)
 
 
 def _encode_values(values: npt.NDArray[Any], known: tuple[Any, ...]) -> npt.NDArray[np.float64]:

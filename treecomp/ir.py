@@ -41,6 +41,7 @@ from treecomp.ir_schema import (
     CATEGORY_ENCODINGS,
     COMPARISONS,
     FLOAT_TYPES,
+    FRAME_CASTS,
     LABEL_RULES,
     METHODS,
     POST_TRANSFORMS,
@@ -257,6 +258,8 @@ class Forest:
         label_rule: One of :data:`LABEL_RULES`.
         input_dtype: Dtype the native library casts inputs to before comparing
             (``"float32"`` for XGBoost and scikit-learn trees, ``"float64"`` otherwise).
+        frame_cast: One of :data:`FRAME_CASTS`: how a DataFrame's columns reach
+            ``input_dtype``.
         integer_input_dtype: Dtype integer and boolean arrays are first converted to
             (LightGBM converts them to float32, so 2**24 + 1 becomes 2**24).
         missing_value: An extra input value that means "missing" (XGBoost's ``missing=``);
@@ -287,6 +290,7 @@ class Forest:
     category_domain: Literal["truncate", "nonnegative"] = "truncate"
     label_rule: str = "argmax_proba"
     input_dtype: FloatType = "float64"
+    frame_cast: Literal["common", "columns"] = "common"
     integer_input_dtype: FloatType = "float64"
     missing_value: float = float("nan")
     allow_nan: bool = True
@@ -380,6 +384,7 @@ class Forest:
             self.accumulation in FLOAT_TYPES,
             f"unknown accumulation {self.accumulation!r}",
         )
+        _check(self.frame_cast in FRAME_CASTS, f"unknown frame_cast {self.frame_cast!r}")
         _check(
             self.integer_input_dtype in FLOAT_TYPES,
             f"unknown integer_input_dtype {self.integer_input_dtype!r}",

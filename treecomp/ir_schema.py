@@ -33,6 +33,14 @@ CATEGORY_ENCODINGS = ("pandas", "always")
 #   "truncate"    x > -1, so -0.5 truncates to category 0 (LightGBM, scikit-learn)
 #   "nonnegative" x >= 0: every negative value is unlisted (XGBoost)
 CATEGORY_DOMAINS = ("truncate", "nonnegative")
+# How the native library turns a DataFrame's numeric columns into its input type
+# (Forest.input_dtype); it matters only where that is float32 and a column holds integers
+# wider than 24 bits, which round differently straight to float32 and through float64:
+#   "common"  through the columns' common NumPy type, as DataFrame.to_numpy gives it
+#             (scikit-learn; LightGBM, whose input is float64 anyway); per column where a
+#             column is boolean or a nullable extension type (scikit-learn casts those first)
+#   "columns" each column straight to the input type (XGBoost)
+FRAME_CASTS = ("common", "columns")
 
 # LightGBM's kZeroThreshold: a float literal (1e-35f) widened to double.
 ZERO_THRESHOLD = float(np.float32(1e-35))

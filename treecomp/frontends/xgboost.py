@@ -291,6 +291,9 @@ def _parse_document(
         # XGBoost casts every input to float32 before comparing it (and before comparing it
         # with `missing`).
         input_dtype="float32",
+        # ... a DataFrame's columns each straight to float32 (its pandas reader passes every
+        # column with its own type), never through their common type.
+        frame_cast="columns",
         missing_value=missing,
         # pred_leaf is (n_rows, n_trees), squeezed to (n_rows,) when a single tree is used.
         leaf_shape=() if len(trees) == 1 else (len(trees),),
