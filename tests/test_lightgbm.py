@@ -932,6 +932,11 @@ def test_category_columns_other_than_the_categorical_features_are_refused() -> N
         treecomp.UnsupportedModelError, match=r"\['c'\] are pandas categories.*\['k'\]"
     ):
         cm.predict(frame)
-    # As numbers (the codes LightGBM would use), the same rows score exactly.
+    # As numbers (the codes LightGBM would use), the same rows score exactly from NumPy; a
+    # frame without the category column is refused, as LightGBM refuses it.
     codes = frame.assign(c=frame["c"].cat.codes.astype(float))
-    assert_close(cm.predict(codes), model.predict(frame), "float64")
+    assert_close(cm.predict(codes.to_numpy()), model.predict(frame), "float64")
+    with pytest.raises(ValueError, match="categorical_feature do not match"):
+        model.predict(codes)
+    with pytest.raises(TypeError, match=r"columns \['k'\] are not pandas categories"):
+        cm.predict(codes)

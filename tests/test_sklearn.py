@@ -556,3 +556,32 @@ def test_leaf_values_overflowing_to_infinity_are_refused() -> None:
     assert np.isinf(model.predict(X)).any()  # the leaf mean overflows natively too
     with pytest.raises(treecomp.UnsupportedModelError, match="overflow to infinity"):
         treecomp.convert(model, "numpy")
+
+
+def test_numbers_for_string_categories_are_refused_as_natively() -> None:
+    """HistGradientBoosting fitted on a category column of strings refuses numbers there
+    (its codes, say), as a float column, a NumPy array or a category column of numbers;
+    read by value they would all be unknown categories, scored as missing. Objects mixing
+    strings and numbers are read by value, as natively."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(2)
+    letters = rng.choice(list("abcdef"), 300)
+    frame = pd.DataFrame({"c": pd.Categorical(letters), "x": rng.normal(size=300)})
+    y = pd.Series(letters).map(dict(a=0, b=3, c=-2, d=1, e=5, f=-4)).to_numpy() + frame.x
+    model = HistGradientBoostingRegressor(max_iter=5, categorical_features="from_dtype")
+    model.fit(frame, y)
+    rows = frame.iloc[:4]
+    numbers = [
+        rows.assign(c=[0.0, 1.0, 2.0, np.nan]),
+        rows.assign(c=[0.0, 1.0, 2.0, 3.0]).to_numpy(),
+        rows.assign(c=pd.Categorical([1, 2, 3, 1])),
+    ]
+    mixed = rows.assign(c=pd.Series(["a", 1.0, None, np.nan], dtype=object))
+    for backend in ("auto", "numpy"):
+        cm = treecomp.convert(model, backend=backend)
+        for X in numbers:
+            with pytest.raises(TypeError):
+                model.predict(X)
+            with pytest.raises(TypeError, match=r"holds numbers .* categories for it are strings"):
+                cm.predict(X)
+        assert_equal(cm.predict(mixed), model.predict(mixed))

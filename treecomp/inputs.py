@@ -105,6 +105,19 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
                 "categorical_feature= list that differs from the category columns); pass them "
                 "as numbers (their codes)"
             )
+        # ... and both refuse a frame whose column of such a feature is not a category: its
+        # numbers may be values or codes, and read as codes, values would be wrong.
+        plain = [
+            str(name)
+            for j, name in enumerate(X.columns)
+            if forest.categories[j] is not None and str(X[name].dtype) != "category"
+        ]
+        if plain:
+            raise TypeError(
+                f"columns {plain} are not pandas categories, but the model was fitted with "
+                "them as categories; the native model refuses such a frame too: pass them as "
+                "'category' columns (NumPy rows carry category codes)"
+            )
     _check_category_columns(forest, X)
     out = np.empty((len(X), len(columns)), dtype=_frame_dtype(forest, X))
     numbers = _column_cast(forest, X)
@@ -113,8 +126,11 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
         dtype = col.dtype
         known = None if forest.categories is None else forest.categories[j]
         if str(dtype) == "category":
+            if forest.category_encoding == "always":
+                _check_category_type(known, col.cat.categories.dtype, name)
             out[:, j] = _encode_categorical(col, known)
         elif known is not None and forest.category_encoding == "always":
+            _check_category_type(known, dtype, name)
             out[:, j] = _encode_values(_object_values(col), known)
         elif getattr(dtype, "kind", "O") in "biuf":
             out[:, j] = _numbers(col, numbers)
@@ -132,6 +148,32 @@ def _dataframe_to_array(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
                     "pandas 'category' dtype"
                 ) from None
     return out
+
+
+def categories_by_value(forest: Forest, frame: Any) -> Any:
+    """``frame`` with the columns of features fitted as pandas categories made categories of
+    their values, where they arrived as plain values: from Spark, files and other sources
+    that have no category type.
+
+    Encoded by value against the fit-time categories (unseen values missing), as a pandas
+    ``category`` column of the same values would be; a frame passed to ``cm.predict``
+    directly must hold category columns there, as the native libraries demand (its numbers
+    could be codes). Only the ``"pandas"`` encoding needs it: ``"always"`` already encodes
+    plain values (and rejects infinity, as the native does).
+    """
+    import pandas as pd
+
+    if forest.categories is None or forest.category_encoding != "pandas":
+        return frame
+    positions = [j for j, c in enumerate(frame.columns) if str(c) not in forest.ignored_columns]
+    if len(positions) != forest.n_features:
+        return frame  # cm.predict reports the width
+    frame = frame.copy(deep=False)
+    for position, known in zip(positions, forest.categories):
+        column = frame.iloc[:, position]
+        if known is not None and not isinstance(column.dtype, pd.CategoricalDtype):
+            frame.isetitem(position, pd.Categorical(column))
+    return frame
 
 
 def categorical_features(forest: Forest) -> set[int]:
@@ -198,7 +240,8 @@ def _column_cast(forest: Forest, X: Any) -> Any:
         not isinstance(d, np.dtype) or d.kind == "b" for d in dtypes
     ):
         return np.float32
-    common = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+    numeric = [d for d in dtypes if d.kind in "iuf"]  # the others are refused or encoded
+    common = np.result_type(*numeric) if numeric else np.dtype(np.float32)
     return np.float64 if common.kind == "f" and common.itemsize > 4 else np.float32
 
 
@@ -207,6 +250,23 @@ def _numbers(col: Any, dtype: Any) -> npt.NDArray[np.floating]:
     beyond float32 become infinities, which :func:`prepare` reports as natively."""
     with np.errstate(over="ignore"):
         return col.to_numpy(dtype=dtype, na_value=np.nan)
+
+
+def _check_category_type(known: tuple[Any, ...] | None, dtype: Any, name: Any) -> None:
+    """Refuse numbers for a feature whose categories are strings, as scikit-learn does.
+
+    HistGradientBoosting's encoder cannot compare a numeric column (or a category column
+    whose categories are numbers) with string categories and raises; read by value, every
+    number would be an unknown category, scored as missing: a silent wrong answer where
+    they were meant as codes. Objects mixing strings and numbers are read by value, as
+    natively (a number there is an unknown category).
+    """
+    if known and getattr(dtype, "kind", "O") in "biuf" and all(isinstance(v, str) for v in known):
+        raise TypeError(
+            f"column {name!r} holds numbers ({dtype}), but the model's categories for it are "
+            f"strings ({list(known[:3])}{', ...' if len(known) > 3 else ''}); the native model "
+            "refuses it too: pass the category values (strings), not their codes"
+        )
 
 
 def _encode_values(values: npt.NDArray[Any], known: tuple[Any, ...]) -> npt.NDArray[np.float64]:
@@ -313,6 +373,7 @@ def to_matrix(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
         arr = arr.astype(np.float64)  # a copy: the caller's array is never written
         for j, known in enumerate(forest.categories):
             if known is not None:
+                _check_category_type(known, arr.dtype, f"x{j}")
                 arr[:, j] = _encode_values(arr[:, j], known)
     return arr
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from treecomp.batching import output_names
 from treecomp.container import CompiledModel, load
+from treecomp.inputs import categories_by_value
 from treecomp.ir import METHODS
 
 # Rows per batch by default: 64 Ki rows of 100 float64 features are 50 MiB, and the
@@ -342,7 +343,7 @@ def _features_and_keys(
                 f"{forest.n_features} (it has no feature names: every column not in keep= is "
                 "a feature, in file order)"
             )
-    features = batch.select(wanted).to_pandas()
+    features = categories_by_value(forest, batch.select(wanted).to_pandas())
     for name in wanted:
         dtype = features[name].dtype
         if str(dtype) != "category" and getattr(dtype, "kind", "O") not in "biuf":

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from treecomp.container import CompiledModel, loads_for_batches
+from treecomp.inputs import categories_by_value
 from treecomp.ir import METHODS, Forest
 
 if TYPE_CHECKING:
@@ -311,30 +312,7 @@ def _frame(forest: Forest, columns: tuple[Any, ...], names: tuple[str, ...]) -> 
         )
     else:
         frame = pd.DataFrame(dict(zip(names, columns)))
-    return _categories_by_value(forest, frame)
-
-
-def _categories_by_value(forest: Forest, frame: Any) -> Any:
-    """Make the columns of categorical features pandas categoricals.
-
-    Spark has no categorical type, so those columns arrive as their values; a categorical
-    is encoded by value against the fit-time categories (unseen values missing), as a pandas
-    ``category`` column of the same values would be. Only the ``"pandas"`` encoding needs
-    it: ``"always"`` already encodes plain values (and rejects infinity, as the native does).
-    """
-    import pandas as pd
-
-    if forest.categories is None or forest.category_encoding != "pandas":
-        return frame
-    positions = [j for j, c in enumerate(frame.columns) if str(c) not in forest.ignored_columns]
-    if len(positions) != forest.n_features:
-        return frame  # cm.predict reports the width
-    frame = frame.copy(deep=False)
-    for position, known in zip(positions, forest.categories):
-        column = frame.iloc[:, position]
-        if known is not None and not isinstance(column.dtype, pd.CategoricalDtype):
-            frame.isetitem(position, pd.Categorical(column))
-    return frame
+    return categories_by_value(forest, frame)
 
 
 def _series(values: npt.NDArray[Any]) -> Any:
