@@ -147,6 +147,32 @@ def test_bad_input_is_named(tmp_path: Path, classifier: treecomp.CompiledModel) 
         tcmlflow._load_pyfunc(str(tmp_path / "model" / "data"), {"threads": 2})
 
 
+def test_pipeline_columns(tmp_path: Path) -> None:
+    """A Pipeline fitted on an array reads its rows by position: its signature lists every
+    column it was fitted on (x0..x3), the ones its ColumnTransformer drops too, so that
+    MLflow hands it whole rows. One fitted on a DataFrame finds its columns by name: those
+    it reads are enough."""
+    compose = pytest.importorskip("sklearn.compose")
+    pipeline_module = pytest.importorskip("sklearn.pipeline")
+    preprocessing = pytest.importorskip("sklearn.preprocessing")
+    X = np.random.default_rng(5).normal(size=(200, 4))
+    X[::11, 3] = np.nan
+    y = (X[:, 0] + np.nan_to_num(X[:, 3]) > 0).astype(int)
+    by_position = (X, pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"]), ["x0", "x1", "x2", "x3"])
+    named = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    for fitted_on, rows, columns in [by_position, (named, named, ["a", "d"])]:
+        scale = compose.ColumnTransformer([("s", preprocessing.StandardScaler(), [0, 3])])
+        forest = ensemble.RandomForestClassifier(4, max_depth=4, random_state=0)
+        pipeline = pipeline_module.Pipeline([("ct", scale), ("m", forest)]).fit(fitted_on, y)
+        path = tmp_path / f"model{len(columns)}"
+        tcmlflow.save_model(treecomp.convert(pipeline, "numpy"), path)
+        loaded = mlflow.pyfunc.load_model(str(path))
+        assert loaded.metadata.signature.inputs.input_names() == columns
+        assert_equal(loaded.predict(rows), pipeline.predict(fitted_on))
+        # MLflow puts the columns in the signature's order, whatever the frame's.
+        assert_equal(loaded.predict(rows[rows.columns[::-1]]), pipeline.predict(fitted_on))
+
+
 def test_import_treecomp_mlflow_does_not_import_mlflow() -> None:
     code = "import sys, treecomp, treecomp.mlflow; print('mlflow' in sys.modules)"
     result = subprocess.run(

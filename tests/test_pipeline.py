@@ -167,7 +167,8 @@ def onnx_feeds(session, X: pd.DataFrame) -> dict[str, np.ndarray]:
     for node in session.get_inputs():
         column = X[[node.name]]
         if node.type == "tensor(string)":
-            # NaN is scikit-learn's missing value; None is a value of its own ("None" here).
+            # NaN is scikit-learn's missing value; None and pd.NA are values of their own
+            # ("None" and "<NA>" here, strings never seen in fit).
             values = column.to_numpy(dtype=object)
             missing = np.array([isinstance(v, float) and np.isnan(v) for v in values.flat])
             feeds[node.name] = np.where(missing.reshape(values.shape), "", values).astype(str)
@@ -294,6 +295,133 @@ def test_arrays_by_position() -> None:
         cm.feature_names_in_  # noqa: B018
     with pytest.raises(ValueError, match="shape"):
         cm.predict(test[:, :2])
+
+
+# pd.NA, the missing value of pandas' nullable strings (string[python], string[pyarrow]: what
+# convert_dtypes() and pyarrow-backed Parquet reads give), is no NaN to scikit-learn's
+# encoders (is_scalar_nan, sklearn/utils/_missing.py): _check_unknown (utils/_encode.py)
+# reads it as a category never seen in fit. A category column holds NaN (a control).
+NA_DTYPES = ["object", "string[python]", "string[pyarrow]", "category"]
+NA_ENCODERS = {
+    "ordinal": lambda: OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+    "onehot": lambda: OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+}
+# Labels that follow the missing colours, so that the trees tell NaN (a category in fit)
+# from a colour never seen.
+NA_LABELS = (TRAIN["color"].isna() | (TRAIN["a"] > 10)).astype(int)
+
+
+def with_pandas_na(X: pd.DataFrame, dtype: str) -> pd.DataFrame:
+    """``X`` with its colours as ``dtype``: missing ones as pd.NA (every one in the nullable
+    strings, every other one in an object column, beside NaN and None)."""
+    if dtype.endswith("[pyarrow]"):
+        pytest.importorskip("pyarrow", reason="string[pyarrow] columns need pyarrow")
+    color = X["color"].astype(object)
+    if dtype == "object":
+        color = color.where(~(color.isna() & (np.arange(len(X)) % 2 == 0)), pd.NA)
+        assert any(v is pd.NA for v in color)
+    return X.assign(color=color.astype(dtype))
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("encoder", NA_ENCODERS)
+@pytest.mark.parametrize("dtype", NA_DTYPES)
+def test_pandas_na_is_an_unknown_category(dtype: str, encoder: str, backend: str) -> None:
+    if backend == "torch":
+        pytest.importorskip("torch")
+    if backend == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+    pipeline = make_pipeline(
+        ColumnTransformer([("enc", NA_ENCODERS[encoder](), ["color"])], remainder="passthrough"),
+        RandomForestClassifier(n_estimators=4, max_depth=4, random_state=0),
+    ).fit(TRAIN[["color", "a"]], NA_LABELS)
+    test = with_pandas_na(TEST[["color", "a"]], dtype)
+    cm = treecomp.convert(pipeline, backend)
+    assert_equal(cm.predict(test), pipeline.predict(test))
+    assert_close(cm.predict_proba(test), pipeline.predict_proba(test), "float64")
+    if backend == "onnx":  # the exported file takes strings: pd.NA as one never seen
+        session = ort.InferenceSession(cm.to_onnx().SerializeToString())
+        assert_equal(session.run(["label"], onnx_feeds(session, test))[0], pipeline.predict(test))
+
+
+def test_pandas_na_refused_or_missing_as_natively() -> None:
+    """Where scikit-learn raises on pd.NA, the compiled pipeline raises, naming the column:
+    a SimpleImputer reading strings (it compares each value with itself to find NaN: "boolean
+    value of NA is ambiguous"), a step reading objects as numbers (float(pd.NA)), an encoder
+    fitted with handle_unknown="error". Nullable number columns (Float64, Int64) reach the
+    steps as NaN (check_array converts them): missing, and scored."""
+    strings = TRAIN[["color", "a"]]
+    imputed = [
+        make_pipeline(
+            SimpleImputer(strategy="most_frequent"),
+            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+        ),
+        make_pipeline(
+            SimpleImputer(strategy="constant", fill_value="red", add_indicator=True),
+            ColumnTransformer([("codes", OrdinalEncoder(), [0])], remainder="passthrough"),
+        ),
+    ]
+    cases = [
+        (ColumnTransformer([("imp", step, ["color"])]), strings, TypeError, "'color' holds pd.NA")
+        for step in imputed
+    ]
+    cases.append(
+        (
+            ColumnTransformer([("codes", OrdinalEncoder(), ["color"])]),
+            strings,
+            ValueError,
+            r"unknown categories \[<NA>\] in column 'color'",
+        )
+    )
+    cases.append(
+        (
+            ColumnTransformer([("scale", StandardScaler(), ["a"])], remainder="passthrough"),
+            TRAIN[["a", "b"]],
+            TypeError,
+            "'b' holds pd.NA among objects",
+        )
+    )
+    # Seen colours and pd.NA: the training rows and the all-missing ones of TEST.
+    rows = with_pandas_na(TEST.loc[150:, ["color", "a", "b"]], "string[python]")
+    rows = rows.assign(b=rows["b"].astype(object).where(rows["b"].notna(), pd.NA))
+    for steps, train, error, message in cases:
+        pipeline = make_pipeline(steps, RandomForestClassifier(n_estimators=2, random_state=0))
+        pipeline.fit(train, NA_LABELS)
+        cm = treecomp.convert(pipeline, "numpy")
+        with pytest.raises(error):
+            pipeline.predict(rows)
+        with pytest.raises(error, match=message):
+            cm.predict(rows)
+        with pytest.raises(error, match=message):  # the artifact keeps the refusals
+            treecomp.loads(cm.dumps()).predict(rows)
+
+    # Nullable numbers: pd.NA is NaN, imputed, scaled, or an encoder's missing category.
+    def level(b: pd.Series) -> np.ndarray:  # 1 or 2, NaN (a category in fit) where b is
+        return np.where(b.isna(), np.nan, np.where(b > 2.5, 1.0, 2.0))
+
+    numbers = TRAIN.assign(level=level(TRAIN["b"]))
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["a"]),
+                ("scale", StandardScaler(), ["c"]),
+                ("codes", OrdinalEncoder(encoded_missing_value=-5), ["level"]),
+            ]
+        ),
+        RandomForestClassifier(n_estimators=4, random_state=0),
+    ).fit(numbers, NA_LABELS)
+    nullable = TEST.assign(
+        a=TEST["a"].astype("Float64"),
+        c=TEST["c"].astype("Float64"),
+        level=pd.array(level(TEST["b"]), "Float64").astype("Int64"),  # NaN is pd.NA there
+    )
+    assert nullable["level"].isna().any() and nullable["a"].isna().any()
+    for backend in ["numpy", "torch"]:
+        if backend == "torch":
+            pytest.importorskip("torch")
+        cm = treecomp.convert(pipeline, backend)
+        assert_equal(cm.predict(nullable), pipeline.predict(nullable))
+        assert_close(cm.predict_proba(nullable), pipeline.predict_proba(nullable), "float64")
 
 
 def test_unknown_category_refused_as_natively() -> None:

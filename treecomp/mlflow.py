@@ -278,16 +278,20 @@ def _requirements(
 
 def _pipeline_columns(transforms: Transforms) -> list[tuple[str, str]]:
     """A Pipeline's input columns with their MLflow types: ``string`` where an encoder reads
-    text categories, else ``double``."""
+    text categories, else ``double``.
+
+    MLflow hands the model only the signature's columns. A pipeline fitted on a DataFrame
+    finds its columns by name, so the ones it reads are enough; one fitted on an array reads
+    them by position, so it needs every column it was fitted on, read or dropped (``x0``,
+    ``x1``, ...), or its rows would be too narrow.
+    """
     text = {
         source.column
         for source in transforms.sources
         if source.categories is not None and all(isinstance(v, str) for v in source.categories)
     }
-    return [
-        (transforms.columns[c], "string" if c in text else "double")
-        for c in transforms.used_columns
-    ]
+    listed = transforms.used_columns if transforms.named else range(len(transforms.columns))
+    return [(transforms.columns[c], "string" if c in text else "double") for c in listed]
 
 
 def _names(forest: Forest) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -85,12 +86,17 @@ class Source:
             seen in fit (named in the error), or ``""`` where unknown values are scored.
         refuse_missing: Whether that encoder also refuses a missing value (NaN was not a
             category in fit, and no imputer fills it first).
+        refuse_na: Whether ``pd.NA`` raises scikit-learn's ``TypeError``: a SimpleImputer
+            reads the strings before the encoder, and finds NaN by comparing each value with
+            itself, which ``pd.NA`` cannot answer. Where an encoder reads the strings
+            itself, ``pd.NA`` is a value never seen in fit (:func:`is_missing`).
     """
 
     column: int
     categories: tuple[Any, ...] | None = None
     refuse_unknown: str = ""
     refuse_missing: bool = False
+    refuse_na: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +307,27 @@ def apply(transforms: Transforms, X: npt.NDArray[np.float64]) -> npt.NDArray[np.
 
 
 def is_missing(value: Any) -> bool:
-    """Whether scikit-learn's encoders and imputers read ``value`` as missing (float NaN,
-    ``pd.NA``); ``None`` is a value of its own for them, as here."""
-    if isinstance(value, float):
+    """Whether scikit-learn's encoders and imputers read ``value`` as missing: a real,
+    non-integral NaN (``float``, ``np.float32``...), as their ``is_scalar_nan``
+    (sklearn/utils/_missing.py), which ``_check_unknown`` (sklearn/utils/_encode.py) uses.
+
+    ``None`` and ``pd.NA`` are values of their own: an encoder reads them as categories
+    (never seen, unless ``None`` was one in fit). ``pd.NA`` reaches the encoders only from
+    object and string columns (``string[python]``, ``string[pyarrow]``); nullable number
+    columns (``Int64``, ``Float64``) arrive as NaN, as scikit-learn's ``check_array``
+    converts them, and ``category`` columns hold NaN for a missing value.
+    """
+    if isinstance(value, float):  # the common case first, without the ABC checks below
         return math.isnan(value)
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, numbers.Integral)
+        and math.isnan(value)
+    )
+
+
+def _is_pandas_na(value: Any) -> bool:
+    # By type name: the core does not import pandas.
     return type(value).__name__ == "NAType"
 
 
@@ -390,12 +413,21 @@ def encode(transforms: Transforms, X: Any) -> npt.NDArray[np.float64]:
 
 
 def _numbers(transforms: Transforms, values: npt.NDArray[Any], column: int) -> Any:
+    """The float64 values of a column of objects that a step (or the forest) reads as
+    numbers: ``None`` becomes NaN, as NumPy's conversion in scikit-learn's ``check_array``
+    makes it, and ``pd.NA`` raises, as that conversion does (``float(pd.NA)``)."""
     if values.dtype.kind in "biuf":
         return values
-    try:
-        return np.asarray(
-            [np.nan if is_missing(v) or v is None else v for v in values.tolist()], np.float64
+    items = values.tolist()
+    if any(_is_pandas_na(v) for v in items):
+        raise TypeError(
+            f"column {transforms.columns[column]!r} holds pd.NA among objects, which "
+            "scikit-learn cannot read as a number (float() argument must be a string or a "
+            "real number, not 'NAType'); give the column a nullable dtype such as 'Float64', "
+            "whose pd.NA is missing, or NaN"
         )
+    try:
+        return np.asarray([np.nan if v is None else v for v in items], np.float64)
     except (TypeError, ValueError):
         raise TypeError(
             f"column {transforms.columns[column]!r} holds non-numeric values, but the pipeline "
@@ -410,18 +442,33 @@ def _lookup(categories: tuple[Any, ...]) -> dict[Any, float]:
 
 
 def _codes(transforms: Transforms, values: npt.NDArray[Any], source: Source) -> Any:
+    """The codes of a column an encoder reads: each value's position among the fitted
+    categories, NaN where :func:`is_missing`, -1 for any other value never seen in fit
+    (``None``, ``pd.NA``, a new string), as scikit-learn's ``_check_unknown``."""
     assert source.categories is not None  # the caller's branch
     lookup = _lookup(source.categories)
     items = values.tolist()
+    name = transforms.columns[source.column]
     try:
         # Missing values are in no list (NaN is left out), so only the misses can be missing:
         # one dict probe a value, the missing-value test on the misses alone (3x faster).
         codes = np.fromiter((lookup.get(v, -1.0) for v in items), np.float64, len(items))
-    except TypeError:  # pd.NA met a category of its hash: it cannot say whether they are equal
-        codes = np.array([-1.0 if is_missing(v) else lookup.get(v, -1.0) for v in items])
+    except TypeError:  # as scikit-learn's set() of the values: unhashable, or pd.NA met a
+        # category of its hash, which cannot say whether they are equal
+        raise TypeError(
+            f"column {name!r} holds a value that cannot be compared with its categories "
+            "(unhashable, or pd.NA), as scikit-learn's encoders cannot"
+        ) from None
     for i in np.flatnonzero(codes == -1.0).tolist():
         if is_missing(items[i]):
             codes[i] = math.nan
+        elif source.refuse_na and _is_pandas_na(items[i]):
+            raise TypeError(
+                f"column {name!r} holds pd.NA, which the pipeline's SimpleImputer cannot read "
+                "(scikit-learn raises 'boolean value of NA is ambiguous' as it compares each "
+                "value with itself to find NaN); a missing string must be NaN there, as in "
+                "pandas' default 'str' dtype"
+            )
     if source.refuse_unknown:
         bad = codes == -1.0
         if source.refuse_missing:
@@ -430,7 +477,7 @@ def _codes(transforms: Transforms, values: npt.NDArray[Any], source: Source) -> 
             unknown = sorted({repr(v) for v, b in zip(items, bad.tolist(), strict=True) if b})
             raise ValueError(
                 f"Found unknown categories [{', '.join(unknown[:10])}] in column "
-                f"{transforms.columns[source.column]!r} during transform ({source.refuse_unknown} "
+                f"{name!r} during transform ({source.refuse_unknown} "
                 "was fitted with handle_unknown='error')"
             )
     return codes

@@ -32,6 +32,9 @@ def write(transforms: Transforms) -> dict[str, Any]:
                 "categories": None if s.categories is None else [_plain(v) for v in s.categories],
                 "refuse_unknown": s.refuse_unknown,
                 "refuse_missing": s.refuse_missing,
+                # Written only where set: a reader that predates it refuses what it would
+                # misread, and reads the others.
+                **({"refuse_na": True} if s.refuse_na else {}),
             }
             for s in transforms.sources
         ],
@@ -61,9 +64,14 @@ def _malformed(where: str, expected: str, value: Any) -> NoReturn:
     raise InvalidArtifactError(f"malformed transforms: {where} must be {expected}, got {shown}")
 
 
-def _object(doc: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    if type(doc) is not dict or sorted(doc) != sorted(fields):
-        _malformed(where, f"an object with exactly the fields {list(fields)}", doc)
+def _object(
+    doc: Any, where: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    if type(doc) is not dict or not set(fields) <= set(doc) <= set(fields + optional):
+        expected = f"an object with exactly the fields {list(fields)}"
+        if optional:
+            expected += f" (and optionally {list(optional)})"
+        _malformed(where, expected, doc)
     return doc
 
 
@@ -125,7 +133,12 @@ def read(doc: Any) -> Transforms:
     sources = []
     for i, item in enumerate(_list(doc["sources"], "sources")):
         where = f"sources[{i}]"
-        item = _object(item, where, ("column", "categories", "refuse_unknown", "refuse_missing"))
+        item = _object(
+            item,
+            where,
+            ("column", "categories", "refuse_unknown", "refuse_missing"),
+            optional=("refuse_na",),
+        )
         categories = item["categories"]
         if categories is not None:
             listed = _list(categories, f"{where}.categories")
@@ -138,6 +151,7 @@ def read(doc: Any) -> Transforms:
                 categories=categories,
                 refuse_unknown=_string(item["refuse_unknown"], f"{where}.refuse_unknown"),
                 refuse_missing=_flag(item["refuse_missing"], f"{where}.refuse_missing"),
+                refuse_na=_flag(item.get("refuse_na", False), f"{where}.refuse_na"),
             )
         )
     features = []

@@ -246,7 +246,8 @@ def _simple_imputer(step: Any, matrix: _Matrix) -> _Matrix:
             col = matrix.columns[j]
             source = col.source
             if source is None and not _is_number(statistics[j]):
-                source = Source(col.column, ())  # strings: missing (NaN) or not, as codes
+                # strings: missing (NaN) or not, as codes; pd.NA raises in this imputer
+                source = Source(col.column, (), refuse_na=True)
             indicator = _Column(col.column, f"missingindicator_{col.name}", col.ops, (), source)
             out.append(dataclasses.replace(indicator, ops=(*col.ops, Op("is_missing"))))
     return dataclasses.replace(matrix, columns=tuple(out))
@@ -266,8 +267,8 @@ def _encoded_source(step: Any, col: _Column, categories: list[Any]) -> tuple[Sou
     refuse = name if step.handle_unknown == "error" else ""
     has_nan = len(known) < len(categories)
     source = Source(col.column, known, refuse, refuse_missing=bool(refuse) and not has_nan)
-    if col.fills:  # no missing value reaches the encoder
-        source = dataclasses.replace(source, refuse_missing=False)
+    if col.fills:  # an imputer reads the values first: no NaN reaches the encoder, pd.NA raises
+        source = dataclasses.replace(source, refuse_missing=False, refuse_na=True)
     return source, fills
 
 
