@@ -16,7 +16,7 @@ import pytest
 import treecomp
 from tests.helpers import assert_close, assert_equal, tolerance
 from tests.test_ir import small_forest
-from tests.zoo import ensemble, fitted, pd
+from tests.zoo import ensemble, fitted, pd, small_pipeline
 from treecomp.cli import main
 from treecomp.scoring import remove_stale_partials
 
@@ -148,6 +148,91 @@ def test_bad_files_fail_clearly_and_leave_no_output(tmp_path: Path) -> None:
     # Bad values for the model: the batch's rows are named.
     frame.assign(b=np.where(np.arange(len(frame)) == 2500, np.inf, frame["b"])).to_parquet(path)
     check_fails(tmp_path, cm, path, r"rows 2000\.\.2999.*infinity", keep=["id"], batch_rows=1000)
+
+
+def read_output(path: Path) -> Any:
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize("encoder", ["onehot", "ordinal"])
+def test_a_pipeline_reads_its_own_columns(tmp_path: Path, encoder: str, fmt: str) -> None:
+    """A converted Pipeline takes the pipeline's input columns (its encoder's strings too),
+    not the columns its forest reads after the transforms, and scores as the pipeline."""
+    pipeline, rows = small_pipeline(encoder)
+    cm = treecomp.convert(pipeline, "numpy")
+    frame = rows.assign(id=np.arange(len(rows)) * 3)  # a key column after the features
+    source = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        frame.to_parquet(source, row_group_size=700)
+    else:
+        frame.to_csv(source, index=False)
+    out = tmp_path / f"out.{fmt}"
+    methods = ["predict", "predict_proba"]
+    assert treecomp.score(cm, source, out, methods=methods, keep=["id"], batch_rows=500) == 2000
+    scored = read_output(out)
+    assert list(scored.columns) == ["id", "prediction", "proba_0", "proba_1"]
+    assert_equal(scored["id"].to_numpy(), frame["id"].to_numpy())
+    assert_equal(scored["prediction"].to_numpy(), pipeline.predict(rows))
+    proba = scored[["proba_0", "proba_1"]].to_numpy()
+    assert_close(proba, pipeline.predict_proba(rows), tolerance(pipeline[-1]))
+
+
+def test_a_pipelines_columns_are_checked(tmp_path: Path) -> None:
+    """A Pipeline's columns are checked as a model's features are: by name where it was
+    fitted on a DataFrame, else by count in file order; a string where it reads numbers
+    is named."""
+    pipeline, rows = small_pipeline("onehot")
+    cm = treecomp.convert(pipeline, "numpy")
+    path = tmp_path / "in.parquet"
+    rows.drop(columns="s").to_parquet(path)
+    check_fails(tmp_path, cm, path, r"missing \['s'\], unexpected \[\]")
+    rows.assign(id=1).to_parquet(path)
+    check_fails(tmp_path, cm, path, r"missing \[\], unexpected \['id'\]")
+    rows.assign(a="oops").to_parquet(path)
+    check_fails(tmp_path, cm, path, r"rows 0\.\.1999: column 'a' holds non-numeric values")
+    # Fitted on an array: its columns are every column not kept, by position.
+    unnamed_pipeline = pipeline_on_array(pipeline, rows)
+    unnamed = treecomp.convert(unnamed_pipeline, "numpy")
+    rows.rename(columns={"a": "x", "b": "y", "s": "z"}).assign(id=1).to_parquet(path)
+    treecomp.score(unnamed, path, tmp_path / "scored.parquet", keep=["id"])
+    scored = pd.read_parquet(tmp_path / "scored.parquet")
+    assert_equal(scored["prediction"].to_numpy(), unnamed_pipeline.predict(rows.to_numpy()))
+    rows[["a", "s"]].to_parquet(path)
+    check_fails(tmp_path, unnamed, path, "2 feature columns .* takes 3 .*no feature names")
+
+
+def pipeline_on_array(pipeline: Any, rows: Any) -> Any:
+    """``pipeline`` refitted on the rows of ``rows`` as an object array: no column names."""
+    from sklearn.base import clone
+
+    unnamed = clone(pipeline)
+    unnamed.set_params(
+        columns__transformers=[
+            (name, step, [list(rows.columns).index(c) for c in columns])
+            for name, step, columns in pipeline[0].transformers
+        ]
+    )
+    return unnamed.fit(rows.to_numpy(), pipeline.predict(rows))
+
+
+def test_the_cli_scores_a_saved_pipeline(tmp_path: Path, capsys: Any) -> None:
+    """``treecomp score pipeline.skops rows.parquet ...``: the pipeline's columns, a key."""
+    skops_io = pytest.importorskip("skops.io")
+    pipeline, rows = small_pipeline("ordinal")
+    skops_io.dump(pipeline, tmp_path / "pipeline.skops")
+    rows.assign(id=np.arange(len(rows))).to_parquet(tmp_path / "in.parquet")
+    argv = ["score", str(tmp_path / "pipeline.skops"), str(tmp_path / "in.parquet")]
+    argv += [str(tmp_path / "out.csv"), "--method", "predict_proba", "--keep", "id"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "scored 2000 rows" in capsys.readouterr().out
+    scored = pd.read_csv(tmp_path / "out.csv")
+    proba = scored[["proba_0", "proba_1"]].to_numpy()
+    assert_close(proba, pipeline.predict_proba(rows), tolerance(pipeline[-1]))
+    rows.drop(columns="b").assign(id=1).to_parquet(tmp_path / "in.parquet")
+    assert main([*argv, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("treecomp score: ") and "missing ['b']" in err, err
 
 
 def test_an_interrupted_run_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

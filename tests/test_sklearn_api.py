@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 import treecomp
 from tests.helpers import assert_close, assert_equal
-from tests.zoo import fitted, pd
+from tests.zoo import fitted, pd, small_pipeline
 
 sklearn_base = pytest.importorskip("sklearn.base")
 frozen = pytest.importorskip("sklearn.frozen")
@@ -73,3 +75,72 @@ def test_feature_names_follow_the_frame() -> None:
     cm = treecomp.convert(model, "numpy")
     assert isinstance(frame, pd.DataFrame)
     assert list(cm.feature_names_in_) == list(frame.columns)
+
+
+def labels_to_score(model: Any, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Targets that the model gets partly wrong (a fifth of the labels swapped, or the
+    values moved by noise), and sample weights: scores that are not 1.0."""
+    rng = np.random.default_rng(0)
+    predicted = np.asarray(model.predict(X))
+    if sklearn_base.is_classifier(model):
+        y = predicted.copy()
+        swap = rng.random(len(y)) < 0.2
+        y[swap] = rng.choice(model.classes_, int(swap.sum()))
+    else:
+        y = predicted + rng.normal(0.0, predicted.std() / 3, predicted.shape)
+    return y, rng.random(len(y))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sklearn_rf",
+        "xgboost_multiclass",
+        "lightgbm_multiclass",
+        "sklearn_multi_output",
+        "xgboost_categorical",
+        "lightgbm_categorical_zero",
+    ],
+)
+def test_score_is_the_native_score(name: str) -> None:
+    """Accuracy of a classifier, r2 of a regressor: the native float exactly, also through
+    FrozenEstimator and cross_val_score, whose folds score the model as fitted."""
+    from sklearn.model_selection import cross_val_score
+
+    model, X = fitted(name)
+    y, weights = labels_to_score(model, X)
+    cm = treecomp.convert(model, "numpy")
+    assert cm.score(X, y) == model.score(X, y) < 1.0
+    assert cm.score(X, y, sample_weight=weights) == model.score(X, y, sample_weight=weights)
+    assert frozen.FrozenEstimator(cm).score(X, y) == model.score(X, y)
+    folds = cross_val_score(frozen.FrozenEstimator(cm), X, y, cv=3)
+    assert_equal(folds, cross_val_score(frozen.FrozenEstimator(model), X, y, cv=3))
+
+
+def test_a_pipelines_score_is_the_pipelines() -> None:
+    pipeline_, rows = small_pipeline("onehot")
+    y, weights = labels_to_score(pipeline_, rows)
+    cm = treecomp.convert(pipeline_, "numpy")
+    assert cm.score(rows, y, sample_weight=weights) == pipeline_.score(rows, y, weights)
+
+
+def test_outlier_detectors_have_no_score() -> None:
+    """IsolationForest has no score method, and neither has its compiled model."""
+    model, _ = fitted("sklearn_iforest")
+    cm = treecomp.convert(model, "numpy")
+    assert not hasattr(model, "score")
+    assert not hasattr(cm, "score") and "score" not in dir(cm)
+    with pytest.raises(AttributeError, match="outlier has no method 'score'"):
+        cm.score  # noqa: B018
+    assert "score" in dir(treecomp.convert(fitted("sklearn_rf")[0], "numpy"))
+
+
+def test_score_without_scikit_learn_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XGBoost and LightGBM users need not install scikit-learn: score says it needs it."""
+    import sys
+
+    model, X = fitted("xgboost_multiclass")
+    cm = treecomp.convert(model, "numpy")
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # an import of it now fails
+    with pytest.raises(ImportError, match="install scikit-learn"):
+        cm.score(X, model.predict(X))

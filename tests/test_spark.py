@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import treecomp
-from tests.helpers import assert_equal
+from tests.helpers import assert_close, assert_equal, tolerance
 
 pyspark = pytest.importorskip("pyspark")
 pd = pytest.importorskip("pandas")
@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql import types as T  # noqa: E402
 
-from tests.zoo import fitted  # noqa: E402
+from tests.zoo import fitted, small_pipeline  # noqa: E402
 from treecomp import spark as treecomp_spark  # noqa: E402
 from treecomp.spark import predict_udf  # noqa: E402
 
@@ -271,6 +271,32 @@ def test_categorical_strings_are_encoded_by_value(spark):
     assert_equal(collected(rows, "struct"), expected)
     with pytest.raises(PythonException, match="do not match the feature names"):
         df.select(udf(F.struct("color", "size"))).collect()
+
+
+def test_a_pipeline_reads_its_own_columns(spark):
+    """A converted Pipeline takes the pipeline's input columns (its encoder's strings too),
+    by name, by position or as a struct in any order, and scores as the pipeline does."""
+    pipeline, rows = small_pipeline("onehot")
+    cm = treecomp.convert(pipeline)
+    df = spark.createDataFrame(frame_of(rows, None), "id long, a double, b double, s string")
+    udf, proba = predict_udf(cm), predict_udf(cm, "predict_proba")
+    scored = sorted(
+        df.select(
+            "id",
+            udf().alias("named"),
+            udf("a", "b", "s").alias("positional"),
+            udf(F.struct("s", "b", "a")).alias("struct"),
+            proba().alias("proba"),
+        ).collect()
+    )
+    expected = pipeline.predict(rows)
+    for column in ("named", "positional", "struct"):
+        assert_equal(collected(scored, column), expected)
+    assert_close(collected(scored, "proba"), pipeline.predict_proba(rows), tolerance(pipeline[-1]))
+    with pytest.raises(ValueError, match="got 2 columns, but the model expects 3"):
+        udf("a", "b")
+    with pytest.raises(PythonException, match=r"columns are missing from the DataFrame: \['s'\]"):
+        df.select(udf(F.struct("a", "b"))).collect()
 
 
 def test_model_is_rebuilt_once_per_worker(spark):

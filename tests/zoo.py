@@ -152,6 +152,41 @@ def zoo_lightgbm_binary_nan() -> tuple[Any, Any]:
     return model.fit(with_missing(X, fraction=0.1)[:-1], y), X_test
 
 
+def small_pipeline(encoder: str) -> tuple[Any, Any]:
+    """A fitted Pipeline of the common shape and held-out rows of its columns (NaN, and a
+    category never seen in fit, included): a ColumnTransformer (a StandardScaler on the
+    numbers ``a`` and ``b``, ``encoder`` on the strings ``s``) before a small forest.
+
+    ``encoder`` is ``"onehot"`` (then a RandomForest) or ``"ordinal"`` (then a
+    HistGradientBoosting). Not in :data:`ZOO`, whose models read numbers only.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    def rows(n: int, seed: int) -> Any:
+        rng = np.random.default_rng(seed)
+        strings = rng.choice(["p", "q", "r"], n).astype(object)
+        return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "s": strings})
+
+    train = rows(600, 0)
+    y = ((train["a"] > 0) ^ (train["s"] == "q")).astype(int)
+    if encoder == "onehot":
+        strings: Any = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        forest: Any = ensemble.RandomForestClassifier(8, max_depth=5, random_state=0)
+    else:
+        strings = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+        forest = ensemble.HistGradientBoostingClassifier(max_iter=10, random_state=0)
+    columns = ColumnTransformer(
+        [("numbers", StandardScaler(), ["a", "b"]), ("strings", strings, ["s"])]
+    )
+    pipeline = Pipeline([("columns", columns), ("forest", forest)]).fit(train, y)
+    test = rows(2000, 1)
+    test.loc[::7, "a"] = np.nan
+    test.loc[::11, "s"] = "unseen"
+    return pipeline, test
+
+
 ZOO: dict[str, Callable[[], tuple[Any, Any]]] = {
     name.removeprefix("zoo_"): fn for name, fn in dict(globals()).items() if name.startswith("zoo_")
 }

@@ -35,6 +35,7 @@ from treecomp.inputs import (
 )
 from treecomp.ir import METHODS, Forest
 from treecomp.outputs import NativeOutputs
+from treecomp.sklearn_api import EstimatorConventions, NativeMethod
 from treecomp.transform_engines import prepare as prepare_rows
 from treecomp.transforms import Transforms
 
@@ -43,35 +44,14 @@ def _is_tensor(X: Any) -> bool:
     return type(X).__module__.startswith("torch") and hasattr(X, "detach")
 
 
-class _NativeMethod:
-    """A prediction method that exists on a compiled model only where the native model has it.
-
-    A descriptor rather than ``__getattribute__``: only these five names pay for the check,
-    not every attribute access (seven per call, 2 us of a 20 us single-row prediction).
-    """
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        self.name = function.__name__
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self.function
-        if self.name not in instance.forest.methods:
-            raise AttributeError(
-                f"this compiled {instance.forest.task} has no method {self.name!r}: the native "
-                "model lacks it, or its native meaning has no exact equivalent (see the "
-                "frontend's notes)"
-            )
-        return self.function.__get__(instance, owner)
-
-
-class CompiledModel:
+class CompiledModel(EstimatorConventions):
     """A compiled tree ensemble that behaves like the native model it came from.
 
     Methods the native model lacks (``predict_proba`` on a regressor, ``apply`` on a
-    HistGradientBoosting model) raise ``AttributeError``, exactly as on the native model.
+    HistGradientBoosting model, ``score`` on an outlier detector) raise ``AttributeError``,
+    exactly as on the native model. scikit-learn's conventions (tags, ``classes_``,
+    ``n_features_in_``, ``feature_names_in_``, ``score``) come from
+    :class:`~treecomp.sklearn_api.EstimatorConventions`.
 
     Attributes:
         forest: The IR the model was compiled from.
@@ -125,9 +105,6 @@ class CompiledModel:
                 self._engines[precision] = engine
             return self._engines[precision]
 
-    def __dir__(self) -> list[str]:
-        return [n for n in super().__dir__() if n not in METHODS or n in self.forest.methods]
-
     def __repr__(self) -> str:
         f = self.forest
         steps = ""
@@ -137,65 +114,6 @@ class CompiledModel:
         return (
             f"CompiledModel({steps}task={f.task!r}, trees={f.n_trees}, features={f.n_features}, "
             f"outputs={f.n_outputs}, backend={self.backend!r}, precision={self.precision!r})"
-        )
-
-    # scikit-learn's conventions: a compiled model stands where the native one stood, in a
-    # Pipeline through sklearn.frozen.FrozenEstimator, and answers is_classifier() and co.
-    @property
-    def classes_(self) -> npt.NDArray[Any]:
-        """Class labels of a classifier, as the native model reports them."""
-        if self.forest.classes is None or self.forest.task != "classifier":
-            raise AttributeError(f"this compiled {self.forest.task} has no classes_")
-        return self.forest.classes
-
-    @property
-    def n_features_in_(self) -> int:
-        """Number of input features (a Pipeline's input columns)."""
-        if self.transforms is not None:
-            return len(self.transforms.columns)
-        return self.forest.n_features
-
-    @property
-    def feature_names_in_(self) -> npt.NDArray[np.object_]:
-        """The feature names seen at fit time, where the native model has them."""
-        names = self.forest.feature_names
-        if self.transforms is not None:
-            names = self.transforms.columns if self.transforms.named else None
-        if names is None:
-            raise AttributeError("the native model was fitted without feature names")
-        return np.asarray(names, dtype=object)
-
-    def fit(self, X: Any, y: Any = None, **params: Any) -> CompiledModel:
-        """Refuse to refit: a compiled model is a fitted model's predictions.
-
-        Raises:
-            TypeError: always; fit the native model and convert it again. In a Pipeline,
-                wrap the compiled model in ``sklearn.frozen.FrozenEstimator``, whose
-                ``fit`` does nothing.
-        """
-        raise TypeError(
-            "a CompiledModel cannot be refitted: fit the native model and convert it again "
-            "(in a Pipeline, wrap it in sklearn.frozen.FrozenEstimator)"
-        )
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
-    def __sklearn_tags__(self) -> Any:
-        """scikit-learn's tags (scikit-learn 1.6 or later): the estimator type of the native
-        model, NaN accepted where it accepts it."""
-        from sklearn.utils import ClassifierTags, InputTags, RegressorTags, Tags, TargetTags
-
-        task = self.forest.task
-        kind = {"classifier": "classifier", "outlier": "outlier_detector"}.get(task, "regressor")
-        return Tags(
-            estimator_type=kind,
-            target_tags=TargetTags(required=task != "outlier"),
-            classifier_tags=ClassifierTags() if kind == "classifier" else None,
-            regressor_tags=RegressorTags() if kind == "regressor" else None,
-            input_tags=InputTags(
-                allow_nan=self.forest.allow_nan, categorical=self.forest.categories is not None
-            ),
         )
 
     @property
@@ -384,29 +302,29 @@ class CompiledModel:
 
         save(self, path)
 
-    @_NativeMethod
+    @NativeMethod
     def apply(self, X: Any) -> npt.NDArray[np.int64]:
         """Native leaf index reached in every tree, in the native shape and numbering."""
         engine, prepared = self._prepare(X)
         ids = engine.leaf_ids(prepared)
         return ids.reshape((ids.shape[0], *self.forest.leaf_shape))
 
-    @_NativeMethod
+    @NativeMethod
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
         """Class probabilities, shape ``(n_rows, n_classes)``."""
         return self._native.predict_proba(*self._scores(X))
 
-    @_NativeMethod
+    @NativeMethod
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         """Raw margins of a classifier, or ``score_samples - offset_`` of an outlier detector."""
         return self._native.decision_function(*self._scores(X))
 
-    @_NativeMethod
+    @NativeMethod
     def score_samples(self, X: Any) -> npt.NDArray[np.float64]:
         """Anomaly score of an outlier detector (lower is more abnormal)."""
         return self._native.score_samples(*self._scores(X))
 
-    @_NativeMethod
+    @NativeMethod
     def predict(self, X: Any) -> npt.NDArray[Any]:
         """Labels for classifiers and outlier detectors, values for regressors and rankers."""
         return self._native.predict(*self._scores(X))

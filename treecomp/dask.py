@@ -86,7 +86,7 @@ def predict(
         import treecomp.dask
 
         cm = treecomp.convert(model)
-        features = dd.read_parquet("features/")[list(cm.forest.feature_names)]
+        features = dd.read_parquet("features/")[list(cm.feature_names_in_)]
         proba = treecomp.dask.predict(cm, features, "predict_proba")
         proba.to_parquet("scores/")  # runs on the active scheduler, e.g. a Client
 

@@ -312,8 +312,12 @@ def _batches(path: Path, kind: str, rows: int, progress: bool) -> tuple[Any, Ite
 def _features_and_keys(
     model: CompiledModel, batch: Any, keep: Sequence[str], where: str
 ) -> tuple[Any, Any]:
-    """The batch as (feature DataFrame in the model's column order, key table)."""
-    forest = model.forest
+    """The batch as (feature DataFrame in the model's column order, key table).
+
+    The feature columns are the model's input columns (``n_features_in_`` and
+    ``feature_names_in_``: a Pipeline's own, before its transforms), by name where it has
+    names, else every column not kept, in file order.
+    """
     names = list(batch.schema.names)
     # A DataFrame's index written by pandas is a key too: kept, never read as a feature.
     index = [
@@ -326,8 +330,9 @@ def _features_and_keys(
     if missing_keys:
         raise ValueError(f"{where}: key columns {missing_keys} are not in the file")
     candidates = [n for n in names if n not in keep]
-    if forest.feature_names is not None:
-        wanted = list(forest.feature_names)
+    fit_names = getattr(model, "feature_names_in_", None)
+    if fit_names is not None:
+        wanted = [str(n) for n in fit_names]
         missing = [n for n in wanted if n not in names]
         extra = [n for n in candidates if n not in wanted]
         if missing or extra:
@@ -337,20 +342,25 @@ def _features_and_keys(
             )
     else:
         wanted = candidates
-        if len(wanted) != forest.n_features:
+        if len(wanted) != model.n_features_in_:
             raise ValueError(
                 f"{where}: {len(wanted)} feature columns {wanted}, but the model takes "
-                f"{forest.n_features} (it has no feature names: every column not in keep= is "
-                "a feature, in file order)"
+                f"{model.n_features_in_} (it has no feature names: every column not in keep= "
+                "is a feature, in file order)"
             )
-    features = categories_by_value(forest, batch.select(wanted).to_pandas())
-    for name in wanted:
-        dtype = features[name].dtype
-        if str(dtype) != "category" and getattr(dtype, "kind", "O") not in "biuf":
-            raise ValueError(
-                f"{where}: column {name!r} has type {batch.schema.field(name).type}, not "
-                "numbers or categories"
-            )
+    features = batch.select(wanted).to_pandas()
+    # A forest alone reads numbers and pandas categories only (a file's category features
+    # hold their values). A Pipeline's encoders read strings too, and its transforms check
+    # each column they read as numbers (naming it).
+    if model.transforms is None:
+        features = categories_by_value(model.forest, features)
+        for name in wanted:
+            dtype = features[name].dtype
+            if str(dtype) != "category" and getattr(dtype, "kind", "O") not in "biuf":
+                raise ValueError(
+                    f"{where}: column {name!r} has type {batch.schema.field(name).type}, not "
+                    "numbers or categories"
+                )
     return features, batch.select(list(keep))
 
 

@@ -75,7 +75,9 @@ def predict_udf(
     names are checked against the fit-time names where the native library checks them
     (scikit-learn, XGBoost), so a reordered or misspelt column is an error, not a silent
     mis-scoring. Called with no columns, the UDF reads the columns named after the model's
-    features (models fitted on a named DataFrame).
+    features (models fitted on a named DataFrame). For a converted Pipeline the feature
+    columns are the pipeline's own input columns, before its transforms (``cm.n_features_in_``,
+    ``cm.feature_names_in_``), string columns its encoders read included.
 
     Spark nulls are missing values (NaN). Spark has no categorical type: a column feeding a
     categorical feature holds the category values themselves (strings or numbers), encoded
@@ -158,7 +160,14 @@ def predict_udf(
     artifact = cm.dumps()
     key = _key(artifact, backend, options)
     broadcast = session.sparkContext.broadcast(artifact)
-    names = forest.feature_names or tuple(f"x{j}" for j in range(forest.n_features))
+    fit_names = getattr(cm, "feature_names_in_", None)
+    # Columns passed one by one are named so: by the fit-time names where the model has them
+    # (a Pipeline's own input columns), else x0, x1, ... and taken by position.
+    names = (
+        tuple(str(n) for n in fit_names)
+        if fit_names is not None
+        else tuple(f"x{j}" for j in range(cm.n_features_in_))
+    )
 
     # A closure, pickled by value to the workers; it reaches the module's cache through
     # `_score_batches`, a module function cloudpickle sends by reference (a global the
@@ -176,7 +185,7 @@ def predict_udf(
     }
     score.__name__ = method  # Spark names the output column after it: predict_proba(a, b, c)
     udf = pandas_udf(score, _return_type(forest, method))  # type: ignore[call-overload]
-    return _checked_call(udf, forest)
+    return _checked_call(udf, names, named=fit_names is not None)
 
 
 def _check_method(forest: Forest, method: str) -> None:
@@ -196,23 +205,27 @@ def _key(artifact: bytes, backend: str | None, options: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _checked_call(udf: Any, forest: Forest) -> Callable[..., Column]:
-    """Wrap ``udf`` so that a wrong column count fails on the driver, before any job runs."""
+def _checked_call(udf: Any, names: tuple[str, ...], *, named: bool) -> Callable[..., Column]:
+    """Wrap ``udf`` so that a wrong column count fails on the driver, before any job runs.
+
+    ``names`` are the model's input columns (:func:`predict_udf`'s); ``named`` says whether
+    they are its fit-time names, which ``udf()`` reads.
+    """
 
     def apply(*columns: Any) -> Column:
         if len(columns) == 1 and isinstance(columns[0], (list, tuple)):
             columns = tuple(columns[0])  # udf(["a", "b"]), as df.select takes a list
         if not columns:
-            if forest.feature_names is None:
+            if not named:
                 raise ValueError(
-                    f"this model has no feature names: pass its {forest.n_features} feature "
+                    f"this model has no feature names: pass its {len(names)} feature "
                     "columns, in the order it was fitted on"
                 )
             # backquoted, so that a name with a dot is a column, not a struct field access
-            columns = tuple(f"`{name.replace('`', '``')}`" for name in forest.feature_names)
-        elif len(columns) not in (1, forest.n_features):
+            columns = tuple(f"`{name.replace('`', '``')}`" for name in names)
+        elif len(columns) not in (1, len(names)):
             raise ValueError(
-                f"got {len(columns)} columns, but the model expects {forest.n_features}: pass "
+                f"got {len(columns)} columns, but the model expects {len(names)}: pass "
                 "its feature columns in the order it was fitted on, or one struct of them"
             )
         return udf(*columns)
@@ -281,7 +294,7 @@ def _score_batches(
         if model is None:  # on the first batch: a task with no rows builds nothing
             model = _model(key, broadcast, backend, options)
         columns = batch if isinstance(batch, tuple) else (batch,)
-        yield _series(getattr(model, method)(_frame(model.forest, columns, names)))
+        yield _series(getattr(model, method)(_frame(model, columns, names)))
 
 
 def _model(key: str, broadcast: Any, backend: str | None, options: dict[str, Any]) -> CompiledModel:
@@ -297,7 +310,7 @@ def _model(key: str, broadcast: Any, backend: str | None, options: dict[str, Any
     return model
 
 
-def _frame(forest: Forest, columns: tuple[Any, ...], names: tuple[str, ...]) -> Any:
+def _frame(model: CompiledModel, columns: tuple[Any, ...], names: tuple[str, ...]) -> Any:
     """One batch's columns as the pandas DataFrame ``cm.predict`` would be given."""
     import pandas as pd
 
@@ -305,14 +318,16 @@ def _frame(forest: Forest, columns: tuple[Any, ...], names: tuple[str, ...]) -> 
         frame = columns[0]  # a struct: its field names stay, to be checked as pandas' are
     elif any(isinstance(c, pd.DataFrame) for c in columns):
         raise TypeError("pass the feature columns one by one, or as one struct, not a mix")
-    elif len(columns) != forest.n_features:  # reached through SQL, which skips the wrapper
+    elif len(columns) != len(names):  # reached through SQL, which skips the wrapper
         raise ValueError(
-            f"got {len(columns)} columns, but the model expects {forest.n_features}: pass "
+            f"got {len(columns)} columns, but the model expects {len(names)}: pass "
             "its feature columns in the order it was fitted on, or one struct of them"
         )
     else:
         frame = pd.DataFrame(dict(zip(names, columns)))
-    return categories_by_value(forest, frame)
+    if model.transforms is not None:  # a Pipeline's encoders read the values themselves
+        return frame
+    return categories_by_value(model.forest, frame)
 
 
 def _series(values: npt.NDArray[Any]) -> Any:
