@@ -13,6 +13,7 @@ import hashlib
 import json
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,3 +253,32 @@ def test_labels_wider_than_their_text_load_while_the_file_pays_for_them() -> Non
     cm = treecomp.loads(signed(document(forest)))
     assert cm.forest.classes is not None and cm.forest.classes.dtype == np.dtype("<U300")
     assert_equal(cm.predict(np.array([[0.0, 0.0]])), np.array(["b"], dtype="<U300"))
+
+
+def test_a_failed_export_leaves_the_file_that_was_there(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save and export_onnx write under a temporary name and rename it into place: an export
+    that fails (a bad option, a write cut short) leaves the previous file whole, and no
+    temporary file behind."""
+    pytest.importorskip("onnx")
+    cm = treecomp.convert(small_forest(small_tree()), backend="numpy")
+    onnx_path, saved = tmp_path / "model.onnx", tmp_path / "model.tc"
+    cm.export_onnx(onnx_path)
+    cm.save(saved)
+    before = {p: p.read_bytes() for p in (onnx_path, saved)}
+    with pytest.raises(ValueError):
+        cm.export_onnx(onnx_path, strategy="no_such_strategy")
+
+    write_bytes = Path.write_bytes
+
+    def cut_short(self: Path, data: bytes) -> None:  # the disk fills after ten bytes
+        write_bytes(self, data[:10])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        cm.save(saved)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (onnx_path, saved)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.tc"]

@@ -138,6 +138,11 @@ def _lightgbm_crafted(text: str) -> dict[str, bytes]:
         # Scanned for '=' past the line's end (into the next line, or past the buffer).
         "tree_line_without_equals": plain.replace("num_cat=0\n", "num_cat\n", 1),
         "not_a_number": plain.replace("split_feature=", "split_feature=x", 1),  # read as 0
+        # A binary objective with two trees an iteration: LightGBM scores two sigmoid-less
+        # columns without a word; read as a binary classifier, a silent wrong answer.
+        "binary_of_two_classes": text.replace("num_class=1", "num_class=2").replace(
+            "num_tree_per_iteration=1", "num_tree_per_iteration=2"
+        ),
     }
     return {name: value.encode() for name, value in crafted.items()}
 

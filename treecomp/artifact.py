@@ -19,6 +19,7 @@ from typing import Any
 from treecomp import names
 from treecomp._version import __version__
 from treecomp.errors import InvalidArtifactError, InvalidForestError
+from treecomp.files import write_replacing
 from treecomp.inputs import PRECISIONS
 from treecomp.ir import Forest
 
@@ -55,7 +56,7 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 
 def save(model: Any, path: Any) -> None:
     """Write ``model`` (a :class:`~treecomp.CompiledModel`) to ``path``."""
-    Path(path).write_bytes(dumps(model))
+    write_replacing(path, dumps(model))
 
 
 def dumps(model: Any) -> bytes:

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from treecomp.backends import choose_backend, get_backend, tiered_engine
 from treecomp.engine import DeviceEngine, Engine
 from treecomp.errors import InvalidArtifactError, UnsupportedModelError
+from treecomp.files import write_replacing
 from treecomp.frontends import parse
 from treecomp.frontends.pipeline import is_pipeline, parse_pipeline
 from treecomp.inputs import (
@@ -251,8 +252,8 @@ class CompiledModel(EstimatorConventions):
         self, path: Any, *, leaf_indices: bool = False, strategy: str | None = None
     ) -> None:
         """Write :meth:`to_onnx`'s model to ``path``."""
-        with open(path, "wb") as f:
-            f.write(self.to_onnx(leaf_indices=leaf_indices, strategy=strategy).SerializeToString())
+        model = self.to_onnx(leaf_indices=leaf_indices, strategy=strategy)
+        write_replacing(path, model.SerializeToString())
 
     def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
         """Write a ``torch.export`` + AOTInductor package for serving from torch alone.

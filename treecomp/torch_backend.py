@@ -41,6 +41,7 @@ import torch.fx.experimental._config as fx_config
 from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_by_side
 from treecomp.compiled_tier import CompiledTier
 from treecomp.engine import Link, Lower
+from treecomp.files import replacing
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -443,7 +444,8 @@ class TorchEngine:
     def export_pt2(self, path: Any, *, leaf_indices: bool = False) -> None:
         """Write a ``torch.export`` + AOTInductor package of the forest (see the container)."""
         check_compiler(self.device)
-        export_package(self.lowered, path, "both" if leaf_indices else "scores", self.device)
+        with replacing(path) as partial:
+            export_package(self.lowered, partial, "both" if leaf_indices else "scores", self.device)
 
     def to(self, device: Any) -> None:
         device = resolve_device(device)

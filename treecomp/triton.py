@@ -34,13 +34,12 @@ the one :meth:`CompiledModel.export_onnx` writes, exact under any ONNX Runtime s
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from treecomp.container import CompiledModel
+from treecomp.files import write_replacing
 from treecomp.names import for_target
 
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "model_config", "write_repository"]
@@ -126,8 +125,8 @@ def write_repository(
     config = model_config(model, name=name, max_batch_size=max_batch_size, instances=instances)
     folder = Path(repo) / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
-    _replace(folder / str(version) / "model.onnx", model.SerializeToString())
-    _replace(folder / "config.pbtxt", config.encode())
+    write_replacing(folder / str(version) / "model.onnx", model.SerializeToString())
+    write_replacing(folder / "config.pbtxt", config.encode())
     return folder
 
 
@@ -210,15 +209,3 @@ def _tensors(kind: str, values: Any, batched: bool) -> list[str]:
 def _check_count(option: str, value: object, *, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{option} must be an integer >= {minimum}, got {value!r}")
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``path`` under a temporary name beside it, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

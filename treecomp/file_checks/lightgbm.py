@@ -58,6 +58,11 @@ _INT32 = 2**31 - 1
 _TREE_LINES = 22
 
 
+# The objectives LightGBM writes with num_class trees an iteration (their canonical names;
+# "custom" is a Python objective's, which may fit several).
+_MULTICLASS_OBJECTIVES = ("multiclass", "multiclassova", "custom")
+
+
 def check_lightgbm(raw: bytes) -> str:
     """The LightGBM model text in ``raw``, checked, as LightGBM should be given it.
 
@@ -154,6 +159,13 @@ def _lightgbm_header(lines: list[str]) -> dict[str, str]:
             name, _, value = word.partition(":")
             if name == "num_class" and value != str(num_class):
                 raise FileCheckError(f"the objective's {word} differs from num_class={num_class}")
+        # Only the multiclass objectives fit several trees an iteration; any other read with
+        # num_class trees an iteration would score them as something they are not.
+        if words[0] not in _MULTICLASS_OBJECTIVES and num_class != 1:
+            raise FileCheckError(
+                f"the objective {words[0]!r} fits one tree an iteration, but num_class is "
+                f"{num_class}; LightGBM writes num_class=1 for it"
+            )
     return header
 
 
