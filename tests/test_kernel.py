@@ -650,3 +650,19 @@ def test_a_walk_that_could_not_allocate_raises(rows: int) -> None:
     engine._walk = engine._small = lambda *args: 1  # large batches' call, small ones'
     with pytest.raises(MemoryError, match="could not allocate"):
         cm.predict_proba(X)
+
+
+def test_a_failed_build_names_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A linker says why on the line before the driver's summary: both reach the error."""
+    said = (
+        "/usr/bin/ld: final link failed: No space left on device\n"
+        "collect2: error: ld returned 1 exit status\n"
+    )
+    monkeypatch.setattr(
+        kernel.subprocess,
+        "run",
+        lambda command, **_: subprocess.CompletedProcess(command, 1, "", said),
+    )
+    with pytest.raises(kernel.KernelUnavailable, match=r"No space left on device.*collect2"):
+        kernel._build("cc", tmp_path, "key")
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left

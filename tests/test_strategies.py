@@ -452,3 +452,15 @@ def test_base_score_folds_in_the_accumulation_type(accumulation: str) -> None:
     X = np.array([[0.0], [1.0]])
     nodes = reference.leaf_nodes(forest, X)
     assert_equal(reference.raw_scores(folded, nodes), reference.raw_scores(forest, nodes))
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy", "onnx", "torch"])
+def test_bfloat16_tensors_are_widened_exactly(backend: str) -> None:
+    """A dtype NumPy lacks (bfloat16) is widened to float32, which holds it exactly, on every
+    backend: the same answers as the widened rows."""
+    model, X_test = fitted("xgboost_multiclass")
+    cm = treecomp.convert(model, backend)
+    tensor = torch.from_numpy(np.asarray(X_test, dtype=np.float32)).to(torch.bfloat16)
+    widened = tensor.float().numpy()
+    assert_equal(cm.predict(tensor), model.predict(widened))
+    assert_equal(cm.predict_proba(tensor), cm.predict_proba(widened))

@@ -346,7 +346,13 @@ def to_matrix(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
     if _is_dataframe(X):
         return _dataframe_to_array(forest, X)
     if hasattr(X, "detach") and hasattr(X, "cpu"):  # a torch tensor reaching the NumPy path
-        X = X.detach().cpu().numpy()
+        X = X.detach().cpu()
+        try:
+            X = X.numpy()
+        except TypeError:  # a type NumPy lacks (bfloat16, float8): float32 holds it exactly
+            if not X.is_floating_point():
+                raise TypeError(f"X has unsupported dtype {X.dtype}; expected numbers") from None
+            X = X.float().numpy()
     if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # SciPy sparse: np.asarray would wrap it
         # Absent entries are zeros to scikit-learn and LightGBM but missing to XGBoost's trees
         # (dmlc/xgboost#1634; measured with xgboost 3 and lightgbm 4), and a forest does not

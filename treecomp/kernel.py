@@ -135,9 +135,11 @@ def _build(compiler: str, directory: Path, key: str) -> Path:
         except (OSError, subprocess.SubprocessError) as exc:  # killed, hung, not runnable
             raise KernelUnavailable(f"the C compiler {compiler!r} did not run: {exc}") from None
         if done.returncode != 0:
+            # The last lines: a linker names the cause ("No space left on device") on the
+            # line before the driver's summary ("collect2: error: ld returned 1").
+            said = "; ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
             raise KernelUnavailable(
-                f"the C compiler {compiler!r} could not build the kernel: "
-                f"{(done.stderr.strip().splitlines() or [''])[-1]:.300}"
+                f"the C compiler {compiler!r} could not build the kernel: {said:.600}"
             )
         path = directory / f"walk-{key}-{_sha256(partial)}.so"
         os.replace(partial, path)
