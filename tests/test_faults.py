@@ -74,7 +74,7 @@ def builds(built: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Where packages were built: each build writes the pristine package."""
     paths: list[Path] = []
 
-    def export_package(module: Any, path: Any, outputs: str, device: Any) -> None:
+    def export_package(module: Any, path: Any, outputs: str, device: Any, **_: Any) -> None:
         paths.append(Path(path))
         shutil.copyfile(built, path)
 
@@ -154,6 +154,20 @@ def test_the_default_backend_never_tiers_up_to_a_damaged_package(
     assert built == [True]
     assert cm.strategy.endswith("[compiled]")
     check_answers(cm)
+
+
+def test_another_models_package_is_built_again_never_loaded(
+    cached: Path, builds: list[Path]
+) -> None:
+    """Sound bytes of another model's package under this model's key (a copied or shared
+    cache; here every build writes small_forest()'s package) are discarded: the key a package
+    was built for is in its metadata."""
+    other = small_forest(base_score=np.array([1.5]))  # another model: another key
+    treecomp.convert(other, "torch", compile=True)  # its package: small_forest()'s bytes
+    assert len(builds) == 1
+    with pytest.warns(RuntimeWarning, match="was built for another model.*built again"):
+        treecomp.convert(other, "torch", compile=True)
+    assert len(builds) == 2
 
 
 def test_a_package_that_is_sound_is_used_as_it_is(cached: Path, builds: list[Path]) -> None:

@@ -227,11 +227,23 @@ class PackagedForward:
         path = find_package(directory, key)
         if path is not None:
             try:
-                self.runner = load_package(path)
-                return
+                runner = load_package(path)
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [""])[0]
                 discard_package(path, f"does not load ({type(exc).__name__}: {first:.200})")
+            else:
+                # Sound bytes of another model's package (a copied or shared cache) would
+                # score that model: the key it was built for is in its metadata.
+                built_for = runner.get_metadata().get("treecomp.key")
+                if built_for == key:
+                    self.runner = runner
+                    return
+                discard_package(
+                    path,
+                    "carries no model key (an older treecomp's)"
+                    if built_for is None
+                    else f"was built for another model (key {built_for})",
+                )
         if not build:
             raise PackageNotCached(directory / package_name(key, "*"))
         check_compiler(device)
@@ -239,7 +251,7 @@ class PackagedForward:
         # Unique per thread: two threads may build the same package.
         partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
         try:
-            export_package(module, partial, outputs, device)
+            export_package(module, partial, outputs, device, key=key)
             path = directory / package_name(key, file_sha256(partial))
             os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
         finally:
@@ -317,8 +329,11 @@ def scalar_code_only() -> Iterator[None]:
         cpu_vec_isa.valid_vec_isa_list = listed
 
 
-def export_package(module: ForestModule, path: Any, outputs: str, device: torch.device) -> None:
-    """Write a ``torch.export`` + AOTInductor package of ``module`` (see :class:`PT2Module`).
+def export_package(
+    module: ForestModule, path: Any, outputs: str, device: torch.device, *, key: str = ""
+) -> None:
+    """Write a ``torch.export`` + AOTInductor package of ``module`` (see :class:`PT2Module`);
+    ``key``, a cache key, is written into its metadata (see :class:`PackagedForward`).
 
     The export traces with size-oblivious reasoning, so that neither 1 row nor one block of
     rows specialises: one package serves every batch size.
@@ -332,6 +347,8 @@ def export_package(module: ForestModule, path: Any, outputs: str, device: torch.
         "treecomp.outputs": outputs,
         "treecomp.n_features": str(module.n_features),
     }
+    if key:
+        metadata["treecomp.key"] = key
     example = torch.zeros((WARM_UP_ROWS, module.n_features), dtype=dtype)
     batch = torch.export.Dim("batch", min=1, max=2**31 - 1)
     previous = module.branch_free
