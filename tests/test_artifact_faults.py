@@ -282,3 +282,25 @@ def test_a_failed_export_leaves_the_file_that_was_there(
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in (onnx_path, saved)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.tc"]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"precision": "float16"}, "precision must be one of"),
+        ({"n_threads": 0}, "n_threads must be a positive integer"),
+        ({"strategy": "bogus"}, "unknown strategy 'bogus'"),
+        ({"backend": "bogus"}, "unknown backend 'bogus'"),
+    ],
+)
+def test_a_callers_bad_option_at_load_is_the_callers_error(
+    tmp_path: Any, options: dict[str, Any], said: str
+) -> None:
+    """load(path, **options) with an option no conversion takes raises that option's error,
+    as convert() does, not one that blames the file (which rebuilds as it was saved)."""
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "model.tc"
+    treecomp.convert(small_forest(small_tree()), backend="onnx").save(path)
+    with pytest.raises(ValueError, match=said) as raised:
+        treecomp.load(path, **options)
+    assert not isinstance(raised.value, treecomp.InvalidArtifactError)

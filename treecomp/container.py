@@ -481,13 +481,26 @@ def _rebuild(
         saved = {"precision": saved["precision"]}
     if target != "torch":  # compile= is the torch backend's; other targets just run it
         saved.pop("compile", None)
-    merged = {**saved, **options}
-    precision = merged.pop("precision")
-    try:
+
+    def rebuild(settings: dict[str, Any], target: str) -> CompiledModel:
+        settings = dict(settings)
+        precision = settings.pop("precision")
         if transforms is not None:
-            return _convert_pipeline(transforms, forest, target, precision, merged)
-        return convert(forest, target, precision=precision, **merged)
+            return _convert_pipeline(transforms, forest, target, precision, settings)
+        return convert(forest, target, precision=precision, **settings)
+
+    try:
+        return rebuild({**saved, **options}, target)
     except (ValueError, OverflowError) as exc:  # incl. a forest no backend can lower
+        if backend is not None or options:
+            # The caller's backend or options may be at fault, not the file: where the file
+            # rebuilds as it was saved, their error is theirs, raised as it is.
+            try:
+                rebuild(saved, saved_backend)
+            except (ValueError, OverflowError):
+                pass
+            else:
+                raise
         raise InvalidArtifactError(f"cannot rebuild {source} on backend {target!r}: {exc}") from exc
 
 
