@@ -795,6 +795,59 @@ def test_intercept_margins_are_bit_equal(base_score: float | None) -> None:
     np.testing.assert_array_equal(raw[:, 0], model.predict(X_test, output_margin=True))
 
 
+DART_CASES = [
+    ("reg:squarederror", 1, None),
+    ("reg:squarederror", 1, 0.5),
+    ("reg:squarederror", 1, 3.7),
+    ("reg:squarederror", 1, -2.0),
+    ("reg:squarederror", 2, None),  # one base margin per target, each its own value
+    ("binary:logistic", 2, None),
+    ("binary:logistic", 2, 0.3),
+    ("multi:softprob", 3, None),  # one base margin per class
+    ("multi:softprob", 3, 0.5),
+]
+
+
+@cache
+def dart_model(objective: str, width: int, base_score: float | None) -> tuple[Any, Array]:
+    """A tiny DART model whose trees are reweighted (rate_drop, no skipped drops)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    signal = X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.3, size=300)
+    params: dict[str, Any] = {"base_score": base_score} if base_score is not None else {}
+    params |= {"n_estimators": 5, "max_depth": 3, "booster": "dart", "rate_drop": 0.4}
+    params |= {"skip_drop": 0.0, "objective": objective, "random_state": 0}
+    if objective == "reg:squarederror":
+        y = np.stack([3.0 * signal + 2.0, 4.0 - signal], axis=1)[:, :width].squeeze()
+        return xgb.XGBRegressor(**params).fit(X, y), X
+    y = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, width + 1)[1:-1]))
+    return xgb.XGBClassifier(**params).fit(X, y), X
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy", "onnx", "torch"])
+@pytest.mark.parametrize(("objective", "width", "base_score"), DART_CASES, ids=str)
+def test_dart_is_bit_equal(
+    objective: str, width: int, base_score: float | None, backend: str
+) -> None:
+    """XGBoost's Dart::InplacePredict (src/gbm/gbtree.cc, behind the wrappers' predict) adds
+    (float32(base + leaf) - base) * weight_drop per tree, not leaf * weight_drop: margins
+    and probabilities are the native bits for any base score. A raw Booster's predict goes
+    through a DMatrix (Dart::PredictBatchImpl), which adds leaf * weight_drop."""
+    model, X = dart_model(objective, width, base_score)
+    forest = treecomp.parse(model)
+    nodes = treecomp.reference.leaf_nodes(forest, X.astype(np.float32))
+    margins = model.predict(X, output_margin=True)
+    raw = treecomp.reference.raw_scores(forest, nodes)
+    assert_equal(raw.reshape(margins.shape), margins)
+    cm = treecomp.convert(model, backend=backend)
+    assert_equal(cm.predict(X), model.predict(X))
+    if hasattr(model, "predict_proba"):
+        assert_equal(cm.predict_proba(X), model.predict_proba(X))
+    booster = model.get_booster()
+    dmatrix = xgb.DMatrix(X)
+    assert_equal(treecomp.convert(booster, backend=backend).predict(X), booster.predict(dmatrix))
+
+
 @pytest.mark.parametrize("objective", ["binary:logistic", "multi:softprob"])
 def test_float32_links_are_bit_equal_near_ties(objective: str) -> None:
     """Near p == 0.5 (or equal class probabilities) the float32 exp decides labels: it must be

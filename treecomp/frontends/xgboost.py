@@ -12,9 +12,13 @@ live model. What it reproduces, each point checked against XGBoost 3.2:
 * ``learner_model_param.base_score`` is stored in output space, one value per output
   (``"[5E-1]"``); it is mapped to margin space per objective (logit, log or identity) and
   rounded to float32 as XGBoost does.
-* DART's ``weight_drop`` is folded into the leaf values (XGBoost applies it at inference),
-  ``num_parallel_tree`` forests are summed, ``tree_info`` says which output a tree adds to,
-  and vector-leaf trees (``multi_strategy="multi_output_tree"``) keep their leaf vectors.
+* DART's ``weight_drop`` is folded into the leaf values (XGBoost applies it at inference)
+  with XGBoost's float32 roundings, which differ between its two prediction paths (see
+  :func:`_dart_leaves`): the wrappers' ``predict`` (``inplace_predict``) for wrappers and
+  model files, ``Booster.predict`` (a ``DMatrix``) for a raw ``Booster`` and
+  :func:`parse_json`. ``num_parallel_tree`` forests are summed, ``tree_info`` says which
+  output a tree adds to, and vector-leaf trees (``multi_strategy="multi_output_tree"``)
+  keep their leaf vectors.
 * The scikit-learn wrappers predict with the trees up to ``best_iteration`` when early
   stopping recorded one; a raw ``Booster`` predicts with all of them, as XGBoost does.
 * Training categories stored with the model (XGBoost >= 3.1) become ``Forest.categories``,
@@ -243,17 +247,24 @@ def _parse_document(
     first, last = _tree_range(learner, model, len(trees_json), use_best_iteration, n_outputs)
     if last <= first:
         raise UnsupportedModelError(f"{name}: the iteration range selects no trees")
+    base_score = _base_score(params["base_score"], objective, n_outputs, name)
     tree_info = np.asarray(model["tree_info"], dtype=np.int64)
     trees = tuple(
         _parse_tree(
             trees_json[t],
             output_index=int(tree_info[t]),
-            weight=None if weights is None else float(weights[t]),
             n_outputs=n_outputs,
             name=name,
         )
         for t in range(first, last)
     )
+    if weights is not None:
+        # The wrappers predict through inplace_predict, a raw Booster through a DMatrix.
+        inplace = flavour != "booster"
+        trees = tuple(
+            _dart_leaves(tree, weights[t], base_score, inplace=inplace, name=name)
+            for t, tree in zip(range(first, last), trees, strict=True)
+        )
     if any(not np.isfinite(tree.value[tree.left_child < 0]).all() for tree in trees):
         raise UnsupportedModelError(
             f"{name} has NaN or infinite leaf values, so it predicts NaN for every row (for "
@@ -261,7 +272,6 @@ def _parse_document(
             "-inf makes every gradient NaN); refit it with a positive base_score"
         )
 
-    base_score = _base_score(params["base_score"], objective, n_outputs, name)
     task, methods, label_rule, classes, post = _prediction(
         name, flavour, objective_name, objective, n_outputs, num_target, classes
     )
@@ -433,7 +443,6 @@ def _parse_tree(
     tree: Mapping[str, Any],
     *,
     output_index: int,
-    weight: float | None,
     n_outputs: int,
     name: str,
 ) -> Tree:
@@ -457,8 +466,6 @@ def _parse_tree(
         leaf_weights = _float32(tree["leaf_weights"]).reshape(-1, width)
         value[leaf] = leaf_weights[right[leaf]]
         output_index = 0
-    if weight is not None:
-        value *= weight  # a float32 times a float32: exact in float64
 
     is_cat = np.zeros(n, dtype=bool)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -484,6 +491,48 @@ def _parse_tree(
         leaf_id=np.where(leaf, np.arange(n, dtype=np.int64), -1),
         output_index=output_index,
     )
+
+
+def _dart_leaves(
+    tree: Tree,
+    weight: np.float32,
+    base_score: npt.NDArray[np.float64],
+    *,
+    inplace: bool,
+    name: str,
+) -> Tree:
+    """A DART tree with its ``weight_drop`` folded into its leaves, in XGBoost's float32 steps.
+
+    XGBoost 3.2's ``Dart`` (src/gbm/gbtree.cc) starts every output at its base margin and
+    predicts tree by tree, two ways:
+
+    * ``Dart::InplacePredict`` (``inplace_predict``, behind the wrappers' ``predict``) lets
+      the predictor write ``base[g] + leaf`` for the tree's output ``g``, then adds
+      ``(that - base[g]) * w``;
+    * ``Dart::PredictBatchImpl`` (``Booster.predict`` on a ``DMatrix``) predicts each tree
+      from zero and adds ``leaf * w``.
+
+    Each step rounds to float32 (checked bit for bit against both paths, on models with
+    several base scores, objectives and classes: no fused multiply-add), and what is added
+    depends on the leaf, ``w`` and the base margins only, so it is folded into the leaf here
+    and the forest adds it like any other leaf.
+    """
+    if tree.leaf_width != 1:
+        # XGBoost refuses DART with vector leaves ("dart" ... MTNotImplemented).
+        raise UnsupportedModelError(f"{name}: DART with vector-leaf trees is not supported")
+    leaf = tree.left_child < 0
+    value = tree.value[leaf, 0].astype(np.float32)
+    base = base_score.astype(np.float32)
+    if inplace:
+        # A base margin of -inf (a log link fitted on zero counts) makes this NaN, as natively.
+        with np.errstate(invalid="ignore"):
+            g = base[tree.output_index]
+            value = ((g + value) - g) * weight  # g + value rounds: not value * weight
+    else:
+        value = value * weight
+    folded = tree.value.copy()
+    folded[leaf, 0] = value.astype(np.float64)
+    return dataclasses.replace(tree, value=folded)
 
 
 def _category_sets(
