@@ -77,6 +77,8 @@ def write(forest: Forest) -> dict[str, Any]:
         "post_transform": {
             "kind": forest.post_transform.kind,
             "scale": float(forest.post_transform.scale).hex(),
+            "functions": forest.post_transform.functions,
+            "row_sum": forest.post_transform.row_sum,
         },
         "task": forest.task,
         "methods": list(forest.methods),
@@ -363,7 +365,13 @@ def _fields(doc: Any, size: int) -> dict[str, Any]:
     _object(doc, "the document", _DOCUMENT_FIELDS, _OPTIONAL_FIELDS)
     if type(doc["trees"]) is not list:
         _malformed("trees", "a list", doc["trees"])
-    post = _object(doc["post_transform"], "post_transform", ("kind", "scale"))
+    # functions and row_sum are absent from documents written before they existed.
+    post = _object(
+        doc["post_transform"],
+        "post_transform",
+        ("kind", "scale", "functions", "row_sum"),
+        ("functions", "row_sum"),
+    )
     leaf_shape = doc["leaf_shape"]
     if type(leaf_shape) is not list or len(leaf_shape) > 32:  # NumPy 1's limit of dimensions
         _malformed("leaf_shape", "a list of at most 32 sizes", leaf_shape)
@@ -383,6 +391,12 @@ def _fields(doc: Any, size: int) -> dict[str, Any]:
         post_transform=dict(
             kind=_choice(post["kind"], "post_transform.kind", schema.POST_TRANSFORMS),
             scale=_hex_float(post["scale"], "post_transform.scale", finite=True),
+            functions=_choice(
+                post.get("functions", "libm"), "post_transform.functions", schema.LINK_FUNCTIONS
+            ),
+            row_sum=_choice(
+                post.get("row_sum", "sequential"), "post_transform.row_sum", schema.ROW_SUMS
+            ),
         ),
         task=_choice(doc["task"], "task", schema.TASKS),
         methods=methods,

@@ -43,8 +43,10 @@ from treecomp.ir_schema import (
     FLOAT_TYPES,
     FRAME_CASTS,
     LABEL_RULES,
+    LINK_FUNCTIONS,
     METHODS,
     POST_TRANSFORMS,
+    ROW_SUMS,
     TASKS,
     TREE_ARRAYS,
     TREE_DTYPES,
@@ -66,10 +68,23 @@ class PostTransform:
     Attributes:
         kind: One of :data:`POST_TRANSFORMS`.
         scale: Sigmoid slope, or the isolation forest's normalising path length.
+        functions: Whose exp the native library calls: ``"libm"`` or ``"numpy"``
+            (:data:`~treecomp.ir_schema.LINK_FUNCTIONS`).
+        row_sum: How its softmax adds a row: ``"sequential"`` or ``"numpy"``
+            (:data:`~treecomp.ir_schema.ROW_SUMS`).
     """
 
     kind: str = "identity"
     scale: float = 1.0
+    functions: str = "libm"
+    row_sum: str = "sequential"
+
+    @property
+    def in_numpy(self) -> bool:
+        """Whether the native link is NumPy's (its exp, or the isolation forest's power,
+        which is scikit-learn's alone): every in-process backend then computes it with
+        NumPy's ufuncs, as :func:`treecomp.reference.link` does, never in C or torch."""
+        return self.functions == "numpy" or self.kind == "isolation"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -369,6 +384,11 @@ class Forest:
         _check(
             self.post_transform.kind in POST_TRANSFORMS,
             f"unknown post-transform {self.post_transform.kind!r}",
+        )
+        _check(
+            self.post_transform.functions in LINK_FUNCTIONS
+            and self.post_transform.row_sum in ROW_SUMS,
+            f"unknown link functions or row sum in {self.post_transform!r}",
         )
         _check(self.label_rule in LABEL_RULES, f"unknown label_rule {self.label_rule!r}")
         _check(

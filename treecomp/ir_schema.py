@@ -54,6 +54,19 @@ POST_TRANSFORMS = (
     "signed_square",  # LightGBM reg_sqrt: sign(x) * x**2
     "isolation",  # IsolationForest score_samples: -2 ** (-x / scale), ratio 1 when scale == 0
 )
+# Whose functions a link calls, as the native library computes it (PostTransform.functions):
+#   "libm"  the C library's exp, expf and log1p, from C, C++ or Cython: LightGBM, XGBoost's
+#           C links, SciPy's expit (scikit-learn's binary links)
+#   "numpy" NumPy's ufuncs (np.exp, np.power) in the accumulation type: scikit-learn's log
+#           link and softmax, XGBClassifier's multi:softmax predict_proba (scipy.special.
+#           softmax). Where NumPy runs SIMD code (AVX-512) they differ from libm's by an ulp.
+LINK_FUNCTIONS = ("libm", "numpy")
+# How softmax adds a row of exps (PostTransform.row_sum):
+#   "sequential" first class to last: LightGBM, XGBoost, HistGradientBoosting (whose
+#                F-ordered margins np.sum adds column by column)
+#   "numpy"      np.sum along a C-ordered row, pairwise (eight partial sums from 8 classes
+#                on): GradientBoostingClassifier, XGBClassifier's multi:softmax
+ROW_SUMS = ("sequential", "numpy")
 METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "apply")
 
 # The arrays of a Tree, in its field order, with the dtype each must have (``value`` is the

@@ -258,8 +258,9 @@ def _declare(library: ctypes.CDLL) -> None:
             function.argtypes = [_P, _I64, ctypes.POINTER(Tables), _P, _P]
 
 
-# The links kernel.c computes whole, by accumulation type (its LINK_ codes); the others run
-# as treecomp.reference.link, with the exps below.
+# The links kernel.c computes whole, by accumulation type (its LINK_ codes), where they are
+# the C library's (not PostTransform.in_numpy); the others run as treecomp.reference.link,
+# with the exps below.
 LINKS = {"f32": {"sigmoid": 1, "exp": 2, "softmax": 3}, "f64": {"sigmoid": 1, "exp": 2}}
 
 # Below this many values a link's exp runs in Python (reference.libm_exp): a ctypes call
@@ -299,7 +300,8 @@ class CLink:
 
     def __init__(self, forest: Forest, library: ctypes.CDLL) -> None:
         acc = "f32" if forest.accumulation == "float32" else "f64"
-        code = LINKS[acc].get(forest.post_transform.kind)
+        post = forest.post_transform
+        code = None if post.in_numpy else LINKS[acc].get(post.kind)
         self.forest = forest
         # The kind and scale kernel.c takes (treecomp_small's too), or None: the reference.
         self.code = None if code is None else (code, forest.post_transform.scale)
@@ -324,7 +326,7 @@ def link_for(forest: Forest) -> Link:
     links, and where the kernel cannot be built or loaded (no C compiler, an unwritable or
     broken cache), which is logged."""
     reference_link = functools.partial(reference.link, forest)
-    if forest.post_transform.kind == "identity":
+    if forest.post_transform.kind == "identity" or forest.post_transform.in_numpy:
         return reference_link
     try:
         c_link = CLink(forest, load_kernel())

@@ -3,6 +3,8 @@
 :func:`program` records a link in :mod:`treecomp.arrays`' vocabulary; the torch module and
 the ONNX graph render that program. :mod:`treecomp.reference` keeps its own NumPy links: it
 is the oracle the others are tested against. The kernel computes its common links in C.
+In-process engines compute NumPy's links (``PostTransform.in_numpy``) with the reference
+alone; these programs render them only into exported graphs (within the tolerance table).
 """
 
 from __future__ import annotations

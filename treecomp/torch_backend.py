@@ -537,11 +537,11 @@ class TorchEngine:
         post = self.forest.post_transform
         float64_link = self.forest.accumulation == "float64"
         library_exp = self.compiled and self.device.type == "cpu" and float64_link
-        if post.kind != "identity" and not library_exp:
+        if post.kind != "identity" and (post.in_numpy or not library_exp):
             # torch's exp (SLEEF, Triton) differs from the C library's exp and expf, which
             # the native libraries call, by an ulp, and so does the correctly rounded
             # float32 exp of XGBoost's links in the module; a CPU package's C++ calls the
-            # library's double exp itself.
+            # library's double exp itself, which NumPy's links are not.
             transformed = self._link(raw)
         return raw, transformed
 

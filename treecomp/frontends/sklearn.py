@@ -187,7 +187,8 @@ def parse_gradient_boosting(model: Any) -> Forest:
     elif loss == "ExponentialLoss":
         post = PostTransform("sigmoid", scale=2.0)  # p = expit(2 * margin)
     elif loss == "HalfMultinomialLoss":
-        post = PostTransform("softmax")
+        # sklearn.utils.extmath.softmax: np.exp, then np.sum along the C-ordered rows.
+        post = PostTransform("softmax", functions="numpy", row_sum="numpy")
     else:
         raise UnsupportedModelError(
             f"{type(model).__qualname__} with loss {loss}: "
@@ -218,15 +219,17 @@ def parse_gradient_boosting(model: Any) -> Forest:
 # ---------------------------------------------------------------------------------------
 # HistGradientBoosting
 
+# LogLink.inverse is np.exp; MultinomialLogit.inverse is sklearn.utils.extmath.softmax, whose
+# np.sum adds the F-ordered margins column by column (sklearn/_loss/link.py).
 _HGB_TRANSFORMS = {
     "HalfSquaredError": PostTransform("identity"),
     "AbsoluteError": PostTransform("identity"),
     "PinballLoss": PostTransform("identity"),
     "HuberLoss": PostTransform("identity"),
-    "HalfPoissonLoss": PostTransform("exp"),
-    "HalfGammaLoss": PostTransform("exp"),
+    "HalfPoissonLoss": PostTransform("exp", functions="numpy"),
+    "HalfGammaLoss": PostTransform("exp", functions="numpy"),
     "HalfBinomialLoss": PostTransform("sigmoid"),
-    "HalfMultinomialLoss": PostTransform("softmax"),
+    "HalfMultinomialLoss": PostTransform("softmax", functions="numpy"),
 }
 
 

@@ -409,7 +409,9 @@ def _prediction(
             raise UnsupportedModelError(
                 f"{name} has {len(classes)} classes but its booster has {n_outputs} outputs"
             )
-        post = PostTransform("softmax" if transform == "argmax" else transform)
+        post = PostTransform(transform)
+        if transform == "argmax":  # multi:softmax: scipy.special.softmax of float32 margins
+            post = PostTransform("softmax", functions="numpy", row_sum="numpy")
         methods = ("predict", "predict_proba", "apply")
         return "classifier", methods, "argmax_proba", classes, post
     # Objectives whose native prediction is a label: a classifier without predict_proba,
