@@ -125,6 +125,9 @@ FAULTS = [
     ("forest.comparison", ["<"], "comparison must be one of"),
     ("forest.task", "clasifier", "task must be one of"),
     ("forest.frame_cast", "rows", "frame_cast must be one of"),
+    # fields that only fit together
+    ("forest.task", "regressor", "a regressor has no classes"),
+    ("forest.post_transform.kind", "isolation", "the isolation link is an outlier detector's"),
     ("forest.methods", "predict", "methods must be a list of strings"),
     ("forest.methods", ["predict", "fit"], r"methods\[\] must be one of"),
     ("forest.feature_names", [1, 2], "feature_names must be a list of strings"),
@@ -188,6 +191,17 @@ def test_each_crafted_field_is_refused_by_name(path: str, value: Any, match: str
     raw = crafted(setter(path, value if value is DELETE else copy.deepcopy(value)))
     with pytest.raises(treecomp.InvalidArtifactError, match=match):
         artifact.loads(raw, source="crafted.tc")
+
+
+def test_a_link_scale_beyond_the_accumulation_type_is_refused() -> None:
+    """A float32 forest's link scale must be a float32 number (1e308 overflowed inside torch)."""
+
+    def change(doc: dict[str, Any]) -> None:
+        doc["forest"]["accumulation"] = "float32"
+        doc["forest"]["post_transform"]["scale"] = (1e308).hex()
+
+    with pytest.raises(treecomp.InvalidArtifactError, match=r"scale 1e.308 overflows float32"):
+        artifact.loads(crafted(change), source="crafted.tc")
 
 
 def test_forest_documents_are_checked_alike() -> None:

@@ -438,6 +438,19 @@ class Forest:
                 self.n_outputs in (expected, len(self.classes)),
                 f"{len(self.classes)} classes need {expected} outputs, got {self.n_outputs}",
             )
+        else:
+            _check(self.classes is None, f"a {self.task} has no classes")
+        # Fields that only fit together (a crafted document may set each alone).
+        _check(
+            self.post_transform.kind != "isolation" or self.task == "outlier",
+            "the isolation link is an outlier detector's",
+        )
+        if self.accumulation == "float32":
+            _check(
+                abs(self.post_transform.scale) <= float(np.finfo(np.float32).max),
+                f"post_transform.scale {self.post_transform.scale!r} overflows float32, the "
+                "accumulation type",
+            )
         if self.feature_names is not None:
             _check(
                 len(self.feature_names) == self.n_features,
