@@ -66,6 +66,8 @@ def test_model_files_convert_to_onnx_with_native_labels(
         assert_close(proba, native.predict_proba(X_test), tolerance)
     labelled = tmp_path / "labelled.onnx"
     argv = ["convert", str(tmp_path / "model.json"), "--to", "onnx", "-o", str(labelled)]
+    code, _, stderr = run([*argv, "--classes", "benign,benign"], capsys)
+    assert code == 2 and "--classes lists ['benign'] more than once" in stderr
     assert run([*argv, "--classes", "benign,malignant"], capsys)[0] == 0
     label, _ = serve(labelled, X_test)
     assert_equal(label, np.array(["benign", "malignant"])[booster.predict(X_test)])

@@ -137,6 +137,9 @@ def _with_classes(forest: Forest, classes: list[str] | None, path: Path) -> Fore
             f"{path}: --classes gives {len(classes)} labels but the model has "
             f"{len(forest.classes)} classes"
         )
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:  # two classes of one label: predict could not tell them apart
+        raise ModelFileError(f"{path}: --classes lists {repeated} more than once")
     return dataclasses.replace(forest, classes=np.asarray(classes)).validate()
 
 
