@@ -5,7 +5,7 @@ A package's file name is its key (what it was compiled from, see
 every load; packages are written under a partial name and renamed whole, and the least
 recently used are trimmed past :data:`MAX_PACKAGE_BYTES`. Building a package is the torch
 backend's (:class:`treecomp.torch_backend.PackagedForward`); finding, checking, trimming
-and loading one is this module's.
+and loading one is this module's, and whether this machine can build one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,35 @@ def package_dir() -> Path:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     return Path(cache_dir()) / "treecomp_packages"
+
+
+class CompilerNotFoundError(RuntimeError):
+    """Inductor has no compiler for the device: a package cannot be built (a cached one
+    still loads: running a package needs no compiler)."""
+
+
+def check_compiler(device: torch.device) -> None:
+    """Raise :class:`CompilerNotFoundError` when inductor cannot generate code for
+    ``device``."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise CompilerNotFoundError(
+                "compile=True on CUDA needs Triton, which is not installed (pip install "
+                "triton, matching your torch); or use compile=False"
+            )
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # InvalidCxxCompiler, or a broken compiler
+        raise CompilerNotFoundError(
+            "compile=True on the CPU needs a C++ compiler for inductor (g++, or the one "
+            f"named by the CXX environment variable), and none works here ({exc!s:.200}); "
+            "install one, or use compile=False"
+        ) from None
 
 
 # Compiled packages kept on disk, least recently used deleted first past this many bytes.

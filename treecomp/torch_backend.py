@@ -45,7 +45,9 @@ from treecomp.files import replacing
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
+    CompilerNotFoundError,
     PackageNotCached,
+    check_compiler,
     discard_package,
     file_sha256,
     find_package,
@@ -96,35 +98,6 @@ def _bytes_per_row(module: ForestModule, dtype_bytes: int) -> int:
     # Aggregation: leaf values, their flat copy and the ordered terms with their cumsum.
     terms = module.sum_plan.n_terms
     return max(total + 3 * module.n_trees * module.leaf_width * 8 + 2 * terms * 8, 1)
-
-
-class CompilerNotFoundError(RuntimeError):
-    """Inductor has no compiler for the device: a package cannot be built (a cached one
-    still loads: running a package needs no compiler)."""
-
-
-def check_compiler(device: torch.device) -> None:
-    """Raise :class:`CompilerNotFoundError` when inductor cannot generate code for
-    ``device``."""
-    if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            raise CompilerNotFoundError(
-                "compile=True on CUDA needs Triton, which is not installed (pip install "
-                "triton, matching your torch); or use compile=False"
-            )
-        return
-    from torch._inductor import cpp_builder
-
-    try:
-        cpp_builder.get_cpp_compiler()
-    except Exception as exc:  # InvalidCxxCompiler, or a broken compiler
-        raise CompilerNotFoundError(
-            "compile=True on the CPU needs a C++ compiler for inductor (g++, or the one "
-            f"named by the CXX environment variable), and none works here ({exc!s:.200}); "
-            "install one, or use compile=False"
-        ) from None
 
 
 # Inductor options for our graphs. Bounds checks off: every index is built in range by the
