@@ -318,3 +318,27 @@ def test_a_callers_bad_option_at_load_is_the_callers_error(
     with pytest.raises(ValueError, match=said) as raised:
         treecomp.load(path, **options)
     assert not isinstance(raised.value, treecomp.InvalidArtifactError)
+
+
+def test_an_export_keeps_the_files_mode_and_writes_through_a_symlink(tmp_path: Any) -> None:
+    """Written whole, the file still gets what a plain write gives it: the mode of the file
+    it replaces (else the umask's), and a symlink keeps pointing at the new bytes."""
+    import os
+    import stat
+
+    cm = treecomp.convert(small_forest(small_tree()), backend="numpy")
+    fresh, shared = tmp_path / "fresh.tc", tmp_path / "shared.tc"
+    cm.save(fresh)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask
+    shared.write_bytes(b"old")
+    shared.chmod(0o640)
+    cm.save(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    link = tmp_path / "link.tc"
+    link.symlink_to(shared)
+    cm.save(link)
+    assert link.is_symlink() and treecomp.load(link).forest == cm.forest
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        cm.save(tmp_path / "absent" / "model.tc")

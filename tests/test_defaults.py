@@ -162,15 +162,26 @@ WIDE_BETWEEN = 2**60 + 2**36 + 1
 
 
 @pytest.mark.parametrize(
-    "beside", ["int64", "float64", "float32", "uint64", "int8", "bool", "Int64", "Float64"]
+    ("library", "beside"),
+    [
+        *(
+            (library, beside)
+            for library in ("xgboost", "sklearn")
+            for beside in ("int64", "float64", "float32", "uint64", "int8", "bool", "Int64")
+        ),
+        ("xgboost", "Float64"),
+        ("sklearn", "Float64"),
+        ("sklearn", "object"),  # XGBoost refuses object and string columns
+        ("sklearn", "string"),
+    ],
 )
-@pytest.mark.parametrize("library", ["xgboost", "sklearn"])
 def test_wide_integer_columns_are_cast_as_the_native_library_casts_frames(
     library: str, beside: str
 ) -> None:
     """An int64 column beside a column of another type: XGBoost casts each column straight
     to float32, scikit-learn through the frame's common type (float64 beside a float column,
-    so twice rounded) unless a column is boolean or nullable. Labels equal native's."""
+    object beside an object or string one: twice rounded) unless a column is boolean or
+    nullable. Labels equal native's."""
     xgboost = pytest.importorskip("xgboost")
     wide = np.array([WIDE_LOW] * 50 + [WIDE_HIGH] * 50, dtype=np.int64)
     other = np.arange(100) % 2

@@ -2,14 +2,18 @@
 
 An export that fails (a bad option, a full disk, a process killed) must leave the file that
 was there before, never a truncated one: each is written under a temporary name beside its
-destination and renamed into place once complete (a rename within a folder is atomic).
+destination and renamed into place once complete (a rename within a folder is atomic). The
+file keeps what a plain write would have given it: the mode of the file it replaces (else
+the one the umask allows, as ``open`` gives), and a symlink's target is what is replaced,
+not the link.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,17 +23,24 @@ from typing import Any
 def replacing(path: Any) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed to ``path`` when the block ends
     without an error, removed when it raises."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through symlinks, to the file they name
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: no folder {path.parent}")
     # The destination's suffix kept last: writers may insist on it (AOTInductor on .pt2).
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{path.suffix}"
-    )
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
     try:
-        yield Path(temporary)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    # 0o666 less the umask, as open() creates files, where no file is replaced.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        if mode is not None:
+            os.chmod(temporary, mode)
+        yield temporary
         os.replace(temporary, path)
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
 
 
 def write_replacing(path: Any, data: bytes) -> None:

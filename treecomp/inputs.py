@@ -165,6 +165,8 @@ def categories_by_value(forest: Forest, frame: Any) -> Any:
 
     if forest.categories is None or forest.category_encoding != "pandas":
         return frame
+    if not _is_dataframe(frame):
+        return frame
     positions = [j for j, c in enumerate(frame.columns) if str(c) not in forest.ignored_columns]
     if len(positions) != forest.n_features:
         return frame  # cm.predict reports the width
@@ -228,20 +230,23 @@ def _frame_dtype(forest: Forest, X: Any) -> Any:
 
 def _column_cast(forest: Forest, X: Any) -> Any:
     """The float type a DataFrame's numeric columns are converted to, as the native library
-    converts them (``Forest.frame_cast``): each straight to the input type, or through the
-    columns' common NumPy type, which rounds an int64 column twice (to float64, then float32)
-    where a float64 column sits beside it, and once in a frame of integers alone.
-    scikit-learn converts every column by itself where one is boolean or a nullable
-    extension type (``check_array``'s early conversion)."""
+    converts them (``Forest.frame_cast``): each straight to the input type, or as
+    scikit-learn's ``check_array`` does: column by column where one is boolean or a
+    nullable number type (its early conversion), else through the frame's common type,
+    which rounds an int64 column twice (to float64, then float32) beside a float64 column
+    or an object or string one (Python objects), and once in a frame of integers alone."""
     if forest.input_dtype == "float64":
         return np.float64
     dtypes = list(X.dtypes)
+    kinds = [getattr(d, "kind", "O") for d in dtypes]
+    plain = [isinstance(d, np.dtype) for d in dtypes]
     if forest.frame_cast == "columns" or any(
-        not isinstance(d, np.dtype) or d.kind == "b" for d in dtypes
+        k == "b" or (k in "iuf" and not p) for k, p in zip(kinds, plain)
     ):
         return np.float32
-    numeric = [d for d in dtypes if d.kind in "iuf"]  # the others are refused or encoded
-    common = np.result_type(*numeric) if numeric else np.dtype(np.float32)
+    if not all(p and k in "iuf" for k, p in zip(kinds, plain)):
+        return np.float64  # objects, strings (or categories, dates: refused later)
+    common = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
     return np.float64 if common.kind == "f" and common.itemsize > 4 else np.float32
 
 

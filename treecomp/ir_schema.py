@@ -36,9 +36,10 @@ CATEGORY_DOMAINS = ("truncate", "nonnegative")
 # How the native library turns a DataFrame's numeric columns into its input type
 # (Forest.input_dtype); it matters only where that is float32 and a column holds integers
 # wider than 24 bits, which round differently straight to float32 and through float64:
-#   "common"  through the columns' common NumPy type, as DataFrame.to_numpy gives it
-#             (scikit-learn; LightGBM, whose input is float64 anyway); per column where a
-#             column is boolean or a nullable extension type (scikit-learn casts those first)
+#   "common"  through the columns' common type, as DataFrame.to_numpy gives it (object
+#             beside an object or string column; scikit-learn; LightGBM, whose input is
+#             float64 anyway); per column where a column is boolean or a nullable number type
+#             (scikit-learn casts those first)
 #   "columns" each column straight to the input type (XGBoost)
 FRAME_CASTS = ("common", "columns")
 

@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from treecomp.backends import available_backends
 from treecomp.container import CompiledModel
+from treecomp.inputs import categories_by_value
 from treecomp.ir import Forest
 from treecomp.names import BACKENDS
 from treecomp.transforms import Transforms
@@ -222,7 +223,11 @@ class _PyfuncModel:
             raise ValueError(
                 f"method {method!r} is not one this model has; choose from {list(methods)}"
             )
-        return getattr(self.model, method)(_categories_as_pandas(self.model.forest, model_input))
+        frame = model_input
+        if self.model.transforms is None:  # a Pipeline's encoders read the values themselves
+            # A schema has no category type: category features arrive as their values.
+            frame = categories_by_value(self.model.forest, model_input)
+        return getattr(self.model, method)(frame)
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> _PyfuncModel:
@@ -323,25 +328,3 @@ def _label_type(classes: npt.NDArray[Any]) -> str:
     if kind == "b":
         return "boolean"
     return "string"
-
-
-def _categories_as_pandas(forest: Forest, frame: Any) -> Any:
-    """Give the category features of a model read through pandas ``category`` columns
-    (LightGBM's encoding) their training categories, where MLflow delivered values: a
-    schema has no category type, so the values arrive as strings or numbers."""
-    if forest.categories is None or forest.category_encoding != "pandas":
-        return frame
-    if not (hasattr(frame, "columns") and hasattr(frame, "assign")):
-        return frame
-    import pandas as pd
-
-    recoded = {}
-    for name, known in zip(_names(forest), forest.categories):
-        if known is None or name not in frame.columns or str(frame[name].dtype) == "category":
-            continue
-        values = frame[name]
-        # Values never seen in training are missing, as in a category column of the
-        # training categories (pandas refuses to build one holding them).
-        seen = values.where(values.isin(list(known)))
-        recoded[name] = pd.Categorical(seen, categories=list(known))
-    return frame.assign(**recoded) if recoded else frame

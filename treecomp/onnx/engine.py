@@ -126,8 +126,9 @@ class OnnxEngine:
         # is a copy with its own batch size).
         self.options: Mapping[str, Any] = MappingProxyType(options)
         k = forest.n_outputs
-        # The graphs give raw sums; links run after them, with the C library's exp and expf
-        # as the native libraries call them (ONNX Runtime's Exp differs by an ulp).
+        # The graphs give raw sums; links run after them with the native library's functions
+        # (treecomp.reference.link: the C library's or NumPy's; ONNX Runtime's Exp differs by
+        # an ulp).
         self._score_outputs = (["raw"], [k])
         self.providers = providers
         self._build_graph = build_graph
