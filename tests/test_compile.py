@@ -394,3 +394,16 @@ def test_compiled_tier_serves_only_where_it_measured_faster(
             assert cm._engine.large_batches == "operator"
         else:
             assert kernel.calls > tiered.TRIALS and cm.strategy.endswith("[compiled]")
+
+
+def test_export_pt2_names_its_suffix_and_devices_are_checked(tmp_path: Path) -> None:
+    """A package path without .pt2 (which AOTInductor refuses after the trace, naming a
+    temporary file) and a device no engine runs on are refused up front."""
+    from tests.test_ir import small_forest
+
+    cm = treecomp.convert(small_forest(), "torch")
+    with pytest.raises(ValueError, match=r"name the file \*\.pt2"):
+        cm.export_pt2(tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="device 'meta' is not supported"):
+        treecomp.convert(small_forest(), "torch", device="meta")

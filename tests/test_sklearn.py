@@ -585,3 +585,5 @@ def test_numbers_for_string_categories_are_refused_as_natively() -> None:
             with pytest.raises(TypeError, match=r"holds numbers .* categories for it are strings"):
                 cm.predict(X)
         assert_equal(cm.predict(mixed), model.predict(mixed))
+        with pytest.raises(TypeError, match=r"holds numbers \(float32\)"):  # the type given
+            cm.predict(np.asarray(numbers[1], dtype=np.float32))

@@ -119,9 +119,10 @@ class CompiledModel(EstimatorConventions):
 
     @property
     def export_dtype(self) -> Precision:
-        """The float type exported artifacts (ONNX, ``.pt2``, TorchScript) of this model take:
-        the precision it was built with, under ``"auto"`` the native library's input type.
-        ONNX Runtime refuses the other type; see the README's table of artifacts."""
+        """The float type this model's exported ONNX graph takes: the precision it was built
+        with, under ``"auto"`` the native library's input type. ONNX Runtime refuses the
+        other type; a ``.pt2`` takes the native library's input type
+        (``forest.input_dtype``) whatever the precision; see the README's table of artifacts."""
         return default_precision(self.forest, self.precision)
 
     # ------------------------------------------------------------------------------------
@@ -279,6 +280,8 @@ class CompiledModel(EstimatorConventions):
                 f"export_pt2 needs a torch backend ('torch' or 'torchscript'); this model runs "
                 f"on {self.backend!r}: convert it with backend='torch' first"
             )
+        if not str(path).endswith(".pt2"):  # AOTInductor writes and reads no other name
+            raise ValueError(f"export_pt2 writes a .pt2 package: name the file *.pt2, not {path}")
         self._engine.export_pt2(path, leaf_indices=leaf_indices)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes, str]]:

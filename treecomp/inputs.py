@@ -381,10 +381,11 @@ def to_matrix(forest: Forest, X: Any) -> npt.NDArray[np.floating]:
     if arr.dtype.kind != "f":
         arr = arr.astype(integer_target(forest))
     if forest.categories is not None and forest.category_encoding == "always":
+        given = arr.dtype
         arr = arr.astype(np.float64)  # a copy: the caller's array is never written
         for j, known in enumerate(forest.categories):
             if known is not None:
-                _check_category_type(known, arr.dtype, f"x{j}")
+                _check_category_type(known, given, f"x{j}")
                 arr[:, j] = _encode_values(arr[:, j], known)
     return arr
 

@@ -70,6 +70,8 @@ def resolve_device(device: Any) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type not in ("cpu", "cuda"):  # meta, mps, ...: no engine of ours runs there
+        raise ValueError(f"device {str(device)!r} is not supported: use 'cpu' or 'cuda'")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(
