@@ -342,3 +342,5 @@ def test_an_export_keeps_the_files_mode_and_writes_through_a_symlink(tmp_path: A
     assert link.is_symlink() and treecomp.load(link).forest == cm.forest
     with pytest.raises(FileNotFoundError, match="no folder"):
         cm.save(tmp_path / "absent" / "model.tc")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        cm.save(tmp_path)

@@ -26,6 +26,8 @@ def replacing(path: Any) -> Iterator[Path]:
     path = Path(os.path.realpath(path))  # through symlinks, to the file they name
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: no folder {path.parent}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     # The destination's suffix kept last: writers may insist on it (AOTInductor on .pt2).
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{path.suffix}")
     try:
