@@ -321,7 +321,8 @@ def check_values(forest: Forest, has_nan: Callable[[], bool], has_inf: Callable[
     """Reject NaN or infinity where the native model rejects them (checks run only then)."""
     if not forest.allow_nan and has_nan():
         raise ValueError(
-            "X contains NaN, which this model does not accept (the native model rejects it too)"
+            "X contains NaN, which this model does not accept (the native model's predict "
+            "rejects it too)"
         )
     if not forest.allow_inf and has_inf():
         raise ValueError(
