@@ -228,7 +228,11 @@ class ForestModule(torch.nn.Module):
         inputs = [flat, self.sum_order, self.sum_base, self.sum_divisor]
         totals = run_steps(self.sum_steps, inputs, self.leaf_width > 1)
         raw = self._rows(totals, n)
-        return raw, run_steps(self.link_steps, [raw])
+        return raw, self.link(raw)
+
+    def link(self, raw: torch.Tensor) -> torch.Tensor:
+        """The transformed scores of raw scores ``(rows, outputs)``: the forest's link."""
+        return run_steps(self.link_steps, [raw])
 
     def _rows(self, by_block: torch.Tensor, n: int) -> torch.Tensor:
         """``(blocks, columns, block_rows)`` as ``(n, columns)``, a copy of its own."""

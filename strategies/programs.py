@@ -114,7 +114,7 @@ def sequential_sum(
 
     On the CPU, a reduction over the steps: inductor's C++ adds a reduction in index order,
     one term after the other, in scalar code (``cpp.simdlen 1``, :data:`treecomp.
-    torch_backend.INDUCTOR_OPTIONS`); past :data:`SEQUENTIAL_TERMS`, chained reductions,
+    inductor_settings.INDUCTOR_OPTIONS`); past :data:`SEQUENTIAL_TERMS`, chained reductions,
     each starting with the total so far. The rows axis is dynamic in a package, so inductor
     never splits the reduction itself between threads (it does where the loops around it
     are static and 300x shorter: partial sums). One add per step made the first compile of

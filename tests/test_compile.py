@@ -4,11 +4,13 @@ size and process, its cache and its faults, the exported package on its own."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ def test_compiled_sum_adds_in_order_past_inductors_cascade(start: bool) -> None:
     """A branch-free sum of more float32 terms than inductor adds one after the other
     (it cascades a longer reduction in chunks) is still the sequential float32 sum."""
     from strategies.programs import SEQUENTIAL_TERMS, sequential_sum
-    from treecomp.torch_backend import INDUCTOR_OPTIONS
+    from treecomp.inductor_settings import INDUCTOR_OPTIONS
 
     rng = np.random.default_rng(5)
     steps = 2 * SEQUENTIAL_TERMS + 300  # three chained reductions
@@ -108,7 +110,7 @@ def test_scalar_code_only_leaves_inductors_isa_list_as_it_was() -> None:
     code it would pick anyway); afterwards, even after an error, its own list is back."""
     from torch._inductor import cpu_vec_isa
 
-    from treecomp.torch_backend import scalar_code_only
+    from treecomp.inductor_settings import scalar_code_only
 
     listed = cpu_vec_isa.valid_vec_isa_list
     with pytest.raises(KeyError), scalar_code_only():
@@ -407,3 +409,68 @@ def test_export_pt2_names_its_suffix_and_devices_are_checked(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="device 'meta' is not supported"):
         treecomp.convert(small_forest(), "torch", device="meta")
+
+
+def _wrapper_source(package: Path) -> str:
+    """The C++ of a package's wrapper, which AOTInductor keeps in the package."""
+    with zipfile.ZipFile(package) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".wrapper.cpp")]
+        return archive.read(name).decode()
+
+
+KERNEL_SHIM_CALL = "aoti_torch_cpu_treecomp_forest_sums("
+
+
+@pytest.mark.parametrize(
+    "name", ["xgboost_binary", "sklearn_rf", "lightgbm_multiclass", "sklearn_hgb_nan"]
+)
+def test_cpu_packages_take_their_sums_from_the_kernel(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU package of a forest the kernel walks calls kernel.c for its sums (the C shim
+    of treecomp/kernel_op.py's operator, linked into the package): its raw scores are the
+    kernel engine's and the eager module's bit for bit (sums, float64 sums, averages), on
+    held-out, threshold, NaN, infinite and single rows, and on 2 000 rows split between
+    two threads; its answers are native's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # built here, not found
+    model, X_test = fitted(name)
+    cm = treecomp.convert(model, "torch", compile=True, n_threads=2)
+    (package,) = (tmp_path / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL in _wrapper_source(package)
+    eager = treecomp.convert(model, "torch")
+    kernel = treecomp.convert(model, "kernel")
+    batches = inputs(model, X_test, cm.forest)
+    batches.append(np.resize(np.asarray(batches[0]), (2000, np.shape(batches[0])[1])))
+    for X in batches:
+        compare_native(model, cm, X)
+        rows = cm._prepare(X)[1]  # as the engines see them
+        raw, _ = cm._engine.scores(rows)
+        assert_equal(raw, eager._engine.scores(rows)[0])
+        assert_equal(raw, kernel._engine.scores(rows)[0])
+
+
+def test_packages_walk_in_inductors_code_where_the_kernel_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the kernel's archive cannot be built (no C++ compiler for its shim, say), a
+    package walks its trees in inductor's code, exactly, and says so at INFO; a forest the
+    kernel does not walk (categorical and zero-as-missing splits) always does."""
+    from treecomp import torch_backend
+    from treecomp.kernel_build import KernelUnavailable
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+
+    def no_archive(build: bool = True) -> Path:
+        raise KernelUnavailable("no C++ compiler here")
+
+    monkeypatch.setattr(torch_backend, "archive", no_archive)
+    model, X_test = fitted("xgboost_binary")
+    with caplog.at_level(logging.INFO, logger="treecomp.torch_backend"):
+        cm = treecomp.convert(model, "torch", compile=True)
+    assert "inductor's code (no C++ compiler here)" in caplog.text
+    (package,) = (tmp_path / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL not in _wrapper_source(package)
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+    model, _ = fitted("lightgbm_categorical_zero")
+    assert treecomp.convert(model, "torch")._engine._kernel() is None

@@ -19,7 +19,7 @@ import pytest
 import treecomp
 from tests.helpers import assert_equal, compare_native, kernel_folds, with_missing
 from tests.zoo import ZOO, compare_reference, fitted, inputs
-from treecomp import kernel, kernel_layout
+from treecomp import kernel, kernel_build, kernel_layout
 
 try:
     kernel.load_kernel()
@@ -317,7 +317,7 @@ def test_a_damaged_kernel_is_built_again_never_loaded(private_cache: Path) -> No
         cm = treecomp.convert(model, "kernel")
     check(cm)
     (rebuilt,) = private_cache.glob("walk-*.so")
-    assert rebuilt.name.endswith(f"-{kernel._sha256(rebuilt)}.so")
+    assert rebuilt.name.endswith(f"-{kernel_build._sha256(rebuilt)}.so")
 
 
 def test_a_sound_kernel_is_loaded_as_it_is(private_cache: Path) -> None:
@@ -659,7 +659,7 @@ def test_a_failed_build_names_the_cause(tmp_path: Path, monkeypatch: pytest.Monk
         "collect2: error: ld returned 1 exit status\n"
     )
     monkeypatch.setattr(
-        kernel.subprocess,
+        kernel_build.subprocess,
         "run",
         lambda command, **_: subprocess.CompletedProcess(command, 1, "", said),
     )

@@ -699,29 +699,28 @@ typedef struct {
   double scale;
 } treecomp_small_call;
 
-int treecomp_small(const treecomp_small_call *c, int64_t n) {
-  int failed;
-  switch (c->kinds) {
+/* The walk of n rows for a forest's tables f (any NAME##_forest: they share one layout),
+   by kinds: bit 1 the rows (and tests) in double, bit 0 the sums. */
+static int walk_kinds(int kinds, const void *x, int64_t n, const void *f, void *out,
+                      int32_t *leaves) {
+  switch (kinds) {
     case 0:
-      failed = treecomp_walk_f32_f32((const float *)c->x, n,
-                                     (const treecomp_walk_f32_f32_forest *)c->forest,
-                                     (float *)c->raw, NULL);
-      break;
+      return treecomp_walk_f32_f32((const float *)x, n, (const treecomp_walk_f32_f32_forest *)f,
+                                   (float *)out, leaves);
     case 1:
-      failed = treecomp_walk_f32_f64((const float *)c->x, n,
-                                     (const treecomp_walk_f32_f64_forest *)c->forest,
-                                     (double *)c->raw, NULL);
-      break;
+      return treecomp_walk_f32_f64((const float *)x, n, (const treecomp_walk_f32_f64_forest *)f,
+                                   (double *)out, leaves);
     case 2:
-      failed = treecomp_walk_f64_f32((const double *)c->x, n,
-                                     (const treecomp_walk_f64_f32_forest *)c->forest,
-                                     (float *)c->raw, NULL);
-      break;
+      return treecomp_walk_f64_f32((const double *)x, n,
+                                   (const treecomp_walk_f64_f32_forest *)f, (float *)out, leaves);
     default:
-      failed = treecomp_walk_f64_f64((const double *)c->x, n,
-                                     (const treecomp_walk_f64_f64_forest *)c->forest,
-                                     (double *)c->raw, NULL);
+      return treecomp_walk_f64_f64((const double *)x, n,
+                                   (const treecomp_walk_f64_f64_forest *)f, (double *)out, leaves);
   }
+}
+
+int treecomp_small(const treecomp_small_call *c, int64_t n) {
+  int failed = walk_kinds(c->kinds, c->x, n, c->forest, c->raw, NULL);
   if (failed || c->link == 0) return failed;
   if (c->kinds & 1)
     treecomp_link_f64(c->link, c->scale, (const double *)c->raw, c->out, n, c->width);
@@ -730,5 +729,55 @@ int treecomp_small(const treecomp_small_call *c, int64_t n) {
   return 0;
 }
 
+#define ABI 10
+
+/* A forest's tables in one buffer, as compiled packages carry them (treecomp/kernel_op.py's
+   pack): BLOB_COUNTS int64 numbers, then the byte offset from the buffer's start of each of
+   the forest struct's BLOB_ARRAYS arrays, in its order, then the arrays (8-byte aligned). */
+#define BLOB_MAGIC 0x706d6f6365657274LL /* "treecomp", little-endian */
+#define BLOB_ARRAYS 18
+enum { BLOB_MAGIC_AT, BLOB_ABI_AT, BLOB_KINDS_AT, BLOB_FEATURES_AT, BLOB_USED_AT, BLOB_TREES_AT,
+       BLOB_OUTPUTS_AT, BLOB_COUNTS };
+
+/* Every NAME##_forest: five counts, then the arrays' addresses. */
+typedef struct {
+  int64_t counts[5];
+  const void *arrays[BLOB_ARRAYS];
+} any_forest;
+
+/* A blob's shape: its input features, its outputs and its kinds (as walk_kinds'); 0, or 2
+   for a blob this kernel does not read. */
+int treecomp_blob_shape(const void *blob, int64_t bytes, int64_t *features, int64_t *outputs,
+                        int64_t *kinds) {
+  const int64_t *h = (const int64_t *)blob;
+  if (bytes < (int64_t)sizeof(int64_t) * BLOB_COUNTS || h[BLOB_MAGIC_AT] != BLOB_MAGIC ||
+      h[BLOB_ABI_AT] != ABI)
+    return 2;
+  *features = h[BLOB_FEATURES_AT];
+  *outputs = h[BLOB_OUTPUTS_AT];
+  *kinds = h[BLOB_KINDS_AT];
+  return 0;
+}
+
+/* The sums of rows x[0..n) (row-major, of the blob's compare type) into out (n_outputs a
+   row, of its accumulation type), on the calling thread, for a blob of the given size. 0;
+   1 where the row block buffers could not be allocated; 2 for a blob this kernel does not
+   read (another calling convention, an offset outside it). */
+int treecomp_blob_walk(const void *blob, int64_t bytes, const void *x, int64_t n, void *out) {
+  const int64_t *h = (const int64_t *)blob;
+  int64_t header = (int64_t)sizeof(int64_t) * (BLOB_COUNTS + BLOB_ARRAYS);
+  if (bytes < header || h[BLOB_MAGIC_AT] != BLOB_MAGIC || h[BLOB_ABI_AT] != ABI ||
+      h[BLOB_KINDS_AT] < 0 || h[BLOB_KINDS_AT] > 3)
+    return 2;
+  any_forest f = {{h[BLOB_FEATURES_AT], h[BLOB_USED_AT], h[BLOB_TREES_AT], h[BLOB_OUTPUTS_AT], 0},
+                  {0}};
+  for (int i = 0; i < BLOB_ARRAYS; i++) {
+    int64_t at = h[BLOB_COUNTS + i];
+    if (at < header || at > bytes || at % 8 != 0) return 2;
+    f.arrays[i] = (const char *)blob + at;
+  }
+  return walk_kinds((int)h[BLOB_KINDS_AT], x, n, &f, out, NULL);
+}
+
 /* The version of this kernel's calling convention, checked by treecomp/kernel.py. */
-int treecomp_kernel_abi(void) { return 9; }
+int treecomp_kernel_abi(void) { return ABI; }

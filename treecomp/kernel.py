@@ -1,12 +1,12 @@
 """The ``"kernel"`` backend: folded forests walked by one C kernel compiled once per machine.
 
 The kernel (``kernel.c`` beside this module) takes every forest as arrays: a model costs no
-compile, only its layout (:func:`lay_out`, well under a second), so it scores fast from its
-first batch. The kernel itself is compiled with the machine's C compiler for its own
-instruction set (``cc -O3 -march=native``) the first time any process asks for it, in about
-a second, and kept in the kernel cache (:func:`kernel_dir`) under a name holding the
-SHA-256 of its bytes, which every load checks: a corrupt or half-written library is built
-again, never loaded.
+compile, only its layout (:func:`~treecomp.kernel_layout.folded_layout`, well under a
+second), so it scores fast from its first batch. The kernel itself is compiled with the
+machine's C compiler for its own instruction set (``cc -O3 -march=native``) the first time
+any process asks for it, in about a second, and kept in the kernel cache
+(:func:`~treecomp.kernel_build.kernel_dir`) under a name holding the SHA-256 of its bytes,
+which every load checks: a corrupt or half-written library is built again, never loaded.
 
 Only forests of numerical splits fold (:func:`treecomp.passes.fold_missing`): categorical
 and zero-as-missing forests raise :class:`KernelUnsupported` and keep the other backends.
@@ -21,8 +21,6 @@ import hashlib
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import tempfile
 import threading
 import warnings
@@ -37,8 +35,20 @@ from treecomp import reference
 from treecomp.batching import cpus
 from treecomp.inputs import Precision, check_positive
 from treecomp.ir_shapes import tree_depths
-from treecomp.kernel_layout import lay_out
-from treecomp.passes import fold_missing, thresholds_for
+from treecomp.kernel_build import (
+    ABI,
+    FLAGS,
+    SOURCE,
+    KernelUnavailable,
+    _compiler,
+    _cpu,
+    build_cached,
+    find_cached,
+    kernel_dir,
+    run_tool,
+    tool_version,
+)
+from treecomp.kernel_layout import TABLES, counts, folded_layout, start_sums
 
 if TYPE_CHECKING:
     from treecomp.engine import Link
@@ -46,18 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernel.c")
-# The calling convention this module speaks (treecomp_kernel_abi() in kernel.c).
-ABI = 9
-# -mprefer-vector-width=256: the loops the compiler vectorises itself use 256-bit vectors
-# even where AVX-512 is there (kernel.c's own AVX-512 steps keep 512 bits). On Zen 4, whose
-# 512-bit gathers are split in two, 10 000 rows, 1 thread, ms, 512 / 256 bits: RandomForest
-# 31-46 / 24-27, HistGradientBoosting 26-27 / 18.5-19, XGBoost 500 trees 27-28 / 27.5-30.
-# It is gcc's default for Intel's AVX-512 targets already.
-FLAGS = (
-    "-O3", "-march=native", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off",
-    *(("-mprefer-vector-width=256",) if platform.machine() in ("x86_64", "AMD64") else ()),
-)  # fmt: skip
 # A batch is split over threads in slices of at least this many rows (4 blocks of the kernel):
 # below it a thread's start costs more than it saves.
 MIN_THREAD_ROWS = 256
@@ -68,100 +66,32 @@ SMALL_ROWS = 8
 NO_MEMORY = "the kernel could not allocate its row block buffers"
 
 
-class KernelUnavailable(RuntimeError):
-    """The kernel cannot be built here (no working C compiler)."""
-
-
 class KernelUnsupported(ValueError):
     """The forest does not fold (categorical or zero-as-missing splits)."""
 
 
-def kernel_dir() -> Path:
-    """Where built kernels are kept: ``TREECOMP_KERNEL_DIR``, else ``treecomp/kernels`` in
-    the user's cache directory (``XDG_CACHE_HOME``, by default ``~/.cache``)."""
-    explicit = os.environ.get("TREECOMP_KERNEL_DIR")
-    if explicit:
-        return Path(explicit)
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "treecomp" / "kernels"
-
-
-def _compiler() -> str:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    raise KernelUnavailable(
-        "the kernel backend compiles a small C kernel once per machine and needs a C "
-        "compiler (cc, gcc or clang, or the one named by CC); none was found"
-    )
-
-
-def _cpu() -> str:
-    """What -march=native compiles for: the CPU's model and instruction sets."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(lines[:2])
-
-
 def _key(compiler: str) -> str:
     """What a built kernel depends on: its source, the compiler and flags, the CPU."""
-    try:
-        version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, timeout=30
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise KernelUnavailable(f"the C compiler {compiler!r} does not run: {exc}") from None
     digest = hashlib.sha256(SOURCE.read_bytes())
-    for fact in (version, " ".join(FLAGS), _cpu(), platform.machine()):
+    for fact in (tool_version(compiler), " ".join(FLAGS), _cpu(), platform.machine()):
         digest.update(fact.encode())
     return digest.hexdigest()[:32]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _build(compiler: str, directory: Path, key: str) -> Path:
     """Compile the kernel into ``directory`` (atomically); returns its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.so"
-    try:
-        command = [compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.SubprocessError) as exc:  # killed, hung, not runnable
-            raise KernelUnavailable(f"the C compiler {compiler!r} did not run: {exc}") from None
-        if done.returncode != 0:
-            # The last lines: a linker names the cause ("No space left on device") on the
-            # line before the driver's summary ("collect2: error: ld returned 1").
-            said = "; ".join(line.strip() for line in done.stderr.strip().splitlines()[-3:])
-            raise KernelUnavailable(
-                f"the C compiler {compiler!r} could not build the kernel: {said:.600}"
-            )
-        path = directory / f"walk-{key}-{_sha256(partial)}.so"
-        os.replace(partial, path)
-        return path
-    finally:
-        partial.unlink(missing_ok=True)
+    return build_cached(
+        directory,
+        f"walk-{key}",
+        ".so",
+        lambda out: run_tool([compiler, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], "the kernel"),
+    )
 
 
 def _find(directory: Path, key: str) -> Path | None:
     """The cached kernel of ``key`` whose bytes match the SHA-256 in its name; others of
     that key are deleted (with a warning)."""
-    for path in sorted(directory.glob(f"walk-{key}-*.so")):
-        if path.name.removesuffix(".so").rpartition("-")[2] == _sha256(path):
-            return path
-        warnings.warn(
-            f"treecomp: the cached kernel {path} is corrupt (its bytes do not match the "
-            "SHA-256 in its name): deleted, built again",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        path.unlink(missing_ok=True)
-    return None
+    return find_cached(directory, f"walk-{key}", ".so")
 
 
 _library: ctypes.CDLL | None = None
@@ -222,16 +152,8 @@ class Tables(ctypes.Structure):
 
     _fields_ = [
         *((name, _I64) for name in ("n_features", "n_used", "n_trees", "n_outputs", "n_helpers")),
-        *(
-            (name, _P)
-            for name in (
-                "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base",
-                "entry_base", "out_index", "width", "pfeature", "pthreshold", "entry",
-                "value_base", "values", "base",
-                "slot_base", "slot_values", "node", "node_base",
-            )
-        ),
-    ]  # fmt: skip
+        *((name, _P) for name in TABLES),
+    ]
 
 
 def _declare(library: ctypes.CDLL) -> None:
@@ -411,15 +333,13 @@ class KernelEngine:
         self.forest = forest
         self.precision = precision
         self.n_threads = n_threads
-        lowered = thresholds_for(forest, precision)
-        fold = fold_missing(lowered.trees, less_equal=forest.comparison == "<=", dtype=precision)
-        if fold is None:
+        layout = folded_layout(forest, precision)
+        if layout is None:
             raise KernelUnsupported(
                 "the kernel backend walks forests of numerical splits only; this one has "
                 "categorical or zero-as-missing splits (use backend='torch' or 'onnx')"
             )
-        trees, columns = fold
-        self.layout = lay_out(forest, trees, columns, precision)
+        self.layout = layout
         self.library = load_kernel()
         cmp = "f32" if precision == "float32" else "f64"
         acc = "f32" if forest.accumulation == "float32" else "f64"
@@ -437,9 +357,7 @@ class KernelEngine:
         # What treecomp_small links in C: the kernel's links of sums that are not averaged
         # first (averages divide before the link: _finish); (0, 0.0): none.
         self._small_link = (0, 0.0) if average or self._link.code is None else self._link.code
-        self._base = (np.zeros(forest.n_outputs) if average else forest.base_score).astype(
-            self.layout.accumulate
-        )
+        self._base = start_sums(forest, layout)
         # What averaging forests divide their sums by, then add, as the reference does.
         self._average = (
             (forest.trees_per_output().astype(self.layout.accumulate),
@@ -451,8 +369,7 @@ class KernelEngine:
         arrays = {name: getattr(L, name) for name in names}
         self._threads = n_threads or cpus()
         self._tables = Tables(
-            forest.n_features, L.used_column.size, L.out_index.size, forest.n_outputs,
-            int(self._threads > 1),
+            *counts(forest, L), int(self._threads > 1),
             **{name: _address(array) for name, array in arrays.items()},
             base=_address(self._base),
         )  # fmt: skip

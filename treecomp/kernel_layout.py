@@ -13,6 +13,8 @@ import numpy.typing as npt
 
 from treecomp.inputs import Precision
 from treecomp.ir_shapes import heap_levels, tree_depths
+from treecomp.kernel_build import ABI
+from treecomp.passes import fold_missing, thresholds_for
 
 if TYPE_CHECKING:
     from treecomp.ir import Forest, Tree
@@ -23,6 +25,14 @@ if TYPE_CHECKING:
 DENSE_LEVELS = 10
 PADDING = 4
 MAX_PERFECT_LEVELS = 12
+
+
+# The arrays of kernel.c's forest struct, in its order (after its counts).
+TABLES = (
+    "used_column", "used_kind", "perfect_levels", "rest_levels", "perfect_base", "entry_base",
+    "out_index", "width", "pfeature", "pthreshold", "entry", "value_base", "values", "base",
+    "slot_base", "slot_values", "node", "node_base",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,29 @@ def perfect_levels(tree: Tree, depth: int) -> int:
         level = np.concatenate([tree.left_child[internal], tree.right_child[internal]])
         levels += 1
     return levels
+
+
+def counts(forest: Forest, layout: Layout) -> tuple[int, int, int, int]:
+    """The counts before kernel.c's forest struct's arrays: the input features, the used
+    columns, the trees and the outputs."""
+    return forest.n_features, layout.used_column.size, layout.out_index.size, forest.n_outputs
+
+
+def start_sums(forest: Forest, layout: Layout) -> npt.NDArray[Any]:
+    """What each output's sum starts from in the kernel (its ``base`` table): the base
+    score, or zeros for averaging forests, which add theirs after the mean."""
+    if forest.aggregation == "average":
+        return np.zeros(forest.n_outputs, dtype=layout.accumulate)
+    return np.asarray(forest.base_score, dtype=layout.accumulate)
+
+
+def folded_layout(forest: Forest, precision: Precision) -> Layout | None:
+    """``forest``'s kernel arrays, tested in ``precision``: its trees with the thresholds
+    of that type, folded (:func:`treecomp.passes.fold_missing`), then laid out; None where
+    they do not fold (categorical or zero-as-missing splits)."""
+    lowered = thresholds_for(forest, precision)
+    fold = fold_missing(lowered.trees, less_equal=forest.comparison == "<=", dtype=precision)
+    return None if fold is None else lay_out(forest, *fold, precision)
 
 
 def lay_out(forest: Forest, trees: list[Tree], columns: int, compare: Precision) -> Layout:
@@ -172,3 +205,34 @@ def whole_nodes(
     nodes = np.zeros(feature.size, dtype=node_dtype(threshold.dtype))
     nodes["s"], nodes["f"], nodes["child"] = threshold, feature, child.reshape(-1, 2)
     return nodes
+
+
+# kernel.c's BLOB_MAGIC ("treecomp", little-endian) and its header's numbers before the
+# arrays' offsets (magic, calling convention, kinds, four counts).
+MAGIC = 0x706D6F6365657274
+HEADER_NUMBERS = 7
+ALIGN = 64
+
+
+def pack(forest: Forest, layout: Layout) -> npt.NDArray[np.uint8]:
+    """The kernel's tables of ``forest`` in one buffer, as kernel.c's ``treecomp_blob_walk``
+    reads them (compiled packages carry them so: :mod:`treecomp.kernel_op`): the header
+    (magic, calling convention, kinds, counts, each array's offset), then the arrays, each
+    at a multiple of 64 bytes."""
+    arrays = [
+        start_sums(forest, layout) if name == "base" else getattr(layout, name) for name in TABLES
+    ]
+    flat = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+    at = 8 * (HEADER_NUMBERS + len(TABLES))
+    offsets = []
+    for part in flat:
+        at = -(-at // ALIGN) * ALIGN
+        offsets.append(at)
+        at += part.size
+    kinds = 2 * (layout.compare == np.float64) + (layout.accumulate == np.float64)
+    header = np.array([MAGIC, ABI, kinds, *counts(forest, layout), *offsets], dtype=np.int64)
+    blob = np.zeros(at, dtype=np.uint8)
+    blob[: header.nbytes] = header.view(np.uint8)
+    for part, offset in zip(flat, offsets, strict=True):
+        blob[offset : offset + part.size] = part
+    return blob

@@ -42,6 +42,10 @@ from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_b
 from treecomp.compiled_tier import CompiledTier
 from treecomp.engine import Link, Lower
 from treecomp.files import replacing
+from treecomp.inductor_settings import INDUCTOR_OPTIONS, checks_always_on, scalar_code_only
+from treecomp.kernel_build import KernelUnavailable
+from treecomp.kernel_layout import folded_layout, pack
+from treecomp.kernel_op import KernelSums, archive, linked
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -102,47 +106,34 @@ def _bytes_per_row(module: ForestModule, dtype_bytes: int) -> int:
     return max(total + 3 * module.n_trees * module.leaf_width * 8 + 2 * terms * 8, 1)
 
 
-# Inductor options for our graphs. Bounds checks off: every index is built in range by the
-# lowering (and the exactness tests would catch one that is not). Scalar code: inductor's
-# vectorised gathers go lane by lane through a buffer; scalar loops ran 10 % faster and
-# compiled in 17 s instead of 31 s (500 trees of depth 8, 1 thread). No lower bound checked
-# on the batch axis: inductor takes every dynamic size, the row blocks' count included, to be
-# 2 or more, so a forest walked in blocks of 8 rows would refuse batches of 1 to 8 rows
-# (which the branch-free module scores exactly: tested at one row); the input checks, always
-# on (checks_always_on), keep the dtype, stride and device checks. Scalar code also keeps
-# a reduction's terms in order (strategies.programs.sequential_sum): a vectorised one
-# adds lanes of partial sums.
-#
-# The wrapper, which only calls the kernels, compiles at -O0: 3.6 s instead of 4.3 s in the
-# first compile of 500 trees of depth 8 (see also scalar_code_only).
-INDUCTOR_OPTIONS: dict[str, Any] = {
-    "assert_indirect_indexing": False,
-    "cpp.simdlen": 1,
-    "aot_inductor.compile_wrapper_opt_level": "O0",
-    "aot_inductor.check_lowerbound": False,
-}
 WARM_UP_ROWS = 4096
 
 
 class PT2Module(torch.nn.Module):
     """What a ``.pt2`` package runs: ``X -> (raw, transformed[, leaf_ids])`` or, with
-    ``outputs="leaf_ids"``, ``X -> (leaf_ids,)``."""
+    ``outputs="leaf_ids"``, ``X -> (leaf_ids,)``; the raw scores from ``kernel`` where given
+    (:mod:`treecomp.kernel_op`), else from the module's walk."""
 
-    def __init__(self, module: ForestModule, outputs: str) -> None:
+    def __init__(self, module: ForestModule, outputs: str, kernel: KernelSums | None) -> None:
         super().__init__()
         self.forest = module
         self.outputs = outputs
+        self.kernel = kernel
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.outputs == "leaf_ids":
             return (self.forest.leaf_ids(X),)
-        raw, transformed = self.forest(X)
+        if self.kernel is None:
+            raw, transformed = self.forest(X)
+        else:
+            raw = self.kernel(X)
+            transformed = self.forest.link(raw)
         if self.outputs == "both":
             return raw, transformed, self.forest.leaf_ids(X)
         return raw, transformed
 
 
-def module_digest(module: ForestModule) -> str:
+def module_digest(module: torch.nn.Module) -> str:
     """What a compiled package of ``module`` depends on, whatever its outputs and device:
     the lowering's code, every buffer and setting of the module, torch, the inductor
     options and the CPU's instruction set. Hashes every buffer: computed once per engine."""
@@ -195,6 +186,7 @@ class PackagedForward:
         digest: str,
         *,
         build: bool = True,
+        kernel: KernelSums | None = None,
     ) -> None:
         self.dtype = module.input_dtype
         key = hashlib.sha256(f"{digest} {outputs} {device.type}".encode()).hexdigest()[:32]
@@ -226,7 +218,7 @@ class PackagedForward:
         # Unique per thread: two threads may build the same package.
         partial = directory / f"{key}.{os.getpid()}.{threading.get_ident()}.partial.pt2"
         try:
-            export_package(module, partial, outputs, device, key=key)
+            export_package(module, partial, outputs, device, key=key, kernel=kernel)
             path = directory / package_name(key, file_sha256(partial))
             os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
         finally:
@@ -239,73 +231,14 @@ class PackagedForward:
         return out[0] if len(out) == 1 else tuple(out)
 
 
-# What AOTInductor's generated C++ gates its input checks on; see checks_always_on.
-_CHECKS_GATE = "const static bool result = env_var_value != nullptr && env_var_value[0] != '0';"
-_CHECKS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def checks_always_on() -> Iterator[None]:
-    """Packages compiled in this block check their inputs on every call.
-
-    AOTInductor writes checks of each input's dtype, sizes, strides and device into the
-    package, but runs them only where ``AOTI_RUNTIME_CHECK_INPUTS=1`` is set in the serving
-    process; without it a float32 tensor given to a float64 package is read as float64
-    bytes and answers garbage. The gate is one line of the generated C++, rewritten here to
-    ``true`` (the checks cost well under a microsecond a call). Should another torch write
-    the gate differently, the compile fails: no package whose contract silently weakened.
-    One compile at a time holds the rewrite (a lock), so no thread sees it half undone.
-    """
-    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
-
-    write_checks = CppWrapperCpu.generate_input_output_runtime_checks
-    rewritten = []
-
-    def write_checks_always_on(self: Any) -> None:
-        write_checks(self)
-        lines = getattr(self.prefix, "aot", self.prefix)._lines
-        for i, line in enumerate(lines):
-            if isinstance(line, str) and _CHECKS_GATE in line:
-                lines[i] = line.replace(_CHECKS_GATE, "const static bool result = true;")
-                rewritten.append(i)
-
-    with _CHECKS_LOCK:
-        CppWrapperCpu.generate_input_output_runtime_checks = write_checks_always_on  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            CppWrapperCpu.generate_input_output_runtime_checks = write_checks  # type: ignore[method-assign]
-        if not rewritten:
-            raise RuntimeError(
-                f"this torch ({torch.__version__}) writes AOTInductor's input checks in a way "
-                "treecomp does not know, so the package could not be made to check its input "
-                "dtype; export ONNX instead, or use torch 2.13"
-            )
-
-
-@contextlib.contextmanager
-def scalar_code_only() -> Iterator[None]:
-    """Inductor, compiling in this block, is told the CPU has no vector ISA.
-
-    Our code is scalar (``cpp.simdlen`` 1, :data:`INDUCTOR_OPTIONS`), which is what inductor
-    then picks anyway, but it first lists the CPU's ISAs, and the first time in a process
-    it probes each by compiling and loading test libraries: 7.9 s of a 20.5 s first compile
-    of 500 trees in a fresh cache. Its own list (cached per process, for the process's other
-    compiles) is not touched; a compile another thread runs meanwhile gets scalar code too.
-    Entered inside :func:`checks_always_on`, whose lock allows one compile at a time.
-    """
-    from torch._inductor import cpu_vec_isa
-
-    listed = cpu_vec_isa.valid_vec_isa_list
-    cpu_vec_isa.valid_vec_isa_list = lambda: []  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        cpu_vec_isa.valid_vec_isa_list = listed
-
-
 def export_package(
-    module: ForestModule, path: Any, outputs: str, device: torch.device, *, key: str = ""
+    module: ForestModule,
+    path: Any,
+    outputs: str,
+    device: torch.device,
+    *,
+    key: str = "",
+    kernel: KernelSums | None = None,
 ) -> None:
     """Write a ``torch.export`` + AOTInductor package of ``module`` (see :class:`PT2Module`);
     ``key``, a cache key, is written into its metadata (see :class:`PackagedForward`).
@@ -313,7 +246,7 @@ def export_package(
     The export traces with size-oblivious reasoning, so that neither 1 row nor one block of
     rows specialises: one package serves every batch size.
     """
-    exported = PT2Module(module, outputs)
+    exported = PT2Module(module, outputs, kernel)
     # The package takes this type only (see checks_always_on); said in its metadata too,
     # which runner.get_metadata() returns.
     dtype = module.input_dtype
@@ -342,12 +275,16 @@ def export_package(
                 exported, (example.to(device),), dynamic_shapes=({0: batch},)
             )
             _log.info("traced in %.1f s; generating and compiling C++", time.perf_counter() - start)
-            with checks_always_on(), scalar_code_only():
+            with checks_always_on(), scalar_code_only(), linked(kernel) as linking:
                 torch._inductor.aoti_compile_and_package(
                     program,
                     package_path=str(path),
                     # it adds its own keys to the dict
-                    inductor_configs={**INDUCTOR_OPTIONS, "aot_inductor.metadata": metadata},
+                    inductor_configs={
+                        **INDUCTOR_OPTIONS,
+                        **linking,
+                        "aot_inductor.metadata": metadata,
+                    },
                 )
     finally:
         module.branch_free = previous
@@ -379,6 +316,9 @@ class TorchEngine:
         if not isinstance(compile, bool):
             raise TypeError(f"compile must be True or False, not {compile!r}")
         self.forest = forest
+        self.precision = precision
+        self._kernel_sums: KernelSums | None = None
+        self._kernel_asked = False  # _kernel has looked for it
         self._link = link or partial(reference.link, forest)
         self.device = resolve_device(device)
         self.compiled = compile  # a package is built, or loaded (no compiler needed)
@@ -406,6 +346,8 @@ class TorchEngine:
         # package missing from the cache is not built: package_loaded says which.
         self.package_loaded = False
         if compile:
+            if self._kernel(build) is not None:
+                self.strategy = f"sums by the kernel (C), leaf indices by {self.strategy}"
             self.strategy += " [compiled]"
             try:
                 self._forward = self._package("scores", build=build)
@@ -421,8 +363,10 @@ class TorchEngine:
             with self._threads():
                 if self._digest is None:
                     self._digest = module_digest(self.lowered)
+                kernel = self._kernel(build) if outputs != "leaf_ids" else None
+                digest = self._digest + (module_digest(kernel) if kernel else "")
                 return PackagedForward(
-                    self.lowered, outputs, self.device, self._digest, build=build
+                    self.lowered, outputs, self.device, digest, build=build, kernel=kernel
                 )
         except (PackageNotCached, CompilerNotFoundError):
             raise
@@ -437,7 +381,31 @@ class TorchEngine:
         """Write a ``torch.export`` + AOTInductor package of the forest (see the container)."""
         check_compiler(self.device)
         with replacing(path) as partial:
-            export_package(self.lowered, partial, "both" if leaf_indices else "scores", self.device)
+            outputs = "both" if leaf_indices else "scores"
+            export_package(self.lowered, partial, outputs, self.device, kernel=self._kernel())
+
+    def _kernel(self, build: bool = True) -> KernelSums | None:
+        """The kernel's sums for this forest's CPU packages (:mod:`treecomp.kernel_op`), or
+        None: another device, a forest the kernel does not walk (categorical or
+        zero-as-missing splits), no archive of the kernel here (logged), or none built yet
+        where ``build`` is False (a look-up in the package cache builds nothing)."""
+        if self.device.type != "cpu":
+            return None
+        if not self._kernel_asked:
+            self._kernel_asked = True
+            layout = folded_layout(self.forest, self.precision)
+            try:
+                if layout is not None:
+                    archive(build=build)  # before any package needs it
+                    tables = pack(self.forest, layout)
+                    self._kernel_sums = KernelSums(self.forest, tables, self.precision)
+            except (KernelUnavailable, OSError) as exc:
+                _log.log(
+                    logging.INFO if build else logging.DEBUG,
+                    "treecomp: packages walk their trees in inductor's code (%s)",
+                    exc,
+                )
+        return self._kernel_sums
 
     def to(self, device: Any) -> None:
         device = resolve_device(device)

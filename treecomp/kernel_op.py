@@ -1,0 +1,194 @@
+"""The kernel inside compiled packages: a forest's sums as one custom operator.
+
+AOTInductor compiles the torch module's walk to scalar C++ (its C++ has no vector gathers):
+1.25-1.33x native XGBoost and LightGBM at 10 000 rows, where the kernel (``kernel.c``)
+takes a quarter of that time. So a CPU package of a forest the kernel walks (numerical
+splits) takes its sums from the kernel: the module calls the custom operator
+``treecomp::treecomp_forest_sums`` (:class:`KernelSums`), which AOTInductor turns into a
+call of the C function in ``kernel_shim.cpp`` (its ``aot_inductor.custom_ops_to_c_shims``)
+and links, with the kernel, from a static archive built once per machine beside the kernel
+library (:func:`archive`). The package needs only torch to load; the forest's tables travel
+in it as one byte tensor (:func:`pack`). Leaf indices, other devices and forests the kernel
+does not walk keep the compiled walk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from strategies.programs import run_steps
+from treecomp import sums
+from treecomp.arrays import record
+from treecomp.inputs import native_values
+from treecomp.kernel_build import (
+    FLAGS,
+    SOURCE,
+    KernelUnavailable,
+    _compiler,
+    _cpu,
+    build_cached,
+    cxx_compiler,
+    find_cached,
+    kernel_dir,
+    run_tool,
+    tool_version,
+)
+
+if TYPE_CHECKING:
+    from treecomp.inputs import Precision
+    from treecomp.ir import Forest
+
+SHIM = Path(__file__).with_name("kernel_shim.cpp")
+# The C function AOTInductor calls for the operator, as kernel_shim.cpp defines it.
+DECLARATION = (
+    "AOTITorchError aoti_torch_cpu_treecomp_forest_sums(AtenTensorHandle x, "
+    "AtenTensorHandle tables, AtenTensorHandle like, AtenTensorHandle* ret)"
+)
+# What a package's kernel depends on besides its tables: this code and the kernel's.
+SOURCES = hashlib.sha256(
+    b"".join(p.read_bytes() for p in (SOURCE, SHIM, Path(__file__)))
+).hexdigest()
+
+
+def _forest_sums(x: torch.Tensor, tables: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The forest's sums ``(rows, outputs)`` of rows ``x`` (see ``kernel_shim.cpp``)."""
+    raise RuntimeError(
+        "treecomp's forest_sums operator runs inside compiled packages only (its C code is "
+        "linked into them); eager modules walk the trees in torch"
+    )
+
+
+def _forest_sums_shape(x: torch.Tensor, tables: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], like.shape[0]), dtype=like.dtype)
+
+
+# torch.library.custom_op: torch 2.4 on (older ones keep inductor's walk: see archive).
+if hasattr(torch.library, "custom_op"):
+    _operator = torch.library.custom_op("treecomp::treecomp_forest_sums", mutates_args=())(
+        _forest_sums
+    )
+    _operator.register_fake(_forest_sums_shape)
+
+
+class KernelSums(torch.nn.Module):
+    """A forest's raw scores ``(rows, outputs)``, as :class:`strategies.forest_module.
+    ForestModule` gives them, computed by the kernel: the rows cast as the native library
+    casts them, the operator's sums (each from the output's base score, its trees added in
+    order), and for averaging forests the mean (:func:`treecomp.sums.mean`).
+
+    Attributes:
+        sources: What the package's C code depends on (for its cache key).
+    """
+
+    tables: torch.Tensor
+    like: torch.Tensor
+    order: torch.Tensor
+    base: torch.Tensor
+    divisor: torch.Tensor
+
+    def __init__(self, forest: Forest, tables: npt.NDArray[np.uint8], precision: Precision):
+        super().__init__()
+        plan = sums.plan(forest)
+        accumulation = getattr(torch, plan.accumulation)
+        self.register_buffer("tables", torch.from_numpy(tables))
+        self.register_buffer("like", torch.zeros(forest.n_outputs, dtype=accumulation))
+        for name, table in plan.tables().items():
+            self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(table)))
+        self.mean_steps = [] if plan.divisor is None else sums.mean_program(plan).flat()
+        self.input_steps = record(
+            lambda x: native_values(x, forest, precision), forest.input_dtype
+        ).flat()
+        self.sources = SOURCES
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        x = run_steps(self.input_steps, [X]).contiguous()
+        total = torch.ops.treecomp.treecomp_forest_sums(x, self.tables, self.like)
+        if not self.mean_steps:
+            return total
+        return run_steps(self.mean_steps, [total, self.order, self.base, self.divisor])
+
+
+_lock = threading.Lock()
+
+
+def archive(*, build: bool = True) -> Path:
+    """The static archive of the kernel and its shim for this machine, built on first use
+    in the kernel cache (or, where that cannot be written, in a temporary directory);
+    :class:`KernelUnavailable` where it cannot be built, or is not built and ``build`` is
+    False."""
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(torch.library, "custom_op") or not hasattr(
+        inductor_config.aot_inductor, "custom_ops_to_c_shims"
+    ):
+        raise KernelUnavailable(f"torch {torch.__version__} links no C code into packages")
+    with _lock:
+        compiler, cxx = _compiler(), cxx_compiler()
+        include = Path(torch.__file__).parent / "include"
+        digest = hashlib.sha256(SOURCES.encode())
+        facts = (tool_version(compiler), tool_version(cxx), " ".join(FLAGS), _cpu())
+        for fact in (*facts, torch.__version__, str(include)):
+            digest.update(fact.encode())
+        stem = f"forest-op-{digest.hexdigest()[:32]}"
+        path = find_cached(kernel_dir(), stem, ".a")
+        if path is not None:
+            return path
+        if not build:
+            raise KernelUnavailable("the kernel's archive is not built yet")
+
+        def make(out: Path) -> None:
+            with tempfile.TemporaryDirectory(prefix="treecomp-op-") as scratch:
+                kernel, shim = Path(scratch, "kernel.o"), Path(scratch, "shim.o")
+                flags = [f for f in FLAGS if f != "-shared"]
+                run_tool(
+                    [compiler, *flags, "-fvisibility=hidden", "-c", str(SOURCE), "-o", str(kernel)],
+                    "the kernel",
+                )
+                run_tool(
+                    [cxx, "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fopenmp",
+                     f"-I{include}", "-c", str(SHIM), "-o", str(shim)],
+                    "the kernel's operator",
+                )  # fmt: skip
+                run_tool(["ar", "rcs", str(out), str(kernel), str(shim)], "the kernel's archive")
+
+        try:
+            return build_cached(kernel_dir(), stem, ".a", make)
+        except OSError:  # a read-only cache
+            directory = Path(tempfile.mkdtemp(prefix="treecomp-kernel-"))
+            return build_cached(directory, stem, ".a", make)
+
+
+@contextlib.contextmanager
+def linked(kernel: KernelSums | None) -> Iterator[dict[str, Any]]:
+    """Inductor options that link the kernel's archive into a package compiled in this
+    block (none for ``kernel`` None); its folder is put on ``LIBRARY_PATH``, where the
+    linker looks for the archive AOTInductor names."""
+    if kernel is None:
+        yield {}
+        return
+    path = archive()
+    previous = os.environ.get("LIBRARY_PATH")
+    os.environ["LIBRARY_PATH"] = os.pathsep.join(filter(None, (str(path.parent), previous)))
+    try:
+        yield {
+            "aot_inductor.custom_ops_to_c_shims": {
+                torch.ops.treecomp.treecomp_forest_sums.default: [DECLARATION]
+            },
+            "aot_inductor.custom_op_libs": [f":{path.name}"],
+        }
+    finally:
+        if previous is None:
+            os.environ.pop("LIBRARY_PATH", None)
+        else:
+            os.environ["LIBRARY_PATH"] = previous
