@@ -474,3 +474,31 @@ def test_packages_walk_in_inductors_code_where_the_kernel_cannot(
         compare_native(model, cm, X)
     model, _ = fitted("lightgbm_categorical_zero")
     assert treecomp.convert(model, "torch")._engine._kernel() is None
+
+
+def test_an_unwritable_kernel_cache_builds_the_archive_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the kernel cache cannot be written, the package's archive is built in a
+    temporary directory once per process (a compile asks for it twice), and linked."""
+    from treecomp import kernel_op
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    blocked = tmp_path / "a-file-not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setattr(kernel_op, "kernel_dir", lambda: blocked)
+    monkeypatch.setattr(kernel_op, "_elsewhere", {}, raising=False)
+    builds: list[Path] = []
+    build = kernel_op.build_cached
+
+    def counted(directory: Path, *args: Any) -> Path:
+        builds.append(directory)
+        return build(directory, *args)
+
+    monkeypatch.setattr(kernel_op, "build_cached", counted)
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "torch", compile=True)
+    assert [directory == blocked for directory in builds] == [True, False]
+    (package,) = (tmp_path / "inductor" / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL in _wrapper_source(package)
+    compare_native(model, cm, X_test)

@@ -120,6 +120,8 @@ class KernelSums(torch.nn.Module):
 
 
 _lock = threading.Lock()
+# Archives this process built outside the kernel cache (it could not be written), by stem.
+_elsewhere: dict[str, Path] = {}
 
 
 def archive(*, build: bool = True) -> Path:
@@ -141,8 +143,8 @@ def archive(*, build: bool = True) -> Path:
         for fact in (*facts, torch.__version__, str(include)):
             digest.update(fact.encode())
         stem = f"forest-op-{digest.hexdigest()[:32]}"
-        path = find_cached(kernel_dir(), stem, ".a")
-        if path is not None:
+        path = find_cached(kernel_dir(), stem, ".a") or _elsewhere.get(stem)
+        if path is not None and path.is_file():
             return path
         if not build:
             raise KernelUnavailable("the kernel's archive is not built yet")
@@ -164,9 +166,10 @@ def archive(*, build: bool = True) -> Path:
 
         try:
             return build_cached(kernel_dir(), stem, ".a", make)
-        except OSError:  # a read-only cache
+        except OSError:  # a read-only cache: once per process in a temporary directory
             directory = Path(tempfile.mkdtemp(prefix="treecomp-kernel-"))
-            return build_cached(directory, stem, ".a", make)
+            _elsewhere[stem] = build_cached(directory, stem, ".a", make)
+            return _elsewhere[stem]
 
 
 @contextlib.contextmanager
