@@ -4,6 +4,7 @@ size and process, its cache and its faults, the exported package on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -502,3 +504,65 @@ def test_an_unwritable_kernel_cache_builds_the_archive_once(
     (package,) = (tmp_path / "inductor" / "treecomp_packages").glob("*.pt2")
     assert KERNEL_SHIM_CALL in _wrapper_source(package)
     compare_native(model, cm, X_test)
+
+
+def test_a_cached_kernel_package_loads_without_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package with the kernel's sums, once cached, loads where neither the kernel's
+    archive nor a C++ compiler is at hand: running a package needs neither."""
+    import torch._inductor.config as inductor_config
+
+    from treecomp import torch_backend
+    from treecomp.kernel_build import KernelUnavailable
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model, X_test = fitted("xgboost_binary")
+    treecomp.convert(model, "torch", compile=True)  # built, and cached
+
+    def no_archive() -> Path:
+        raise KernelUnavailable("no C++ compiler here")
+
+    monkeypatch.setattr(torch_backend, "archive", no_archive)
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
+        cm = treecomp.convert(model, "torch", compile=True)
+    assert cm.strategy.startswith("sums by the kernel"), cm.strategy
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)
+
+
+def test_a_kernel_that_does_not_link_leaves_the_package_to_inductors_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kernel cache whose folder name holds LIBRARY_PATH's separator still links; an
+    archive that does not link leaves the package to inductor's walk, exactly, with a
+    warning, instead of failing the compile."""
+    from treecomp import kernel_op, torch_backend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "first"))
+    monkeypatch.setenv("TREECOMP_KERNEL_DIR", str(tmp_path / "kernels:of-this-machine"))
+    model, X_test = fitted("xgboost_binary")
+    treecomp.convert(model, "torch", compile=True)
+    (package,) = (tmp_path / "first" / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL in _wrapper_source(package)
+
+    @contextlib.contextmanager
+    def unlinkable(kernel: Any) -> Iterator[dict[str, Any]]:
+        if kernel is None:
+            yield {}
+            return
+        shims = {torch.ops.treecomp.treecomp_forest_sums.default: [kernel_op.DECLARATION]}
+        yield {
+            "aot_inductor.custom_ops_to_c_shims": shims,
+            "aot_inductor.custom_op_libs": [":no-such-archive.a"],
+        }
+
+    monkeypatch.setattr(torch_backend, "linked", unlinkable)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "second"))
+    with caplog.at_level(logging.WARNING, logger="treecomp.torch_backend"):
+        cm = treecomp.convert(model, "torch", compile=True)
+    assert "walk their trees in inductor's code (InductorError" in caplog.text
+    (package,) = (tmp_path / "second" / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL not in _wrapper_source(package)
+    for X in inputs(model, X_test, cm.forest):
+        compare_native(model, cm, X)

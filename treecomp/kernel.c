@@ -731,9 +731,10 @@ int treecomp_small(const treecomp_small_call *c, int64_t n) {
 
 #define ABI 10
 
-/* A forest's tables in one buffer, as compiled packages carry them (treecomp/kernel_op.py's
-   pack): BLOB_COUNTS int64 numbers, then the byte offset from the buffer's start of each of
-   the forest struct's BLOB_ARRAYS arrays, in its order, then the arrays (8-byte aligned). */
+/* A forest's tables in one buffer, as compiled packages carry them (pack, in
+   treecomp/kernel_layout.py): BLOB_COUNTS int64 numbers, then the byte offset from the
+   buffer's start of each of the forest struct's BLOB_ARRAYS arrays, in its order, then the
+   arrays (8-byte aligned). */
 #define BLOB_MAGIC 0x706d6f6365657274LL /* "treecomp", little-endian */
 #define BLOB_ARRAYS 18
 enum { BLOB_MAGIC_AT, BLOB_ABI_AT, BLOB_KINDS_AT, BLOB_FEATURES_AT, BLOB_USED_AT, BLOB_TREES_AT,

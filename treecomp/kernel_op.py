@@ -1,14 +1,14 @@
 """The kernel inside compiled packages: a forest's sums as one custom operator.
 
-AOTInductor compiles the torch module's walk to scalar C++ (its C++ has no vector gathers):
-1.25-1.33x native XGBoost and LightGBM at 10 000 rows, where the kernel (``kernel.c``)
-takes a quarter of that time. So a CPU package of a forest the kernel walks (numerical
-splits) takes its sums from the kernel: the module calls the custom operator
-``treecomp::treecomp_forest_sums`` (:class:`KernelSums`), which AOTInductor turns into a
-call of the C function in ``kernel_shim.cpp`` (its ``aot_inductor.custom_ops_to_c_shims``)
-and links, with the kernel, from a static archive built once per machine beside the kernel
-library (:func:`archive`). The package needs only torch to load; the forest's tables travel
-in it as one byte tensor (:func:`pack`). Leaf indices, other devices and forests the kernel
+AOTInductor compiles the torch module's walk to scalar C++ (its C++ has no vector gathers),
+several times slower than the kernel's (``kernel.c``; the README's Compiled torch programs
+has the numbers). So a CPU package of a forest the kernel walks (numerical splits) takes its
+sums from the kernel: the module calls the custom operator ``treecomp::treecomp_forest_sums``
+(:class:`KernelSums`), which AOTInductor turns into a call of the C function in
+``kernel_shim.cpp`` (its ``aot_inductor.custom_ops_to_c_shims``) and links, with the kernel,
+from a static archive built once per machine beside the kernel library (:func:`archive`).
+The package needs only torch to load; the forest's tables travel in it as one byte tensor
+(:func:`treecomp.kernel_layout.pack`). Leaf indices, other devices and forests the kernel
 does not walk keep the compiled walk.
 """
 
@@ -124,16 +124,21 @@ _lock = threading.Lock()
 _elsewhere: dict[str, Path] = {}
 
 
-def archive(*, build: bool = True) -> Path:
-    """The static archive of the kernel and its shim for this machine, built on first use
-    in the kernel cache (or, where that cannot be written, in a temporary directory);
-    :class:`KernelUnavailable` where it cannot be built, or is not built and ``build`` is
-    False."""
+def usable() -> bool:
+    """Whether this torch can link C code into packages: ``torch.library.custom_op`` (torch
+    2.4 on) and AOTInductor's ``custom_ops_to_c_shims``."""
     import torch._inductor.config as inductor_config
 
-    if not hasattr(torch.library, "custom_op") or not hasattr(
+    return hasattr(torch.library, "custom_op") and hasattr(
         inductor_config.aot_inductor, "custom_ops_to_c_shims"
-    ):
+    )
+
+
+def archive() -> Path:
+    """The static archive of the kernel and its shim for this machine, built on first use
+    in the kernel cache (or, where that cannot be written, in a temporary directory);
+    :class:`KernelUnavailable` where it cannot be built."""
+    if not usable():
         raise KernelUnavailable(f"torch {torch.__version__} links no C code into packages")
     with _lock:
         compiler, cxx = _compiler(), cxx_compiler()
@@ -146,8 +151,6 @@ def archive(*, build: bool = True) -> Path:
         path = find_cached(kernel_dir(), stem, ".a") or _elsewhere.get(stem)
         if path is not None and path.is_file():
             return path
-        if not build:
-            raise KernelUnavailable("the kernel's archive is not built yet")
 
         def make(out: Path) -> None:
             with tempfile.TemporaryDirectory(prefix="treecomp-op-") as scratch:
@@ -175,14 +178,17 @@ def archive(*, build: bool = True) -> Path:
 @contextlib.contextmanager
 def linked(kernel: KernelSums | None) -> Iterator[dict[str, Any]]:
     """Inductor options that link the kernel's archive into a package compiled in this
-    block (none for ``kernel`` None); its folder is put on ``LIBRARY_PATH``, where the
-    linker looks for the archive AOTInductor names."""
+    block (none for ``kernel`` None). The linker finds the archive AOTInductor names on
+    ``LIBRARY_PATH``, through a link in a folder of its own (the cache's folder may hold a
+    ``:``, ``LIBRARY_PATH``'s separator)."""
     if kernel is None:
         yield {}
         return
     path = archive()
     previous = os.environ.get("LIBRARY_PATH")
-    os.environ["LIBRARY_PATH"] = os.pathsep.join(filter(None, (str(path.parent), previous)))
+    folder = tempfile.TemporaryDirectory(prefix="treecomp-link-")
+    Path(folder.name, path.name).symlink_to(path)
+    os.environ["LIBRARY_PATH"] = os.pathsep.join(filter(None, (folder.name, previous)))
     try:
         yield {
             "aot_inductor.custom_ops_to_c_shims": {
@@ -195,3 +201,4 @@ def linked(kernel: KernelSums | None) -> Iterator[dict[str, Any]]:
             os.environ.pop("LIBRARY_PATH", None)
         else:
             os.environ["LIBRARY_PATH"] = previous
+        folder.cleanup()

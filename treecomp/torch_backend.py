@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,7 @@ from treecomp.files import replacing
 from treecomp.inductor_settings import INDUCTOR_OPTIONS, checks_always_on, scalar_code_only
 from treecomp.kernel_build import KernelUnavailable
 from treecomp.kernel_layout import folded_layout, pack
-from treecomp.kernel_op import KernelSums, archive, linked
+from treecomp.kernel_op import KernelSums, archive, linked, usable
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from treecomp.ir import Forest
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -318,6 +319,7 @@ class TorchEngine:
         self.forest = forest
         self.precision = precision
         self._kernel_sums: KernelSums | None = None
+        self._kernel_digest = ""  # of _kernel_sums, for its packages' keys
         self._kernel_asked = False  # _kernel has looked for it
         self._link = link or partial(reference.link, forest)
         self.device = resolve_device(device)
@@ -346,14 +348,14 @@ class TorchEngine:
         # package missing from the cache is not built: package_loaded says which.
         self.package_loaded = False
         if compile:
-            if self._kernel(build) is not None:
-                self.strategy = f"sums by the kernel (C), leaf indices by {self.strategy}"
-            self.strategy += " [compiled]"
             try:
                 self._forward = self._package("scores", build=build)
                 self.package_loaded = True
             except PackageNotCached:
                 pass
+            if self._kernel() is not None:
+                self.strategy = f"sums by the kernel (C), leaf indices by {self.strategy}"
+            self.strategy += " [compiled]"
 
     def _package(self, outputs: str, *, build: bool = True) -> PackagedForward:
         """The compiled package of the module (built now, or loaded from disk), naming what
@@ -363,10 +365,15 @@ class TorchEngine:
             with self._threads():
                 if self._digest is None:
                     self._digest = module_digest(self.lowered)
-                kernel = self._kernel(build) if outputs != "leaf_ids" else None
-                digest = self._digest + (module_digest(kernel) if kernel else "")
-                return PackagedForward(
-                    self.lowered, outputs, self.device, digest, build=build, kernel=kernel
+                kernel = self._kernel() if outputs != "leaf_ids" else None
+                if kernel is not None:
+                    try:  # cached: loads without a compiler, or the archive
+                        return self._packaged(outputs, kernel, build=False)
+                    except PackageNotCached:
+                        if not build:  # one built where the kernel did not link, if any
+                            return self._packaged(outputs, None, build=False)
+                return self._linked(
+                    kernel, lambda linked: self._packaged(outputs, linked, build=build)
                 )
         except (PackageNotCached, CompilerNotFoundError):
             raise
@@ -382,30 +389,56 @@ class TorchEngine:
         check_compiler(self.device)
         with replacing(path) as partial:
             outputs = "both" if leaf_indices else "scores"
-            export_package(self.lowered, partial, outputs, self.device, kernel=self._kernel())
+            self._linked(
+                self._kernel(),
+                lambda kernel: export_package(
+                    self.lowered, partial, outputs, self.device, kernel=kernel
+                ),
+            )
 
-    def _kernel(self, build: bool = True) -> KernelSums | None:
+    def _kernel(self) -> KernelSums | None:
         """The kernel's sums for this forest's CPU packages (:mod:`treecomp.kernel_op`), or
         None: another device, a forest the kernel does not walk (categorical or
-        zero-as-missing splits), no archive of the kernel here (logged), or none built yet
-        where ``build`` is False (a look-up in the package cache builds nothing)."""
+        zero-as-missing splits), or a kernel that did not link here (see :meth:`_linked`)."""
         if self.device.type != "cpu":
             return None
         if not self._kernel_asked:
             self._kernel_asked = True
             layout = folded_layout(self.forest, self.precision)
-            try:
-                if layout is not None:
-                    archive(build=build)  # before any package needs it
-                    tables = pack(self.forest, layout)
-                    self._kernel_sums = KernelSums(self.forest, tables, self.precision)
-            except (KernelUnavailable, OSError) as exc:
-                _log.log(
-                    logging.INFO if build else logging.DEBUG,
-                    "treecomp: packages walk their trees in inductor's code (%s)",
-                    exc,
-                )
+            if layout is not None and usable():
+                tables = pack(self.forest, layout)
+                self._kernel_sums = KernelSums(self.forest, tables, self.precision)
+                self._kernel_digest = module_digest(self._kernel_sums)
         return self._kernel_sums
+
+    def _packaged(self, outputs: str, kernel: KernelSums | None, *, build: bool) -> PackagedForward:
+        """The package of ``outputs``, with ``kernel``'s sums or the module's walk: each has
+        its own cache key."""
+        digest = f"{self._digest}{self._kernel_digest if kernel is not None else ''}"
+        return PackagedForward(
+            self.lowered, outputs, self.device, digest, build=build, kernel=kernel
+        )
+
+    def _linked(self, kernel: KernelSums | None, build: Callable[[KernelSums | None], T]) -> T:
+        """``build(kernel)`` where the kernel's archive builds and links, else ``build(None)``
+        (inductor's walk), saying why; this engine's packages then keep the walk."""
+        if kernel is None:
+            return build(None)
+        try:
+            archive()
+            return build(kernel)
+        except CompilerNotFoundError:
+            raise
+        except Exception as exc:  # no archive (logged at INFO), or it did not link (WARNING)
+            said = (str(exc).strip().splitlines() or [""])[0]
+            unavailable = isinstance(exc, (KernelUnavailable, OSError))
+            _log.log(
+                logging.INFO if unavailable else logging.WARNING,
+                "treecomp: packages walk their trees in inductor's code (%s)",
+                said if unavailable else f"{type(exc).__name__}: {said:.300}",
+            )
+            self._kernel_sums = None
+            return build(None)
 
     def to(self, device: Any) -> None:
         device = resolve_device(device)
