@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
 import platform
@@ -43,6 +42,7 @@ from treecomp.kernel_build import (
     _compiler,
     _cpu,
     build_cached,
+    build_key,
     find_cached,
     kernel_dir,
     run_tool,
@@ -72,10 +72,8 @@ class KernelUnsupported(ValueError):
 
 def _key(compiler: str) -> str:
     """What a built kernel depends on: its source, the compiler and flags, the CPU."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
-    for fact in (tool_version(compiler), " ".join(FLAGS), _cpu(), platform.machine()):
-        digest.update(fact.encode())
-    return digest.hexdigest()[:32]
+    facts = (tool_version(compiler), " ".join(FLAGS), _cpu(), platform.machine())
+    return build_key(SOURCE.read_bytes(), *facts)
 
 
 def _build(compiler: str, directory: Path, key: str) -> Path:

@@ -88,6 +88,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def build_key(source: bytes, *facts: str) -> str:
+    """What a build depends on, as a name: its source's bytes, then ``facts`` (compilers'
+    versions, flags, the CPU)."""
+    digest = hashlib.sha256(source)
+    for fact in facts:
+        digest.update(fact.encode())
+    return digest.hexdigest()[:32]
+
+
 def tool_version(tool: str) -> str:
     """``tool --version``'s output; :class:`KernelUnavailable` where it does not run."""
     try:

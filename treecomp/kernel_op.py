@@ -38,6 +38,7 @@ from treecomp.kernel_build import (
     _compiler,
     _cpu,
     build_cached,
+    build_key,
     cxx_compiler,
     find_cached,
     kernel_dir,
@@ -92,7 +93,6 @@ class KernelSums(torch.nn.Module):
     """
 
     tables: torch.Tensor
-    like: torch.Tensor
     order: torch.Tensor
     base: torch.Tensor
     divisor: torch.Tensor
@@ -100,9 +100,9 @@ class KernelSums(torch.nn.Module):
     def __init__(self, forest: Forest, tables: npt.NDArray[np.uint8], precision: Precision):
         super().__init__()
         plan = sums.plan(forest)
-        accumulation = getattr(torch, plan.accumulation)
         self.register_buffer("tables", torch.from_numpy(tables))
-        self.register_buffer("like", torch.zeros(forest.n_outputs, dtype=accumulation))
+        # base (one value per output, in the accumulation type) also tells the operator
+        # the sums' shape and type
         for name, table in plan.tables().items():
             self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(table)))
         self.mean_steps = [] if plan.divisor is None else sums.mean_program(plan).flat()
@@ -113,7 +113,7 @@ class KernelSums(torch.nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         x = run_steps(self.input_steps, [X]).contiguous()
-        total = torch.ops.treecomp.treecomp_forest_sums(x, self.tables, self.like)
+        total = torch.ops.treecomp.treecomp_forest_sums(x, self.tables, self.base)
         if not self.mean_steps:
             return total
         return run_steps(self.mean_steps, [total, self.order, self.base, self.divisor])
@@ -143,11 +143,9 @@ def archive() -> Path:
     with _lock:
         compiler, cxx = _compiler(), cxx_compiler()
         include = Path(torch.__file__).parent / "include"
-        digest = hashlib.sha256(SOURCES.encode())
         facts = (tool_version(compiler), tool_version(cxx), " ".join(FLAGS), _cpu())
-        for fact in (*facts, torch.__version__, str(include)):
-            digest.update(fact.encode())
-        stem = f"forest-op-{digest.hexdigest()[:32]}"
+        key = build_key(SOURCES.encode(), *facts, torch.__version__, str(include))
+        stem = f"forest-op-{key}"
         path = find_cached(kernel_dir(), stem, ".a") or _elsewhere.get(stem)
         if path is not None and path.is_file():
             return path
