@@ -99,8 +99,8 @@ PARALLEL_TREES = 64
 @pytest.mark.parametrize("kind", ["xgb", "rf"])
 def test_two_threads_walking_a_row_give_one_threads_bits(kind: str) -> None:
     """Rows under 4 of a large forest are walked by the caller and kernel.c's helper thread,
-    each taking trees as it goes; the leaves are then added in tree order: the same bits as
-    one thread and the reference, leaves and scores."""
+    each taking pieces of the trees as it goes; the leaves are then added in tree order: the
+    same bits as one thread and the reference, leaves and scores."""
     model, X = many_trees(kind)
     ref = treecomp.convert(model, "numpy")
     method = "predict_proba"
