@@ -122,6 +122,75 @@ def test_scalar_code_only_leaves_inductors_isa_list_as_it_was() -> None:
     assert cpu_vec_isa.valid_vec_isa_list is listed
 
 
+def test_a_packages_two_objects_compile_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AOTInductor builds a package's wrapper object, then its kernels' object, then links:
+    in objects_side_by_side the first build runs in a thread beside the second, which waits
+    for it, so the link finds both; a failure of the first is raised by the next build,
+    and other threads' builds run as they are."""
+    import threading
+
+    from torch._inductor.cpp_builder import CppBuilder
+
+    from treecomp.inductor_settings import objects_side_by_side
+
+    log: list[tuple[str, str, str]] = []
+
+    class Build:
+        def __init__(self, name: str, compile_only: bool = True, fails: bool = False) -> None:
+            self.name, self._compile_only, self.fails = name, compile_only, fails
+
+    def build(self: Build) -> None:
+        log.append(("start", self.name, threading.current_thread().name))
+        time.sleep(0.2)
+        if self.fails:
+            raise RuntimeError(f"{self.name} did not compile")
+        log.append(("end", self.name, threading.current_thread().name))
+
+    monkeypatch.setattr(CppBuilder, "build", build)
+    with objects_side_by_side():
+        CppBuilder.build(Build("wrapper"))  # type: ignore[arg-type]
+        CppBuilder.build(Build("kernels"))  # type: ignore[arg-type]
+        assert {("end", "wrapper"), ("end", "kernels")} <= {e[:2] for e in log}
+        CppBuilder.build(Build("link", compile_only=False))  # type: ignore[arg-type]
+    steps = [event[:2] for event in log]
+    # both started before either ended; the link after both
+    assert steps.index(("start", "kernels")) < steps.index(("end", "wrapper"))
+    assert steps[-2:] == [("start", "link"), ("end", "link")]
+    wrapper_thread = next(e[2] for e in log if e[1] == "wrapper")
+    assert wrapper_thread.startswith("treecomp-compile")
+    assert CppBuilder.build is build  # put back
+
+    log.clear()
+    with pytest.raises(RuntimeError, match="wrapper did not compile"), objects_side_by_side():
+        CppBuilder.build(Build("wrapper", fails=True))  # type: ignore[arg-type]
+        CppBuilder.build(Build("kernels"))  # type: ignore[arg-type]
+
+    log.clear()
+    with objects_side_by_side():  # another thread's build is its own
+        elsewhere = threading.Thread(target=CppBuilder.build, args=(Build("other"),))
+        elsewhere.start()
+        elsewhere.join()
+        assert [e[:2] for e in log] == [("start", "other"), ("end", "other")]
+
+
+def test_compiles_build_no_precompiled_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compile writes no precompiled header: inductor would build two at a machine's first
+    compile (10 s on 2 cores, 130 MB each, outside its cache directory) for our two source
+    files, which compile as fast without them."""
+    from torch._inductor import codecache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    headers = tmp_path / "headers"  # where inductor would put them (an empty folder)
+    monkeypatch.setattr(codecache, "_HEADER_DIR", str(headers))
+    monkeypatch.setattr(codecache, "_HEADER_LOCK_DIR", str(headers / "locks"))
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "torch", compile=True)
+    assert not headers.exists() or not any(headers.rglob("*.gch"))
+    compare_native(model, cm, X_test)
+
+
 def test_compile_needs_a_cpp_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """To build a package (a cached one loads without: tests/test_faults.py)."""
     import torch._inductor.config as inductor_config
@@ -504,6 +573,37 @@ def test_an_unwritable_kernel_cache_builds_the_archive_once(
     (package,) = (tmp_path / "inductor" / "treecomp_packages").glob("*.pt2")
     assert KERNEL_SHIM_CALL in _wrapper_source(package)
     compare_native(model, cm, X_test)
+
+
+def test_a_machines_first_compile_builds_the_archive_beside_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine whose kernel cache has no archive, compile=True starts its build in a
+    thread of its own as the conversion starts (beside the kernel library's build and the
+    trace); the compile then links that archive."""
+    import threading
+
+    from treecomp import kernel_op
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(kernel_op, "kernel_dir", lambda: tmp_path / "kernels")
+    builds: list[str] = []
+    build = kernel_op.build_cached
+
+    def counted(directory: Path, *args: Any) -> Path:
+        builds.append(threading.current_thread().name)
+        return build(directory, *args)
+
+    monkeypatch.setattr(kernel_op, "build_cached", counted)
+    model, X_test = fitted("xgboost_binary")
+    cm = treecomp.convert(model, "torch", compile=True)
+    assert builds == ["treecomp-archive"]
+    assert len(list((tmp_path / "kernels").glob("forest-op-*.a"))) == 1
+    (package,) = (tmp_path / "inductor" / "treecomp_packages").glob("*.pt2")
+    assert KERNEL_SHIM_CALL in _wrapper_source(package)
+    compare_native(model, cm, X_test)
+    kernel_op.start_archive("meta")  # no CPU package: nothing starts
+    assert builds == ["treecomp-archive"]
 
 
 def test_a_cached_kernel_package_loads_without_a_compiler(

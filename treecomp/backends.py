@@ -181,6 +181,10 @@ def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     from treecomp.kernel import link_for
     from treecomp.torch_backend import TorchEngine
 
+    if options.get("compile") is True and options.get("build", True):
+        from treecomp.kernel_op import start_archive
+
+        start_archive(options.get("device"))
     link = link_for(forest)
     return TorchEngine(
         forest,

@@ -42,7 +42,12 @@ from treecomp.batching import SlicePool, rows_per_chunk, score_in_chunks, side_b
 from treecomp.compiled_tier import CompiledTier
 from treecomp.engine import Link, Lower
 from treecomp.files import replacing
-from treecomp.inductor_settings import INDUCTOR_OPTIONS, checks_always_on, scalar_code_only
+from treecomp.inductor_settings import (
+    INDUCTOR_OPTIONS,
+    checks_always_on,
+    objects_side_by_side,
+    scalar_code_only,
+)
 from treecomp.kernel_build import KernelUnavailable
 from treecomp.kernel_layout import folded_layout, pack
 from treecomp.kernel_op import KernelSums, archive, linked, usable
@@ -276,7 +281,12 @@ def export_package(
                 exported, (example.to(device),), dynamic_shapes=({0: batch},)
             )
             _log.info("traced in %.1f s; generating and compiling C++", time.perf_counter() - start)
-            with checks_always_on(), scalar_code_only(), linked(kernel) as linking:
+            with (
+                checks_always_on(),
+                scalar_code_only(),
+                objects_side_by_side(),
+                linked(kernel) as linking,
+            ):
                 torch._inductor.aoti_compile_and_package(
                     program,
                     package_path=str(path),
