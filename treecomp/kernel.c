@@ -742,6 +742,20 @@ int treecomp_small(const treecomp_small_call *c, int64_t n) {
   return 0;
 }
 
+/* Rows 0..n of one call split over at most `threads` threads, as both callers of the walk
+   split them (treecomp/kernel.py's engine, over Python's threads; kernel_shim.cpp, over a
+   package's OpenMP threads): slices of at least MIN_THREAD_ROWS rows (below that a thread's
+   start costs more than it saves), each starting on a whole block. Writes the slices'
+   bounds to bounds[0..slices] (threads + 1 of room) and returns the number of slices. */
+#define MIN_THREAD_ROWS 256
+int64_t treecomp_slices(int64_t n, int64_t threads, int64_t *bounds) {
+  int64_t slices = n / MIN_THREAD_ROWS < threads ? n / MIN_THREAD_ROWS : threads;
+  if (slices < 1) slices = 1;
+  for (int64_t i = 0; i < slices; i++) bounds[i] = n * i / slices / BLOCK * BLOCK;
+  bounds[slices] = n;
+  return slices;
+}
+
 #define ABI 10
 
 /* A forest's tables in one buffer, as compiled packages carry them (pack, in

@@ -56,10 +56,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A batch is split over threads in slices of at least this many rows (4 blocks of the kernel):
-# below it a thread's start costs more than it saves.
-MIN_THREAD_ROWS = 256
-
 # Batches of at most this many rows go through each thread's buffers (KernelEngine._small_scores).
 SMALL_ROWS = 8
 # What a walk that returned non-zero (its malloc failed) raises, whatever the batch.
@@ -168,6 +164,8 @@ def _declare(library: ctypes.CDLL) -> None:
             _I64,
             _I64,
         ]
+    library.treecomp_slices.restype = _I64
+    library.treecomp_slices.argtypes = [_I64, _I64, _P]  # rows, threads, bounds (threads + 1)
     library.treecomp_small.restype = ctypes.c_int
     library.treecomp_small.argtypes = [_P, _I64]  # a _SmallCall's address, the rows
     for cmp in ("f32", "f64"):
@@ -308,6 +306,9 @@ class _Scratch:
         self.raw = np.zeros((SMALL_ROWS, outputs), dtype=layout.accumulate)
         self.out = np.zeros((SMALL_ROWS, outputs), dtype=np.float64)
         self.rows_at, self.raw_at, self.out_at = map(_address, (self.rows, self.raw, self.out))
+        # A large batch's slices over threads (kernel.c's treecomp_slices writes them).
+        self.bounds = np.zeros(engine._threads + 1, dtype=np.int64)
+        self.bounds_at = _address(self.bounds)
         kind, scale = engine._small_link
         self.linked = kind != 0
         self.call = _SmallCall(
@@ -377,6 +378,13 @@ class KernelEngine:
         perfect = int(self.layout.perfect_levels.max(initial=0))
         self.strategy = f"kernel (C, folded trees, top {perfect} of {depth} levels perfect)"
 
+    def _scratch(self) -> _Scratch:
+        """This thread's buffers (made at its first call)."""
+        scratch: _Scratch | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _Scratch(self)
+        return scratch
+
     def _run(
         self, X: npt.NDArray[Any], out: npt.NDArray[Any] | None, leaves: npt.NDArray[Any] | None
     ) -> None:
@@ -387,12 +395,12 @@ class KernelEngine:
         n = X.shape[0]
         if X.ndim != 2 or X.shape[1] != self._tables.n_features:  # the kernel reads them all
             raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
-        slices = max(1, min(self._threads, n // MIN_THREAD_ROWS))
-        # Slices of whole blocks; one slice needs no bounds (np.linspace costs microseconds).
-        bounds: Any = (0, n)
-        if slices > 1:
-            bounds = np.linspace(0, n, slices + 1).astype(np.int64) // 64 * 64
-            bounds[-1] = n
+        bounds: Any = (0, n)  # one thread: one slice
+        slices = 1
+        if self._threads > 1:  # kernel.c's split, into this thread's buffer
+            scratch = self._scratch()
+            slices = int(self.library.treecomp_slices(n, self._threads, scratch.bounds_at))
+            bounds = scratch.bounds
 
         def walk(i: int) -> int:
             first, last = int(bounds[i]), int(bounds[i + 1])
@@ -448,9 +456,7 @@ class KernelEngine:
         n = X.shape[0]
         if X.shape[1] != self._tables.n_features:
             raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
-        scratch: _Scratch | None = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = _Scratch(self)
+        scratch = self._scratch()
         scratch.rows[:n] = X
         if self._small(scratch.call_at, n):  # the walk, and the link where scratch.linked
             raise MemoryError(NO_MEMORY)

@@ -5,9 +5,10 @@
 // needs only torch to load and run.
 //
 // The rows are split over OpenMP threads (the package's, as torch.set_num_threads sets
-// them) in slices of whole 64-row blocks, at least kMinThreadRows rows each; each slice is
-// one call of the kernel, which adds every row's trees in order whatever the slicing.
+// them) as kernel.c's treecomp_slices splits any call's; each slice is one call of the
+// kernel, which adds every row's trees in order whatever the slicing.
 #include <cstdint>
+#include <vector>
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #ifdef _OPENMP
@@ -18,10 +19,9 @@ extern "C" int treecomp_blob_walk(const void *blob, int64_t bytes, const void *x
                                   void *out);
 extern "C" int treecomp_blob_shape(const void *blob, int64_t bytes, int64_t *features,
                                    int64_t *outputs, int64_t *kinds);
+extern "C" int64_t treecomp_slices(int64_t n, int64_t threads, int64_t *bounds);
 
 namespace {
-constexpr int64_t kBlock = 64;
-constexpr int64_t kMinThreadRows = 256;  // treecomp/kernel.py's MIN_THREAD_ROWS
 
 bool is_double(AtenTensorHandle t) {
   int32_t dtype = 0;
@@ -60,16 +60,16 @@ extern "C" AOTITorchError aoti_torch_cpu_treecomp_forest_sums(AtenTensorHandle x
     return AOTI_TORCH_FAILURE;
   const int64_t row_bytes = width * (is_double(x) ? 8 : 4);
   const int64_t sum_bytes = outputs * (is_double(like) ? 8 : 4);
-  int64_t slices = 1;
+  int64_t threads = 1;
 #ifdef _OPENMP
-  slices = n / kMinThreadRows < omp_get_max_threads() ? n / kMinThreadRows : omp_get_max_threads();
-  slices = slices < 1 ? 1 : slices;
+  threads = omp_get_max_threads();
 #endif
+  std::vector<int64_t> bounds(threads + 1);
+  const int64_t slices = treecomp_slices(n, threads, bounds.data());
   int failed = 0;
 #pragma omp parallel for num_threads(slices) reduction(max : failed) if (slices > 1)
   for (int64_t i = 0; i < slices; i++) {
-    int64_t first = n * i / slices / kBlock * kBlock;
-    int64_t last = i + 1 == slices ? n : n * (i + 1) / slices / kBlock * kBlock;
+    const int64_t first = bounds[i], last = bounds[i + 1];
     int done = treecomp_blob_walk(blob, bytes, (const char *)rows + first * row_bytes, last - first,
                                   (char *)sums + first * sum_bytes);
     failed = done > failed ? done : failed;
