@@ -526,7 +526,7 @@ def test_packages_walk_in_inductors_code_where_the_kernel_cannot(
     """Where the kernel's archive cannot be built (no C++ compiler for its shim, say), a
     package walks its trees in inductor's code, exactly, and says so at INFO; a forest the
     kernel does not walk (categorical and zero-as-missing splits) always does."""
-    from treecomp import torch_backend
+    from treecomp import kernel_op
     from treecomp.kernel_build import KernelUnavailable
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
@@ -534,7 +534,7 @@ def test_packages_walk_in_inductors_code_where_the_kernel_cannot(
     def no_archive(build: bool = True) -> Path:
         raise KernelUnavailable("no C++ compiler here")
 
-    monkeypatch.setattr(torch_backend, "archive", no_archive)
+    monkeypatch.setattr(kernel_op, "archive", no_archive)
     model, X_test = fitted("xgboost_binary")
     with caplog.at_level(logging.INFO, logger="treecomp.torch_backend"):
         cm = treecomp.convert(model, "torch", compile=True)
@@ -551,7 +551,8 @@ def test_an_unwritable_kernel_cache_builds_the_archive_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the kernel cache cannot be written, the package's archive is built in a
-    temporary directory once per process (a compile asks for it twice), and linked."""
+    temporary directory once per process (the compile's thread and its link both ask for
+    it), and linked."""
     from treecomp import kernel_op
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -579,8 +580,9 @@ def test_a_machines_first_compile_builds_the_archive_beside_the_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a machine whose kernel cache has no archive, compile=True starts its build in a
-    thread of its own as the conversion starts (beside the kernel library's build and the
-    trace); the compile then links that archive."""
+    thread of its own as the conversion starts (beside the kernel library's build, the
+    lowering and the trace); the compile then links that archive. The next conversion
+    finds it cached: no build."""
     import threading
 
     from treecomp import kernel_op
@@ -602,7 +604,7 @@ def test_a_machines_first_compile_builds_the_archive_beside_the_trace(
     (package,) = (tmp_path / "inductor" / "treecomp_packages").glob("*.pt2")
     assert KERNEL_SHIM_CALL in _wrapper_source(package)
     compare_native(model, cm, X_test)
-    kernel_op.start_archive("meta")  # no CPU package: nothing starts
+    treecomp.convert(model, "torch", compile=True)  # the archive cached: no build
     assert builds == ["treecomp-archive"]
 
 
@@ -613,7 +615,7 @@ def test_a_cached_kernel_package_loads_without_a_compiler(
     archive nor a C++ compiler is at hand: running a package needs neither."""
     import torch._inductor.config as inductor_config
 
-    from treecomp import torch_backend
+    from treecomp import kernel_op
     from treecomp.kernel_build import KernelUnavailable
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
@@ -623,7 +625,7 @@ def test_a_cached_kernel_package_loads_without_a_compiler(
     def no_archive() -> Path:
         raise KernelUnavailable("no C++ compiler here")
 
-    monkeypatch.setattr(torch_backend, "archive", no_archive)
+    monkeypatch.setattr(kernel_op, "archive", no_archive)
     with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
         cm = treecomp.convert(model, "torch", compile=True)
     assert cm.strategy.startswith("sums by the kernel"), cm.strategy

@@ -666,3 +666,19 @@ def test_a_failed_build_names_the_cause(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(kernel.KernelUnavailable, match=r"No space left on device.*collect2"):
         kernel._build("cc", tmp_path, "key")
     assert list(tmp_path.iterdir()) == []  # nothing half-built left
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 64])
+def test_a_batch_splits_over_threads_in_whole_blocks_of_256_rows_or_more(threads: int) -> None:
+    """kernel.c's treecomp_slices, the one split of a call's rows over threads (the engine's
+    and the packages'): as many slices as threads, but none under 256 rows; every slice
+    starts on a 64-row block; the slices cover the rows once, in order."""
+    library = kernel.load_kernel()
+    bounds = np.full(threads + 1, -1, dtype=np.int64)
+    for n in (0, 1, 255, 256, 511, 512, 767, 1000, 10_000, 100_001, 2**31 + 5):
+        slices = int(library.treecomp_slices(n, threads, bounds.ctypes.data))
+        assert slices == max(1, min(threads, n // 256)), (n, slices)
+        edges = bounds[: slices + 1]
+        assert edges[0] == 0 and edges[-1] == n
+        assert (np.diff(edges) >= (256 if slices > 1 else 0)).all()
+        assert (edges[:-1] % 64 == 0).all()

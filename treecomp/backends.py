@@ -184,7 +184,7 @@ def _torch_backend(forest: Forest, *, precision: str, **options: Any) -> Engine:
     if options.get("compile") is True and options.get("build", True):
         from treecomp.kernel_op import start_archive
 
-        start_archive(options.get("device"))
+        start_archive(forest, options.get("device"))
     link = link_for(forest)
     return TorchEngine(
         forest,

@@ -59,6 +59,7 @@
    used columns then fill a few cache lines that move to the helper's core, not one line a
    column (HistGradientBoosting's 200 trees, one row, 2 threads: 4.9 us against 7.4). */
 #define SHARED_SHIFT 2
+_Static_assert((1 << SHARED_SHIFT) >= SCALAR_ROWS - 1, "the shared rows' columns overlap");
 #ifndef GROUP
 #define GROUP 16
 #endif
@@ -404,9 +405,11 @@ static void share(shared_job *job) {
     }                                                                                        \
   }                                                                                          \
                                                                                              \
-  /* Trees t0..t1 for row r of a block alone (a block of 1 to 3 rows wastes no vector lanes \
-     on rows it does not have), GROUP trees side by side: one tree's levels form a chain of \
-     dependent loads, mostly from L2 and L3 for a large forest, which GROUP independent      \
+  /* Trees t0..t1 for row r alone (a block of 1 to 3 rows wastes no vector lanes on rows    \
+     it does not have; column u of the rows at xt + (u << shift): a block's, or the packed  \
+     columns of rows shared with the helper), GROUP trees side by side: one tree's levels   \
+     form a chain of dependent loads, mostly from L2 and L3 for a large forest, which       \
+     GROUP independent                                                                      \
      chains overlap. Each step reads one node whole (test and children: one cache line)     \
      from the tree's root down: the perfect levels' feature, threshold and entry tables     \
      cost three lines a level. A tree whose walk ends takes no other's place: a branch on   \

@@ -298,7 +298,8 @@ class _SmallCall(ctypes.Structure):
 class _Scratch:
     """One thread's buffers for an engine's small batches: rows, sums and linked scores of
     up to SMALL_ROWS rows, and the call that walks and links them (``call_at``: its
-    address). ``linked``: the call links the sums into ``out``."""
+    address); and for a large batch's slices over threads (``bounds``). ``linked``: the
+    call links the sums into ``out``."""
 
     def __init__(self, engine: KernelEngine) -> None:
         outputs, layout = engine.forest.n_outputs, engine.layout
@@ -395,12 +396,13 @@ class KernelEngine:
         n = X.shape[0]
         if X.ndim != 2 or X.shape[1] != self._tables.n_features:  # the kernel reads them all
             raise ValueError(f"the kernel takes rows of {self._tables.n_features} features")
-        bounds: Any = (0, n)  # one thread: one slice
+        bounds = [0, n]  # one thread: one slice
         slices = 1
-        if self._threads > 1:  # kernel.c's split, into this thread's buffer
+        if self._threads > 1:  # kernel.c's split, into this thread's buffer, then copied:
+            # a call interrupted with slices still queued leaves them their own bounds
             scratch = self._scratch()
             slices = int(self.library.treecomp_slices(n, self._threads, scratch.bounds_at))
-            bounds = scratch.bounds
+            bounds = scratch.bounds[: slices + 1].tolist()
 
         def walk(i: int) -> int:
             first, last = int(bounds[i]), int(bounds[i + 1])

@@ -46,6 +46,7 @@ from treecomp.kernel_build import (
     run_tool,
     tool_version,
 )
+from treecomp.passes import numerical
 
 if TYPE_CHECKING:
     from treecomp.inputs import Precision
@@ -135,17 +136,22 @@ def usable() -> bool:
     )
 
 
-def start_archive(device: Any) -> None:
-    """Build :func:`archive` in a thread now, for a ``compile=True`` conversion to
-    ``device`` that is about to start: on a machine that has none yet, its compilers
-    (about 2.4 s) then run beside the kernel library's build and the trace instead of after
-    them (the 500-tree benchmark model's first compile on such a machine, 2 cores: 13.0 s
-    in ``convert`` before). The compile's own call waits for it; a failure here is met
-    again, and said, there."""
+def start_archive(forest: Forest, device: Any) -> None:
+    """Build :func:`archive` in a thread now, for a ``compile=True`` conversion of
+    ``forest`` to ``device`` that is about to start, where its package can take the
+    kernel's sums (the CPU, numerical splits): on a machine that has none yet, its
+    compilers (about 2.4 s) then run beside the kernel library's build, the lowering and
+    the trace, and :func:`linked` waits for them (the compile's own call: a failure here is
+    met again, and said, there). Where the archive is cached, the thread finds it at once.
+    The 500-tree benchmark model's first compile on a machine that never built the kernel,
+    2 cores: 11.3 s in ``convert`` against 13.0 building it when the compile links (14.3
+    with the build started just before the trace, in a slower hour)."""
     try:
         if torch.device(device or "cpu").type != "cpu" or not usable():
             return
     except (RuntimeError, TypeError):  # an invalid device: the engine says so
+        return
+    if not numerical(forest.trees):  # no kernel sums: inductor's walk
         return
 
     def build() -> None:
@@ -155,6 +161,14 @@ def start_archive(device: Any) -> None:
     # Not a daemon: a process that ends meanwhile lets the compilers finish and the
     # partial file go, rather than leave it in the cache.
     threading.Thread(target=build, name="treecomp-archive", daemon=False).start()
+
+
+def _unlock_in_child() -> None:  # a fork while a thread builds: the child builds its own
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def archive() -> Path:

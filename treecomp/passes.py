@@ -96,6 +96,12 @@ def extended_input(x: Value, columns: int) -> Value:
     return interleave(x, -x)
 
 
+def numerical(trees: Sequence[Tree]) -> bool:
+    """Whether every split of ``trees`` is numerical, with NaN as the missing value: the
+    forests :func:`fold_missing` folds (no categorical or zero-as-missing split)."""
+    return not any(tree.is_categorical.any() or tree.zero_is_missing.any() for tree in trees)
+
+
 def fold_missing(
     trees: Sequence[Tree], *, less_equal: bool, dtype: Precision
 ) -> tuple[list[Tree], int] | None:
@@ -118,10 +124,10 @@ def fold_missing(
     """
     float_type = np.float32 if dtype == "float32" else np.float64
     infinity = float_type(np.inf)
+    if not numerical(trees):
+        return None
     parts = []
     for tree in trees:
-        if tree.is_categorical.any() or tree.zero_is_missing.any():
-            return None
         internal = tree.left_child >= 0
         t = np.where(internal, tree.threshold, 0.0).astype(float_type)
         if not np.array_equal(t.astype(np.float64)[internal], tree.threshold[internal]):

@@ -50,7 +50,7 @@ from treecomp.inductor_settings import (
 )
 from treecomp.kernel_build import KernelUnavailable
 from treecomp.kernel_layout import folded_layout, pack
-from treecomp.kernel_op import KernelSums, archive, linked, usable
+from treecomp.kernel_op import KernelSums, linked, usable
 from treecomp.package_cache import (
     PARTIAL_GRACE_S,  # noqa: F401 (tests read the cache's names here too)
     STALE_PARTIAL_S,  # noqa: F401
@@ -434,8 +434,7 @@ class TorchEngine:
         (inductor's walk), saying why; this engine's packages then keep the walk."""
         if kernel is None:
             return build(None)
-        try:
-            archive()
+        try:  # the archive is asked for, and built if need be, as the compile links
             return build(kernel)
         except CompilerNotFoundError:
             raise
