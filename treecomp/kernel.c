@@ -405,16 +405,16 @@ static void share(shared_job *job) {
     }                                                                                        \
   }                                                                                          \
                                                                                              \
-  /* Trees t0..t1 for row r alone (a block of 1 to 3 rows wastes no vector lanes on rows    \
-     it does not have; column u of the rows at xt + (u << shift): a block's, or the packed  \
-     columns of rows shared with the helper), GROUP trees side by side: one tree's levels   \
-     form a chain of dependent loads, mostly from L2 and L3 for a large forest, which       \
-     GROUP independent                                                                      \
-     chains overlap. Each step reads one node whole (test and children: one cache line)     \
-     from the tree's root down: the perfect levels' feature, threshold and entry tables     \
-     cost three lines a level. A tree whose walk ends takes no other's place: a branch on   \
-     the loaded node, mispredicted once a tree, cancels every walk in flight (XGBoost's 500 \
-     trees, one row: 18 us against 13). Leaves are added, or written, in tree order. */      \
+  /* Trees t0..t1 for row r alone (a block of 1 to 3 rows wastes no vector lanes on rows it  \
+     does not have; column u of the rows at xt + (u << shift): a block's, or the packed      \
+     columns of rows shared with the helper), GROUP trees side by side: one tree's levels    \
+     form a chain of dependent loads, mostly from L2 and L3 for a large forest, which GROUP  \
+     independent chains overlap. Each step reads one node whole (test and children: one      \
+     cache line) from the tree's root down: the perfect levels' feature, threshold and       \
+     entry tables cost three lines a level. A tree whose walk ends takes no other's place:   \
+     a branch on the loaded node, mispredicted once a tree, cancels every walk in flight     \
+     (XGBoost's 500 trees, one row: 18 us against 13). Leaves are added, or written, in      \
+     tree order. */                                                                          \
   static void NAME##_row(const NAME##_forest *f, int64_t t0, int64_t t1, const CMP *xt,     \
                          int shift, int32_t r, ACC *acc, int32_t *leaves) {                  \
     const NAME##_node *node = f->node;                                                       \
